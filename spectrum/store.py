@@ -1,0 +1,108 @@
+"""Atomic Parquet and JSON files with provenance.
+
+Every artifact is written under a temporary name in its destination folder and renamed into
+place, so a killed process never leaves a half-written file under a final name. Each Parquet
+file carries a ``provenance`` record in its schema metadata (what produced it: checkpoint path and
+hash, evalset hash, dtype, code version, ...). A stage compares the provenance it would write with
+the one on disk to decide whether an existing file is current (skip it), or stale (recompute it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spectrum import __version__
+
+PROVENANCE_KEY = b"token_spectrum.provenance"
+
+
+def _tmp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] | None = None,
+                  *, compression: str = "zstd") -> Path:
+    """Write ``table`` to ``path`` atomically, with ``provenance`` in the schema metadata."""
+    path = Path(path)
+    meta = dict(table.schema.metadata or {})
+    record = {"code_version": __version__, **(provenance or {})}
+    meta[PROVENANCE_KEY] = json.dumps(record, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    tmp = _tmp_path(path)
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The provenance record of a Parquet file, or None if the file is missing or unreadable."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    raw = meta.get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def is_current(path: str | Path, provenance: dict[str, Any]) -> bool:
+    """True if ``path`` exists, reads as Parquet, and every key of ``provenance`` matches."""
+    found = read_provenance(path)
+    if found is None:
+        return False
+    expected = json.loads(json.dumps(provenance, sort_keys=True, default=str))
+    return all(found.get(k) == v for k, v in expected.items())
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` atomically."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def hash_files(paths: list[Path], *, chunk: int = 1 << 20) -> str:
+    """SHA-256 over the contents of ``paths`` (in the order given), as a hex string."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
