@@ -1,0 +1,149 @@
+"""The manifest loader: a valid file, and every invalid case reported at once with its location."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spectrum.errors import ManifestError
+from spectrum.manifest import HubSource, load_manifest
+
+VALID = {
+    "out": "artifacts",
+    "evalset": {
+        "corpus": {"kind": "python-stdlib"},
+        "split": "validation",
+        "tokenizer": None,
+        "sequences": 64,
+        "context": 32,
+        "seed": 0,
+    },
+    "runs": [
+        {"name": "m1-d1", "params": 1.2e6, "tokens": 2.0e7, "tokens_per_step": 4096,
+         "role": "fit", "checkpoints": "runs/m1-d1"},
+        {"name": "pythia", "params": "7e7", "tokens": 3.0e11, "tokens_per_step": 2097152,
+         "role": "heldout",
+         "checkpoints": {"hub": "EleutherAI/pythia-70m", "revisions": ["step1000", "step2000"]},
+         "steps": [2000, 1000]},
+    ],
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "checkpoints.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def problems(tmp_path: Path, data: object) -> list[str]:
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(tmp_path, data))
+    return e.value.problems
+
+
+def test_valid_manifest_resolves_paths_against_its_folder(tmp_path: Path) -> None:
+    m = load_manifest(write(tmp_path, VALID))
+    assert m.out == tmp_path / "artifacts"
+    assert m.evalset.sequences == 64 and m.evalset.context == 32
+    assert m.evalset.corpus.kind == "python-stdlib"
+    first, second = m.runs
+    assert first.checkpoints == tmp_path / "runs/m1-d1"
+    assert first.params == 1.2e6 and first.tokens_per_step == 4096 and first.role == "fit"
+    assert isinstance(second.checkpoints, HubSource)
+    assert second.checkpoints.revisions == ("step1000", "step2000")
+    assert second.params == 7e7  # YAML reads "7e7" as a string; the loader accepts it as a number
+    assert second.steps == (1000, 2000)
+    assert [r.name for r in m.fit_runs] == ["m1-d1"]
+    assert [r.name for r in m.heldout_runs] == ["pythia"]
+
+
+def test_every_problem_is_reported_at_once_with_its_location(tmp_path: Path) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(VALID))
+    bad["colour"] = "blue"
+    bad["evalset"]["split"] = "test"
+    bad["evalset"]["sequences"] = "many"
+    bad["runs"][0]["params"] = -5
+    bad["runs"][0]["role"] = "train"
+    bad["runs"][0]["extra"] = 1
+    bad["runs"][1]["name"] = "m1-d1"
+    bad["runs"][1]["tokens_per_step"] = 0
+    del bad["runs"][1]["tokens"]
+    found = problems(tmp_path, bad)
+    expected = [
+        "colour: unknown key",
+        "evalset.split: must be validation or train",
+        "evalset.sequences: must be an integer",
+        "runs[0] (m1-d1).params: must be positive",
+        "runs[0] (m1-d1).role: must be fit or heldout",
+        "runs[0] (m1-d1).extra: unknown key",
+        "runs[1].name: duplicate run name 'm1-d1' (also runs[0])",
+        "runs[1] (m1-d1).tokens_per_step: must be >= 1",
+        "runs[1] (m1-d1).tokens: is required",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in found), (fragment, found)
+    assert len(found) == len(expected)
+    assert all(p.startswith(str(tmp_path / "checkpoints.yaml")) for p in found)
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda d: d.update(runs=[]), "runs: must be a non-empty list"),
+        (lambda d: d["runs"][0].pop("checkpoints"), "runs[0] (m1-d1).checkpoints: is required"),
+        (lambda d: d["runs"][0].update(tokens="lots"), "runs[0] (m1-d1).tokens: must be a number"),
+        (lambda d: d["runs"][0].update(name="a/b"), "runs[0].name: 'a/b' must not contain"),
+        (lambda d: d["runs"][1]["checkpoints"].update(revisions=[]),
+         "runs[1] (pythia).checkpoints.revisions: must be a non-empty list"),
+        (lambda d: d["evalset"].update(corpus={"kind": "text"}),
+         "evalset.corpus.path: a glob of files is required for kind text"),
+        (lambda d: d["evalset"].update(corpus={"kind": "pdf"}), "evalset.corpus.kind: must be one of"),
+        (lambda d: d["runs"][0].update(steps=[1, -2]), "runs[0] (m1-d1).steps: must be null or a list"),
+    ],
+)
+def test_each_invalid_case(tmp_path: Path, mutate, fragment: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    mutate(data)
+    found = problems(tmp_path, data)
+    assert any(fragment in p for p in found), found
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "nope.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("runs: [\n  - name: a\n  bad")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(path)
+
+
+def test_command_line_reports_problems_without_traceback(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    data["runs"][0]["role"] = "train"
+    data["runs"][1]["params"] = 0
+    path = write(tmp_path, data)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "fit", "--config", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "artifacts").exists()  # nothing written
+
+
+def test_default_manifest_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    m = load_manifest(root / "checkpoints.yaml")
+    assert m.fit_runs and m.heldout_runs
+    sizes = {r.params for r in m.runs}
+    scales = {r.tokens for r in m.runs}
+    assert len(sizes) >= 3 and len(scales) >= 2
+    # at least one model size and one data scale appear only in held-out runs
+    fit_sizes = {r.params for r in m.fit_runs}
+    fit_scales = {r.tokens for r in m.fit_runs}
+    assert any(r.params not in fit_sizes for r in m.heldout_runs)
+    assert any(r.tokens not in fit_scales for r in m.heldout_runs)
