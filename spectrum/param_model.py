@@ -1,0 +1,129 @@
+"""How each token's sigmoid moves with model size and data scale.
+
+For every token ``i`` and each of its sigmoid parameters ``q`` in (``lo``, ``delta``, ``tau``,
+``ln k``), the model is linear in the run's ``ln M`` and ``ln D``:
+
+    q_i(M, D) = b0_i + bM_i * (ln M - c_M) + bD_i * (ln D - c_D)
+
+fitted on the ``fit`` runs only, by least squares with shrinkage: each token's coefficients are
+pulled towards the population's (one pooled regression over all tokens) with penalty ``ridge`` on
+the slopes and ``ridge_intercept`` on the intercept. A token observed in few runs, or with a noisy
+midpoint, thus borrows the population's dependence; a token never observed falls back to it.
+
+Kinds are handled explicitly. ``lo`` and ``delta`` are observed in every run where the token's fit
+has finite parameters (for ``flat`` tokens delta is ~0, which is what they predict). ``tau`` and
+``ln k`` are observed only where the token's kind is one a sigmoid step describes (``step_kinds``,
+default learned, forgotten, unfinished); elsewhere a token's midpoint carries no information.
+An axis (M or D) enters only if the fit runs take at least two values on it; predicting a run off
+the fit runs' single value on an absent axis is refused (:class:`SpectrumError`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spectrum.errors import SpectrumError
+
+QUANTITIES = ("lo", "delta", "tau", "logk")
+STEP_KINDS = ("learned", "forgotten", "unfinished")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """One run's per-token fits, aligned on token_idx 0..N-1."""
+
+    name: str
+    lnM: float
+    lnD: float
+    lo: np.ndarray
+    hi: np.ndarray
+    tau: np.ndarray
+    k: np.ndarray
+    kind: np.ndarray  # str
+
+
+@dataclass(frozen=True)
+class ParamModel:
+    axes: tuple[str, ...]  # subset of ("lnM", "lnD") that vary across the fit runs
+    center: dict[str, float]
+    fixed_values: dict[str, float]  # value of an absent axis (the fit runs' only value)
+    coef: dict[str, np.ndarray]  # quantity -> (N, 1 + len(axes))
+    population: dict[str, np.ndarray]  # quantity -> (1 + len(axes),)
+    k_range: tuple[float, float]
+    n_obs: dict[str, np.ndarray]  # quantity -> (N,) observations per token
+
+    def _design(self, lnM: float, lnD: float, run: str = "") -> np.ndarray:
+        vals = {"lnM": lnM, "lnD": lnD}
+        for ax, v in self.fixed_values.items():
+            if not np.isclose(vals[ax], v, rtol=0, atol=1e-9):
+                what = "model size M" if ax == "lnM" else "data scale D"
+                raise SpectrumError(
+                    f"run {run or '?'}: the fit runs have one {what} only ({np.exp(v):.4g}), so "
+                    f"its dependence is unknown and a run at {np.exp(vals[ax]):.4g} cannot be "
+                    f"predicted")
+        return np.array([1.0] + [vals[a] - self.center[a] for a in self.axes])
+
+    def predict(self, lnM: float, lnD: float, run: str = "") -> dict[str, np.ndarray]:
+        """Per-token ``lo, hi, tau, k`` predicted at (ln M, ln D)."""
+        x = self._design(lnM, lnD, run)
+        q = {name: c @ x for name, c in self.coef.items()}
+        k = np.clip(np.exp(q["logk"]), *self.k_range)
+        return {"lo": q["lo"], "hi": q["lo"] + q["delta"], "tau": q["tau"], "k": k}
+
+
+def _observations(runs: list[RunParams], step_kinds: tuple[str, ...]) -> dict[str, tuple]:
+    out = {}
+    ok = np.stack([np.isfinite(r.lo) & np.isfinite(r.hi) & np.isfinite(r.tau) & np.isfinite(r.k)
+                   & (r.k > 0) for r in runs], 1)
+    step = np.stack([np.isin(r.kind, step_kinds) for r in runs], 1) & ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vals = {"lo": np.stack([r.lo for r in runs], 1),
+                "delta": np.stack([r.hi - r.lo for r in runs], 1),
+                "tau": np.stack([r.tau for r in runs], 1),
+                "logk": np.stack([np.log(r.k) for r in runs], 1)}
+    for q in QUANTITIES:
+        w = (ok if q in ("lo", "delta") else step).astype(float)
+        out[q] = (np.where(w > 0, vals[q], 0.0), w)
+    return out
+
+
+def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
+                    step_kinds: tuple[str, ...] = STEP_KINDS) -> ParamModel:
+    """Fit the per-token linear model on ``runs`` (the fit runs). See the module docstring."""
+    if not runs:
+        raise SpectrumError("no fit runs to model token parameters on")
+    lnM = np.array([r.lnM for r in runs])
+    lnD = np.array([r.lnD for r in runs])
+    axes, center, fixed = [], {}, {}
+    for name, v in (("lnM", lnM), ("lnD", lnD)):
+        if np.ptp(v) > 1e-9:
+            axes.append(name)
+            center[name] = float(v.mean())
+        else:
+            fixed[name] = float(v[0])
+    X = np.stack([np.ones_like(lnM)] + [{"lnM": lnM, "lnD": lnD}[a] - center[a] for a in axes], 1)
+    p = X.shape[1]
+    pen = np.diag([ridge_intercept] + [ridge] * (p - 1))
+    obs = _observations(runs, step_kinds)
+    coef, pop, n_obs = {}, {}, {}
+    for q, (y, w) in obs.items():
+        # pooled population regression over every observation
+        Xw = X[None, :, :] * w[:, :, None]  # (N, R, p)
+        A_pop = np.einsum("nrp,rq->pq", Xw, X)
+        b_pop = np.einsum("nrp,nr->p", Xw, y)
+        if np.linalg.matrix_rank(A_pop) < p:
+            beta_pop = np.linalg.lstsq(A_pop + 1e-9 * np.eye(p), b_pop, rcond=None)[0]
+        else:
+            beta_pop = np.linalg.solve(A_pop, b_pop)
+        A = np.einsum("nrp,rq->npq", Xw, X) + pen
+        b = np.einsum("nrp,nr->np", Xw, y) + pen @ beta_pop
+        coef[q] = np.linalg.solve(A, b[..., None])[..., 0]
+        pop[q] = beta_pop
+        n_obs[q] = w.sum(1).astype(np.int64)
+    ks = np.concatenate([r.k[np.isin(r.kind, step_kinds) & np.isfinite(r.k) & (r.k > 0)]
+                         for r in runs])
+    k_range = (float(ks.min()), float(ks.max())) if ks.size else (1e-3, 1e3)
+    return ParamModel(axes=tuple(axes), center=center, fixed_values=fixed, coef=coef,
+                      population=pop, k_range=k_range, n_obs=n_obs)

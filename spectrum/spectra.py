@@ -1,0 +1,270 @@
+"""Learning-time spectra: where on the log-time axis the loss is shed.
+
+For a run with N evaluated tokens, of which the tokens in ``kinds`` enter the spectrum,
+
+    S(x)     = (1/N) * sum_i delta_i * [tau_i in bin(x)] / width(bin)      (amplitude-weighted)
+    count(x) = (1/N) * sum_i           [tau_i in bin(x)] / width(bin)      (count density)
+
+on one fixed grid in ``x = ln T`` shared by all runs. Both are densities per unit ln T, so that
+in the sharp limit ``dL/dx ~ -S(x)`` and ``count`` integrates to the fraction of tokens whose
+learning time falls on the grid. N counts *every* token of the run (those outside ``kinds`` or off
+the grid add zero), so spectra of different runs and slices are on the same scale as the loss.
+
+Which tokens enter: by default the kinds a sigmoid step describes, ``learned``, ``forgotten``
+(negative delta: loss gained) and ``unfinished`` (midpoint past the last checkpoint; usually off the
+grid). ``flat`` tokens shed nothing and have no meaningful midpoint; ``nonmonotone`` ones are not
+described by a sigmoid. The set is the ``kinds`` parameter.
+
+Bands are percentile bootstrap intervals over *sequences* (tokens of one sequence share a context,
+so they are resampled together): each replicate draws sequences with replacement, computed without
+looping over tokens as one matrix product of replicate weights with per-sequence bin sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import polars as pl
+
+DEFAULT_KINDS: tuple[str, ...] = ("learned", "forgotten", "unfinished")
+
+
+def log_time_grid(x_ranges: Iterable[tuple[float, float]], n_bins: int = 40) -> np.ndarray:
+    """Bin edges spanning the union of the runs' checkpoint ranges in ln T (T > 0)."""
+    ranges = [(float(a), float(b)) for a, b in x_ranges if np.isfinite(a) and np.isfinite(b)]
+    if not ranges:
+        raise ValueError("no run has a checkpoint with T > 0: there is no log-time axis")
+    lo, hi = min(a for a, _ in ranges), max(b for _, b in ranges)
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.linspace(lo, hi, n_bins + 1)
+
+
+def centers(edges: np.ndarray) -> np.ndarray:
+    return 0.5 * (edges[1:] + edges[:-1])
+
+
+def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value (last bin closed on the right); -1 off the grid or not finite."""
+    x = np.asarray(x, float)
+    idx = np.searchsorted(edges, x, side="right") - 1
+    idx[x == edges[-1]] = len(edges) - 2
+    idx[~np.isfinite(x) | (idx < 0) | (idx > len(edges) - 2)] = -1
+    return idx
+
+
+def bootstrap_weights(n_groups: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_groups) multiplicities of a resampling of groups with replacement."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)
+
+
+def _group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return codes.ravel(), int(codes.max()) + 1 if codes.size else 0
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """A spectrum on ``edges`` with bootstrap bands (``level`` two-sided)."""
+
+    edges: np.ndarray
+    S: np.ndarray
+    S_lo: np.ndarray
+    S_hi: np.ndarray
+    count: np.ndarray
+    count_lo: np.ndarray
+    count_hi: np.ndarray
+    n_tokens: int  # N: every token of the population
+    n_in: int  # tokens of the selected kinds with tau on the grid
+    n_off_grid: int  # tokens of the selected kinds with tau off the grid
+
+    @property
+    def centers(self) -> np.ndarray:
+        return centers(self.edges)
+
+    @property
+    def widths(self) -> np.ndarray:
+        return np.diff(self.edges)
+
+
+def compute_spectrum(tau: np.ndarray, delta: np.ndarray, groups: np.ndarray, edges: np.ndarray,
+                     *, include: np.ndarray | None = None, n_boot: int = 200,
+                     level: float = 0.95, seed: int = 0,
+                     weights: np.ndarray | None = None) -> Spectrum:
+    """The amplitude-weighted spectrum and count density of one population of tokens.
+
+    ``tau``, ``delta``, ``groups`` (sequence ids) are per token; ``include`` marks the tokens that
+    enter (default: all with finite tau and delta); the others count in N only. ``weights``, if
+    given, are precomputed bootstrap multiplicities (n_boot, n_groups) over ``np.unique(groups)``.
+    """
+    tau, delta = np.asarray(tau, float), np.asarray(delta, float)
+    n = tau.size
+    ok = np.isfinite(tau) & np.isfinite(delta)
+    inc = ok if include is None else (np.asarray(include, bool) & ok)
+    b = bin_index(tau, edges)
+    on = inc & (b >= 0)
+    nb = len(edges) - 1
+    width = np.diff(edges)
+    codes, ng = _group_codes(groups)
+    flat = codes[on] * nb + b[on]
+    amp = np.bincount(flat, weights=delta[on], minlength=ng * nb).reshape(ng, nb)
+    cnt = np.bincount(flat, minlength=ng * nb).reshape(ng, nb).astype(float)
+    per_group = np.bincount(codes, minlength=ng).astype(float)
+    N = max(n, 1)
+    S = amp.sum(0) / N / width
+    C = cnt.sum(0) / N / width
+    if weights is None:
+        weights = bootstrap_weights(ng, n_boot, seed) if ng > 0 and n_boot > 0 else None
+    if weights is not None and weights.shape[0] > 0:
+        denom = np.maximum(weights @ per_group, 1.0)[:, None] * width
+        q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+        S_lo, S_hi = np.percentile((weights @ amp) / denom, q, axis=0)
+        C_lo, C_hi = np.percentile((weights @ cnt) / denom, q, axis=0)
+    else:
+        S_lo = S_hi = S
+        C_lo = C_hi = C
+    return Spectrum(edges=np.asarray(edges, float), S=S, S_lo=S_lo, S_hi=S_hi, count=C,
+                    count_lo=C_lo, count_hi=C_hi, n_tokens=n, n_in=int(on.sum()),
+                    n_off_grid=int((inc & (b < 0)).sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+# slices by the evalset's annotations
+
+@dataclass(frozen=True)
+class Slice:
+    axis: str  # frequency | position | word_start
+    name: str
+    order: int  # position along its axis (0 = rarest / earliest in context / word start)
+    mask: np.ndarray
+
+
+def annotation_slices(tokens: pl.DataFrame, *, freq_buckets: int = 4,
+                      pos_edges: Sequence[int] | None = None) -> list[Slice]:
+    """Slices of the tokens by target frequency (quantile buckets), position in the context
+    (buckets ``[0,4), [4,16), [16,64), ...`` by default) and word start, for the annotation
+    columns that exist (``target_freq``, ``pos``, ``word_start``)."""
+    out: list[Slice] = []
+    cols = set(tokens.columns)
+    if "target_freq" in cols and freq_buckets >= 2:
+        f = tokens["target_freq"].to_numpy().astype(float)
+        qs = np.quantile(f[np.isfinite(f)], np.linspace(0, 1, freq_buckets + 1)[1:-1]) \
+            if np.isfinite(f).any() else np.array([])
+        qs = np.unique(qs)
+        bucket = np.searchsorted(qs, f, side="right")
+        n = len(qs) + 1
+        for j in range(n):
+            tag = " (rarest)" if j == 0 else " (most frequent)" if j == n - 1 else ""
+            out.append(Slice("frequency", f"freq Q{j + 1}/{n}{tag}", j,
+                             (bucket == j) & np.isfinite(f)))
+    if "pos" in cols:
+        pos = tokens["pos"].to_numpy().astype(np.int64)
+        top = int(pos.max()) + 1 if pos.size else 1
+        edges = list(pos_edges) if pos_edges is not None else \
+            [0] + [4 ** j for j in range(1, 12) if 4 ** j < top]
+        edges = sorted(set(e for e in edges if e < top)) + [top]
+        for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            out.append(Slice("position", f"pos {a}-{b - 1}", j, (pos >= a) & (pos < b)))
+    if "word_start" in cols:
+        ws = tokens["word_start"].fill_null(False).to_numpy().astype(bool)
+        out.append(Slice("word_start", "word start", 0, ws))
+        out.append(Slice("word_start", "inside word", 1, ~ws))
+    return [s for s in out if s.mask.any()]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Amplitude-weighted mean learning time of slice ``a`` minus that of slice ``b``."""
+
+    question: str
+    a: str
+    b: str
+    mean_a: float
+    mean_b: float
+    diff: float
+    lo: float
+    hi: float
+    n_a: int
+    n_b: int
+
+    @property
+    def verdict(self) -> str:
+        if not np.isfinite(self.diff):
+            return "not measurable"
+        if self.hi < 0:
+            return f"{self.a} earlier"
+        if self.lo > 0:
+            return f"{self.a} later"
+        return "no clear difference (interval includes 0)"
+
+    def as_dict(self) -> dict:
+        return {"question": self.question, "a": self.a, "b": self.b, "mean_tau_a": self.mean_a,
+                "mean_tau_b": self.mean_b, "diff": self.diff, "ci_lo": self.lo, "ci_hi": self.hi,
+                "n_a": self.n_a, "n_b": self.n_b, "verdict": self.verdict}
+
+
+def compare_mean_tau(tau: np.ndarray, delta: np.ndarray, groups: np.ndarray,
+                     mask_a: np.ndarray, mask_b: np.ndarray, *, question: str, a: str, b: str,
+                     n_boot: int = 200, level: float = 0.95, seed: int = 0) -> Comparison:
+    """Difference of delta-weighted mean tau between two token sets, with a sequence bootstrap.
+
+    Only tokens with positive delta and finite tau count (pass learned tokens in the masks)."""
+    tau, delta = np.asarray(tau, float), np.asarray(delta, float)
+    ok = np.isfinite(tau) & np.isfinite(delta) & (delta > 0)
+    codes, ng = _group_codes(groups)
+    sums = []
+    for m in (mask_a, mask_b):
+        sel = ok & np.asarray(m, bool)
+        sw = np.bincount(codes[sel], weights=delta[sel], minlength=ng)
+        swt = np.bincount(codes[sel], weights=(delta * tau)[sel], minlength=ng)
+        sums.append((sw, swt, int(sel.sum())))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = [swt.sum() / sw.sum() for sw, swt, _ in sums]
+        diff = means[0] - means[1]
+        lo = hi = float("nan")
+        if ng > 1 and n_boot > 0 and all(n > 0 for *_, n in sums):
+            W = bootstrap_weights(ng, n_boot, seed)
+            boot = [(W @ swt) / (W @ sw) for sw, swt, _ in sums]
+            d = boot[0] - boot[1]
+            d = d[np.isfinite(d)]
+            if d.size:
+                lo, hi = np.percentile(d, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return Comparison(question, a, b, float(means[0]), float(means[1]), float(diff), float(lo),
+                      float(hi), sums[0][2], sums[1][2])
+
+
+def slice_comparisons(tau: np.ndarray, delta: np.ndarray, groups: np.ndarray, learned: np.ndarray,
+                      slices: list[Slice], *, n_boot: int = 200, seed: int = 0) -> list[Comparison]:
+    """The report's questions: are frequent targets, short-range predictions (early positions)
+    and word starts learned earlier than rare targets, long-range ones and word continuations?"""
+    by_axis: dict[str, list[Slice]] = {}
+    for s in slices:
+        by_axis.setdefault(s.axis, []).append(s)
+    out = []
+    questions = {"frequency": ("are frequent targets learned earlier than rare ones?", -1, 0),
+                 "position": ("are short-range predictions (early positions) learned earlier "
+                              "than long-range ones?", 0, -1),
+                 "word_start": ("are word starts learned earlier than word continuations?", 0, -1)}
+    for axis, (q, ia, ib) in questions.items():
+        ss = sorted(by_axis.get(axis, []), key=lambda s: s.order)
+        if len(ss) < 2:
+            continue
+        sa, sb = ss[ia], ss[ib]
+        out.append(compare_mean_tau(tau, delta, groups, learned & sa.mask, learned & sb.mask,
+                                    question=q, a=sa.name, b=sb.name, n_boot=n_boot, seed=seed))
+    return out
+
+
+def spectrum_rows(run: str, slice_axis: str, slice_name: str, sp: Spectrum) -> pl.DataFrame:
+    """One row per bin, in the layout of ``spectra/spectra.parquet``."""
+    n = len(sp.S)
+    return pl.DataFrame({
+        "run": [run] * n, "slice_axis": [slice_axis] * n, "slice": [slice_name] * n,
+        "bin": np.arange(n, dtype=np.int32), "bin_lo": sp.edges[:-1], "bin_hi": sp.edges[1:],
+        "center": sp.centers, "S": sp.S, "S_lo": sp.S_lo, "S_hi": sp.S_hi,
+        "count_density": sp.count, "count_lo": sp.count_lo, "count_hi": sp.count_hi,
+        "n_tokens": np.full(n, sp.n_tokens, np.int64), "n_in": np.full(n, sp.n_in, np.int64),
+    })
