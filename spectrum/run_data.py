@@ -18,6 +18,7 @@ import polars as pl
 
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
+from spectrum.trajectories import run_dir, run_steps, shard_path
 
 FIT_COLUMNS = ("lo", "hi", "tau", "k", "kind")
 
@@ -66,17 +67,6 @@ def read_tokens(out: Path) -> pl.DataFrame:
     return tokens.sort("token_idx")
 
 
-def loss_shards(out: Path, run: str) -> list[tuple[int, Path]]:
-    folder = Path(out) / "losses" / f"run={run}"
-    shards = []
-    for p in folder.glob("step=*/part-0.parquet"):
-        try:
-            shards.append((int(p.parent.name.split("=", 1)[1]), p))
-        except ValueError:
-            raise SpectrumError(f"{p.parent}: not a step=<integer> folder") from None
-    return sorted(shards)
-
-
 def read_fits(out: Path, run: str) -> pl.DataFrame | None:
     path = Path(out) / "fits" / f"run={run}" / "part-0.parquet"
     if not path.is_file():
@@ -94,7 +84,7 @@ def read_fits(out: Path, run: str) -> pl.DataFrame | None:
 def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int = 0) -> RunData | None:
     """The run's data, or None if it has no loss shards with T > 0."""
     out = Path(out)
-    shards = [(s, p) for s, p in loss_shards(out, spec.name) if s > 0]
+    shards = [(s, shard_path(out, spec.name, s)) for s in run_steps(out, spec.name) if s > 0]
     if not shards:
         return None
     fits = read_fits(out, spec.name)
@@ -117,8 +107,7 @@ def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int =
                .agg(s=pl.col("loss").cast(pl.Float64).sum(), n=pl.len())
                .collect())
     except Exception as e:  # noqa: BLE001
-        raise SpectrumError(f"{out / 'losses' / f'run={spec.name}'}: unreadable loss shards ({e})") \
-            from None
+        raise SpectrumError(f"{run_dir(out, spec.name)}: unreadable loss shards ({e})") from None
     steps = np.array([s for s, _ in shards], dtype=np.int64)
     K = len(steps)
     pos = {int(s): j for j, s in enumerate(steps)}

@@ -1,0 +1,136 @@
+"""`spectrum report`: spectra, held-out reconstruction tests and the report.
+
+Reads ``evalset/tokens.parquet``, the loss shards and the fits of every run; writes
+``spectra/spectra.parquet`` (+ ``grid.json``, ``comparisons.json``),
+``reconstruction/predictions.parquet`` and ``reconstruction/scores.json``, then
+``report/report.md``, ``report/index.html`` and ``report/figures/*.png``. Skipped when the outputs
+were made from the same inputs with the same options (``--force`` recomputes).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from spectrum.errors import SpectrumError
+from spectrum.evaluation import Options, run_spectra, run_tests
+from spectrum.manifest import Manifest
+from spectrum.report import build_blocks, write_report
+from spectrum.run_data import load_run, read_fits, read_tokens
+from spectrum.spectra import DEFAULT_KINDS, log_time_grid
+from spectrum.store import is_current, read_provenance, write_json, write_parquet
+from spectrum.trajectories import run_steps, shard_path
+
+HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
+KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spectrum-bins", type=int, default=40,
+                   help="bins of the shared ln T grid (default 40)")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap replicates over sequences for bands (default 200)")
+    p.add_argument("--spectrum-kinds", default=",".join(DEFAULT_KINDS),
+                   help=f"fit kinds that enter the spectra (default {','.join(DEFAULT_KINDS)})")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the sequence halves and the bootstrap (default 0)")
+    p.add_argument("--ridge", type=float, default=0.5,
+                   help="shrinkage of per-token slopes towards the population (default 0.5)")
+    p.add_argument("--force", action="store_true", help="recompute even if current")
+
+
+def options(args: argparse.Namespace) -> Options:
+    kinds = tuple(k.strip() for k in str(args.spectrum_kinds).split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    problems = []
+    if bad or not kinds:
+        problems.append(f"--spectrum-kinds: unknown kind(s) {', '.join(bad) or '(none given)'}; "
+                        f"choose from {', '.join(KINDS)}")
+    if args.spectrum_bins < 2:
+        problems.append(f"--spectrum-bins must be at least 2, got {args.spectrum_bins}")
+    if args.bootstrap < 0:
+        problems.append(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.ridge < 0:
+        problems.append(f"--ridge must be >= 0, got {args.ridge}")
+    if problems:
+        raise SpectrumError(*problems)
+    return Options(n_bins=args.spectrum_bins, n_boot=args.bootstrap, kinds=kinds,
+                   seed=args.split_seed, ridge=args.ridge)
+
+
+def _fingerprint(manifest: Manifest) -> list:
+    """Names, sizes and modification times of every input file (cheap, detects rewrites)."""
+    out = manifest.out
+    files = [out / "evalset" / "tokens.parquet"]
+    for spec in manifest.runs:
+        files += [shard_path(out, spec.name, s) for s in run_steps(out, spec.name)]
+        files.append(out / "fits" / f"run={spec.name}" / "part-0.parquet")
+    return [(str(p.relative_to(out)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in files if p.is_file()]
+
+
+def _fit_settings(manifest: Manifest) -> dict:
+    """Scalar settings the fit stage recorded in a fits file's provenance (kind thresholds, ...)."""
+    for spec in manifest.runs:
+        prov = read_provenance(manifest.out / "fits" / f"run={spec.name}" / "part-0.parquet")
+        if prov:
+            flat = {}
+            for k, v in prov.items():
+                if isinstance(v, dict):
+                    flat.update({f"{k}.{kk}": vv for kk, vv in v.items()
+                                 if isinstance(vv, (int, float, str, bool))})
+                elif isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) < 60):
+                    flat[k] = v
+            return flat
+    return {}
+
+
+def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    opts = options(args)
+    out = manifest.out
+    prov = {"stage": "report", "options": opts.as_dict(), "inputs": _fingerprint(manifest),
+            "runs": [(r.name, r.params, r.tokens, r.tokens_per_step, r.role) for r in manifest.runs]}
+    pred_path = out / "reconstruction" / "predictions.parquet"
+    done = [pred_path, out / "reconstruction" / "scores.json", out / "report" / "index.html",
+            out / "spectra" / "spectra.parquet"]
+    if not args.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
+        print(f"report: current ({out / 'report' / 'index.html'}); --force to recompute")
+        return
+    tokens = read_tokens(out)
+    runs = []
+    for spec in tqdm(manifest.runs, desc="report: load runs", unit="run"):
+        r = load_run(out, spec, tokens, half_seed=opts.seed)
+        if r is not None:
+            runs.append(r)
+    if not runs:
+        raise SpectrumError(f"{out / 'losses'}: no run has loss shards at a step > 0; "
+                            "run `spectrum losses` first")
+    edges = log_time_grid([(float(r.x.min()), float(r.x.max())) for r in runs], opts.n_bins)
+    spectra = run_spectra(runs, edges, opts)
+    if spectra.table.height:
+        write_parquet(spectra.table.to_arrow(), out / "spectra" / "spectra.parquet", prov)
+    else:
+        write_parquet(pa.table({"run": pa.array([], pa.string())}),
+                      out / "spectra" / "spectra.parquet", prov)
+    write_json({"edges": edges.tolist(), "axis": "x = ln T (T: training tokens seen)",
+                "source": "union of the runs' checkpoint ranges (T > 0)"},
+               out / "spectra" / "grid.json")
+    write_json({run: [c.as_dict() for c in cs] for run, cs in spectra.comparisons.items()},
+               out / "spectra" / "comparisons.json")
+    scores, preds = run_tests(runs, spectra.spectra, edges, opts)
+    scores["grid"] = {"edges": edges.tolist()}
+    write_json(scores, out / "reconstruction" / "scores.json")
+    fits = {r.name: read_fits(out, r.name) for r in runs}
+    fits = {k: v for k, v in fits.items() if v is not None}
+    blocks = build_blocks(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
+                          scores=scores, preds=preds, fits=fits,
+                          fit_settings=_fit_settings(manifest), edges=edges)
+    write_report(out / "report", blocks)
+    # written last: its provenance marks the whole stage as current
+    write_parquet(preds.to_arrow(), pred_path, prov)
+    n_null = sum(1 for t in scores["tests"].values() for b in t["targets"].values()
+                 for s in b["predictions"].values() if s.get("r2") is None)
+    print(f"report: {out / 'report' / 'index.html'} ({len(runs)} runs; "
+          f"{n_null} prediction score(s) null with a reason in scores.json)")
