@@ -58,11 +58,11 @@ class ParamModel:
         vals = {"lnM": lnM, "lnD": lnD}
         for ax, v in self.fixed_values.items():
             if not np.isclose(vals[ax], v, rtol=0, atol=1e-9):
-                what = "model size M" if ax == "lnM" else "data scale D"
+                what, sym = ("model size", "M") if ax == "lnM" else ("data scale", "D")
                 raise SpectrumError(
-                    f"run {run or '?'}: the fit runs have one {what} only ({np.exp(v):.4g}), so "
-                    f"its dependence is unknown and a run at {np.exp(vals[ax]):.4g} cannot be "
-                    f"predicted")
+                    f"run {run or '?'}: the fit runs have one {what} only ({sym} = "
+                    f"{np.exp(v):.4g}), so the dependence on {sym} is unknown and a run at "
+                    f"{sym} = {np.exp(vals[ax]):.4g} cannot be predicted")
         return np.array([1.0] + [vals[a] - self.center[a] for a in self.axes])
 
     def predict(self, lnM: float, lnD: float, run: str = "") -> dict[str, np.ndarray]:
