@@ -18,14 +18,17 @@ listed by :func:`incomplete_checkpoints`, so that a stage can report them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spectrum.errors import ManifestError, SpectrumError
 from spectrum.manifest import HubSource, Manifest, RunSpec
+from spectrum.store import hash_files
 
 _FOLDER = re.compile(r"(?:checkpoint-(?P<hf>\d+)|step(?P<step>\d+)(?:-tokens(?P<btok>\d+)B)?)")
 _REVISION = re.compile(r"step(?P<step>\d+)(?:-tokens(?P<btok>\d+)B)?")
@@ -190,3 +193,32 @@ def validate_checkpoint_sources(manifest: Manifest) -> None:
                                 f"for steps {', '.join(map(str, missing))}")
     if problems:
         raise ManifestError(*problems)
+
+
+def content_hash(folder: str | Path, memo: dict[str, Any] | None = None) -> str:
+    """SHA-256 identifying a checkpoint's config.json and weights.
+
+    Files that are symlinks into a Hugging Face cache's ``blobs/`` are identified by their blob
+    name (the hub's content hash) without reading them. ``memo`` (path -> {"stamp", "hash"}),
+    when given, is used and updated, keyed on each file's size and modification time, so that a
+    large checkpoint is read once and not on every run of a stage.
+    """
+    folder = Path(folder)
+    files = [folder / "config.json", *weight_files(folder)]
+    h = hashlib.sha256()
+    for f in files:
+        target = Path(os.path.realpath(f))
+        if f.is_symlink() and target.parent.name == "blobs":
+            h.update(f"{f.name}:blob:{target.name}\n".encode())
+            continue
+        st = target.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        key = str(target)
+        if memo is not None and memo.get(key, {}).get("stamp") == stamp:
+            digest = memo[key]["hash"]
+        else:
+            digest = hash_files([target])
+            if memo is not None:
+                memo[key] = {"stamp": stamp, "hash": digest}
+        h.update(f"{f.name}:{digest}\n".encode())
+    return h.hexdigest()

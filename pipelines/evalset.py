@@ -1,0 +1,52 @@
+"""``spectrum evalset``: draw the evaluation set (see :mod:`spectrum.evalset`).
+
+The tokenizer is ``evalset.tokenizer`` of the manifest (a folder, or a hub id in the local
+cache), or else the tokenizer saved with the first checkpoint of the first run. An evalset that
+is current (same corpus, split, seed, sizes and vocabulary) is kept; ``--force`` redraws it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from spectrum.checkpoints import resolve_checkpoints, validate_checkpoint_sources
+from spectrum.errors import SpectrumError
+from spectrum.evalset import build_evalset, is_current, load_tokenizer, write_evalset
+from spectrum.manifest import Manifest
+
+HELP = "draw the evaluation set (token ids, annotations) from the manifest's corpus"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="recompute even if current")
+
+
+def tokenizer_source(manifest: Manifest) -> str:
+    """Where the evalset's tokenizer comes from (see the module doc)."""
+    if manifest.evalset.tokenizer:
+        return manifest.evalset.tokenizer
+    first = manifest.runs[0]
+    validate_checkpoint_sources(dataclasses.replace(manifest, runs=(first,)))
+    ckpt = resolve_checkpoints(first)[0]
+    if not any((ckpt.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                     "tokenizer.model", "vocab.json")):
+        raise SpectrumError(f"checkpoint {ckpt.path} (the first of run {first.name}) has no "
+                            "tokenizer: set evalset.tokenizer in the manifest")
+    return str(ckpt.path)
+
+
+def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    folder = Path(manifest.out) / "evalset"
+    source = tokenizer_source(manifest)
+    tokenizer = load_tokenizer(source)
+    if not getattr(args, "force", False) and is_current(folder, manifest.evalset, tokenizer):
+        print(f"evalset: {folder} is current", file=sys.stderr)
+        return
+    sequences, tokens, meta = build_evalset(manifest.evalset, tokenizer, source)
+    write_evalset(folder, sequences, tokens, meta)
+    print(f"evalset: {meta['sequences']} sequences x {meta['context']} tokens "
+          f"({meta['counts']['tokens']} targets) from {meta['counts']['documents']} "
+          f"{manifest.evalset.split} documents -> {folder}", file=sys.stderr)

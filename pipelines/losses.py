@@ -1,0 +1,261 @@
+"""``spectrum losses``: the loss of every evalset token at every checkpoint of every run.
+
+One unit of work per (run, checkpoint); each writes ``<out>/losses/run=<run>/step=<step>/
+part-0.parquet`` (``token_idx`` int64, ``loss`` float32 nats, sorted by ``token_idx``) with its
+provenance (run, step, tokens = step * tokens_per_step, checkpoint path and content hash, evalset
+hash, dtype, code version). A shard whose checkpoint hash, evalset hash, dtype, run, step and
+tokens match is current and skipped; one that differs is stale and recomputed with a warning.
+
+Workers are Ray actors (a fresh local Ray by default, ``--ray-address`` for a cluster) or, with
+``--executor local``, this process. Each worker keeps the evalset on its device, and loads the
+next checkpoint in a background thread while it evaluates the current one. Shards are written by
+this process as results arrive, atomically, so an interrupted run loses only the checkpoints in
+flight and the same command finishes it. A checkpoint that cannot be read (truncated weights,
+missing config, another tokenizer, too short a context) is reported by path while the others
+finish; the command then exits with status 1 and a summary. Non-finite losses (a diverged
+checkpoint) are stored as they are and counted in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from spectrum import __version__
+from spectrum.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
+                                  validate_checkpoint_sources)
+from spectrum.errors import SpectrumError, StageFailed
+from spectrum.evalset import load_evalset
+from spectrum.manifest import Manifest
+from spectrum.store import read_provenance, write_json, write_parquet
+
+HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
+# provenance keys that decide whether a shard is current (path and code version are recorded only)
+CURRENT_KEYS = ("run", "step", "tokens", "checkpoint_hash", "evalset_hash", "dtype")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto|cpu|cuda|cuda:N for the local executor (default auto); Ray "
+                        "workers use CUDA when they are given GPUs")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default: a local Ray, or --ray-address) or local (this process)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (auto, ip:port); default: start a local Ray")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per Ray worker (default: 1 if this machine has GPUs, else 0)")
+    p.add_argument("--force", action="store_true", help="recompute even if current")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers (default: one per GPU, or one per --cpus-per-worker CPUs)")
+    p.add_argument("--cpus-per-worker", type=int, default=1,
+                   help="CPUs (and torch threads) per CPU worker (default 1)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="weights and activations: auto = bfloat16 on GPUs, float32 on CPUs")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per forward pass (default: automatic)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="retries of a unit that failed unexpectedly (default 2)")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One checkpoint to evaluate, and where its shard goes."""
+
+    run: str
+    step: int
+    path: str
+    shard: str
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    losses: np.ndarray  # float32, token_idx order
+    seconds: float  # evaluation only, without loading
+    load_wait: float  # time spent waiting for the checkpoint to load
+
+
+class LossWorker:
+    """Evaluates checkpoints on one device; loads the next one in a background thread."""
+
+    def __init__(self, input_ids: np.ndarray, meta: dict[str, Any], device: str, dtype: str,
+                 batch_size: int | None, threads: int | None) -> None:
+        import torch
+
+        from spectrum.losses import Evaluator, parse_dtype, resolve_device
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.dtype = parse_dtype(dtype)
+        self.meta = meta
+        self.evaluator = Evaluator(input_ids, self.device, batch_size=batch_size)
+        self.loader = ThreadPoolExecutor(max_workers=1)
+        self.pending: dict[str, Future] = {}
+
+    def _load(self, path: str) -> Any:
+        from transformers import AutoConfig
+
+        from spectrum.losses import check_compatible, load_model
+
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpectrumError(f"checkpoint {path}: cannot be read: {first}") from None
+        check_compatible(path, config, self.meta)
+        return load_model(path, device=self.device, dtype=self.dtype)
+
+    def prefetch(self, unit: Unit) -> None:
+        if unit.path not in self.pending:
+            self.pending[unit.path] = self.loader.submit(self._load, unit.path)
+
+    def process(self, unit: Unit) -> Result:
+        t0 = time.perf_counter()
+        future = self.pending.pop(unit.path, None)
+        model = future.result() if future is not None else self._load(unit.path)
+        t1 = time.perf_counter()
+        losses = self.evaluator(model).reshape(-1)
+        del model
+        return Result(losses, time.perf_counter() - t1, t1 - t0)
+
+
+def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
+    """(executor, device for the workers) from the stage's options. ``--num-gpus`` defaults to 1
+    when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address), else 0."""
+    from pipelines.executor import LocalExecutor, RayExecutor
+
+    if args.executor == "local":
+        return LocalExecutor(retries=args.retries), args.device
+    ex = RayExecutor(args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                     retries=args.retries)
+    gpus = args.num_gpus
+    if gpus is None:
+        if args.ray_address is None:
+            import torch
+
+            gpus = 1 if torch.cuda.is_available() else 0
+        else:
+            gpus = 1 if ex.cluster_resources().get("GPU", 0) >= 1 else 0
+    ex.gpus_per_worker = gpus
+    device = ("cuda" if gpus > 0 else "cpu") if args.device == "auto" else args.device
+    return ex, device
+
+
+def _dtype(args: argparse.Namespace, device: str) -> str:
+    if args.dtype != "auto":
+        return args.dtype
+    from spectrum.losses import default_dtype, dtype_name, resolve_device
+
+    return dtype_name(default_dtype(resolve_device(device)))
+
+
+def shard_path(out: Path, run: str, step: int) -> Path:
+    return Path(out) / "losses" / f"run={run}" / f"step={step}" / "part-0.parquet"
+
+
+def _stale_reason(found: dict[str, Any], expected: dict[str, Any]) -> str:
+    return ", ".join(f"{k} changed" for k in CURRENT_KEYS if found.get(k) != expected.get(k))
+
+
+def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = False,
+         log=print) -> tuple[list[Unit], int, list[str]]:
+    """(units to compute, number of current shards skipped, problems with checkpoint folders)."""
+    out = Path(manifest.out)
+    memo_path = out / ".cache" / "checkpoint_hashes.json"  # outside losses/: scans read only shards
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    units, skipped, problems = [], 0, []
+    for run in manifest.runs:
+        problems += [f"checkpoint {p}: cannot be read: incomplete (no config.json or no weights)"
+                     for p in incomplete_checkpoints(run)]
+        for ck in resolve_checkpoints(run):
+            prov = {"run": run.name, "step": ck.step, "tokens": ck.step * run.tokens_per_step,
+                    "checkpoint": str(ck.path), "checkpoint_hash": content_hash(ck.path, memo),
+                    "evalset_hash": evalset_hash, "dtype": dtype, "code_version": __version__}
+            shard = shard_path(out, run.name, ck.step)
+            found = read_provenance(shard)
+            current = found is not None and all(found.get(k) == prov[k] for k in CURRENT_KEYS)
+            if current and not force:
+                skipped += 1
+                continue
+            if found is not None and not current:
+                log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
+            units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov))
+    write_json(memo, memo_path)
+    return units, skipped, problems
+
+
+def write_shard(unit: Unit, losses: np.ndarray) -> None:
+    table = pa.table({"token_idx": pa.array(np.arange(len(losses), dtype=np.int64)),
+                      "loss": pa.array(np.asarray(losses, dtype=np.float32))})
+    write_parquet(table, unit.shard, unit.provenance)
+
+
+def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_unit: int
+              ) -> tuple[list[str], dict[str, int], float]:
+    """Run the units, writing each shard as it arrives; (failures, non-finite counts per shard,
+    sum of pure evaluation seconds)."""
+    from tqdm.auto import tqdm
+
+    failures: list[str] = []
+    nonfinite: dict[str, int] = {}
+    eval_seconds = 0.0
+    done_tokens = 0
+    t0 = time.perf_counter()
+    with tqdm(total=len(units), unit="shard", desc="losses", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for outcome in executor.map(make_worker, units):
+            unit = outcome.unit
+            if outcome.ok:
+                res: Result = outcome.result
+                write_shard(unit, res.losses)
+                bad = int((~np.isfinite(res.losses)).sum())
+                if bad:
+                    nonfinite[f"{unit.run} step {unit.step}"] = bad
+                eval_seconds += res.seconds
+                done_tokens += tokens_per_unit
+            else:
+                failures.append(outcome.error if unit.path in (outcome.error or "")
+                                else f"checkpoint {unit.path}: {outcome.error}")
+                bar.write(f"error: {failures[-1]}", file=sys.stderr)
+            elapsed = max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix_str(f"{done_tokens / elapsed:,.0f} tok/s", refresh=False)
+            bar.update(1)
+    return failures, nonfinite, eval_seconds
+
+
+def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    validate_checkpoint_sources(manifest)
+    evalset = load_evalset(Path(manifest.out) / "evalset")
+    executor, device = make_executor(args)
+    dtype = _dtype(args, device)
+    units, skipped, problems = plan(manifest, evalset.hash, dtype, force=args.force,
+                                    log=lambda m: print(m, file=sys.stderr))
+    threads = args.cpus_per_worker if args.executor == "ray" else None
+    make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
+                          args.batch_size, threads)
+    failures, nonfinite = [], {}
+    if units:
+        failures, nonfinite, _ = run_units(units, executor, make_worker, evalset.num_tokens)
+    failures = problems + failures
+    computed = len(units) - (len(failures) - len(problems))
+    summary = (f"losses: {computed} shards written, {skipped} current ones skipped, "
+               f"{len(failures)} checkpoints failed; "
+               f"{sum(nonfinite.values())} non-finite losses"
+               + (f" in {len(nonfinite)} shards ({', '.join(nonfinite)})" if nonfinite else ""))
+    print(summary, file=sys.stderr)
+    if failures:
+        raise StageFailed(*failures, summary)
