@@ -78,3 +78,89 @@ def test_summary_scores_each_seed_against_its_own_uniform_run():
     assert a["curriculum"]["final_loss"]["std"] == pytest.approx(np.std([2.8, 3.1], ddof=1))
     table = markdown_table(s)
     assert "| random |" in table and "1/2" in table
+
+
+def _tiny_config(vocab: int = 64, context: int = 16):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=context,
+                         tie_word_embeddings=False, use_cache=False)
+
+
+def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
+    """Fast variant of the controlled test: the training of the arms on a synthetic pool."""
+    import json
+
+    import torch
+
+    from pipelines.curriculum_test import run_arms, write_results
+    from spectrum.curriculum import phase_schedule
+    from spectrum.curriculum_trial import report_section
+    from spectrum.suite_train import OptimConfig
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    # a learnable pool: half the sequences count upwards mod 64, half are noise
+    base = (torch.arange(16)[None, :] + torch.randint(0, 64, (40, 1), generator=g)) % 64
+    pool = torch.cat([base[:20], torch.randint(0, 64, (20, 16), generator=g)]).to(torch.int32)
+    evals = ((torch.arange(16)[None, :] + torch.arange(8)[:, None] * 7) % 64).to(torch.int32)
+    phases = phase_schedule(12, 4 * 16, 2)
+    w = np.ones((40, 2))
+    w[:20] = 1.8
+    w[20:] = 0.2
+    buckets = frequency_buckets(np.arange(40.0), 4)
+    kw = dict(seeds=2, arms=["uniform", "curriculum", "freq_shuffled", "random"], out=tmp_path,
+              fingerprint="f1", device="cpu")
+    curves = run_arms(_tiny_config(), OptimConfig(learning_rate=1e-2, warmup_steps=2), pool, evals,
+                      w, buckets, phases, **kw)
+    assert len(curves) == 8
+    for c in curves:  # same compute and the same evaluation schedule in every arm
+        assert c.tokens[-1] == 12 * 64 and c.tokens == curves[0].tokens
+        assert all(np.isfinite(c.losses))
+    by = {(c.arm, c.seed): c for c in curves}
+    # the arms really differ (other weights), and a seed is reproducible
+    assert by[("uniform", 0)].losses != by[("curriculum", 0)].losses
+    summary = write_results(curves, {"size": "tiny", "steps": 12, "tokens_per_step": 64,
+                                     "pool_sequences": 40, "phases": 2, "floor": 0.25,
+                                     "seeds": [0, 1], "buckets": 4, "eval_sequences": 8}, tmp_path)
+    assert set(summary["arms"]) == set(kw["arms"])
+    assert summary["arms"]["uniform"]["reached"] == 2
+    for name in ("results.json", "results.md", "curriculum_test.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    section = report_section(tmp_path)
+    assert section is not None and "| curriculum |" in section["markdown"]
+    assert section["figure"] == tmp_path / "curriculum_test.png"
+    assert report_section(tmp_path / "nothing") is None
+    # a repeated command reuses finished runs instead of training them again
+    import spectrum.suite_train as st
+
+    monkeypatch.setattr(st, "train_model", lambda *a, **k: pytest.fail("retrained a finished run"))
+    again = run_arms(_tiny_config(), OptimConfig(), pool, evals, w, buckets, phases, **kw)
+    assert [c.losses for c in again] == [c.losses for c in curves]
+    rec = json.loads((tmp_path / "runs" / "random-seed1.json").read_text())
+    assert rec["setup"] == "f1"
+
+
+@pytest.mark.slow
+def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_path):
+    import json
+    import shutil
+
+    from pipelines.cli import main
+
+    shutil.copytree(micro_suite.parent, tmp_path / "suite")
+    config = tmp_path / "suite" / micro_suite.name
+    assert main(["curriculum-test", "--config", str(config), "--seeds", "2", "--size", "s1",
+                 "--executor", "local", "--device", "cpu", "--eval-sequences", "16",
+                 "--phases", "3"]) == 0
+    out = tmp_path / "suite" / "artifacts" / "curriculum" / "test"
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["setup"]["size"] == "s1" and rec["setup"]["seeds"] == [0, 1]
+    assert set(rec["summary"]["arms"]) == {"uniform", "curriculum", "freq_shuffled", "random"}
+    assert all(a["seeds"] == 2 for a in rec["summary"]["arms"].values())
+    assert (out / "curriculum_test.png").is_file() and (out / "results.md").is_file()
+    # the learnability of the pool came from the fit stage over the training split
+    assert (out / "learnability" / "fits" / "run=m1-d1" / "part-0.parquet").is_file()
+    meta = json.loads((out / "learnability" / "evalset" / "meta.json").read_text())
+    assert meta["source"]["split"] == "train"

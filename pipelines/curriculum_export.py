@@ -1,0 +1,175 @@
+"""`spectrum export-curriculum`: weights that reshape a target run's data by when it becomes learnable.
+
+1. Learnability of the *training* data: the evalset, losses and fit stages run unchanged on a
+   derived manifest whose evalset is drawn from the training split (``split: train``), written
+   under ``<out>/curriculum/learnability/`` (each stage skips what is already current, so the
+   command resumes). The runs measured are the manifest's ``fit`` runs, or ``--runs``.
+2. Per training sequence and document: the loss shed in each phase of the target run
+   (:mod:`spectrum.curriculum`), turned into per-phase weights (mean 1 per phase, floor
+   ``--floor``), written to ``<out>/curriculum/`` with a README.
+3. The target dataset's ids: by default the documents of the manifest corpus's training split,
+   or ``--target-ids`` (a text file with one ``doc_id`` per line, or a Parquet/JSONL file with a
+   ``doc_id`` column). Exported ids the target lacks are counted, printed with examples and
+   written to ``<out>/curriculum/missing_ids.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from spectrum.corpus import documents
+from spectrum.curriculum import (CurriculumWeights, Learnability, learnability, phase_schedule,
+                                 write_export)
+from spectrum.errors import SpectrumError
+from spectrum.manifest import Manifest, RunSpec
+from spectrum.store import write_json
+
+HELP = "export curriculum weights for a target run (reweights training data by learnability)"
+LEARNABILITY_STAGES = ("evalset", "losses", "fit")
+_SHARED = ("device", "executor", "ray_address", "num_gpus", "force")
+
+
+def add_learnability_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by export-curriculum and curriculum-test."""
+    p.add_argument("--runs", default=None,
+                   help="comma-separated runs whose checkpoints measure learnability "
+                        "(default: the manifest's fit runs)")
+    p.add_argument("--sequences", type=int, default=None,
+                   help="training-split sequences to measure (default: the evalset's sequences)")
+    p.add_argument("--phases", type=int, default=4,
+                   help="phases of the target run: equal bins of ln T (default 4)")
+    p.add_argument("--floor", type=float, default=0.25,
+                   help="smallest weight, as a fraction of the phase mean (default 0.25)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--executor", choices=("ray", "local"), default=None,
+                   help="how the losses stage distributes work (default: the losses stage's)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per losses worker (default: 1 if GPUs exist, else 0)")
+    p.add_argument("--force", action="store_true", help="recompute even if outputs are current")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-steps", type=int, required=True,
+                   help="optimizer steps of the run the weights are for")
+    p.add_argument("--tokens-per-step", type=int, default=None,
+                   help="tokens per step of the target run (default: the first measured run's)")
+    p.add_argument("--target-ids", default=None,
+                   help="the target dataset's doc ids: a text file (one per line), or Parquet/JSONL "
+                        "with a doc_id column (default: the manifest corpus's training split)")
+    add_learnability_arguments(p)
+
+
+def curriculum_dir(manifest: Manifest) -> Path:
+    return manifest.out / "curriculum"
+
+
+def learnability_runs(manifest: Manifest, runs: str | None) -> tuple[RunSpec, ...]:
+    if runs:
+        names = [r.strip() for r in runs.split(",") if r.strip()]
+        unknown = [n for n in names if n not in {r.name for r in manifest.runs}]
+        if unknown:
+            raise SpectrumError(f"{manifest.path}: --runs names unknown run(s) {', '.join(unknown)}")
+        return tuple(manifest.run(n) for n in names)
+    if not manifest.fit_runs:
+        raise SpectrumError(f"{manifest.path}: no run has role fit; name the runs with --runs")
+    return manifest.fit_runs
+
+
+def learnability_manifest(manifest: Manifest, runs: tuple[RunSpec, ...],
+                          sequences: int | None) -> Manifest:
+    """The manifest the stages run on: training-split evalset, output under curriculum/learnability."""
+    ev = dataclasses.replace(manifest.evalset, split="train",
+                             sequences=sequences or manifest.evalset.sequences)
+    return dataclasses.replace(manifest, out=curriculum_dir(manifest) / "learnability",
+                               evalset=ev, runs=runs)
+
+
+def _stage_namespace(module: Any, args: argparse.Namespace) -> argparse.Namespace:
+    """A stage's own defaults, with the shared options (device, executor, ...) taken from ``args``."""
+    parser = argparse.ArgumentParser(conflict_handler="resolve")
+    module.add_arguments(parser)
+    ns = parser.parse_args([])
+    for key in _SHARED:
+        if getattr(args, key, None) is not None and hasattr(ns, key):
+            setattr(ns, key, getattr(args, key))
+    return ns
+
+
+def run_learnability_stages(lm: Manifest, args: argparse.Namespace) -> None:
+    """The evalset, losses and fit stages, unchanged, on the learnability manifest."""
+    for name in LEARNABILITY_STAGES:
+        try:
+            module = importlib.import_module(f"pipelines.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"pipelines.{name}":
+                raise SpectrumError(f"the {name} stage is not available in this installation") from None
+            raise
+        print(f"curriculum: learnability of training data: {name} stage", flush=True)
+        module.main(lm, _stage_namespace(module, args))
+
+
+def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
+    fits = {}
+    for run in lm.runs:
+        path = lm.out / "fits" / f"run={run.name}" / "part-0.parquet"
+        if not path.is_file():
+            raise SpectrumError(f"{path}: no fits for run {run.name} (the fit stage did not write them)")
+        fits[run.name] = pl.read_parquet(path)
+    return fits
+
+
+def measure_learnability(manifest: Manifest, args: argparse.Namespace, runs: tuple[RunSpec, ...],
+                         target_steps: int, tokens_per_step: int) -> tuple[Manifest, Learnability]:
+    """Run the stages (resuming) and aggregate the fits over the phases of the target run."""
+    lm = learnability_manifest(manifest, runs, args.sequences)
+    run_learnability_stages(lm, args)
+    tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
+                             columns=["token_idx", "seq_id", "doc_id"])
+    phases = phase_schedule(target_steps, tokens_per_step, args.phases)
+    return lm, learnability(tokens, read_fits(lm), phases)
+
+
+def read_target_ids(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumError(f"{path}: --target-ids file not found")
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+    elif path.suffix in (".jsonl", ".json"):
+        df = pl.read_ndjson(path)
+    else:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if "doc_id" not in df.columns:
+        raise SpectrumError(f"{path}: has no doc_id column (columns: {', '.join(df.columns)})")
+    return df["doc_id"].cast(pl.String).to_list()
+
+
+def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    runs = learnability_runs(manifest, args.runs)
+    tps = args.tokens_per_step or runs[0].tokens_per_step
+    lm, learn = measure_learnability(manifest, args, runs, args.target_steps, tps)
+    folder = curriculum_dir(manifest)
+    evalset_meta = json.loads((lm.out / "evalset" / "meta.json").read_text())
+    paths = write_export(learn, folder, floor=args.floor,
+                         provenance={"evalset_hash": evalset_meta.get("hash"),
+                                     "learnability_dir": str(lm.out)})
+    if args.target_ids:
+        target, source = read_target_ids(args.target_ids), str(args.target_ids)
+    else:
+        target = [d.doc_id for d in documents(manifest.evalset.corpus, "train")]
+        source = f"the training split of {manifest.evalset.corpus.kind} corpus"
+    al = CurriculumWeights.read(folder).align(target)
+    write_json({"target": source, **al.report(examples=50)}, folder / "missing_ids.json")
+    ph = learn.phases
+    print(f"curriculum: {learn.sequences.height} sequences / {learn.documents.height} documents, "
+          f"{ph.n} phases over {ph.target_steps} steps (starting at steps "
+          f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {paths['sequences']}")
+    print(f"curriculum: target dataset ({source}): {al.summary()}")

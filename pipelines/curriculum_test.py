@@ -1,0 +1,240 @@
+"""`spectrum curriculum-test`: does the learnability curriculum speed training up? A controlled test.
+
+One model size of the manifest's suite is trained from scratch under four arms
+(:mod:`spectrum.curriculum_trial`: ``uniform``, ``curriculum``, ``freq_shuffled``, ``random``)
+with the same optimizer, schedule, compute (steps x tokens per step), seeds and pool of training
+sequences; the arms differ only in the per-phase sampling weights that one
+:class:`~spectrum.curriculum_sampling.PhaseSampler` draws batches with (and a seed draws the same
+random numbers in every arm).
+
+- Pool: ``--sequences`` windows of the suite's context from the corpus's training split (the
+  learnability evalset, so every pool sequence has measured learnability). By default as many as
+  the training run consumes in two passes (``--epochs``), capped by what the split holds.
+- Learnability: the evalset, losses and fit stages over the pool, with the checkpoints of the
+  suite's ``fit`` runs of the same size (or ``--runs``), under ``<out>/curriculum/test/learnability``.
+- Compute: the steps and tokens per step of the largest ``fit`` run of that size (``--steps``
+  overrides the steps); the same AdamW, warmup and cosine schedule as the suite.
+- Validation: the suite's validation sequences (``--eval-sequences`` of them, evenly spaced
+  over the validation split), evaluated on a log-spaced schedule densified over the second half.
+
+Outputs in ``<out>/curriculum/test/``: ``runs/<arm>-seed<seed>.json`` (each run's curve; a
+finished run is skipped when the command is repeated), ``weights.parquet`` (every arm's weights
+for seed 0), ``results.json``, ``results.md`` and ``curriculum_test.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipelines.curriculum_export import (add_learnability_arguments, curriculum_dir,
+                                         learnability_runs, run_learnability_stages, read_fits)
+from spectrum.curriculum import learnability, phase_schedule, phase_weights, weight_columns
+from spectrum.curriculum_trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, Curve, arm_weights,
+                                       curve_record, frequency_buckets, markdown_table, plot,
+                                       results_markdown,
+                                       summarise)
+from spectrum.errors import SpectrumError
+from spectrum.manifest import Manifest, RunSpec
+from spectrum.store import write_json, write_parquet, write_text
+
+HELP = "controlled test: train one suite size under uniform, curriculum and control weightings"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default=None,
+                   help="model size of the suite to train (default: the smallest size of a fit run)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the steps of the largest fit run of that size)")
+    p.add_argument("--epochs", type=float, default=2.0,
+                   help="passes over the pool that the default pool size allows (default 2)")
+    p.add_argument("--buckets", type=int, default=8,
+                   help="token-frequency buckets of the frequency-matched control (default 8)")
+    p.add_argument("--eval-sequences", type=int, default=256,
+                   help="validation sequences for the loss curves (default 256)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"arms to train (default {','.join(ARMS)})")
+    add_learnability_arguments(p)
+
+
+def test_dir(manifest: Manifest) -> Path:
+    return curriculum_dir(manifest) / "test"
+
+
+def _suite(manifest: Manifest):
+    from spectrum.suite_config import plan_suite
+
+    plan = plan_suite(manifest)
+    if plan is None:
+        raise SpectrumError(f"{manifest.path}: curriculum-test trains a size of the built-in suite, "
+                            "but the manifest has no suite: section with runs to train")
+    return plan
+
+
+def _choose(plan, size: str | None, runs_arg: str | None, manifest: Manifest):
+    fit_plans = [r for r in plan.runs if r.run.role == "fit"] or list(plan.runs)
+    if size is None:
+        size = min(fit_plans, key=lambda r: r.run.params).size.name
+    if size not in plan.config.sizes:
+        raise SpectrumError(f"{manifest.path}: --size {size!r} is not a suite size "
+                            f"(suite.sizes: {', '.join(plan.config.sizes)})")
+    same = [r for r in fit_plans if r.size.name == size] or [r for r in plan.runs if r.size.name == size]
+    if not same:
+        raise SpectrumError(f"{manifest.path}: no suite run has size {size}: it has no checkpoints "
+                            "to measure learnability with")
+    base = max(same, key=lambda r: r.steps)
+    runs: tuple[RunSpec, ...] = learnability_runs(manifest, runs_arg) if runs_arg else \
+        tuple(r.run for r in same)
+    return size, base, runs
+
+
+def _split_windows(config, data) -> int:
+    """Windows of ``context`` tokens the training split holds, document by document."""
+    from spectrum.corpus import documents
+
+    docs = documents(config.corpus, "train")
+    ids = data.tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    return sum(len(x) // config.context for x in ids)
+
+
+def _fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_schedule(steps: int, n_log: int = 12, n_late: int = 10) -> list[int]:
+    """Log-spaced evaluation steps, densified linearly over the second half of training."""
+    grid = np.geomspace(1, steps, n_log)
+    late = np.linspace(steps / 2, steps, n_late + 1)
+    return sorted({0, steps, *np.rint(grid).astype(int).tolist(), *np.rint(late).astype(int).tolist()})
+
+
+def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    import torch
+
+    from spectrum.suite import prepare_data
+    from spectrum.suite_config import gpt_neox_config
+    from spectrum.suite_train import OptimConfig
+
+    from spectrum.suite import train_suite
+
+    plan = _suite(manifest)
+    cfg = plan.config
+    train_suite(manifest, device=args.device)  # a no-op when every run's checkpoints are complete
+    size, base, runs = _choose(plan, args.size, args.runs, manifest)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if unknown := [a for a in arms if a not in ARMS]:
+        raise SpectrumError(f"--arms: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})")
+    if "uniform" not in arms:
+        arms.insert(0, "uniform")  # every score is relative to the uniform run
+    if args.seeds < 1:
+        raise SpectrumError(f"--seeds must be at least 1, got {args.seeds}")
+    steps = args.steps or base.steps
+    tps = base.run.tokens_per_step
+    batch = tps // cfg.context
+    out = test_dir(manifest)
+
+    data = prepare_data(dataclasses.replace(cfg, eval_sequences=args.eval_sequences))
+    pool_n = args.sequences or min(_split_windows(cfg, data), math.ceil(steps * batch / args.epochs))
+    print(f"curriculum-test: size {size}, {steps} steps x {tps} tokens, pool of {pool_n} training "
+          f"sequences of {cfg.context} tokens, learnability from {', '.join(r.name for r in runs)}",
+          file=sys.stderr)
+
+    # learnability of the pool (evalset, losses and fit stages, resumable)
+    ev = dataclasses.replace(manifest.evalset, corpus=cfg.corpus, split="train", sequences=pool_n,
+                             context=cfg.context)
+    lm = dataclasses.replace(manifest, out=out / "learnability", evalset=ev, runs=runs)
+    run_learnability_stages(lm, args)
+    tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
+                             columns=["token_idx", "seq_id", "doc_id", "target_freq"])
+    phases = phase_schedule(steps, tps, args.phases)
+    learn = learnability(tokens, read_fits(lm), phases)
+    seqs = pl.read_parquet(lm.out / "evalset" / "sequences.parquet").sort("seq_id")
+    if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
+        raise SpectrumError(f"{lm.out / 'evalset'}: sequences and tokens disagree; rerun with --force")
+    pool = torch.tensor(np.stack(seqs["input_ids"].to_numpy()), dtype=torch.int32)
+    w_curr = phase_weights(learn.shed(), args.floor)
+    mean_log_freq = (tokens.group_by("seq_id").agg(pl.col("target_freq").log().mean())
+                     .sort("seq_id")["target_freq"].to_numpy())
+    buckets = frequency_buckets(mean_log_freq, args.buckets)
+
+    setup = {"size": size, "steps": steps, "tokens_per_step": tps, "context": cfg.context,
+             "pool_sequences": pool_n, "phases": phases.n, "phase_steps": list(phases.step_edges),
+             "floor": args.floor, "buckets": int(buckets.max()) + 1, "seeds": list(range(args.seeds)),
+             "eval_sequences": int(len(data.eval_sequences)), "learnability_runs": [r.name for r in runs],
+             "suite_fingerprint": plan.fingerprint(base), "arms": arms,
+             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16]}
+    fp = _fingerprint({k: v for k, v in setup.items() if k not in ("seeds", "arms")})
+    w0 = arm_weights(w_curr, buckets, 0)
+    cols = {"seq_id": learn.sequences["seq_id"], "doc_id": learn.sequences["doc_id"],
+            "mean_log_freq": mean_log_freq, "freq_bucket": buckets}
+    for arm in arms:
+        for p, c in enumerate(weight_columns(phases.n)):
+            cols[f"{arm}_{c}"] = w0[arm][:, p]
+    write_parquet(pl.DataFrame(cols).to_arrow(), out / "weights.parquet", {"setup": fp})
+
+    model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
+                                   eos_token_id=data.tokenizer.eos_token_id)
+    optim = OptimConfig(cfg.learning_rate, cfg.min_lr_ratio, cfg.warmup_steps, cfg.weight_decay,
+                        cfg.betas, cfg.grad_clip)
+    curves = run_arms(model_config, optim, pool, data.eval_sequences, w_curr, buckets, phases,
+                      seeds=args.seeds, arms=arms, out=out, fingerprint=fp, device=args.device,
+                      force=args.force)
+    write_results(curves, setup, out)
+
+
+def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
+             buckets: np.ndarray, phases: Any, *, seeds: int, arms: list[str], out: Path,
+             fingerprint: str, device: str = "auto", force: bool = False) -> list[Curve]:
+    """Train every (arm, seed); a run whose record in ``out/runs`` matches ``fingerprint`` is reused."""
+    from spectrum.curriculum_sampling import PhaseSampler
+    from spectrum.suite_train import train_model
+
+    steps, tps = phases.target_steps, phases.tokens_per_step
+    batch = tps // pool.shape[1]
+    at = eval_schedule(steps)
+    curves: list[Curve] = []
+    for seed in range(seeds):
+        weights = arm_weights(w_curr, buckets, seed)
+        for arm in arms:
+            path = out / "runs" / f"{arm}-seed{seed}.json"
+            if not force and path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("setup") == fingerprint:
+                    curves.append(Curve(**rec["curve"]))
+                    continue
+            sampler = PhaseSampler(weights[arm], phases.step_starts, batch_size=batch,
+                                   num_steps=steps, seed=seed)
+            res = train_model(model_config, pool, steps=steps, tokens_per_step=tps, seed=seed,
+                              optim=optim, sampler=sampler, eval_sequences=eval_sequences,
+                              eval_steps=at, device=device, progress=f"{arm} seed {seed}")
+            curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
+                          [float(v) for _, v in res.eval_curve])
+            write_json({"setup": fingerprint, "curve": curve_record(curve), "seconds": res.seconds},
+                       path)
+            curves.append(curve)
+    return curves
+
+
+def write_results(curves: list[Curve], setup: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Score the curves, write results.json, results.md and the figure; return the summary."""
+    # step 0 has no place on a log axis of tokens: scores and figure use T > 0
+    scored = [Curve(c.arm, c.seed, c.tokens[1:], c.losses[1:]) if c.tokens[0] == 0 else c
+              for c in curves]
+    summary = summarise(scored)
+    write_json({"setup": setup, "summary": summary, "curves": [curve_record(c) for c in curves]},
+               out / RESULTS_JSON)
+    plot(scored, summary, out / FIGURE)
+    text = results_markdown(summary, setup)
+    write_text(text, out / RESULTS_MD)
+    print(markdown_table(summary), file=sys.stderr)
+    print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
+    return summary
