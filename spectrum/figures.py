@@ -27,18 +27,34 @@ MODEL_STYLE = {
 }
 
 
-def _figure(n_panels: int, *, ncols: int = 3, w: float = 4.2, h: float = 3.2) -> tuple[Figure, list]:
+def _figure(n_panels: int, *, ncols: int = 3, w: float = 4.2, h: float = 3.2,
+            left: float = 0.75, top: float = 0.35) -> tuple[Figure, list]:
+    """A grid of panels with fixed margins in inches (a layout engine costs more than drawing)."""
     ncols = max(1, min(ncols, n_panels))
     nrows = int(np.ceil(n_panels / ncols)) if n_panels else 1
-    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    W, H = w * ncols, h * nrows
+    fig = Figure(figsize=(W, H))
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / W, right=1 - 0.15 / W, bottom=0.55 / H, top=1 - top / H,
+                        wspace=0.9 / (w - 0.9), hspace=1.15 / (h - 1.15))
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(max(n_panels, 1))]
     return fig, axes
 
 
+def _shared_legend(fig: Figure, axes: list) -> None:
+    """One legend for all panels, above them (labels in order of first appearance)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="upper center", ncol=min(len(seen), 4),
+                   fontsize=8, frameon=False)
+
+
 def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96)
+    fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
 
 
@@ -51,7 +67,7 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
     """Measured mean loss and its reconstructions, one panel per run."""
     rows = preds.filter(pl.col("target") == "L")
     runs = [r for r in roles if r in set(rows["run"].to_list())]
-    fig, axes = _figure(len(runs))
+    fig, axes = _figure(len(runs), top=0.85)
     if not runs:
         _empty(axes[0], "no loss curves")
     for ax, run in zip(axes, runs):
@@ -65,7 +81,7 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
         ax.set_title(f"{run} ({roles[run]})")
         ax.set_xlabel("T (training tokens)")
         ax.set_ylabel("mean loss (nats)")
-        ax.legend(fontsize=7)
+    _shared_legend(fig, axes)
     return fig
 
 
@@ -89,7 +105,7 @@ def spectra(table: pl.DataFrame) -> Figure:
     for ax in (a1, a2):
         ax.set_xscale("log")
         ax.set_xlabel("learning time T (tokens)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     a1.set_title("amplitude-weighted spectrum S")
     a2.set_title("count density")
     return fig
@@ -115,14 +131,14 @@ def slices(table: pl.DataFrame, run: str) -> Figure:
         ax.set_title(f"{run}: by {name.replace('_', ' ')}")
         ax.set_xlabel("learning time T (tokens)")
         ax.set_ylabel("S within the slice")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
 def comparisons(comps: dict[str, list[Comparison]]) -> Figure:
     """Difference of amplitude-weighted mean learning time between slices, with bootstrap CIs."""
     items = [(run, c) for run, cs in comps.items() for c in cs]
-    fig, (ax,) = _figure(1, w=8.0, h=0.35 * max(len(items), 3) + 1.2)
+    fig, (ax,) = _figure(1, w=10.0, h=0.3 * max(len(items), 3) + 1.2, left=4.2)
     if not items:
         _empty(ax, "no slice comparisons")
         return fig
@@ -137,15 +153,15 @@ def comparisons(comps: dict[str, list[Comparison]]) -> Figure:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, [f"{run}: {c.a} - {c.b}" for run, c in items], fontsize=7)
     ax.set_xlabel("difference of mean learning time (ln T); < 0: first slice learned earlier")
-    ax.set_title("slice comparisons (95% bootstrap interval over sequences; red: excludes 0)")
+    ax.set_title("95% bootstrap intervals over sequences (red: excludes 0)")
     return fig
 
 
-def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int = 9) -> Figure:
+def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int = 6) -> Figure:
     """Measured vs predicted derivatives (and baselines) for every run of one test."""
     sub = preds.filter((pl.col("test") == test) & (pl.col("target") == target))
     runs = sub["run"].unique(maintain_order=True).to_list()[:max_panels] if sub.height else []
-    fig, axes = _figure(len(runs))
+    fig, axes = _figure(len(runs), top=0.85)
     if not runs:
         _empty(axes[0], f"{test}: no {target} targets")
     for ax, run in zip(axes, runs):
@@ -160,7 +176,7 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
         ax.set_title(f"{run}", fontsize=9)
         ax.set_xlabel("T (training tokens)")
         ax.set_ylabel(target)
-        ax.legend(fontsize=7)
+    _shared_legend(fig, axes)
     return fig
 
 
@@ -191,5 +207,5 @@ def fit_quality(fits: dict[str, pl.DataFrame]) -> Figure:
     a3.set_xlabel("log10 standard error of tau (learned tokens)")
     a3.set_title("uncertainty of learning times")
     for ax in (a1, a2, a3):
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     return fig
