@@ -44,6 +44,7 @@ from spectrum.curriculum_trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, C
                                        results_markdown,
                                        summarise)
 from spectrum.errors import SpectrumError
+from spectrum.evalset import vocab_hash
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import write_json, write_parquet, write_text
 
@@ -124,12 +125,14 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     from spectrum.suite_config import gpt_neox_config
     from spectrum.suite_train import OptimConfig
 
-    from spectrum.suite import train_suite
+    from spectrum.suite import run_status, train_suite
 
     plan = _suite(manifest)
     cfg = plan.config
-    train_suite(manifest, device=args.device)  # a no-op when every run's checkpoints are complete
     size, base, runs = _choose(plan, args.size, args.runs, manifest)
+    needed = {r.name for r in runs}
+    if any(run_status(plan, r) == "todo" for r in plan.runs if r.run.name in needed):
+        train_suite(manifest, device=args.device)  # the checkpoints to measure learnability with
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if unknown := [a for a in arms if a not in ARMS]:
         raise SpectrumError(f"--arms: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})")
@@ -155,6 +158,10 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     run_learnability_stages(lm, args)
     tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
+    meta = json.loads((lm.out / "evalset" / "meta.json").read_text())
+    if meta["tokenizer"]["vocab_hash"] != vocab_hash(data.tokenizer):
+        raise SpectrumError(f"{cfg.root / 'data'}: the suite's cached tokenizer differs from the one "
+                            f"saved with the checkpoints of {runs[0].name} ({meta['tokenizer']['source']})")
     phases = phase_schedule(steps, tps, args.phases)
     learn = learnability(tokens, read_fits(lm), phases)
     seqs = pl.read_parquet(lm.out / "evalset" / "sequences.parquet").sort("seq_id")

@@ -113,8 +113,7 @@ def summarise(curves: list[Curve]) -> dict[str, Any]:
         per_run.append({"arm": c.arm, "seed": c.seed, "final_loss": c.final, "target_loss": target,
                         "tokens_to_target": reach, "total_tokens": float(c.tokens[-1]),
                         "speedup": (u_reach / reach) if reach and u_reach else None})
-    for arm in [a for a in ARMS if any(r["arm"] == a for r in per_run)] + sorted(
-            {r["arm"] for r in per_run} - set(ARMS)):
+    for arm in arm_order({r["arm"] for r in per_run}):
         rows = [r for r in per_run if r["arm"] == arm]
         arms[arm] = {"seeds": len(rows),
                      "reached": sum(r["tokens_to_target"] is not None for r in rows),
@@ -122,6 +121,12 @@ def summarise(curves: list[Curve]) -> dict[str, Any]:
                      "tokens_to_target": _stats([r["tokens_to_target"] for r in rows]),
                      "speedup": _stats([r["speedup"] for r in rows])}
     return {"runs": per_run, "arms": arms}
+
+
+def arm_order(names) -> list[str]:
+    """The arms in the canonical order (``ARMS``), others after them alphabetically."""
+    names = list(names)
+    return [a for a in ARMS if a in names] + sorted(set(names) - set(ARMS))
 
 
 def _pm(s: dict[str, Any], fmt: str) -> str:
@@ -133,7 +138,8 @@ def _pm(s: dict[str, Any], fmt: str) -> str:
 def markdown_table(summary: dict[str, Any]) -> str:
     lines = ["| arm | final val. loss | tokens to uniform's final loss | reached | speed-up vs uniform |",
              "|---|---|---|---|---|"]
-    for arm, a in summary["arms"].items():
+    for arm in arm_order(summary["arms"]):
+        a = summary["arms"][arm]
         lines.append(f"| {arm} | {_pm(a['final_loss'], '.4f')} | {_pm(a['tokens_to_target'], '.3g')} | "
                      f"{a['reached']}/{a['seeds']} | {_pm(a['speedup'], '.3f')} |")
     return "\n".join(lines)
@@ -164,13 +170,16 @@ arm's.
 def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path:
     """Validation loss against tokens per arm (mean over seeds, seeds faint) and the final losses."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = dict(zip(ARMS, ("black", "tab:red", "tab:blue", "tab:gray")))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-    for i, arm in enumerate(summary["arms"]):
+    fig, (ax, dx, bx) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [3, 3, 2]})
+    uniform = {c.seed: c for c in curves if c.arm == "uniform"}
+    order = arm_order(summary["arms"])
+    for i, arm in enumerate(order):
         cs = [c for c in curves if c.arm == arm]
         col = colors.get(arm, f"C{i}")
         for c in cs:
@@ -178,6 +187,15 @@ def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path
         n = min(len(c.tokens) for c in cs)
         ax.plot(cs[0].tokens[:n], np.mean([c.losses[:n] for c in cs], axis=0), color=col, lw=2,
                 label=arm)
+        paired = [(c, uniform[c.seed]) for c in cs if c.seed in uniform
+                  and len(uniform[c.seed].losses) == len(c.losses)]
+        if paired:
+            diff = np.array([np.subtract(c.losses, u.losses) for c, u in paired])
+            t = np.asarray(paired[0][0].tokens)
+            m = diff.mean(0)
+            sd = diff.std(0, ddof=1) if len(diff) > 1 else np.zeros_like(m)
+            dx.plot(t, m, color=col, lw=2, label=arm)
+            dx.fill_between(t, m - sd, m + sd, color=col, alpha=0.15)
         finals = [c.final for c in cs]
         bx.scatter([i] * len(finals), finals, color=col, alpha=0.6)
         bx.errorbar([i], [np.mean(finals)], yerr=[np.std(finals, ddof=1) if len(finals) > 1 else 0],
@@ -187,7 +205,14 @@ def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("validation loss (mean over seeds; seeds faint)")
     ax.legend()
-    bx.set_xticks(range(len(summary["arms"])), list(summary["arms"]), rotation=20)
+    dx.set_xscale("log")
+    dx.axhline(0, color="black", lw=0.8)
+    dx.set_xlabel("training tokens T")
+    dx.set_ylabel("loss - uniform's loss (same seed)")
+    dx.set_title("difference to uniform (mean ± sd over seeds)")
+    for a in (ax, dx):
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    bx.set_xticks(range(len(order)), order, rotation=20)
     bx.set_ylabel("final validation loss")
     bx.set_title("final loss per seed, mean ± sd")
     fig.tight_layout()
