@@ -121,6 +121,9 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                out / "spectra" / "comparisons.json")
     scores, preds = run_tests(runs, spectra.spectra, edges, opts)
     scores["grid"] = {"edges": edges.tolist()}
+    scores["runs"] = [{"name": r.name, "params": r.params, "tokens": r.tokens,
+                       "tokens_per_step": r.tokens_per_step, "role": r.role}
+                      for r in manifest.runs]
     write_json(scores, out / "reconstruction" / "scores.json")
     fits = {r.name: read_fits(out, r.name) for r in runs}
     fits = {k: v for k, v in fits.items() if v is not None}
