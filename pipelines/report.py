@@ -24,7 +24,7 @@ from spectrum.store import is_current, read_provenance, write_json, write_parque
 from spectrum.trajectories import run_steps, shard_path
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
-KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished")
+KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
