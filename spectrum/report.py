@@ -54,7 +54,7 @@ def score_rows(scores: dict) -> list[tuple[str, ...]]:
                     note = s.get("reason") or entry.get("reason") or ""
                     if note_test and kind == "prediction":
                         note = note_test + (f"; {note}" if note else "")
-                    rows.append((test, target, model, kind, _fmt(s.get("r2")),
+                    rows.append((test, target, model, kind, _fmt(s.get("r2"), 4),
                                  _fmt(s.get("median_rel_err")), str(s.get("n_targets", 0)), note))
     return rows
 
@@ -87,11 +87,12 @@ def _headline(scores: dict) -> list[str]:
             lines.append(f"{test}, {target}: not scored ({why or entry.get('reason')}).")
             continue
         m, s = max(best, key=lambda kv: kv[1]["r2"])
-        line = (f"{test}, {target}: {m} R^2 = {_fmt(s['r2'])}, median relative error "
+        line = (f"{test}, {target}: {m} R^2 = {_fmt(s['r2'], 4)}, median relative error "
                 f"{_fmt(s['median_rel_err'])} over {s['n_targets']} targets")
         if base:
             bm, bs = max(base, key=lambda kv: kv[1]["r2"])
-            line += f"; best baseline {bm} R^2 = {_fmt(bs['r2'])}, error {_fmt(bs['median_rel_err'])}"
+            line += (f"; best baseline {bm} R^2 = {_fmt(bs['r2'], 4)}, "
+                     f"error {_fmt(bs['median_rel_err'])}")
         lines.append(line + ".")
     return lines
 
