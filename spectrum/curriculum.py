@@ -187,14 +187,13 @@ def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Ph
         raise SpectrumError("curriculum: no fitted runs to measure learnability from")
     tokens = tokens.select("token_idx", "seq_id", "doc_id").sort("token_idx")
     n, P = tokens.height, phases.n
-    idx = tokens["token_idx"].to_numpy()
     shed_sum = np.zeros((n, P))
     beyond_sum = np.zeros(n)
     dtau_sum = np.zeros(n)  # sum over runs of delta * tau
     delta_sum = np.zeros(n)
     fitted = np.zeros(n, dtype=np.int64)
     for run, f in fits.items():
-        f = tokens.select("token_idx").join(f, on="token_idx", how="left")
+        f = tokens.select("token_idx").join(f, on="token_idx", how="left", maintain_order="left")
         lo, hi, tau, k = (f[c].to_numpy().astype(np.float64) for c in ("lo", "hi", "tau", "k"))
         if "kind" in f.columns:
             usable = f["kind"].is_in(list(usable_kinds)).fill_null(False).to_numpy()
@@ -214,10 +213,10 @@ def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Ph
     for p in range(P):
         cols[f"s{p}"] = pl.Series(shed_sum[:, p] / R)
     per_token = pl.DataFrame(cols)
-    assert len(idx) == per_token.height
     seq = _aggregate(per_token, ["seq_id", "doc_id"], P).sort("seq_id")
     doc = _aggregate(per_token, ["doc_id"], P).sort("doc_id")
-    doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id")
+    doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id",
+                   maintain_order="left")
     return Learnability(phases, seq, doc, tuple(fits))
 
 

@@ -76,7 +76,9 @@ def test_token_phase_shed_equals_the_loss_drop_across_each_phase():
 def test_learnability_aggregates_tokens_per_sequence_and_document():
     ph = phase_schedule(1000, 1000, 3)
     tokens, fits = synthetic()
-    learn = learnability(tokens, fits, ph)
+    # the fit tables in another row order than the tokens: rows are matched by token_idx
+    shuffled = {r: f.sample(fraction=1.0, shuffle=True, seed=5) for r, f in fits.items()}
+    learn = learnability(tokens.sample(fraction=1.0, shuffle=True, seed=6), shuffled, ph)
     seq, doc = learn.sequences, learn.documents
     assert seq.height == 40 and doc.height == 10 and (doc["n_sequences"] == 4).all()
     # by hand for sequence 7: mean over its tokens of the run-averaged shed; usable kinds only
