@@ -211,10 +211,14 @@ def _test_heldout_tokens(runs: list[RunData], edges: np.ndarray, opts: Options,
 
 def _run_params(run: RunData) -> RunParams:
     t = run.tokens
+    se_cols = [f"{q}_se" for q in ("lo", "hi", "tau", "k")]
+    se = {c[:-3]: t[c].to_numpy().astype(float) for c in se_cols} \
+        if all(c in t.columns for c in se_cols) else None
     return RunParams(name=run.name, lnM=float(np.log(run.M)), lnD=float(np.log(run.D)),
                      lo=t["lo"].to_numpy().astype(float), hi=t["hi"].to_numpy().astype(float),
                      tau=t["tau"].to_numpy().astype(float), k=t["k"].to_numpy().astype(float),
-                     kind=t["kind"].fill_null("missing").to_numpy().astype(str))
+                     kind=t["kind"].fill_null("missing").to_numpy().astype(str),
+                     x_first=float(run.x.min()), x_last=float(run.x.max()), se=se)
 
 
 def _heldout_runs(runs: list[RunData], opts: Options, c: _Collector) -> tuple[str | None, dict]:
@@ -335,7 +339,7 @@ TESTS = {
                       "that run's measured dL/dlnT"),
     "heldout_tokens": ("the spectrum of one half of the sequences (random half by sequence id)",
                        "the measured dL/dlnT of the other half's tokens, both directions"),
-    "heldout_runs": ("a per-token model of (lo, delta, tau, ln k) as linear functions of ln M and "
+    "heldout_runs": ("a per-token model of (lo, hi, tau, ln k) as linear functions of ln M and "
                      "ln D with shrinkage, fitted on the fit runs only",
                      "each heldout run's measured L(T) and dL/dlnT, and dL/dlnM, dL/dlnD at "
                      "matched T"),

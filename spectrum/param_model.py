@@ -1,19 +1,28 @@
 """How each token's sigmoid moves with model size and data scale.
 
-For every token ``i`` and each of its sigmoid parameters ``q`` in (``lo``, ``delta``, ``tau``,
+For every token ``i`` and each of its sigmoid parameters ``q`` in (``lo``, ``hi``, ``tau``,
 ``ln k``), the model is linear in the run's ``ln M`` and ``ln D``:
 
     q_i(M, D) = b0_i + bM_i * (ln M - c_M) + bD_i * (ln D - c_D)
 
-fitted on the ``fit`` runs only, by least squares with shrinkage: each token's coefficients are
-pulled towards the population's (one pooled regression over all tokens) with penalty ``ridge`` on
-the slopes and ``ridge_intercept`` on the intercept. A token observed in few runs, or with a noisy
-midpoint, thus borrows the population's dependence; a token never observed falls back to it.
+fitted on the ``fit`` runs only, by weighted least squares with shrinkage: each token's
+coefficients are pulled towards the population's (one pooled regression over all tokens) with
+penalty ``ridge`` on the slopes and ``ridge_intercept`` on the intercept. A token observed in few
+runs, or with a noisy midpoint, thus borrows the population's dependence; a token never observed
+falls back to it.
 
-Kinds are handled explicitly. ``lo`` and ``delta`` are observed in every run where the token's fit
-has finite parameters (for ``flat`` tokens delta is ~0, which is what they predict). ``tau`` and
-``ln k`` are observed only where the token's kind is one a sigmoid step describes (``step_kinds``,
-default learned, forgotten, unfinished); elsewhere a token's midpoint carries no information.
+What counts as an observation, and how much (kinds are handled explicitly):
+
+- a plateau is observed only if the run's checkpoints reach it: ``hi`` only where ``tau`` is not
+  before the first checkpoint, ``lo`` only where ``tau`` is not past the last one (outside the
+  measured range a fitted plateau is an extrapolation and can be anything);
+- ``tau`` and ``ln k`` only where the token's kind is one a sigmoid step describes
+  (``step_kinds``, default learned, forgotten, unfinished); elsewhere a token's midpoint carries no
+  information. ``lo`` and ``hi`` of ``flat`` and ``nonmonotone`` tokens count (the level is still
+  the least-squares level);
+- each observation is weighted ``s0^2 / (se^2 + s0^2)`` from the fit's standard error ``se``
+  (floors ``s0``: 0.05 nats for lo and hi, 0.1 for tau, 0.1 for ln k), so a parameter the fit
+  barely constrains hardly counts; without standard errors every weight is 1.
 An axis (M or D) enters only if the fit runs take at least two values on it; predicting a run off
 the fit runs' single value on an absent axis is refused (:class:`SpectrumError`).
 """
@@ -26,7 +35,8 @@ import numpy as np
 
 from spectrum.errors import SpectrumError
 
-QUANTITIES = ("lo", "delta", "tau", "logk")
+QUANTITIES = ("lo", "hi", "tau", "logk")
+SE_FLOOR = {"lo": 0.05, "hi": 0.05, "tau": 0.1, "logk": 0.1}
 STEP_KINDS = ("learned", "forgotten", "unfinished")
 
 
@@ -42,6 +52,9 @@ class RunParams:
     tau: np.ndarray
     k: np.ndarray
     kind: np.ndarray  # str
+    x_first: float = -np.inf  # ln T of the run's first checkpoint (T > 0)
+    x_last: float = np.inf  # ... and of its last
+    se: dict[str, np.ndarray] | None = None  # standard errors of lo, hi, tau, k (optional)
 
 
 @dataclass(frozen=True)
@@ -70,23 +83,37 @@ class ParamModel:
         x = self._design(lnM, lnD, run)
         q = {name: c @ x for name, c in self.coef.items()}
         k = np.clip(np.exp(q["logk"]), *self.k_range)
-        return {"lo": q["lo"], "hi": q["lo"] + q["delta"], "tau": q["tau"], "k": k}
+        return {"lo": q["lo"], "hi": q["hi"], "tau": q["tau"], "k": k}
+
+
+def _weights(se: np.ndarray | None, floor: float) -> np.ndarray | float:
+    if se is None:
+        return 1.0
+    se = np.asarray(se, float)
+    return np.where(np.isfinite(se), floor ** 2 / (se ** 2 + floor ** 2), 0.0)
 
 
 def _observations(runs: list[RunParams], step_kinds: tuple[str, ...]) -> dict[str, tuple]:
-    out = {}
-    ok = np.stack([np.isfinite(r.lo) & np.isfinite(r.hi) & np.isfinite(r.tau) & np.isfinite(r.k)
-                   & (r.k > 0) for r in runs], 1)
-    step = np.stack([np.isin(r.kind, step_kinds) for r in runs], 1) & ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vals = {"lo": np.stack([r.lo for r in runs], 1),
-                "delta": np.stack([r.hi - r.lo for r in runs], 1),
-                "tau": np.stack([r.tau for r in runs], 1),
-                "logk": np.stack([np.log(r.k) for r in runs], 1)}
-    for q in QUANTITIES:
-        w = (ok if q in ("lo", "delta") else step).astype(float)
-        out[q] = (np.where(w > 0, vals[q], 0.0), w)
-    return out
+    """(values, weights), each (N, R), per quantity."""
+    vals: dict[str, list] = {q: [] for q in QUANTITIES}
+    wts: dict[str, list] = {q: [] for q in QUANTITIES}
+    for r in runs:
+        ok = (np.isfinite(r.lo) & np.isfinite(r.hi) & np.isfinite(r.tau) & np.isfinite(r.k)
+              & (r.k > 0))
+        step = ok & np.isin(r.kind, step_kinds)
+        se = r.se or {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            seen = {"lo": ok & (r.tau <= r.x_last), "hi": ok & (r.tau >= r.x_first),
+                    "tau": step, "logk": step}
+            value = {"lo": r.lo, "hi": r.hi, "tau": r.tau, "logk": np.log(r.k)}
+            k_se = se.get("k")
+            se_q = {"lo": se.get("lo"), "hi": se.get("hi"), "tau": se.get("tau"),
+                    "logk": None if k_se is None else np.asarray(k_se, float) / r.k}
+        for q in QUANTITIES:
+            w = seen[q] * _weights(se_q[q], SE_FLOOR[q])
+            vals[q].append(np.where(w > 0, value[q], 0.0))
+            wts[q].append(np.asarray(w, float) * np.ones(len(r.lo)))
+    return {q: (np.stack(vals[q], 1), np.stack(wts[q], 1)) for q in QUANTITIES}
 
 
 def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
@@ -121,7 +148,7 @@ def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercep
         b = np.einsum("nrp,nr->np", Xw, y) + pen @ beta_pop
         coef[q] = np.linalg.solve(A, b[..., None])[..., 0]
         pop[q] = beta_pop
-        n_obs[q] = w.sum(1).astype(np.int64)
+        n_obs[q] = (w > 0).sum(1).astype(np.int64)
     ks = np.concatenate([r.k[np.isin(r.kind, step_kinds) & np.isfinite(r.k) & (r.k > 0)]
                          for r in runs])
     k_range = (float(ks.min()), float(ks.max())) if ks.size else (1e-3, 1e3)

@@ -198,3 +198,22 @@ def test_heldout_runs_null_with_reason(tmp_path):
     assert "one model size only" in hr["reason"]
     s = hr["targets"]["dL/dlnT"]["predictions"]["param_model"]
     assert s["r2"] is None and "one model size only" in s["reason"]
+
+
+def test_param_model_ignores_plateaus_outside_the_measured_range():
+    runs, t = _planted_runs(300)
+    # token 0 steps before the first checkpoint in every run, so its fitted hi is unconstrained
+    # (here absurd, with a large standard error); the prediction must not carry it
+    wild = []
+    for r in runs:
+        tau, hi = r.tau.copy(), r.hi.copy()
+        tau[0], hi[0] = 3.0, 100.0
+        se = {q: np.full(300, 0.01) for q in ("lo", "hi", "tau", "k")}
+        se["hi"][0] = 50.0
+        wild.append(RunParams(r.name, r.lnM, r.lnD, r.lo, hi, tau, r.k, r.kind, x_first=6.0,
+                              x_last=14.0, se=se))
+    model = fit_param_model(wild)
+    assert model.n_obs["hi"][0] == 0 and model.n_obs["lo"][0] == 5
+    p = model.predict(12.0, 15.0)
+    assert p["hi"][0] < 10
+    np.testing.assert_allclose(p["hi"][1:] - p["lo"][1:], t["delta"][1:], atol=0.05)
