@@ -204,8 +204,9 @@ def fit_quality(fits: dict[str, pl.DataFrame]) -> Figure:
     a1.set_title("fit quality")
     a2.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, rotation=20, fontsize=8)
     a2.set_title("tokens by kind")
+    a2.set_yscale("log")
     a3.set_xlabel("log10 standard error of tau (learned tokens)")
     a3.set_title("uncertainty of learning times")
-    for ax in (a1, a2, a3):
-        ax.legend(fontsize=7, loc="upper left")
+    for ax, loc in ((a1, "upper left"), (a2, "upper right"), (a3, "upper right")):
+        ax.legend(fontsize=7, loc=loc)
     return fig
