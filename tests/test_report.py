@@ -96,3 +96,26 @@ def test_bad_input_is_one_sentence(tmp_path, capsys):
     assert "tokens.parquet" in err and "Traceback" not in err
     assert cli(["report", "--config", str(manifest), "--spectrum-kinds", "learnt"]) == 2
     assert "--spectrum-kinds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_command_on_a_micro_suite(micro_suite, tmp_path):
+    """Every stage on real (tiny) checkpoints: the report fills each test or says why not."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pipelines.fit") is None:
+        pytest.skip("the fit stage is not available")
+    root = tmp_path / "suite"
+    shutil.copytree(micro_suite.parent, root)
+    assert cli(["run", "--config", str(root / micro_suite.name), "--executor", "local",
+                "--device", "cpu", "--bootstrap", "20"]) == 0
+    out = root / "artifacts"
+    scores = json.loads((out / "reconstruction/scores.json").read_text())
+    for test, target, model, s in _every_score(scores):
+        assert s["r2"] is not None or s["reason"], (test, target, model)
+    assert scores["tests"]["in_sample"]["targets"]["L"]["predictions"]["fitted_sigmoids"]["r2"] > 0.9
+    # the micro suite's fit runs share one data scale: the held-out run's D cannot be predicted
+    assert "one data scale only" in scores["tests"]["heldout_runs"]["reason"]
+    page = (out / "report/index.html").read_text()
+    assert all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', page))
