@@ -202,6 +202,14 @@ def build_blocks(*, manifest_path: str, runs: list[RunData], spectra: SpectraRes
                         "An interval that includes 0 means the data do not tell the slices "
                         "apart. Position in the context is the proxy for the range of a "
                         "prediction: early positions can only use short context."))
+    by_question: dict[str, list[str]] = {}
+    for cs in spectra.comparisons.values():
+        for c in cs:
+            by_question.setdefault(c.question, []).append(c.verdict)
+    for question, verdicts in by_question.items():
+        tally = ", ".join(f"{v}: {verdicts.count(v)} of {len(verdicts)} runs"
+                          for v in dict.fromkeys(verdicts))
+        B.append(Block("p", f"{question[0].upper()}{question[1:]} {tally}."))
     if comp_rows:
         B.append(Block("table", header=("run", "question", "slice a", "slice b", "mean tau a",
                                         "mean tau b", "a - b", "95% interval", "answer"),
