@@ -12,8 +12,9 @@ random numbers in every arm).
   the training run consumes in two passes (``--epochs``), capped by what the split holds.
 - Learnability: the evalset, losses and fit stages over the pool, with the checkpoints of the
   suite's ``fit`` runs of the same size (or ``--runs``), under ``<out>/curriculum/test/learnability``.
-- Compute: the steps and tokens per step of the largest ``fit`` run of that size (``--steps``
-  overrides the steps); the same AdamW, warmup and cosine schedule as the suite.
+- Compute: the steps and tokens per step of the shortest ``fit`` run of that size (affordable on
+  a CPU; ``--steps`` sets another number of steps); the same AdamW, warmup and cosine schedule
+  as the suite.
 - Validation: the suite's validation sequences (``--eval-sequences`` of them, evenly spaced
   over the validation split), evaluated on a log-spaced schedule densified over the second half.
 
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model size of the suite to train (default: the smallest size of a fit run)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: the steps of the largest fit run of that size)")
+                   help="training steps (default: the steps of the shortest fit run of that size)")
     p.add_argument("--epochs", type=float, default=2.0,
                    help="passes over the pool that the default pool size allows (default 2)")
     p.add_argument("--buckets", type=int, default=8,
@@ -92,7 +93,7 @@ def _choose(plan, size: str | None, runs_arg: str | None, manifest: Manifest):
     if not same:
         raise SpectrumError(f"{manifest.path}: no suite run has size {size}: it has no checkpoints "
                             "to measure learnability with")
-    base = max(same, key=lambda r: r.steps)
+    base = min(same, key=lambda r: (r.steps, r.run.name))
     runs: tuple[RunSpec, ...] = learnability_runs(manifest, runs_arg) if runs_arg else \
         tuple(r.run for r in same)
     return size, base, runs
@@ -123,7 +124,6 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
 
     from spectrum.suite import prepare_data
     from spectrum.suite_config import gpt_neox_config
-    from spectrum.suite_train import OptimConfig
 
     from spectrum.suite import run_status, train_suite
 
@@ -190,9 +190,7 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
 
     model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
                                    eos_token_id=data.tokenizer.eos_token_id)
-    optim = OptimConfig(cfg.learning_rate, cfg.min_lr_ratio, cfg.warmup_steps, cfg.weight_decay,
-                        cfg.betas, cfg.grad_clip)
-    curves = run_arms(model_config, optim, pool, data.eval_sequences, w_curr, buckets, phases,
+    curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
                       seeds=args.seeds, arms=arms, out=out, fingerprint=fp, device=args.device,
                       force=args.force)
     write_results(curves, setup, out)

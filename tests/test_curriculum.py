@@ -237,3 +237,37 @@ def test_weight_columns_in_the_export_table(tmp_path):
     assert {"doc_id", "seq_id", *weight_columns(3)} <= set(t.columns)
     cw = CurriculumWeights.read(tmp_path)
     assert cw.meta["source"] == "synthetic" and cw.meta["floor"] == 0.25
+
+
+@pytest.mark.slow
+def test_export_command_on_the_micro_suite(micro_suite, tmp_path, capsys):
+    import json
+    import shutil
+
+    from pipelines.cli import main
+
+    shutil.copytree(micro_suite.parent, tmp_path / "suite")
+    config = tmp_path / "suite" / micro_suite.name
+    out = tmp_path / "suite" / "artifacts" / "curriculum"
+    args = ["export-curriculum", "--config", str(config), "--target-steps", "40", "--phases", "3",
+            "--executor", "local", "--device", "cpu", "--sequences", "24"]
+    assert main(args) == 0
+    cw = CurriculumWeights.read(out)
+    assert cw.sequences.height == 24 and cw.phases.target_steps == 40
+    assert cw.phases.tokens_per_step == 256  # the first fit run's
+    w = cw.weight_matrix()
+    assert np.isfinite(w).all() and (w > 0).all()
+    np.testing.assert_allclose(w.mean(0), 1.0)
+    assert set(cw.meta["runs"]) == {"m1-d1", "m2-d1"}  # the manifest's fit runs
+    report = json.loads((out / "missing_ids.json").read_text())
+    assert report["missing_ids"] == 0  # the default target: the same corpus's training split
+    # a target dataset that lacks one exported document: counted, named, written
+    docs = cw.documents["doc_id"].to_list()
+    (tmp_path / "ids.txt").write_text("\n".join(docs[1:]) + "\nnot-exported\n")
+    capsys.readouterr()
+    assert main(args + ["--target-ids", str(tmp_path / "ids.txt")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "missing_ids.json").read_text())
+    assert report["missing_ids"] == 1 and report["missing_examples"] == [docs[0]]
+    assert report["unweighted_items"] == 1
+    assert docs[0] in printed and "not in the target dataset" in printed
