@@ -48,8 +48,9 @@ def _shared_legend(fig: Figure, axes: list) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="upper center", ncol=min(len(seen), 4),
-                   fontsize=8, frameon=False)
+        per_row = max(1, int(fig.get_figwidth() // 2.6))
+        fig.legend(list(seen.values()), list(seen), loc="upper center",
+                   ncol=min(len(seen), per_row), fontsize=8, frameon=False)
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -161,7 +162,7 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
     """Measured vs predicted derivatives (and baselines) for every run of one test."""
     sub = preds.filter((pl.col("test") == test) & (pl.col("target") == target))
     runs = sub["run"].unique(maintain_order=True).to_list()[:max_panels] if sub.height else []
-    fig, axes = _figure(len(runs), top=0.85)
+    fig, axes = _figure(len(runs), top=0.85, w=4.2 if len(runs) > 1 else 6.5)
     if not runs:
         _empty(axes[0], f"{test}: no {target} targets")
     for ax, run in zip(axes, runs):
