@@ -11,7 +11,10 @@ random numbers in every arm).
   learnability evalset, so every pool sequence has measured learnability). By default as many as
   the training run consumes in two passes (``--epochs``), capped by what the split holds.
 - Learnability: the evalset, losses and fit stages over the pool, with the checkpoints of the
-  suite's ``fit`` runs of the same size (or ``--runs``), under ``<out>/curriculum/test/learnability``.
+  suite's ``fit`` runs of the same size and the same schedule as the test (steps and tokens per
+  step of the shortest one; every seed the suite has), or ``--runs``; under
+  ``<out>/curriculum/test/learnability``. Tokens become learnable at a time that depends on the
+  learning-rate schedule, so runs on the schedule being tested are the relevant ones.
 - Compute: the steps and tokens per step of the shortest ``fit`` run of that size (affordable on
   a CPU; ``--steps`` sets another number of steps); the same AdamW, warmup and cosine schedule
   as the suite.
@@ -94,8 +97,9 @@ def _choose(plan, size: str | None, runs_arg: str | None, manifest: Manifest):
         raise SpectrumError(f"{manifest.path}: no suite run has size {size}: it has no checkpoints "
                             "to measure learnability with")
     base = min(same, key=lambda r: (r.steps, r.run.name))
+    schedule = [r for r in same if (r.steps, r.run.tokens_per_step) == (base.steps, base.run.tokens_per_step)]
     runs: tuple[RunSpec, ...] = learnability_runs(manifest, runs_arg) if runs_arg else \
-        tuple(r.run for r in same)
+        tuple(r.run for r in schedule)
     return size, base, runs
 
 

@@ -226,11 +226,15 @@ def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path
 def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     """The controlled test's result for the report, or None if the test has not been run.
 
+    ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
+
     Returns ``{"title", "markdown" (the table), "figure" (Path of the PNG or None),
     "summary" (the results.json record)}``; the Markdown refers to no file, so it can be placed
     anywhere; the report embeds the figure itself.
     """
     test_dir = Path(test_dir)
+    if not (test_dir / RESULTS_JSON).is_file() and (test_dir / "curriculum" / "test").is_dir():
+        test_dir = test_dir / "curriculum" / "test"
     path = test_dir / RESULTS_JSON
     if not path.is_file():
         return None
