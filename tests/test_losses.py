@@ -128,3 +128,23 @@ def test_unreadable_checkpoints_name_their_path(tmp_path):
     (tmp_path / "noconfig" / "config.json").unlink()
     with pytest.raises(SpectrumError, match="noconfig: cannot be read: config.json is missing"):
         load_model(tmp_path / "noconfig")
+
+
+@pytest.mark.slow
+def test_fused_cross_entropy_equals_the_eager_one(ids):
+    model = _models()[0]
+    eager = Evaluator(ids, fused=False)(model)
+    fused = Evaluator(ids, fused=True, max_logit_elements=VOCAB * 50)(model)
+    np.testing.assert_allclose(fused, eager, atol=1e-5)
+    from spectrum import losses
+
+    assert not losses._FUSED.get("broken")
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_evaluator_within_the_stated_tolerance(ids):
+    model = _models()[0]
+    ref = _reference(model, ids)
+    ours = token_losses(model.to("cuda", torch.bfloat16), ids.cuda())
+    err = np.abs(ours - ref)
+    assert err.max() < 0.25 and err.mean() < 0.05
