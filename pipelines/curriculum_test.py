@@ -65,8 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="passes over the pool that the default pool size allows (default 2)")
     p.add_argument("--buckets", type=int, default=8,
                    help="token-frequency buckets of the frequency-matched control (default 8)")
-    p.add_argument("--eval-sequences", type=int, default=256,
-                   help="validation sequences for the loss curves (default 256)")
+    p.add_argument("--eval-sequences", type=int, default=128,
+                   help="validation sequences for the loss curves (default 128)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to train (default {','.join(ARMS)})")
     add_learnability_arguments(p)
 
@@ -116,7 +116,7 @@ def _fingerprint(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def eval_schedule(steps: int, n_log: int = 12, n_late: int = 10) -> list[int]:
+def eval_schedule(steps: int, n_log: int = 10, n_late: int = 8) -> list[int]:
     """Log-spaced evaluation steps, densified linearly over the second half of training."""
     grid = np.geomspace(1, steps, n_log)
     late = np.linspace(steps / 2, steps, n_late + 1)

@@ -97,7 +97,10 @@ def _stats(values: list[float]) -> dict[str, Any]:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if len(v) == 0:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    if std <= 1e-9 * abs(float(v.mean())):  # equal values up to rounding
+        std = 0.0
+    return {"mean": float(v.mean()), "std": std,
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
 
 
