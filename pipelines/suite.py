@@ -19,9 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto | cpu | cuda | cuda:N (default auto: a GPU when present)")
     parser.add_argument("--force", action="store_true",
                         help="recompute even if current (here: retrain every run of the suite)")
+    parser.add_argument("--suite-workers", type=int, default=None, metavar="N",
+                        help="runs trained at once, one process each (default: one "
+                             "single-threaded process per CPU core; one on a GPU)")
 
 
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
     from spectrum.suite import train_suite
 
-    train_suite(manifest, device=getattr(args, "device", "auto"), force=getattr(args, "force", False))
+    train_suite(manifest, device=getattr(args, "device", "auto"), force=getattr(args, "force", False),
+                workers=getattr(args, "suite_workers", None))

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def _save_resume(folder: Path, record: dict[str, Any]) -> None:
 # --- training ----------------------------------------------------------------------------------
 
 def train_run(plan: SuitePlan, run: RunPlan, data: SuiteData, *, device: str = "auto",
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, position: int | None = None) -> dict[str, Any]:
     """Train one run (resuming if it was interrupted); return its summary record."""
     from spectrum import suite_train as st
 
@@ -234,15 +235,17 @@ def train_run(plan: SuitePlan, run: RunPlan, data: SuiteData, *, device: str = "
                                   "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                                   "scheduler": s.scheduler.state_dict()})
 
+    cpu0 = time.process_time()
     result = st.train_model(
         model_config, data.train_sequences, steps=run.steps, tokens_per_step=run.run.tokens_per_step,
         seed=run.seed, optim=c.optim,
         checkpoint_steps=run.checkpoint_steps, on_checkpoint=on_checkpoint,
         eval_sequences=data.eval_sequences, eval_steps={run.steps}, device=device,
-        resume=resume, progress=run.run.name if progress else False)
+        resume=resume, progress=run.run.name if progress else False, progress_position=position)
     shutil.rmtree(folder / RESUME, ignore_errors=True)
     record = _summary_record(plan, run, data.unigram_loss)
     record["train_seconds"] = round(result.seconds, 2)
+    record["cpu_seconds"] = round(time.process_time() - cpu0, 2)  # all threads; robust to contention
     if resume is None:
         record["tokens_per_second"] = round(result.tokens_seen / max(result.seconds, 1e-9))
     return record
@@ -268,12 +271,50 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _workers(requested: int | None, device: str, n_runs: int) -> int:
+    """Auto: on the CPU one single-threaded process per core (tiny models gain little from
+    intra-op threads and lose much to oversubscription); on a GPU one process."""
+    import torch
+
+    from spectrum.suite_train import resolve_device
+
+    if requested is not None:
+        return max(1, min(requested, n_runs))
+    if resolve_device(device).type != "cpu":
+        return 1
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads(), n_runs))
+
+
+def _cost(run: RunPlan, vocab_size: int) -> float:
+    """Rough training cost of a run, to start the longest first."""
+    return run.run.tokens * (run.run.params + 2 * vocab_size * run.size.width)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: SuiteConfig, threads: int, slots) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    with slots.get_lock():
+        _WORKER["slot"] = slots.value
+        slots.value += 1
+    _WORKER["data"] = prepare_data(config)
+
+
+def _train_in_worker(plan: SuitePlan, index: int, device: str, progress: bool) -> dict[str, Any]:
+    return train_run(plan, plan.runs[index], _WORKER["data"], device=device, progress=progress,
+                     position=_WORKER["slot"])
+
+
 def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False,
-                progress: bool = True) -> dict[str, Any] | None:
+                progress: bool = True, workers: int | None = None) -> dict[str, Any] | None:
     """Train every incomplete run of the manifest's suite; return the summary (None: no suite).
 
-    Cheap when every run is complete: only the manifest and the checkpoint folders' last
-    ``trainer_state.json`` are read.
+    ``workers``: runs trained at once, each in its own process (default: one single-threaded
+    process per CPU core on the CPU, one on a GPU; 1 trains in this process). Cheap when every
+    run is complete: only the manifest and the checkpoint folders' ``trainer_state.json`` are read.
     """
     plan = plan_suite(manifest)
     if plan is None:
@@ -299,21 +340,42 @@ def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False
         print(f"suite: all {len(plan.runs)} runs complete", file=sys.stderr)
         return summary
 
-    data = prepare_data(plan.config)
+    t0 = time.perf_counter()
+    data = prepare_data(plan.config)  # builds the shared cache once, before any worker starts
     records = dict(previous.get("runs", {}))
-    for i, run in enumerate(todo):
+    todo.sort(key=lambda r: -_cost(r, len(data.tokenizer)))
+    for run in todo:
         if force:
             _clear_run(run.folder)
-        print(f"suite: run {i + 1}/{len(todo)} {run.run.name}: size {run.size.name} "
-              f"(M={int(run.run.params)}), {run.steps} steps of {run.run.tokens_per_step} tokens, "
-              f"seed {run.seed}", file=sys.stderr)
-        records[run.run.name] = train_run(plan, run, data, device=device, progress=progress)
+        print(f"suite: {run.run.name}: size {run.size.name} (M={int(run.run.params)}), {run.steps} "
+              f"steps of {run.run.tokens_per_step} tokens, seed {run.seed}", file=sys.stderr)
+    n = _workers(workers, device, len(todo))
+    if n == 1:
+        for run in todo:
+            records[run.run.name] = train_run(plan, run, data, device=device, progress=progress)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // n)
+        index = {r.run.name: i for i, r in enumerate(plan.runs)}
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(plan.config, threads, ctx.Value("i", 0))) as pool:
+            futures = {pool.submit(_train_in_worker, plan, index[r.run.name], device, progress): r
+                       for r in todo}
+            for future, run in futures.items():
+                records[run.run.name] = future.result()
     summary = {"unigram_val_loss": data.unigram_loss, "eval_sequences": len(data.eval_sequences),
                "context": plan.config.context, "vocab_size": len(data.tokenizer),
                "runs": {r.run.name: records.get(r.run.name) or _summary_record(plan, r, data.unigram_loss)
                         for r in plan.runs}}
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["workers"] = n
     write_json(summary, summary_path)
     print(format_summary(summary), file=sys.stderr)
+    print(f"suite: trained {len(todo)} runs in {summary['wall_seconds']:.0f} s ({n} at once); "
+          f"summary in {summary_path}", file=sys.stderr)
     _check_learned(plan, summary)
     return summary
 

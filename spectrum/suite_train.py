@@ -136,6 +136,7 @@ def train_model(
     device: str | torch.device = "auto",
     resume: dict[str, Any] | None = None,
     progress: bool | str = True,
+    progress_position: int | None = None,
 ) -> TrainResult:
     """Train a ``GPTNeoXForCausalLM`` (or any causal LM config) from scratch for ``steps`` steps.
 
@@ -155,7 +156,8 @@ def train_model(
     - ``resume``: ``{"step", "model", "optimizer", "scheduler"}`` (state dicts) to continue a run
       from a saved step; the data order continues where it stopped (the index stream is replayed),
       so a resumed run equals an uninterrupted one.
-    - ``progress``: a tqdm bar over tokens (rate and ETA); a string sets its description.
+    - ``progress``: a tqdm bar over tokens (rate and ETA); a string sets its description;
+      ``progress_position`` its line (for runs trained side by side).
 
     Returns a :class:`TrainResult` with the trained model (in eval mode, on ``device``).
     """
@@ -211,7 +213,7 @@ def train_model(
     t0 = time.perf_counter()
     bar = tqdm(total=steps * tokens_per_step, initial=start * tokens_per_step, unit="tok",
                unit_scale=True, dynamic_ncols=True, disable=progress is False,
-               desc=progress if isinstance(progress, str) else "train")
+               desc=progress if isinstance(progress, str) else "train", position=progress_position)
     model.train()
     if start == 0:
         at_step(0)
