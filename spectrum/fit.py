@@ -1,0 +1,501 @@
+"""Batched Levenberg-Marquardt fits of the sigmoid step to millions of loss trajectories.
+
+:func:`fit_sigmoids` fits ``l(x) = lo + (hi - lo) * sigmoid(-k * (x - tau))``
+(:mod:`spectrum.sigmoid`) to every row of an (N, K) matrix of losses at the K points ``x = ln T``.
+
+The solver, per batch of trajectories (all tensors, CPU or GPU, float32 or float64):
+
+- Levenberg-Marquardt with per-trajectory damping ``lambda`` (Nielsen's update) and Marquardt's
+  diagonal scaling (the running maximum of ``diag(J^T J)``). Where the actual decrease keeps
+  exceeding the predicted one by 25% (large residuals, where Gauss-Newton steps fall short),
+  steps are lengthened (doubled, up to 64x) until that stops. ``J^T J`` and ``J^T r`` come from
+  :func:`spectrum.sigmoid.normal_equations` without materialising J, and each step is a batched
+  4x4 solve. The kernel is compiled with ``torch.compile`` on large problems.
+- Bounds ``tau in [x_first - m * span, x_last + m * span]`` and ``k in [k_min_span / span, k_max]``
+  (``span = x_last - x_first``; ``lo`` and ``hi`` are free) by a projected step with an active
+  set: a parameter on a bound whose gradient points outwards is held there and removed from the
+  4x4 system, so fits that end on a bound converge like interior ones.
+- Convergence (MINPACK's tests): relative RSS decrease and predicted decrease below ``ftol``,
+  a step below ``xtol`` relative to the parameters, or every free gradient component below
+  ``gtol`` in cosine. Converged fits leave the active batch (compaction).
+- Each fit starts from :func:`spectrum.sigmoid.guess`. Fits that end without converging, on a
+  bound of ``tau`` or ``k``, or
+  whose residual variance ``rss / (n - 4)`` exceeds ``restart_noise`` times the noise variance
+  estimated from successive differences (``sum((y[j+1] - y[j])^2) / (2 (n - 1))``, which a
+  smooth curve barely inflates), are refitted from the best point of a scan over ``tau``
+  (across the data) and three sharpnesses ``k``, with ``lo`` and ``hi`` solved linearly at each
+  point; the better of the two fits is kept.
+
+Standard errors are ``sqrt(diag((J^T J)^-1) * rss / (n - 4))`` in the natural parameters.
+Bad rows never raise: ``too_few_points`` (fewer than ``min_points`` finite values: parameters NaN),
+``constant`` (``lo = hi`` = the value, ``tau`` mid-grid, ``k = k_min``, infinite standard errors
+for ``tau`` and ``k``), ``singular`` (converged, but ``J^T J`` is not invertible: infinite standard
+errors), ``max_iter``. Infinite losses count as missing points.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from spectrum.fit_kinds import KINDS, KindThresholds, classify
+from spectrum.sigmoid import (PARAMS, _forward_fill, guess, linear_lohi, model,
+                              normal_equations)
+
+STATUSES = ("converged", "max_iter", "singular", "too_few_points", "constant")
+CONVERGED, MAX_ITER, SINGULAR, TOO_FEW, CONSTANT = range(len(STATUSES))
+
+Kernel = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor],
+                  tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Solver settings. Tolerances of None take the defaults of the dtype (see ``tolerances``)."""
+
+    max_iter: int = 100
+    ftol: float | None = None
+    xtol: float | None = None
+    gtol: float | None = None
+    min_points: int = 5
+    tau_margin: float = 0.5  # tau may lie this fraction of the x span beyond either end
+    k_min_span: float = 1.0  # k_min = k_min_span / span
+    k_max: float = 20.0  # a 10%-90% step no narrower than ln(81)/20 = 0.22 in ln T
+    restart_noise: float = 2.0  # refit from a grid where rss/(n-4) > this x the noise variance
+    restarts: bool = True
+    restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
+    lambda0: float = 1e-3
+    batch_size: int | None = None  # trajectories per solver batch; None: 8192 on CPU, 2**20 on GPU
+    compile: bool | None = None  # torch.compile the kernel; None: when N >= 100,000
+
+    def tolerances(self, dtype: torch.dtype) -> tuple[float, float, float]:
+        """(ftol, xtol, gtol): defaults 1e-10 for float64 and 1e-6 for float32."""
+        default = 1e-10 if dtype == torch.float64 else 1e-6
+        return (self.ftol if self.ftol is not None else default,
+                self.xtol if self.xtol is not None else default,
+                self.gtol if self.gtol is not None else default)
+
+    def bounds(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of (lo, hi, tau, k) for the grid ``x``."""
+        x0, x1 = float(np.min(x)), float(np.max(x))
+        span = max(x1 - x0, 1e-12)
+        lb = np.array([-np.inf, -np.inf, x0 - self.tau_margin * span, self.k_min_span / span])
+        ub = np.array([np.inf, np.inf, x1 + self.tau_margin * span, self.k_max])
+        return lb, ub
+
+    def to_dict(self) -> dict:
+        """The settings that change results (for provenance)."""
+        d = asdict(self)
+        for key in ("batch_size", "compile"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class SigmoidFit:
+    """Fitted sigmoids of N trajectories (numpy arrays of length N) on the grid ``x``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    tau: np.ndarray
+    k: np.ndarray
+    lo_se: np.ndarray
+    hi_se: np.ndarray
+    tau_se: np.ndarray
+    k_se: np.ndarray
+    rss: np.ndarray
+    r2: np.ndarray
+    n_iter: np.ndarray  # int32
+    status_code: np.ndarray  # int8, indices into STATUSES
+    kind_code: np.ndarray  # int8, indices into fit_kinds.KINDS
+    x: np.ndarray
+    options: FitOptions
+    thresholds: KindThresholds
+
+    _COLUMNS = ("lo", "hi", "tau", "k", "lo_se", "hi_se", "tau_se", "k_se", "rss", "r2", "n_iter")
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+    @property
+    def status(self) -> np.ndarray:
+        return np.asarray(STATUSES, dtype=object)[self.status_code]
+
+    @property
+    def kind(self) -> np.ndarray:
+        return np.asarray(KINDS, dtype=object)[self.kind_code]
+
+    @property
+    def delta(self) -> np.ndarray:
+        """``hi - lo``: the loss each token sheds (negative when it rises)."""
+        return self.hi - self.lo
+
+    @property
+    def params(self) -> np.ndarray:
+        """(N, 4) in the order lo, hi, tau, k."""
+        return np.stack([self.lo, self.hi, self.tau, self.k], axis=1)
+
+    def reclassify(self, thresholds: KindThresholds) -> SigmoidFit:
+        """The same fits with kinds under other thresholds."""
+        kinds = _kinds(self.lo, self.hi, self.tau, self.r2, self.status_code, self.x, thresholds)
+        return replace(self, kind_code=kinds, thresholds=thresholds)
+
+    @staticmethod
+    def concat(parts: Iterable[SigmoidFit]) -> SigmoidFit:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                  for f in fields(SigmoidFit) if f.name not in ("x", "options", "thresholds")}
+        return SigmoidFit(**arrays, x=first.x, options=first.options, thresholds=first.thresholds)
+
+    def to_arrow(self, token_idx: np.ndarray | None = None) -> pa.Table:
+        """Columns ``token_idx`` (if given), lo ... k_se, rss, r2, n_iter, status, kind."""
+        cols: dict[str, pa.Array] = {}
+        if token_idx is not None:
+            cols["token_idx"] = pa.array(np.asarray(token_idx, dtype=np.int64))
+        for name in self._COLUMNS:
+            cols[name] = pa.array(getattr(self, name))
+        cols["status"] = pc.take(pa.array(STATUSES, pa.string()), pa.array(self.status_code))
+        cols["kind"] = pc.take(pa.array(KINDS, pa.string()), pa.array(self.kind_code))
+        return pa.table(cols)
+
+    def to_polars(self, token_idx: np.ndarray | None = None):
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow(token_idx))
+
+
+def _kinds(lo, hi, tau, r2, status_code, x, thresholds) -> np.ndarray:
+    return classify(lo, hi, tau, r2, fitted=status_code != TOO_FEW,
+                    constant=status_code == CONSTANT, x_last=float(np.max(x)),
+                    thresholds=thresholds)
+
+
+# --------------------------------------------------------------------------------------------
+# kernel selection
+
+_COMPILED: dict[str, Kernel] = {}
+
+
+def _kernel(compiled: bool) -> Kernel:
+    if not compiled:
+        return normal_equations
+    if "k" not in _COMPILED:
+        _COMPILED["k"] = torch.compile(normal_equations, dynamic=True)
+    return _COMPILED["k"]
+
+
+def _safe_kernel(kernel: Kernel) -> Kernel:
+    """``kernel``, falling back to eager evaluation if compilation fails (no C++ compiler, ...)."""
+    if kernel is normal_equations:
+        return kernel
+
+    def run(*args):
+        try:
+            return kernel(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: evaluate eagerly instead
+            warnings.warn(f"torch.compile of the fit kernel failed ({type(e).__name__}); "
+                          "fitting without it", RuntimeWarning, stacklevel=2)
+            _COMPILED["k"] = normal_equations
+            return normal_equations(*args)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# the solver
+
+def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,
+                         p: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
+                         opts: FitOptions, kernel: Kernel):
+    """Fit every row of ``y`` from ``p``; returns p, rss, J^T J, n_iter, status (all per row)."""
+    n = y.shape[0]
+    dt, dev = y.dtype, y.device
+    ftol, xtol, gtol = opts.tolerances(dt)
+    tiny = torch.finfo(dt).tiny
+    eps = torch.finfo(dt).eps
+    scale = (y.abs().amax(1) if n else y.new_zeros(0)) + 1.0
+    rss_floor = (4 * eps * scale) ** 2 * y.shape[1]
+
+    out_p = p.clone()
+    out_rss = torch.zeros(n, dtype=dt, device=dev)
+    out_jtj = torch.zeros(n, 4, 4, dtype=dt, device=dev)
+    out_iter = torch.zeros(n, dtype=torch.int32, device=dev)
+    out_status = torch.full((n,), MAX_ITER, dtype=torch.int8, device=dev)
+
+    idx = torch.arange(n, device=dev)
+    p = torch.clamp(p, lb, ub)
+    rss, jtj, jtr = kernel(y, mask, x, p)
+    lam = torch.full((n,), opts.lambda0, dtype=dt, device=dev)
+    nu = torch.full((n,), 2.0, dtype=dt, device=dev)
+    boost = torch.ones(n, dtype=dt, device=dev)
+    dscale = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(tiny)
+    floor = rss_floor
+
+    for it in range(1, opts.max_iter + 1):
+        if idx.numel() == 0:
+            break
+        diag = torch.diagonal(jtj, dim1=1, dim2=2)
+        dscale = torch.maximum(dscale, diag)
+        # active set: on a bound with the descent direction (J^T r) pointing outwards
+        active = ((p <= lb) & (jtr < 0)) | ((p >= ub) & (jtr > 0))
+        free = (~active).to(dt)
+        # gradient test at the current point, free parameters only
+        cosine = (jtr * free).abs() / torch.sqrt(diag * rss[:, None]).clamp_min(tiny)
+        small_g = (cosine.amax(1) <= gtol) | (rss <= floor)
+
+        damped = jtj + torch.diag_embed(lam[:, None] * dscale)
+        damped = damped * free[:, :, None] * free[:, None, :] + torch.diag_embed(1 - free)
+        step, info = torch.linalg.solve_ex(damped, jtr * free)
+        ok = (info == 0) & torch.isfinite(step).all(1)
+        step = torch.where(ok[:, None], step * boost[:, None], 0)
+        p_new = torch.clamp(p + step, lb, ub)
+        step = p_new - p
+        pred = 2 * (step * jtr).sum(1) - torch.einsum("ni,nij,nj->n", step, jtj, step)
+        rss_new, jtj_new, jtr_new = kernel(y, mask, x, p_new)
+        actual = rss - rss_new
+        accept = ok & torch.isfinite(rss_new) & (actual > 0) & ~small_g
+        rho = actual / torch.where(pred > 0, pred, tiny)
+
+        small_f = accept & (actual <= ftol * rss) & (pred <= ftol * rss)
+        small_x = (step.abs() <= xtol * (p.abs() + xtol)).all(1)
+        converged = small_g | small_f | small_x | (lam > 1e16)  # the last: no decrease possible
+        done = converged | (it == opts.max_iter)
+
+        a = accept[:, None]
+        p = torch.where(a, p_new, p)
+        rss = torch.where(accept, rss_new, rss)
+        jtj = torch.where(a[:, :, None], jtj_new, jtj)
+        jtr = torch.where(a, jtr_new, jtr)
+        # a boosted step that fails only resets the boost; otherwise Nielsen's damping update
+        plain = boost == 1
+        lam = torch.where(accept, lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3),
+                          torch.where(plain, lam * nu, lam))
+        nu = torch.where(accept | ~plain, torch.full_like(nu, 2.0), nu * 2)
+        # the quadratic model underestimates the decrease (large residuals): lengthen the steps
+        boost = torch.where(accept & (rho > 1.25), (boost * 2).clamp(max=64),
+                            torch.where(accept & (rho > 0.75), boost, torch.ones_like(boost)))
+
+        if bool(done.any()):
+            rows = idx[done]
+            out_p[rows] = p[done]
+            out_rss[rows] = rss[done]
+            out_jtj[rows] = jtj[done]
+            out_iter[rows] = it
+            out_status[rows] = torch.where(converged[done], CONVERGED, MAX_ITER).to(torch.int8)
+            keep = ~done
+            idx, y, p, rss, jtj, jtr = idx[keep], y[keep], p[keep], rss[keep], jtj[keep], jtr[keep]
+            lam, nu, boost = lam[keep], nu[keep], boost[keep]
+            dscale, floor = dscale[keep], floor[keep]
+            mask = mask[keep] if mask is not None else None
+    return out_p, out_rss, out_jtj, out_iter, out_status
+
+
+def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) -> torch.Tensor:
+    """(tau, k) pairs scanned by a restart: (3 n_tau, 2), ``tau`` evenly inside the data and
+    ``k`` broad (4 / span), medium (16 / span) and the sharpest allowed."""
+    x0, x1 = float(x.min()), float(x.max())
+    span = max(x1 - x0, 1e-12)
+    taus = [x0 + (i + 0.5) / n_tau * span for i in range(n_tau)]
+    ks = [4.0 / span, 16.0 / span, float(ub[3])]
+    grid = torch.tensor([[t, k] for k in ks for t in taus], dtype=x.dtype, device=x.device)
+    return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
+
+
+def _restart(y, mask, x, lb, ub, opts, kernel, p, rss, jtj, n_iter, status):
+    """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
+
+    Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
+    scan costs one model evaluation per point; one LM fit then starts from the best.
+    """
+    n = y.shape[0]
+    m = mask if mask is not None else torch.ones_like(y)
+    best_rss = torch.full((n,), torch.inf, dtype=y.dtype, device=y.device)
+    best = torch.zeros(n, 4, dtype=y.dtype, device=y.device)
+    for tau_k in _scan_grid(x, lb, ub, opts.restart_starts):
+        tau = tau_k[0].expand(n)
+        k = tau_k[1].expand(n)
+        lo, hi = linear_lohi(y, m, x, tau, k)
+        cand = torch.stack([lo, hi, tau, k], dim=1)
+        r = ((y - model(x, cand)) * m).square().sum(1)
+        better = r < best_rss
+        best_rss = torch.where(better, r, best_rss)
+        best = torch.where(better[:, None], cand, best)
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, kernel)
+    b = torch.isfinite(rr) & (rr < rss)
+    p = torch.where(b[:, None], rp, p)
+    rss = torch.where(b, rr, rss)
+    jtj = torch.where(b[:, None, None], rj, jtj)
+    status = torch.where(b, rs, status)
+    return p, rss, jtj, n_iter + ri, status
+
+
+def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
+               opts: FitOptions, kernel: Kernel) -> dict[str, torch.Tensor]:
+    """Fit one batch of rows (already on the device, in the fitting dtype)."""
+    dt, dev = losses.dtype, losses.device
+    n, kk = losses.shape
+    finite = torch.isfinite(losses)
+    count = finite.sum(1)
+    y = torch.where(finite, losses, 0)
+    fm = finite.to(dt)
+    mean = y.sum(1) / count.clamp_min(1)
+    tss = (((y - mean[:, None]) * fm) ** 2).sum(1)
+    enough = count >= opts.min_points
+    eps = torch.finfo(dt).eps
+    constant = enough & (tss <= count * (8 * eps * (mean.abs() + eps)) ** 2)
+    todo = enough & ~constant
+
+    nan = torch.full((n,), math.nan, dtype=dt, device=dev)
+    res = {name: nan.clone() for name in ("lo", "hi", "tau", "k", "lo_se", "hi_se", "tau_se",
+                                           "k_se", "rss", "r2")}
+    res["n_iter"] = torch.zeros(n, dtype=torch.int32, device=dev)
+    status = torch.full((n,), TOO_FEW, dtype=torch.int8, device=dev)
+
+    # constant rows: the value, a step nowhere in particular
+    res["lo"] = torch.where(constant, mean, res["lo"])
+    res["hi"] = torch.where(constant, mean, res["hi"])
+    res["tau"] = torch.where(constant, 0.5 * (x.min() + x.max()), res["tau"])
+    res["k"] = torch.where(constant, lb[3], res["k"])
+    for name in ("lo_se", "hi_se"):
+        res[name] = torch.where(constant, 0.0, res[name])
+    for name in ("tau_se", "k_se"):
+        res[name] = torch.where(constant, math.inf, res[name])
+    res["rss"] = torch.where(constant, 0.0, res["rss"])
+    status = torch.where(constant, CONSTANT, status).to(torch.int8)
+
+    rows = todo.nonzero()[:, 0]
+    if rows.numel():
+        yr = y[rows]
+        full = bool(finite[rows].all())
+        mask = None if full else fm[rows]
+        p0 = guess(torch.where(finite[rows], yr, math.nan), x)
+        p0 = torch.minimum(torch.maximum(p0, lb), ub)
+        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, kernel)
+        if opts.restarts:
+            noise = _difference_variance(yr, finite[rows])
+            resid = rss / (count[rows] - 4).clamp_min(1)
+            on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
+            singular = _standard_errors(jtj, rss, count[rows])[1]
+            poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
+            poor = poor.nonzero()[:, 0]
+            if poor.numel():
+                sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
+                               opts, kernel, p[poor], rss[poor], jtj[poor], n_iter[poor],
+                               st[poor])
+                p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
+        r2 = 1 - rss / tss[rows]
+        se, singular = _standard_errors(jtj, rss, count[rows])
+        st = torch.where(singular & (st == CONVERGED), SINGULAR, st).to(torch.int8)
+        for i, name in enumerate(PARAMS):
+            res[name][rows] = p[:, i]
+            res[name + "_se"][rows] = se[:, i].to(dt)
+        res["rss"][rows] = rss
+        res["r2"][rows] = r2
+        res["n_iter"][rows] = n_iter
+        status[rows] = st
+    res["status"] = status
+    return res
+
+
+def _difference_variance(y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Noise variance from differences of successive finite points (von Neumann's estimator)."""
+    filled = _forward_fill(y, finite)
+    diff = filled[:, 1:] - filled[:, :-1]
+    # one difference ends at each finite point after the first finite one
+    pairs = (finite & (finite.cumsum(1) > 1))[:, 1:].to(y.dtype)
+    return (diff**2 * pairs).sum(1) / (2 * pairs.sum(1).clamp_min(1))
+
+
+def _standard_errors(jtj: torch.Tensor, rss: torch.Tensor, count: torch.Tensor):
+    """sqrt(diag((J^T J)^-1) * rss / (n - 4)) in float64; inf where J^T J is singular."""
+    a = jtj.to(torch.float64)
+    # scale to unit diagonal so that the conditioning test is about the parameters' correlation
+    d = torch.sqrt(torch.diagonal(a, dim1=1, dim2=2)).clamp_min(1e-300)
+    corr = a / d[:, :, None] / d[:, None, :]
+    chol, info = torch.linalg.cholesky_ex(corr)
+    eye = torch.eye(4, dtype=torch.float64, device=a.device).expand_as(corr)
+    inv = torch.cholesky_solve(eye, chol)
+    ok = (info == 0) & torch.isfinite(inv).all((1, 2))
+    ok = ok & (torch.linalg.matrix_norm(inv, ord=1) < 1e14)
+    var = torch.diagonal(inv, dim1=1, dim2=2) / d**2
+    sigma2 = rss.to(torch.float64) / (count.to(torch.float64) - 4).clamp_min(1)
+    se = torch.sqrt(var * sigma2[:, None])
+    se = torch.where(ok[:, None], se, math.inf)
+    return se, ~ok
+
+
+def _default_batch(device: torch.device) -> int:
+    return 1 << 20 if device.type == "cuda" else 8192
+
+
+def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor, *,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 options: FitOptions | None = None,
+                 thresholds: KindThresholds | None = None,
+                 progress: bool = False) -> SigmoidFit:
+    """Fit the sigmoid step to every row of ``losses`` (N, K; NaN = missing) at ``x`` (K,).
+
+    ``device`` None or "auto" means CUDA when available, else CPU. Rows are fitted in batches of
+    ``options.batch_size`` and results are returned on the host, so N may exceed device memory.
+    """
+    opts = options or FitOptions()
+    thresholds = thresholds or KindThresholds()
+    dev = resolve_device(device)
+    x_np = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if losses.ndim != 2 or losses.shape[1] != x_np.shape[0]:
+        raise ValueError(f"losses must be (N, {x_np.shape[0]}), got {tuple(losses.shape)}")
+    if x_np.shape[0] > 1 and not np.all(np.diff(x_np) > 0):
+        raise ValueError("x must be strictly increasing")
+    n = losses.shape[0]
+    lb_np, ub_np = opts.bounds(x_np)
+    xt = torch.as_tensor(x_np, dtype=dtype, device=dev)
+    lb = torch.as_tensor(lb_np, dtype=dtype, device=dev)
+    ub = torch.as_tensor(ub_np, dtype=dtype, device=dev)
+    use_compile = opts.compile if opts.compile is not None else n >= 100_000
+    kernel = _safe_kernel(_kernel(use_compile))
+    batch = opts.batch_size or _default_batch(dev)
+
+    parts: list[dict[str, np.ndarray]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="fit", desc="fit", smoothing=0.1)
+    for start in range(0, n, batch):
+        chunk = losses[start:start + batch]
+        t = torch.as_tensor(chunk).to(device=dev, dtype=dtype)
+        t = torch.where(torch.isinf(t), math.nan, t)
+        res = _fit_batch(t, xt, lb, ub, opts, kernel)
+        parts.append({key: v.cpu().numpy() for key, v in res.items()})
+        if bar is not None:
+            bar.update(t.shape[0])
+    if bar is not None:
+        bar.close()
+    if not parts:
+        empty = {key: np.zeros(0, dtype=np.float32) for key in SigmoidFit._COLUMNS}
+        empty.update(n_iter=np.zeros(0, np.int32), status=np.zeros(0, np.int8))
+        parts = [empty]
+    cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    status = cat.pop("status").astype(np.int8)
+    kinds = _kinds(cat["lo"], cat["hi"], cat["tau"], cat["r2"], status, x_np, thresholds)
+    return SigmoidFit(**cat, status_code=status, kind_code=kinds, x=x_np, options=opts,
+                      thresholds=thresholds)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": CUDA if available, else CPU; otherwise the device named."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "resolve_device"]

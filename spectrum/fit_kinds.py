@@ -1,0 +1,55 @@
+"""What kind of trajectory a fitted sigmoid describes (DESIGN section 6).
+
+Rules, applied in this order to each fit (``delta = hi - lo``, the loss the token sheds):
+
+1. ``unfit``: no fit was made (fewer than the minimum number of finite points);
+2. ``flat``: ``|delta| < min_delta`` nats, or the trajectory is constant: nothing learned;
+3. ``nonmonotone``: ``r2 < min_r2``: a single sigmoid does not describe the trajectory
+   (double descent, a bump, noise much larger than the step);
+4. ``forgotten``: ``delta < 0``: the loss rises;
+5. ``unfinished``: ``tau`` lies beyond the last checkpoint: the step is not yet half done;
+6. ``learned``: everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
+LEARNED, FLAT, FORGOTTEN, NONMONOTONE, UNFINISHED, UNFIT = range(len(KINDS))
+
+
+@dataclass(frozen=True)
+class KindThresholds:
+    """Thresholds of :func:`classify`: ``min_delta`` in nats, ``min_r2`` a fraction."""
+
+    min_delta: float = 0.1
+    min_r2: float = 0.5
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One sentence for reports."""
+        return (f"flat: |hi - lo| < {self.min_delta:g} nats; nonmonotone: R^2 < {self.min_r2:g}; "
+                f"forgotten: hi < lo; unfinished: tau beyond the last checkpoint; "
+                f"learned: the rest; unfit: too few finite points to fit")
+
+
+def classify(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, r2: np.ndarray,
+             fitted: np.ndarray, constant: np.ndarray, x_last: float,
+             thresholds: KindThresholds = KindThresholds()) -> np.ndarray:
+    """Kind codes (int8, indices into :data:`KINDS`) of fits given as arrays of equal length.
+
+    ``fitted`` is False where no fit was made; ``constant`` is True for constant trajectories.
+    """
+    delta = np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        flat = constant | (np.abs(delta) < thresholds.min_delta)
+        nonmono = np.asarray(r2) < thresholds.min_r2
+        unfinished = np.asarray(tau) > x_last
+        return np.select(
+            [~fitted, flat, nonmono, delta < 0, unfinished],
+            [UNFIT, FLAT, NONMONOTONE, FORGOTTEN, UNFINISHED], default=LEARNED).astype(np.int8)

@@ -1,0 +1,160 @@
+"""The per-token model: a sigmoid step in log-time, its Jacobian, and an initial guess.
+
+``l(x) = lo + (hi - lo) * sigmoid(-k * (x - tau))`` with ``x = ln T`` (T: training tokens seen):
+``hi`` is the loss before the step, ``lo`` the loss after, ``tau`` the learning time (midpoint, in
+ln tokens), ``k > 0`` the sharpness (the 10%-90% transition takes ``ln(81) / k`` in x). A token
+whose loss rises has ``hi < lo``.
+
+Parameters are stacked in the order :data:`PARAMS` along the last axis of a ``(..., 4)`` tensor.
+:func:`normal_equations` is the inner kernel of the fitter: the residual sum of squares, ``J^T J``
+and ``J^T r`` of many trajectories, accumulated without materialising the ``(N, K, 4)`` Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PARAMS = ("lo", "hi", "tau", "k")
+WIDTH_10_90 = math.log(81.0)  # x-width of the 10%-90% transition is WIDTH_10_90 / k
+
+
+def _split(p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(p[..., i, None] for i in range(4))
+
+
+def model(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``l(x)`` for parameters ``p`` (..., 4) at points ``x`` (K,): shape (..., K)."""
+    lo, hi, tau, k = _split(p)
+    s = torch.sigmoid(-k * (x - tau))
+    return lo + (hi - lo) * s
+
+
+def jacobian(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``d l(x) / d (lo, hi, tau, k)``: shape (..., K, 4). Materialised; for checks, not the fitter."""
+    lo, hi, tau, k = _split(p)
+    u = x - tau
+    s = torch.sigmoid(-k * u)
+    a = s * (1 - s)
+    d = hi - lo
+    return torch.stack([1 - s, s, d * k * a, -d * u * a], dim=-1)
+
+
+def _halves(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sigmoid(z)`` and ``sigmoid(-z) = 1 - sigmoid(z)``, both to full relative precision."""
+    e = torch.exp(-z.abs())
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    pos = z >= 0
+    return torch.where(pos, big, small), torch.where(pos, small, big)
+
+
+def normal_equations(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,
+                     p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RSS (N,), ``J^T J`` (N, 4, 4) and ``J^T r`` (N, 4) at ``p`` (N, 4), with ``r = y - l(x)``.
+
+    ``y`` (N, K) holds finite values, 0 at missing points; ``mask`` (N, K) is 1 where a point
+    counts and 0 where it is missing (None: every point counts). The Jacobian columns are ``q = 1 - s``, ``s``,
+    ``d k a`` and ``-d u a`` with ``s = sigmoid(-k u)``, ``u = x - tau``, ``a = s q`` and
+    ``d = hi - lo``: the fifteen sums below are formed pointwise and reduced over K, so only
+    (N, K) elementwise work is done (a compiler fuses it into one pass).
+    """
+    lo, hi, tau, k = p.unbind(-1)
+    u = x - tau[:, None]
+    s, q = _halves(-k[:, None] * u)
+    if mask is not None:
+        s = s * mask
+        q = q * mask
+    a = s * q
+    ua = u * a
+    r = y - (lo[:, None] * q + hi[:, None] * s)
+    sums = torch.stack([
+        (q * q).sum(1), a.sum(1), (q * a).sum(1), (q * ua).sum(1),
+        (s * s).sum(1), (s * a).sum(1), (s * ua).sum(1),
+        (a * a).sum(1), (a * ua).sum(1), (ua * ua).sum(1),
+        (r * q).sum(1), (r * s).sum(1), (r * a).sum(1), (r * ua).sum(1), (r * r).sum(1),
+    ], dim=1)
+    return assemble(sums, p)
+
+
+def assemble(sums: torch.Tensor, p: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RSS, ``J^T J`` and ``J^T r`` from the fifteen sums of :func:`normal_equations`."""
+    qq, qs, qa, qua, ss, sa, sua, aa, aua, uaua, rq, rs, ra, rua, rr = sums.unbind(1)
+    lo, hi, tau, k = p.unbind(-1)
+    d = hi - lo
+    ct = d * k  # the tau column is ct * a
+    ck = -d  # the k column is ck * u * a
+    rows = [
+        [qq, qs, ct * qa, ck * qua],
+        [qs, ss, ct * sa, ck * sua],
+        [ct * qa, ct * sa, ct * ct * aa, ct * ck * aua],
+        [ck * qua, ck * sua, ct * ck * aua, ck * ck * uaua],
+    ]
+    jtj = torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+    jtr = torch.stack([rq, rs, ct * ra, ck * rua], dim=-1)
+    return rr, jtj, jtr
+
+
+def linear_lohi(y: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, tau: torch.Tensor,
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares ``lo`` and ``hi`` for fixed ``tau`` and ``k`` (the model is linear in them).
+
+    Where the 2x2 system is degenerate (the sigmoid is flat over the data) both are the mean.
+    """
+    s, q = _halves(-k[:, None] * (x - tau[:, None]))
+    s, q = s * mask, q * mask
+    a11, a12, a22 = (q * q).sum(1), (q * s).sum(1), (s * s).sum(1)
+    b1, b2 = (q * y).sum(1), (s * y).sum(1)
+    det = a11 * a22 - a12 * a12
+    ok = det > 1e-6 * (a11 * a22).clamp_min(torch.finfo(y.dtype).tiny)
+    safe = torch.where(ok, det, 1.0)
+    mean = (y * mask).sum(1) / mask.sum(1).clamp_min(1)
+    lo = torch.where(ok, (a22 * b1 - a12 * b2) / safe, mean)
+    hi = torch.where(ok, (a11 * b2 - a12 * b1) / safe, mean)
+    return lo, hi
+
+
+def _forward_fill(y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Each missing value replaced by the previous finite one (leading gaps by the first)."""
+    kk = y.shape[1]
+    pos = torch.arange(kk, device=y.device).expand_as(y)
+    idx = torch.where(finite, pos, -1).cummax(dim=1).values
+    first = finite.to(torch.int8).argmax(dim=1, keepdim=True).expand_as(idx)
+    idx = torch.where(idx < 0, first, idx)
+    return torch.gather(torch.where(finite, y, 0), 1, idx)
+
+
+def guess(y: torch.Tensor, x: torch.Tensor, *, edge: int = 3) -> torch.Tensor:
+    """Starting parameters (N, 4) for each trajectory of ``y`` (N, K; NaN = missing), from its data.
+
+    ``hi`` and ``lo`` are the means of the first and last ``edge`` finite points; on the curve
+    normalised to run from 1 (at ``hi``) to 0 (at ``lo``) and clipped to [0, 1], ``tau`` is
+    ``x_first + integral(y_n dx)`` and ``1/k`` is ``integral(y_n (1 - y_n) dx)``, both exact for a
+    sigmoid that completes inside the data (``k`` is capped at the sharpest step that the grid
+    resolves around ``tau``, a 10%-90% rise over two spacings). Rows without finite points give NaN; the fitter
+    does not use them.
+    """
+    finite = torch.isfinite(y)
+    rank = finite.cumsum(dim=1)
+    count = rank[:, -1:]
+    head = finite & (rank <= edge)
+    tail = finite & (rank > count - edge)
+    y0 = torch.where(finite, y, 0)
+    hi = (y0 * head).sum(1) / head.sum(1)
+    lo = (y0 * tail).sum(1) / tail.sum(1)
+    filled = _forward_fill(y, finite)
+    d = hi - lo
+    tiny = torch.finfo(y.dtype).eps * (hi.abs() + lo.abs() + 1)
+    safe_d = torch.where(d.abs() > tiny, d, 1.0)
+    yn = ((filled - lo[:, None]) / safe_d[:, None]).clamp(0, 1)
+    yn = torch.where((d.abs() > tiny)[:, None], yn, 0.5)
+    tau = x[0] + torch.trapezoid(yn, x, dim=1)
+    width = torch.trapezoid(yn * (1 - yn), x, dim=1)
+    # no sharper than the grid can resolve around tau: a 10%-90% step over two spacings there
+    at = torch.searchsorted(x, tau.clamp(x[0], x[-1]).contiguous()).clamp(1, len(x) - 1)
+    spacing = x[at] - x[at - 1]
+    k = torch.minimum(1.0 / width.clamp_min(torch.finfo(y.dtype).tiny),
+                      WIDTH_10_90 / (2 * spacing))
+    return torch.stack([lo, hi, tau, k], dim=1)
