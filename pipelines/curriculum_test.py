@@ -45,7 +45,7 @@ from pipelines.curriculum_export import (add_learnability_arguments, curriculum_
 from spectrum.curriculum import learnability, phase_schedule, phase_weights, weight_columns
 from spectrum.curriculum_trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, Curve, arm_weights,
                                        curve_record, frequency_buckets, markdown_table, plot,
-                                       results_markdown,
+                                       results_markdown, weight_diagnostics,
                                        summarise)
 from spectrum.errors import SpectrumError
 from spectrum.evalset import vocab_hash
@@ -182,8 +182,10 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
              "floor": args.floor, "buckets": int(buckets.max()) + 1, "seeds": list(range(args.seeds)),
              "eval_sequences": int(len(data.eval_sequences)), "learnability_runs": [r.name for r in runs],
              "suite_fingerprint": plan.fingerprint(base), "arms": arms,
-             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16]}
-    fp = _fingerprint({k: v for k, v in setup.items() if k not in ("seeds", "arms")})
+             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
+             "curriculum_weights": weight_diagnostics(w_curr, mean_log_freq)}
+    fp = _fingerprint({k: v for k, v in setup.items()
+                       if k not in ("seeds", "arms", "curriculum_weights")})
     w0 = arm_weights(w_curr, buckets, 0)
     cols = {"seq_id": learn.sequences["seq_id"], "doc_id": learn.sequences["doc_id"],
             "mean_log_freq": mean_log_freq, "freq_bucket": buckets}

@@ -63,6 +63,22 @@ def arm_weights(curriculum: np.ndarray, buckets: np.ndarray, seed: int) -> dict[
             "random": curriculum[rng.permutation(len(curriculum))]}
 
 
+def weight_diagnostics(weights: np.ndarray, mean_log_freq: np.ndarray) -> list[dict[str, float]]:
+    """Per phase: the weights' range, their effective sample size as a fraction of the items
+    (``(sum w)^2 / (n sum w^2)``: 1 = uniform), and their Spearman correlation with each
+    sequence's mean log token frequency (how much of the weighting is a frequency preference)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for p in range(weights.shape[1]):
+        w = weights[:, p]
+        rho = spearmanr(w, mean_log_freq)[0] if np.ptp(w) > 0 and np.ptp(mean_log_freq) > 0 else 0.0
+        out.append({"phase": p, "min": float(w.min()), "max": float(w.max()),
+                    "ess_fraction": float(w.sum() ** 2 / (len(w) * (w ** 2).sum())),
+                    "spearman_freq": float(rho)})
+    return out
+
+
 def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: float) -> float | None:
     """Tokens at which the curve first reaches ``target`` (interpolated in ln T), or None."""
     t, l = np.asarray(tokens, dtype=np.float64), np.asarray(losses, dtype=np.float64)
@@ -166,8 +182,21 @@ arm's.
 
 {markdown_table(summary)}
 
+Curriculum weights per phase (steps {', '.join(map(str, s.get('phase_steps', [])))}): range, effective
+sample size as a fraction of the pool (1 = uniform), and Spearman correlation with the sequence's
+mean log token frequency:
+
+{_diagnostics_table(s.get('curriculum_weights', []))}
+
 ![validation loss per arm]({FIGURE})
 """
+
+
+def _diagnostics_table(rows: list[dict[str, float]]) -> str:
+    lines = ["| phase | min | max | ESS fraction | Spearman with log frequency |", "|---|---|---|---|---|"]
+    lines += [f"| {r['phase']} | {r['min']:.3f} | {r['max']:.3f} | {r['ess_fraction']:.3f} | "
+              f"{r['spearman_freq']:.3f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path:

@@ -164,3 +164,15 @@ def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_
     assert (out / "learnability" / "fits" / "run=m1-d1" / "part-0.parquet").is_file()
     meta = json.loads((out / "learnability" / "evalset" / "meta.json").read_text())
     assert meta["source"]["split"] == "train"
+
+
+def test_weight_diagnostics_measure_concentration_and_frequency_preference():
+    from spectrum.curriculum_trial import weight_diagnostics
+
+    freq = np.linspace(-8, -2, 10)
+    w = np.stack([np.ones(10), np.exp(freq) / np.exp(freq).mean(), np.r_[np.full(5, 2.0), np.zeros(5)]], 1)
+    d = weight_diagnostics(w, freq)
+    assert d[0]["ess_fraction"] == pytest.approx(1.0) and d[0]["spearman_freq"] == 0.0
+    assert d[1]["spearman_freq"] == pytest.approx(1.0)
+    assert d[2]["ess_fraction"] == pytest.approx(0.5)  # half the pool carries all the weight
+    assert d[2]["spearman_freq"] < 0
