@@ -212,11 +212,11 @@ def main() -> None:
         rows = [compare(s, device, args.repeats) for s in (CPU_SHAPES if args.mode == "cpu"
                                                            else GPU_SHAPES)]
         print(_table(rows))
-    shape = GPU_SHAPES[0] if args.mode == "sweep" else CPU_SHAPES[1]
+    shape = GPU_SHAPES[0] if args.mode == "sweep" else CPU_SHAPES[0]
     if args.mode in ("cpu", "sweep"):
-        if args.mode == "sweep":
+        if args.mode == "sweep":  # ~1M tokens: a checkpoint's evaluation outlasts its loading
             shape = Shape(shape.name, shape.width, shape.layers, shape.heads, shape.vocab,
-                          shape.context, 16)
+                          shape.context, 512)
         r = sweep(shape, device, args.checkpoints, args.threads)
         print(f"\nsweep: {r['checkpoints']} checkpoints of {r['shape']} on {r['device']}: "
               f"wall {r['wall']:.2f} s, sum of pure evaluation {r['eval_sum']:.2f} s, "

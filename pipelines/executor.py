@@ -186,6 +186,14 @@ class RayExecutor(Executor):
                                          num_gpus=self.gpus_per_worker)
         shared = ray.put(make_worker)
         actors = [host.remote(shared) for _ in range(self._slots(len(units)))]
+        try:
+            yield from self._schedule(ray, host, shared, actors, units)
+        finally:  # free the actors' CPUs and GPUs now, also on a cluster this run did not start
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+    def _schedule(self, ray: Any, host: Any, shared: Any, actors: list[Any],
+                  units: Sequence[Any]) -> Iterator[Outcome]:
         queue: deque[int] = deque(range(len(units)))
         attempts = [0] * len(units)
         reserved: dict[int, int | None] = {}  # actor -> the unit it was told to prefetch

@@ -256,6 +256,6 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                f"{len(failures)} checkpoints failed; "
                f"{sum(nonfinite.values())} non-finite losses"
                + (f" in {len(nonfinite)} shards ({', '.join(nonfinite)})" if nonfinite else ""))
-    print(summary, file=sys.stderr)
     if failures:
         raise StageFailed(*failures, summary)
+    print(summary, file=sys.stderr)
