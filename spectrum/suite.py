@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -308,6 +309,33 @@ def _train_in_worker(plan: SuitePlan, index: int, device: str, progress: bool) -
                      position=_WORKER["slot"])
 
 
+def _train_in_pool(plan: SuitePlan, todo: list[RunPlan], n: int, device: str,
+                   progress: bool) -> dict[str, dict[str, Any]]:
+    """Train ``todo`` in ``n`` spawned processes. The workers ignore Ctrl-C; on an interrupt
+    (or a failed run) the parent terminates them, and each run resumes on the next call."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // n)
+    index = {r.run.name: i for i, r in enumerate(plan.runs)}
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
+    try:
+        pool = ctx.Pool(n, initializer=_init_worker, initargs=(plan.config, threads, ctx.Value("i", 0)))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    try:
+        pending = {r.run.name: pool.apply_async(_train_in_worker, (plan, index[r.run.name], device, progress))
+                   for r in todo}
+        records = {name: result.get() for name, result in pending.items()}
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return records
+
+
 def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False,
                 progress: bool = True, workers: int | None = None) -> dict[str, Any] | None:
     """Train every incomplete run of the manifest's suite; return the summary (None: no suite).
@@ -354,18 +382,7 @@ def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False
         for run in todo:
             records[run.run.name] = train_run(plan, run, data, device=device, progress=progress)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // n)
-        index = {r.run.name: i for i, r in enumerate(plan.runs)}
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(plan.config, threads, ctx.Value("i", 0))) as pool:
-            futures = {pool.submit(_train_in_worker, plan, index[r.run.name], device, progress): r
-                       for r in todo}
-            for future, run in futures.items():
-                records[run.run.name] = future.result()
+        records.update(_train_in_pool(plan, todo, n, device, progress))
     summary = {"unigram_val_loss": data.unigram_loss, "eval_sequences": len(data.eval_sequences),
                "context": plan.config.context, "vocab_size": len(data.tokenizer),
                "runs": {r.run.name: records.get(r.run.name) or _summary_record(plan, r, data.unigram_loss)
