@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from spectrum.errors import SpectrumError
 from spectrum.evaluation import Options, run_spectra, run_tests
+from spectrum.fit_kinds import KindThresholds
 from spectrum.manifest import Manifest
 from spectrum.report import build_blocks, write_report
 from spectrum.run_data import load_run, read_fits, read_tokens
@@ -72,18 +73,26 @@ def _fingerprint(manifest: Manifest) -> list:
 
 
 def _fit_settings(manifest: Manifest) -> dict:
-    """Scalar settings the fit stage recorded in a fits file's provenance (kind thresholds, ...)."""
+    """What the fit stage recorded in a fits file's provenance: the kind thresholds (as the fit
+    stage describes them) and its scalar settings."""
     for spec in manifest.runs:
         prov = read_provenance(manifest.out / "fits" / f"run={spec.name}" / "part-0.parquet")
-        if prov:
-            flat = {}
-            for k, v in prov.items():
-                if isinstance(v, dict):
-                    flat.update({f"{k}.{kk}": vv for kk, vv in v.items()
-                                 if isinstance(vv, (int, float, str, bool))})
-                elif isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) < 60):
-                    flat[k] = v
-            return flat
+        if not prov:
+            continue
+        flat: dict = {}
+        thresholds = prov.get("thresholds")
+        if isinstance(thresholds, dict):
+            try:
+                flat["kinds"] = KindThresholds(**thresholds).describe()
+            except TypeError:
+                pass
+        for k, v in prov.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()
+                             if isinstance(vv, (int, float, str, bool))})
+            elif isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) < 60):
+                flat[k] = v
+        return flat
     return {}
 
 
