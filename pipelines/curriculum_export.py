@@ -134,7 +134,12 @@ def measure_learnability(manifest: Manifest, args: argparse.Namespace, runs: tup
     tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
                              columns=["token_idx", "seq_id", "doc_id"])
     phases = phase_schedule(target_steps, tokens_per_step, args.phases)
-    return lm, learnability(tokens, read_fits(lm), phases)
+    learn = learnability(tokens, read_fits(lm), phases)
+    # the token ids of each sequence, so that the table is usable without the evalset folder
+    ids = pl.read_parquet(lm.out / "evalset" / "sequences.parquet", columns=["seq_id", "input_ids"])
+    learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
+        learn.sequences.schema["seq_id"])), on="seq_id", how="left", maintain_order="left")
+    return lm, learn
 
 
 def read_target_ids(path: str | Path) -> list[str]:

@@ -418,7 +418,8 @@ tokens each, cut into {ph.n} phases of equal width in ln T (T = tokens seen):
 
 ## Files
 
-- `weights.parquet`: one row per sequence, keyed by `doc_id` and `seq_id`, columns {cols}.
+- `weights.parquet`: one row per sequence, keyed by `doc_id` and `seq_id`, columns {cols}
+  (and `input_ids`, the sequence's tokens, where the export was made from an evalset).
 - `documents.parquet`: the same per document (`doc_id`), for datasets that are chunked differently.
 - `phases.json`: the phase boundaries in steps, tokens and ln tokens.
 

@@ -259,6 +259,7 @@ def test_export_command_on_the_micro_suite(micro_suite, tmp_path, capsys):
     assert np.isfinite(w).all() and (w > 0).all()
     np.testing.assert_allclose(w.mean(0), 1.0)
     assert set(cw.meta["runs"]) == {"m1-d1", "m2-d1"}  # the manifest's fit runs
+    assert cw.sequences["input_ids"].list.len().to_list() == [32] * 24  # the sequences' tokens
     report = json.loads((out / "missing_ids.json").read_text())
     assert report["missing_ids"] == 0  # the default target: the same corpus's training split
     # a target dataset that lacks one exported document: counted, named, written
