@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from spectrum import __version__
 from spectrum.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
-                                  validate_checkpoint_sources)
+                                  validate_checkpoint_sources, weight_files)
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.evalset import load_evalset
 from spectrum.manifest import Manifest
@@ -76,6 +76,7 @@ class Unit:
     path: str
     shard: str
     provenance: dict[str, Any]
+    size: int = 0  # bytes of weights: the largest checkpoints are scheduled first
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,11 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
                 continue
             if found is not None and not current:
                 log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
-            units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov))
+            size = sum(f.stat().st_size for f in weight_files(ck.path))
+            units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov, size))
     write_json(memo, memo_path)
+    # largest first, so that the last units to finish are short ones (less idle time at the end)
+    units.sort(key=lambda u: -u.size)
     return units, skipped, problems
 
 
@@ -205,14 +209,14 @@ def write_shard(unit: Unit, losses: np.ndarray) -> None:
 
 
 def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_unit: int
-              ) -> tuple[list[str], dict[str, int], float]:
+              ) -> tuple[list[str], dict[str, int], tuple[float, float]]:
     """Run the units, writing each shard as it arrives; (failures, non-finite counts per shard,
-    sum of pure evaluation seconds)."""
+    (sum of pure evaluation seconds, sum of seconds spent waiting for checkpoints to load))."""
     from tqdm.auto import tqdm
 
     failures: list[str] = []
     nonfinite: dict[str, int] = {}
-    eval_seconds = 0.0
+    eval_seconds = load_wait = 0.0
     done_tokens = 0
     t0 = time.perf_counter()
     with tqdm(total=len(units), unit="shard", desc="losses", file=sys.stderr,
@@ -226,6 +230,7 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
                 if bad:
                     nonfinite[f"{unit.run} step {unit.step}"] = bad
                 eval_seconds += res.seconds
+                load_wait += res.load_wait
                 done_tokens += tokens_per_unit
             else:
                 failures.append(outcome.error if unit.path in (outcome.error or "")
@@ -234,7 +239,7 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
             elapsed = max(1e-9, time.perf_counter() - t0)
             bar.set_postfix_str(f"{done_tokens / elapsed:,.0f} tok/s", refresh=False)
             bar.update(1)
-    return failures, nonfinite, eval_seconds
+    return failures, nonfinite, (eval_seconds, load_wait)
 
 
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
@@ -247,15 +252,18 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     threads = args.cpus_per_worker if args.executor == "ray" else None
     make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
                           args.batch_size, threads)
-    failures, nonfinite = [], {}
+    failures, nonfinite, (evals, waits) = [], {}, (0.0, 0.0)
     if units:
-        failures, nonfinite, _ = run_units(units, executor, make_worker, evalset.num_tokens)
+        failures, nonfinite, (evals, waits) = run_units(units, executor, make_worker,
+                                                        evalset.num_tokens)
     failures = problems + failures
     computed = len(units) - (len(failures) - len(problems))
     summary = (f"losses: {computed} shards written, {skipped} current ones skipped, "
                f"{len(failures)} checkpoints failed; "
                f"{sum(nonfinite.values())} non-finite losses"
-               + (f" in {len(nonfinite)} shards ({', '.join(nonfinite)})" if nonfinite else ""))
+               + (f" in {len(nonfinite)} shards ({', '.join(nonfinite)})" if nonfinite else "")
+               + (f" (workers: {evals:.1f} s evaluating, {waits:.1f} s waiting for checkpoints "
+                  "to load)" if units else ""))
     if failures:
         raise StageFailed(*failures, summary)
     print(summary, file=sys.stderr)
