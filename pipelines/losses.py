@@ -133,7 +133,8 @@ class LossWorker:
 
 def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
     """(executor, device for the workers) from the stage's options. ``--num-gpus`` defaults to 1
-    when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address), else 0."""
+    when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address) and
+    ``--device`` is not cpu, else 0."""
     from pipelines.executor import LocalExecutor, RayExecutor
 
     if args.executor == "local":
@@ -142,7 +143,9 @@ def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
                      retries=args.retries)
     gpus = args.num_gpus
     if gpus is None:
-        if args.ray_address is None:
+        if args.device == "cpu":
+            gpus = 0
+        elif args.ray_address is None:
             import torch
 
             gpus = 1 if torch.cuda.is_available() else 0

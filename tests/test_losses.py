@@ -148,3 +148,28 @@ def test_cuda_bf16_evaluator_within_the_stated_tolerance(ids):
     ours = token_losses(model.to("cuda", torch.bfloat16), ids.cuda())
     err = np.abs(ours - ref)
     assert err.max() < 0.25 and err.mean() < 0.05
+
+
+def test_batch_size_backs_off_on_out_of_memory(ids, monkeypatch):
+    """A device that fits at most 2 sequences at once: the evaluator halves its batch until it
+    fits, keeps that size, and the losses are those of an unconstrained run."""
+    from spectrum import losses
+
+    model = _models()[0]
+    expected = Evaluator(ids, batch_size=7)(model)
+    real = losses.batch_losses
+    tried = []
+
+    def small_device(model, input_ids, **kw):
+        tried.append(len(input_ids))
+        if len(input_ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, input_ids, **kw)
+
+    monkeypatch.setattr(losses, "batch_losses", small_device)
+    ev = Evaluator(ids, batch_size=7)
+    np.testing.assert_array_equal(ev(model), expected)
+    assert tried[:3] == [7, 3, 1] and ev.batch_size == 1  # halved: 7 -> 3 -> 1
+    tried.clear()
+    ev(model)
+    assert set(tried) == {1}  # the size that fitted is remembered
