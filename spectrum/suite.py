@@ -20,6 +20,10 @@ interrupted run resumes from its last checkpoint and ends exactly as an uninterr
 (on the same device); the file is deleted when the run completes. A run folder holding
 checkpoints of another configuration is an error unless ``force`` is given, which retrains it.
 
+Parallelism: on the CPU the runs are trained side by side, one single-threaded process per core
+(tiny models gain little from intra-op threads); on a GPU one after another. A run is
+deterministic for its seed on a given device and thread count.
+
 Sanity: after training, the suite prints each run's final validation loss beside a unigram
 baseline (the cross-entropy of the validation targets under the train split's unigram
 distribution, add-one smoothed, same tokenizer and sequences) and writes them to
@@ -228,8 +232,8 @@ def train_run(plan: SuitePlan, run: RunPlan, data: SuiteData, *, device: str = "
             entry["eval_loss"] = s.eval_loss
         log_history.append(entry)
         state = st.trainer_state(s, max_steps=run.steps, batch_size=run.batch_size,
-                              n_sequences=len(data.train_sequences), extra=extra,
-                              log_history=log_history)
+                                 n_sequences=len(data.train_sequences), extra=extra,
+                                 log_history=log_history)
         st.save_checkpoint(folder, s.step, s.model, data.tokenizer, state)
         if s.step < run.steps:
             _save_resume(folder, {"step": s.step, "fingerprint": fp, "log_history": log_history,
