@@ -46,15 +46,10 @@ import pyarrow.compute as pc
 import torch
 
 from spectrum.fit_kinds import KINDS, KindThresholds, classify
-from spectrum.sigmoid import (PARAMS, _forward_fill, guess, linear_lohi, model,
-                              normal_equations)
+from spectrum.sigmoid import PARAMS, _forward_fill, guess, linear_lohi, normal_equations
 
 STATUSES = ("converged", "max_iter", "singular", "too_few_points", "constant")
 CONVERGED, MAX_ITER, SINGULAR, TOO_FEW, CONSTANT = range(len(STATUSES))
-
-Kernel = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor],
-                  tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
 
 @dataclass(frozen=True)
 class FitOptions:
@@ -181,121 +176,128 @@ def _kinds(lo, hi, tau, r2, status_code, x, thresholds) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# kernel selection
+# the solver: one iteration is _propose (damped 4x4 systems), a batched solve, and _advance (the
+# trial point's normal equations, acceptance, damping update, convergence tests); both are
+# elementwise over trajectories and are compiled into fused loops on large problems.
 
-_COMPILED: dict[str, Kernel] = {}
+def _propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol: float, floor):
+    """Damped systems with bound-active parameters removed; the gradient test."""
+    tiny = torch.finfo(p.dtype).tiny
+    diag = torch.diagonal(jtj, dim1=1, dim2=2)
+    dscale = torch.maximum(dscale, diag)
+    # active set: on a bound with the descent direction (J^T r) pointing outwards
+    active = ((p <= lb) & (jtr < 0)) | ((p >= ub) & (jtr > 0))
+    free = (~active).to(p.dtype)
+    cosine = (jtr * free).abs() / torch.sqrt(diag * rss[:, None]).clamp_min(tiny)
+    small_g = (cosine.amax(1) <= gtol) | (rss <= floor)
+    damped = jtj + torch.diag_embed(lam[:, None] * dscale)
+    damped = damped * free[:, :, None] * free[:, None, :] + torch.diag_embed(1 - free)
+    return damped, jtr * free, dscale, small_g
 
 
-def _kernel(compiled: bool) -> Kernel:
+def _advance(y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, info, small_g, live, lb, ub,
+             ftol: float, xtol: float):
+    """Try ``p + boost * step``; returns the updated state, rows that finished, and converged."""
+    tiny = torch.finfo(p.dtype).tiny
+    ok = (info == 0) & torch.isfinite(step).all(1)
+    step = torch.where(ok[:, None], step * boost[:, None], 0)
+    p_new = torch.minimum(torch.maximum(p + step, lb), ub)
+    step = p_new - p
+    pred = 2 * (step * jtr).sum(1) - ((step[:, :, None] * jtj).sum(1) * step).sum(1)
+    rss_new, jtj_new, jtr_new = normal_equations(y, mask, x, p_new)
+    actual = rss - rss_new
+    accept = live & ok & torch.isfinite(rss_new) & (actual > 0) & ~small_g
+    rho = actual / torch.where(pred > 0, pred, tiny)
+
+    small_f = accept & (actual <= ftol * rss) & (pred <= ftol * rss)
+    small_x = (step.abs() <= xtol * (p.abs() + xtol)).all(1)
+    converged = small_g | small_f | small_x | (lam > 1e16)  # the last: no decrease possible
+    done = live & converged
+
+    a = accept[:, None]
+    p = torch.where(a, p_new, p)
+    rss = torch.where(accept, rss_new, rss)
+    jtj = torch.where(a[:, :, None], jtj_new, jtj)
+    jtr = torch.where(a, jtr_new, jtr)
+    # a boosted step that fails only resets the boost; otherwise Nielsen's damping update
+    plain = boost == 1
+    lam = torch.where(accept, lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3),
+                      torch.where(plain, lam * nu, lam))
+    nu = torch.where(accept | ~plain, torch.full_like(nu, 2.0), nu * 2)
+    # the quadratic model underestimates the decrease (large residuals): lengthen the steps
+    boost = torch.where(accept & (rho > 1.25), (boost * 2).clamp(max=64),
+                        torch.where(accept & (rho > 0.75), boost, torch.ones_like(boost)))
+    return p, rss, jtj, jtr, lam, nu, boost, done
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _steps(compiled: bool) -> tuple[Callable, Callable, Callable]:
+    """(normal_equations, _propose, _advance), compiled with torch.compile or not."""
     if not compiled:
-        return normal_equations
-    if "k" not in _COMPILED:
-        _COMPILED["k"] = torch.compile(normal_equations, dynamic=True)
-    return _COMPILED["k"]
+        return normal_equations, _propose, _advance
+    if "ne" not in _COMPILED:
+        for name, fn in (("ne", normal_equations), ("propose", _propose), ("advance", _advance)):
+            _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED["ne"], _COMPILED["propose"], _COMPILED["advance"]
 
-
-def _safe_kernel(kernel: Kernel) -> Kernel:
-    """``kernel``, falling back to eager evaluation if compilation fails (no C++ compiler, ...)."""
-    if kernel is normal_equations:
-        return kernel
-
-    def run(*args):
-        try:
-            return kernel(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: evaluate eagerly instead
-            warnings.warn(f"torch.compile of the fit kernel failed ({type(e).__name__}); "
-                          "fitting without it", RuntimeWarning, stacklevel=2)
-            _COMPILED["k"] = normal_equations
-            return normal_equations(*args)
-    return run
-
-
-# --------------------------------------------------------------------------------------------
-# the solver
 
 def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,
                          p: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-                         opts: FitOptions, kernel: Kernel):
+                         opts: FitOptions, compiled: bool):
     """Fit every row of ``y`` from ``p``; returns p, rss, J^T J, n_iter, status (all per row)."""
+    ne, propose, advance = _steps(compiled)
     n = y.shape[0]
     dt, dev = y.dtype, y.device
     ftol, xtol, gtol = opts.tolerances(dt)
-    tiny = torch.finfo(dt).tiny
     eps = torch.finfo(dt).eps
-    scale = (y.abs().amax(1) if n else y.new_zeros(0)) + 1.0
-    rss_floor = (4 * eps * scale) ** 2 * y.shape[1]
+    floor = ((4 * eps * (y.abs().amax(1) + 1.0)) ** 2 * y.shape[1]) if n else y.new_zeros(0)
 
-    out_p = p.clone()
+    out_p = torch.empty_like(p)
     out_rss = torch.zeros(n, dtype=dt, device=dev)
     out_jtj = torch.zeros(n, 4, 4, dtype=dt, device=dev)
-    out_iter = torch.zeros(n, dtype=torch.int32, device=dev)
+    out_iter = torch.full((n,), opts.max_iter, dtype=torch.int32, device=dev)
     out_status = torch.full((n,), MAX_ITER, dtype=torch.int8, device=dev)
 
     idx = torch.arange(n, device=dev)
-    p = torch.clamp(p, lb, ub)
-    rss, jtj, jtr = kernel(y, mask, x, p)
+    p = torch.minimum(torch.maximum(p, lb), ub)
+    rss, jtj, jtr = ne(y, mask, x, p)
     lam = torch.full((n,), opts.lambda0, dtype=dt, device=dev)
     nu = torch.full((n,), 2.0, dtype=dt, device=dev)
     boost = torch.ones(n, dtype=dt, device=dev)
-    dscale = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(tiny)
-    floor = rss_floor
+    dscale = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(torch.finfo(dt).tiny)
+    live = torch.ones(n, dtype=torch.bool, device=dev)
+    n_iter = torch.full((n,), opts.max_iter, dtype=torch.int32, device=dev)
+    conv = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def flush(rows: torch.Tensor) -> None:
+        at = idx[rows]
+        out_p[at], out_rss[at], out_jtj[at] = p[rows], rss[rows], jtj[rows]
+        out_iter[at] = n_iter[rows]
+        out_status[at] = torch.where(conv[rows], CONVERGED, MAX_ITER).to(torch.int8)
 
     for it in range(1, opts.max_iter + 1):
         if idx.numel() == 0:
             break
-        diag = torch.diagonal(jtj, dim1=1, dim2=2)
-        dscale = torch.maximum(dscale, diag)
-        # active set: on a bound with the descent direction (J^T r) pointing outwards
-        active = ((p <= lb) & (jtr < 0)) | ((p >= ub) & (jtr > 0))
-        free = (~active).to(dt)
-        # gradient test at the current point, free parameters only
-        cosine = (jtr * free).abs() / torch.sqrt(diag * rss[:, None]).clamp_min(tiny)
-        small_g = (cosine.amax(1) <= gtol) | (rss <= floor)
-
-        damped = jtj + torch.diag_embed(lam[:, None] * dscale)
-        damped = damped * free[:, :, None] * free[:, None, :] + torch.diag_embed(1 - free)
-        step, info = torch.linalg.solve_ex(damped, jtr * free)
-        ok = (info == 0) & torch.isfinite(step).all(1)
-        step = torch.where(ok[:, None], step * boost[:, None], 0)
-        p_new = torch.clamp(p + step, lb, ub)
-        step = p_new - p
-        pred = 2 * (step * jtr).sum(1) - torch.einsum("ni,nij,nj->n", step, jtj, step)
-        rss_new, jtj_new, jtr_new = kernel(y, mask, x, p_new)
-        actual = rss - rss_new
-        accept = ok & torch.isfinite(rss_new) & (actual > 0) & ~small_g
-        rho = actual / torch.where(pred > 0, pred, tiny)
-
-        small_f = accept & (actual <= ftol * rss) & (pred <= ftol * rss)
-        small_x = (step.abs() <= xtol * (p.abs() + xtol)).all(1)
-        converged = small_g | small_f | small_x | (lam > 1e16)  # the last: no decrease possible
-        done = converged | (it == opts.max_iter)
-
-        a = accept[:, None]
-        p = torch.where(a, p_new, p)
-        rss = torch.where(accept, rss_new, rss)
-        jtj = torch.where(a[:, :, None], jtj_new, jtj)
-        jtr = torch.where(a, jtr_new, jtr)
-        # a boosted step that fails only resets the boost; otherwise Nielsen's damping update
-        plain = boost == 1
-        lam = torch.where(accept, lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3),
-                          torch.where(plain, lam * nu, lam))
-        nu = torch.where(accept | ~plain, torch.full_like(nu, 2.0), nu * 2)
-        # the quadratic model underestimates the decrease (large residuals): lengthen the steps
-        boost = torch.where(accept & (rho > 1.25), (boost * 2).clamp(max=64),
-                            torch.where(accept & (rho > 0.75), boost, torch.ones_like(boost)))
-
-        if bool(done.any()):
-            rows = idx[done]
-            out_p[rows] = p[done]
-            out_rss[rows] = rss[done]
-            out_jtj[rows] = jtj[done]
-            out_iter[rows] = it
-            out_status[rows] = torch.where(converged[done], CONVERGED, MAX_ITER).to(torch.int8)
-            keep = ~done
+        damped, rhs, dscale, small_g = propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol, floor)
+        step, info = torch.linalg.solve_ex(damped, rhs)
+        p, rss, jtj, jtr, lam, nu, boost, done = advance(
+            y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, info, small_g, live, lb, ub,
+            ftol, xtol)
+        n_iter = torch.where(done, it, n_iter)
+        conv = conv | done
+        live = live & ~done
+        n_live = int(live.sum())
+        if n_live < 0.8 * live.numel():  # compaction: finished fits leave the batch
+            flush(~live)
+            keep = live
             idx, y, p, rss, jtj, jtr = idx[keep], y[keep], p[keep], rss[keep], jtj[keep], jtr[keep]
-            lam, nu, boost = lam[keep], nu[keep], boost[keep]
-            dscale, floor = dscale[keep], floor[keep]
+            lam, nu, boost, dscale = lam[keep], nu[keep], boost[keep], dscale[keep]
+            floor, live, n_iter, conv = floor[keep], live[keep], n_iter[keep], conv[keep]
             mask = mask[keep] if mask is not None else None
+    if idx.numel():
+        flush(torch.ones_like(live))
     return out_p, out_rss, out_jtj, out_iter, out_status
 
 
@@ -310,7 +312,7 @@ def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) 
     return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
 
 
-def _restart(y, mask, x, lb, ub, opts, kernel, p, rss, jtj, n_iter, status):
+def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status):
     """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
 
     Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
@@ -320,16 +322,17 @@ def _restart(y, mask, x, lb, ub, opts, kernel, p, rss, jtj, n_iter, status):
     m = mask if mask is not None else torch.ones_like(y)
     best_rss = torch.full((n,), torch.inf, dtype=y.dtype, device=y.device)
     best = torch.zeros(n, 4, dtype=y.dtype, device=y.device)
+    profile = _COMPILED.setdefault("lohi", torch.compile(linear_lohi, dynamic=True)) \
+        if compiled else linear_lohi
     for tau_k in _scan_grid(x, lb, ub, opts.restart_starts):
         tau = tau_k[0].expand(n)
         k = tau_k[1].expand(n)
-        lo, hi = linear_lohi(y, m, x, tau, k)
+        lo, hi, r = profile(y, m, x, tau, k)
         cand = torch.stack([lo, hi, tau, k], dim=1)
-        r = ((y - model(x, cand)) * m).square().sum(1)
         better = r < best_rss
         best_rss = torch.where(better, r, best_rss)
         best = torch.where(better[:, None], cand, best)
-    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, kernel)
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled)
     b = torch.isfinite(rr) & (rr < rss)
     p = torch.where(b[:, None], rp, p)
     rss = torch.where(b, rr, rss)
@@ -339,16 +342,18 @@ def _restart(y, mask, x, lb, ub, opts, kernel, p, rss, jtj, n_iter, status):
 
 
 def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-               opts: FitOptions, kernel: Kernel) -> dict[str, torch.Tensor]:
+               opts: FitOptions, compiled: bool) -> dict[str, torch.Tensor]:
     """Fit one batch of rows (already on the device, in the fitting dtype)."""
     dt, dev = losses.dtype, losses.device
     n, kk = losses.shape
     finite = torch.isfinite(losses)
+    complete = bool(finite.all())
     count = finite.sum(1)
-    y = torch.where(finite, losses, 0)
-    fm = finite.to(dt)
+    y = losses if complete else torch.where(finite, losses, 0)
+    fm = None if complete else finite.to(dt)
     mean = y.sum(1) / count.clamp_min(1)
-    tss = (((y - mean[:, None]) * fm) ** 2).sum(1)
+    tss = (y - mean[:, None]).square()
+    tss = (tss if complete else tss * fm).sum(1)
     enough = count >= opts.min_points
     eps = torch.finfo(dt).eps
     constant = enough & (tss <= count * (8 * eps * (mean.abs() + eps)) ** 2)
@@ -374,14 +379,13 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
 
     rows = todo.nonzero()[:, 0]
     if rows.numel():
-        yr = y[rows]
-        full = bool(finite[rows].all())
-        mask = None if full else fm[rows]
-        p0 = guess(torch.where(finite[rows], yr, math.nan), x)
+        yr = y[rows] if rows.numel() < n else y
+        mask = None if complete else fm[rows]
+        p0 = guess(yr if complete else torch.where(finite[rows], yr, math.nan), x)
         p0 = torch.minimum(torch.maximum(p0, lb), ub)
-        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, kernel)
+        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled)
         if opts.restarts:
-            noise = _difference_variance(yr, finite[rows])
+            noise = _difference_variance(yr, finite[rows] if not complete else finite)
             resid = rss / (count[rows] - 4).clamp_min(1)
             on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
             singular = _standard_errors(jtj, rss, count[rows])[1]
@@ -389,7 +393,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
             poor = poor.nonzero()[:, 0]
             if poor.numel():
                 sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
-                               opts, kernel, p[poor], rss[poor], jtj[poor], n_iter[poor],
+                               opts, compiled, p[poor], rss[poor], jtj[poor], n_iter[poor],
                                st[poor])
                 p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
         r2 = 1 - rss / tss[rows]
@@ -408,6 +412,8 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
 
 def _difference_variance(y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     """Noise variance from differences of successive finite points (von Neumann's estimator)."""
+    if bool(finite.all()):
+        return (y[:, 1:] - y[:, :-1]).square().sum(1) / (2 * (y.shape[1] - 1))
     filled = _forward_fill(y, finite)
     diff = filled[:, 1:] - filled[:, :-1]
     # one difference ends at each finite point after the first finite one
@@ -431,6 +437,22 @@ def _standard_errors(jtj: torch.Tensor, rss: torch.Tensor, count: torch.Tensor):
     se = torch.sqrt(var * sigma2[:, None])
     se = torch.where(ok[:, None], se, math.inf)
     return se, ~ok
+
+
+_COMPILER_OK: dict[str, bool] = {}
+
+
+def _compiler_works(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels here (it needs a C++ compiler on CPU)."""
+    if device.type not in _COMPILER_OK:
+        try:
+            torch.compile(lambda v: v * 2 + 1, dynamic=False)(torch.ones(3, device=device))
+            _COMPILER_OK[device.type] = True
+        except Exception as e:  # noqa: BLE001 - any compiler failure: evaluate eagerly
+            warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); fitting "
+                          "without it", RuntimeWarning, stacklevel=3)
+            _COMPILER_OK[device.type] = False
+    return _COMPILER_OK[device.type]
 
 
 def _default_batch(device: torch.device) -> int:
@@ -460,8 +482,9 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     xt = torch.as_tensor(x_np, dtype=dtype, device=dev)
     lb = torch.as_tensor(lb_np, dtype=dtype, device=dev)
     ub = torch.as_tensor(ub_np, dtype=dtype, device=dev)
-    use_compile = opts.compile if opts.compile is not None else n >= 100_000
-    kernel = _safe_kernel(_kernel(use_compile))
+    compiled = opts.compile if opts.compile is not None else n >= 100_000
+    if compiled and not _compiler_works(dev):
+        compiled = False
     batch = opts.batch_size or _default_batch(dev)
 
     parts: list[dict[str, np.ndarray]] = []
@@ -474,7 +497,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
         chunk = losses[start:start + batch]
         t = torch.as_tensor(chunk).to(device=dev, dtype=dtype)
         t = torch.where(torch.isinf(t), math.nan, t)
-        res = _fit_batch(t, xt, lb, ub, opts, kernel)
+        res = _fit_batch(t, xt, lb, ub, opts, compiled)
         parts.append({key: v.cpu().numpy() for key, v in res.items()})
         if bar is not None:
             bar.update(t.shape[0])

@@ -98,8 +98,9 @@ def assemble(sums: torch.Tensor, p: torch.Tensor
 
 
 def linear_lohi(y: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, tau: torch.Tensor,
-                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The least-squares ``lo`` and ``hi`` for fixed ``tau`` and ``k`` (the model is linear in them).
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The least-squares ``lo`` and ``hi`` for fixed ``tau`` and ``k`` (the model is linear in
+    them), and the RSS they leave. ``y`` is 0 where ``mask`` is 0.
 
     Where the 2x2 system is degenerate (the sigmoid is flat over the data) both are the mean.
     """
@@ -113,7 +114,8 @@ def linear_lohi(y: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, tau: torch
     mean = (y * mask).sum(1) / mask.sum(1).clamp_min(1)
     lo = torch.where(ok, (a22 * b1 - a12 * b2) / safe, mean)
     hi = torch.where(ok, (a11 * b2 - a12 * b1) / safe, mean)
-    return lo, hi
+    rss = (y - lo[:, None] * q - hi[:, None] * s).square().sum(1)
+    return lo, hi, rss
 
 
 def _forward_fill(y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
@@ -137,14 +139,18 @@ def guess(y: torch.Tensor, x: torch.Tensor, *, edge: int = 3) -> torch.Tensor:
     does not use them.
     """
     finite = torch.isfinite(y)
-    rank = finite.cumsum(dim=1)
-    count = rank[:, -1:]
-    head = finite & (rank <= edge)
-    tail = finite & (rank > count - edge)
-    y0 = torch.where(finite, y, 0)
-    hi = (y0 * head).sum(1) / head.sum(1)
-    lo = (y0 * tail).sum(1) / tail.sum(1)
-    filled = _forward_fill(y, finite)
+    if bool(finite.all()):
+        hi, lo = y[:, :edge].mean(1), y[:, -edge:].mean(1)
+        filled = y
+    else:
+        rank = finite.cumsum(dim=1)
+        count = rank[:, -1:]
+        head = finite & (rank <= edge)
+        tail = finite & (rank > count - edge)
+        y0 = torch.where(finite, y, 0)
+        hi = (y0 * head).sum(1) / head.sum(1)
+        lo = (y0 * tail).sum(1) / tail.sum(1)
+        filled = _forward_fill(y, finite)
     d = hi - lo
     tiny = torch.finfo(y.dtype).eps * (hi.abs() + lo.abs() + 1)
     safe_d = torch.where(d.abs() > tiny, d, 1.0)

@@ -1,0 +1,153 @@
+"""Sigmoid fits per second: spectrum.fit.fit_sigmoids against a scipy curve_fit loop.
+
+Trajectories have Pythia's checkpoint schedule without step 0 (steps 1, 2, 4, ..., 512, then
+1000, 2000, ..., 143000: 153 points) at 2,097,152 tokens per step. They are synthetic with a
+realistic mix: 60% learned steps (tau across the grid, k log-uniform in [0.5, 8], a drop of
+0.2-5 nats), 10% forgotten (the loss rises), 30% flat; Gaussian noise (default 0.1 nats).
+
+The peer is scipy.optimize.curve_fit with the same model, bounds and analytic Jacobian (TRF,
+scipy's default tolerances), started from the same guess, one trajectory at a time in this
+process, on the first ``--scipy-n`` trajectories. Both are timed in the same run; the report
+gives fits/s of each, their ratio, and how often our RSS is no worse than scipy's.
+
+    python benchmarks/bench_fit.py                      # CPU, 2 threads
+    python benchmarks/bench_fit.py --device cuda --n 10000000 --dtype float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+from scipy.optimize import curve_fit
+from scipy.special import expit
+
+from spectrum.fit import FitOptions, fit_sigmoids, resolve_device
+from spectrum.sigmoid import guess, model
+
+STEPS = np.array([2**i for i in range(10)] + list(range(1000, 143_001, 1000)))
+TOKENS_PER_STEP = 2_097_152
+
+
+def trajectories(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = np.log(STEPS * float(TOKENS_PER_STEP))
+    rng = np.random.default_rng(seed)
+    span = x[-1] - x[0]
+    kind = rng.choice(3, size=n, p=[0.6, 0.1, 0.3])
+    lo = rng.uniform(0.3, 3.0, n)
+    delta = np.select([kind == 0, kind == 1], [rng.uniform(0.2, 5.0, n), -rng.uniform(0.2, 2.0, n)],
+                      0.0)
+    tau = rng.uniform(x[0] + 0.05 * span, x[-1], n)
+    k = np.exp(rng.uniform(np.log(0.5), np.log(8.0), n))
+    p = np.stack([lo, lo + delta, tau, k], axis=1)
+    y = np.empty((n, len(x)), dtype=np.float32)
+    xt = torch.tensor(x)
+    for s in range(0, n, 1 << 18):
+        block = model(xt, torch.tensor(p[s:s + (1 << 18)])).numpy()
+        y[s:s + len(block)] = block + noise * rng.standard_normal(block.shape)
+    return x, y
+
+
+def _f(x, lo, hi, tau, k):
+    return lo + (hi - lo) * expit(-k * (x - tau))
+
+
+def _jac(x, lo, hi, tau, k):
+    s = expit(-k * (x - tau))
+    a = s * (1 - s)
+    return np.stack([1 - s, s, (hi - lo) * k * a, -(hi - lo) * (x - tau) * a], axis=1)
+
+
+def scipy_loop(x: np.ndarray, y: np.ndarray, opts: FitOptions) -> tuple[float, np.ndarray]:
+    """(seconds, rss) of curve_fit (TRF with bounds) over the rows of ``y``."""
+    lb, ub = opts.bounds(x)
+    inner = np.isfinite(lb) & np.isfinite(ub)
+    p0 = guess(torch.tensor(y, dtype=torch.float64), torch.tensor(x)).numpy()
+    p0[:, inner] = np.clip(p0[:, inner], lb[inner] + 1e-9, ub[inner] - 1e-9)
+    rss = np.empty(len(y))
+    yd = y.astype(np.float64)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(len(y)):
+            try:
+                p, _ = curve_fit(_f, x, yd[i], p0=p0[i], bounds=(lb, ub), jac=_jac, method="trf")
+            except RuntimeError:
+                p = p0[i]
+            rss[i] = np.sum((yd[i] - _f(x, *p)) ** 2)
+    return time.perf_counter() - t0, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000, help="trajectories fitted by torch")
+    ap.add_argument("--scipy-n", type=int, default=500, help="trajectories fitted by scipy")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of the torch fit")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="on")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = getattr(torch, args.dtype)
+    opts = FitOptions(batch_size=args.batch_size,
+                      compile={"auto": None, "on": True, "off": False}[args.compile])
+    x, y = trajectories(args.n, args.noise)
+    losses = torch.from_numpy(y)
+    if device.type == "cuda":  # resident on the GPU, as the target states
+        losses = losses.to(device)
+
+    t0 = time.perf_counter()
+    fit_sigmoids(losses[: min(args.n, 50_000)], x, device=device, dtype=dtype, options=opts)
+    warmup = time.perf_counter() - t0
+    times, fit = [], None
+    for _ in range(args.repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fit = fit_sigmoids(losses, x, device=device, dtype=dtype, options=opts)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    ours = args.n / min(times)
+
+    m = min(args.scipy_n, args.n)
+    sp_time, sp_rss = scipy_loop(x, y[:m], opts)
+    theirs = m / sp_time
+    ours_rss = np.sum((y[:m].astype(np.float64) - model(torch.tensor(x), torch.tensor(
+        fit.params[:m].astype(np.float64))).numpy()) ** 2, axis=1)
+    no_worse = float(np.mean(ours_rss <= sp_rss * (1 + 1e-4) + 1e-12))
+
+    statuses, counts = np.unique(fit.status, return_counts=True)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
+        "compile": args.compile, "n": args.n, "points": len(x), "noise": args.noise,
+        "torch_seconds": [round(t, 3) for t in times], "warmup_seconds": round(warmup, 1),
+        "torch_fits_per_s": round(ours), "scipy_n": m, "scipy_seconds": round(sp_time, 2),
+        "scipy_fits_per_s": round(theirs, 1), "ratio": round(ours / theirs, 1),
+        "rss_no_worse_than_scipy_1e-4": round(no_worse, 4),
+        "mean_iterations": round(float(fit.n_iter.mean()), 2),
+        "status": dict(zip(statuses.tolist(), counts.tolist())),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
