@@ -100,7 +100,9 @@ class LossWorker:
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype)
         self.meta = meta
-        self.evaluator = Evaluator(input_ids, self.device, batch_size=batch_size)
+        # compiled cross-entropy on every device: on CPUs it halves the time of small models,
+        # whose evaluation is mostly the log-sum-exp over the vocabulary
+        self.evaluator = Evaluator(input_ids, self.device, batch_size=batch_size, fused=True)
         self.loader = ThreadPoolExecutor(max_workers=1)
         self.pending: dict[str, Future] = {}
 

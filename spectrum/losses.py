@@ -12,7 +12,8 @@ need 3.3 GB of fp32 logits). On CUDA the weights are bf16, attention is PyTorch'
 scaled-dot-product attention, the cross-entropy is a compiled kernel that reads the bf16 logits
 once and accumulates in fp32 (no fp32 copy of the logits is written), and the batch size is found
 automatically: it starts large and halves on out-of-memory, remembering what fitted. On CPU
-everything is fp32 and eager.
+everything is fp32; the compiled cross-entropy is optional there (``fused=True``; the losses stage
+uses it: small models spend most of their time in the log-sum-exp over the vocabulary).
 
 Accuracy: in fp32 the losses agree with transformers' own cross-entropy
 (``model(input_ids, labels=...)``) within 1e-4 nats per token (tested). In bf16 (weights,
