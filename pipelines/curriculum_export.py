@@ -36,13 +36,14 @@ LEARNABILITY_STAGES = ("evalset", "losses", "fit")
 _SHARED = ("device", "executor", "ray_address", "num_gpus", "force")
 
 
-def add_learnability_arguments(p: argparse.ArgumentParser) -> None:
+def add_learnability_arguments(p: argparse.ArgumentParser,
+                               sequences_default: str = "the evalset's sequences") -> None:
     """Options shared by export-curriculum and curriculum-test."""
     p.add_argument("--runs", default=None,
                    help="comma-separated runs whose checkpoints measure learnability "
                         "(default: the manifest's fit runs)")
     p.add_argument("--sequences", type=int, default=None,
-                   help="training-split sequences to measure (default: the evalset's sequences)")
+                   help=f"training-split sequences to measure (default: {sequences_default})")
     p.add_argument("--phases", type=int, default=4,
                    help="phases of the target run: equal bins of ln T (default 4)")
     p.add_argument("--floor", type=float, default=0.25,

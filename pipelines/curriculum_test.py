@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-sequences", type=int, default=128,
                    help="validation sequences for the loss curves (default 128)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to train (default {','.join(ARMS)})")
-    add_learnability_arguments(p)
+    add_learnability_arguments(p, "what the run consumes in --epochs passes, at most the split's "
+                                  "windows")
 
 
 def test_dir(manifest: Manifest) -> Path:
