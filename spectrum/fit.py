@@ -67,8 +67,8 @@ class FitOptions:
     restarts: bool = True
     restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
     lambda0: float = 1e-3
-    batch_size: int | None = None  # trajectories per solver batch; None: 8192 on CPU, 2**20 on GPU
-    compile: bool | None = None  # torch.compile the kernel; None: when N >= 100,000
+    batch_size: int | None = None  # rows per solver batch; None: 2**20 on GPU, 65536/8192 on CPU
+    compile: bool | None = None  # torch.compile the iteration; None: when N >= 100,000
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float, float]:
         """(ftol, xtol, gtol): defaults 1e-10 for float64 and 1e-6 for float32."""
@@ -455,8 +455,12 @@ def _compiler_works(device: torch.device) -> bool:
     return _COMPILER_OK[device.type]
 
 
-def _default_batch(device: torch.device) -> int:
-    return 1 << 20 if device.type == "cuda" else 8192
+def _default_batch(device: torch.device, compiled: bool) -> int:
+    """Rows per batch: the fused CPU loops stream rows, the eager path keeps (rows x K)
+    intermediates, which should stay near the cache."""
+    if device.type == "cuda":
+        return 1 << 20
+    return 65536 if compiled else 8192
 
 
 def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor, *,
@@ -485,7 +489,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     compiled = opts.compile if opts.compile is not None else n >= 100_000
     if compiled and not _compiler_works(dev):
         compiled = False
-    batch = opts.batch_size or _default_batch(dev)
+    batch = opts.batch_size or _default_batch(dev, compiled)
 
     parts: list[dict[str, np.ndarray]] = []
     bar = None

@@ -127,3 +127,53 @@ def test_command_line(setup, capsys):
     assert stage.fits_path(manifest.out, "a").is_file()
     assert cli(["fit", "--config", str(manifest.path), "--chunk-size", "0"]) == 2
     assert "--chunk-size must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_path):
+    """The fit stage on the micro suite's real loss shards: RSS no worse than scipy's."""
+    import shutil
+    import warnings
+
+    from scipy.optimize import curve_fit
+    from scipy.special import expit
+
+    from spectrum.fit import FitOptions
+    from spectrum.sigmoid import guess
+    from spectrum.trajectories import load_losses
+
+    path = tmp_path / "suite" / micro_suite.name
+    shutil.copytree(micro_suite.parent, path.parent, symlinks=True)
+    assert cli(["evalset", "--config", str(path)]) == 0
+    assert cli(["losses", "--config", str(path), "--executor", "local"]) == 0
+    assert cli(["fit", "--config", str(path), "--device", "cpu", "--fit-dtype", "float64"]) == 0
+    manifest = load_manifest(path)
+    opts = FitOptions()
+    ok, total = 0, 0
+    for run in manifest.runs:
+        steps = stage.fit_steps(manifest.out, run)
+        x = log_tokens(steps, run.tokens_per_step)
+        y = load_losses(manifest.out, run.name, steps=steps).losses.astype(np.float64)
+        fits = pl.read_parquet(stage.fits_path(manifest.out, run.name))
+        lb, ub = opts.bounds(x)
+        p0 = guess(torch.tensor(y), torch.tensor(x)).numpy()
+        for i in range(len(y)):
+            if fits["status"][i] in ("too_few_points", "constant"):
+                continue
+            start = p0[i].copy()
+            start[2:] = np.clip(start[2:], lb[2:] + 1e-9, ub[2:] - 1e-9)
+
+            def f(xx, lo, hi, tau, k):
+                return lo + (hi - lo) * expit(-k * (xx - tau))
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    p, _ = curve_fit(f, x, y[i], p0=start, bounds=(lb, ub), method="trf",
+                                     ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=5000)
+                except RuntimeError:
+                    p = start
+            theirs = np.sum((y[i] - f(x, *p)) ** 2)
+            total += 1
+            ok += fits["rss"][i] <= theirs * (1 + 1e-6) + 1e-20 * np.sum(y[i] ** 2)
+    assert total >= 1000 and ok / total >= 0.999
