@@ -4,8 +4,8 @@ Methods, on the same random-weight GPT-NeoX model and the same random token ids:
 
 - ``straightforward``: what lm-evaluation-harness does: fp32 model, the full logits of a batch,
   ``log_softmax`` and ``gather`` (batch size halved on out-of-memory);
-- ``evaluator``: :class:`spectrum.losses.Evaluator` (bf16 on GPU, fp32 on CPU; chunked
-  cross-entropy; automatic batch size);
+- ``evaluator``: :class:`spectrum.losses.Evaluator` as the losses stage runs it (bf16 on GPU,
+  fp32 on CPU; chunked, compiled cross-entropy; automatic batch size);
 - ``bare forward``: the model body and the output projection in the evaluator's dtype, at the
   evaluator's batch size, with nothing computed from the logits: the unavoidable work.
 
@@ -126,7 +126,7 @@ def compare(shape: Shape, device: torch.device, repeats: int) -> dict:
     if model is not model32:
         del model32
         torch.cuda.empty_cache()
-    ev = Evaluator(ids, device)
+    ev = Evaluator(ids, device, fused=True)  # as the losses stage runs it
 
     def ours():
         box["ours"] = ev(model)
