@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import torch
 
 from spectrum.fit_kinds import KINDS, KindThresholds, classify
+from spectrum.losses import resolve_device
 from spectrum.sigmoid import PARAMS, _forward_fill, guess, linear_lohi, normal_equations
 
 STATUSES = ("converged", "max_iter", "singular", "too_few_points", "constant")
@@ -475,7 +476,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     """
     opts = options or FitOptions()
     thresholds = thresholds or KindThresholds()
-    dev = resolve_device(device)
+    dev = resolve_device("auto" if device is None else str(device))
     x_np = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[1] != x_np.shape[0]:
         raise ValueError(f"losses must be (N, {x_np.shape[0]}), got {tuple(losses.shape)}")
@@ -518,11 +519,4 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
                       thresholds=thresholds)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto": CUDA if available, else CPU; otherwise the device named."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "resolve_device"]
+__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids"]
