@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from spectrum import __version__
 
 PROVENANCE_KEY = b"token_spectrum.provenance"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _tmp_path(path: Path) -> Path:
@@ -34,6 +36,7 @@ def _tmp_path(path: Path) -> Path:
 def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     os.replace(tmp, path)
 
 
