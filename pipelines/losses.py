@@ -42,6 +42,7 @@ from spectrum.store import read_provenance, write_json, write_parquet
 HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
 # provenance keys that decide whether a shard is current (path and code version are recorded only)
 CURRENT_KEYS = ("run", "step", "tokens", "checkpoint_hash", "evalset_hash", "dtype")
+MAX_STALE_LINES = 10  # stale shards named one by one; the rest are counted
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -183,7 +184,7 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
-    units, skipped, problems = [], 0, []
+    units, skipped, stale, problems = [], 0, 0, []
     for run in manifest.runs:
         problems += [f"checkpoint {p}: cannot be read: incomplete (no config.json or no weights)"
                      for p in incomplete_checkpoints(run)]
@@ -198,9 +199,13 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
                 skipped += 1
                 continue
             if found is not None and not current:
-                log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
+                stale += 1
+                if stale <= MAX_STALE_LINES:
+                    log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
             size = sum(f.stat().st_size for f in weight_files(ck.path))
             units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov, size))
+    if stale > MAX_STALE_LINES:
+        log(f"warning: {stale - MAX_STALE_LINES} more stale shards: recomputing")
     write_json(memo, memo_path)
     # largest first, so that the last units to finish are short ones (less idle time at the end)
     units.sort(key=lambda u: -u.size)

@@ -269,3 +269,16 @@ def test_kill_minus_9_then_rerun_finishes_with_the_uninterrupted_shards(referenc
     assert set(shards) == set(ref)
     for k, p in shards.items():
         assert _table(p)["loss"].tobytes() == _table(ref[k])["loss"].tobytes(), k
+
+
+@pytest.mark.gpu
+def test_ray_stage_on_a_gpu_agrees_with_fp32_within_the_bf16_tolerance(reference, tmp_path, capfd):
+    path = _copy(reference, tmp_path / "suite")
+    assert cli(["losses", "--config", str(path)]) == 0  # GPUs: 1 per worker, bf16
+    assert "is stale (dtype changed)" in capfd.readouterr().err
+    shards, ref = _shards(path), _shards(reference)
+    assert set(shards) == set(ref)
+    for k, p in shards.items():
+        assert read_provenance(p)["dtype"] == "bfloat16"
+        err = np.abs(_table(p)["loss"] - _table(ref[k])["loss"])
+        assert err.max() < 0.25 and err.mean() < 0.05, k
