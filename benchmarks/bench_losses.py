@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from spectrum.losses import Evaluator, _body_and_head
+from spectrum.losses import Evaluator, body_and_head
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def straightforward(model, ids: torch.Tensor, batch: int) -> tuple[np.ndarray, i
 
 @torch.inference_mode()
 def bare_forward(model, ids: torch.Tensor, batch: int) -> None:
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     for i in range(0, ids.shape[0], batch):
         head(body(input_ids=ids[i:i + batch], use_cache=False).last_hidden_state)
 

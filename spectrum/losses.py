@@ -157,7 +157,7 @@ def check_compatible(path: str | Path, config: Any, evalset_meta: dict[str, Any]
         raise SpectrumError(*problems)
 
 
-def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """The transformer body (returning final normed hidden states) and the output projection,
     or None when the logits are not a plain linear map of them (soft-capping, scaling)."""
     cfg = model.config
@@ -224,7 +224,7 @@ def batch_losses(model: nn.Module, input_ids: torch.Tensor,
     """Losses (B, C-1) float32 of one batch of sequences ``input_ids`` (B, C) on the model's device."""
     b, c = input_ids.shape
     targets = input_ids[:, 1:].reshape(-1)
-    split = _body_and_head(model)
+    split = body_and_head(model)
     if split is None:
         logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
         hidden, head = logits.reshape(b * (c - 1), -1), nn.Identity()
