@@ -130,6 +130,7 @@ def summarise(curves: list[Curve]) -> dict[str, Any]:
         reach = tokens_to_reach(c.tokens, c.losses, target) if target is not None else None
         u_reach = tokens_to_reach(u.tokens, u.losses, target) if u else None
         per_run.append({"arm": c.arm, "seed": c.seed, "final_loss": c.final, "target_loss": target,
+                        "final_minus_uniform": (c.final - target) if target is not None else None,
                         "tokens_to_target": reach, "total_tokens": float(c.tokens[-1]),
                         "speedup": (u_reach / reach) if reach and u_reach else None})
     for arm in arm_order({r["arm"] for r in per_run}):
@@ -137,6 +138,7 @@ def summarise(curves: list[Curve]) -> dict[str, Any]:
         arms[arm] = {"seeds": len(rows),
                      "reached": sum(r["tokens_to_target"] is not None for r in rows),
                      "final_loss": _stats([r["final_loss"] for r in rows]),
+                     "final_minus_uniform": _stats([r["final_minus_uniform"] for r in rows]),
                      "tokens_to_target": _stats([r["tokens_to_target"] for r in rows]),
                      "speedup": _stats([r["speedup"] for r in rows])}
     return {"runs": per_run, "arms": arms}
@@ -148,18 +150,20 @@ def arm_order(names) -> list[str]:
     return [a for a in ARMS if a in names] + sorted(set(names) - set(ARMS))
 
 
-def _pm(s: dict[str, Any], fmt: str) -> str:
+def _pm(s: dict[str, Any], fmt: str, missing: str = "not reached") -> str:
     if s["mean"] is None:
-        return "not reached"
-    return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+        return missing
+    return f"{s['mean']:{fmt}} ± {s['std']:{fmt.lstrip('+')}}"
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| arm | final val. loss | tokens to uniform's final loss | reached | speed-up vs uniform |",
-             "|---|---|---|---|---|"]
+    lines = ["| arm | final val. loss | final loss - uniform's (paired) | tokens to uniform's final loss "
+             "| reached | speed-up vs uniform (seeds that reached) |", "|---|---|---|---|---|---|"]
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
-        lines.append(f"| {arm} | {_pm(a['final_loss'], '.4f')} | {_pm(a['tokens_to_target'], '.3g')} | "
+        delta = a.get("final_minus_uniform") or {"mean": None}
+        lines.append(f"| {arm} | {_pm(a['final_loss'], '.4f')} | {_pm(delta, '+.4f', '-')} | "
+                     f"{_pm(a['tokens_to_target'], '.3g')} | "
                      f"{a['reached']}/{a['seeds']} | {_pm(a['speedup'], '.3f')} |")
     return "\n".join(lines)
 

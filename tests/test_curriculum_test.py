@@ -76,7 +76,9 @@ def test_summary_scores_each_seed_against_its_own_uniform_run():
     assert a["random"]["reached"] == 1 and a["random"]["seeds"] == 2
     assert a["curriculum"]["final_loss"]["mean"] == pytest.approx(2.95)
     assert a["curriculum"]["final_loss"]["std"] == pytest.approx(np.std([2.8, 3.1], ddof=1))
+    assert a["curriculum"]["final_minus_uniform"]["mean"] == pytest.approx(((2.8 - 3.0) + (3.1 - 3.2)) / 2)
     table = markdown_table(s)
+    assert "| -0.1500 ± 0.0707 |" in table
     assert "| random |" in table and "1/2" in table
 
 
