@@ -1,9 +1,10 @@
 """Sigmoid fits per second: spectrum.fit.fit_sigmoids against a scipy curve_fit loop.
 
 Trajectories have Pythia's checkpoint schedule without step 0 (steps 1, 2, 4, ..., 512, then
-1000, 2000, ..., 143000: 153 points) at 2,097,152 tokens per step. They are synthetic with a
-realistic mix: 60% learned steps (tau across the grid, k log-uniform in [0.5, 8], a drop of
-0.2-5 nats), 10% forgotten (the loss rises), 30% flat; Gaussian noise (default 0.1 nats).
+1000, 2000, ..., 143000: 153 points) at 2,097,152 tokens per step. They are synthetic; the
+``realistic`` mix has 60% learned steps (tau across the grid, k log-uniform in [0.5, 8], a drop of
+0.2-5 nats), 10% forgotten (the loss rises by 0.2-2 nats), 30% flat; ``steps`` has learned steps
+only (scipy is far faster on those than on flat noise). Gaussian noise, default 0.1 nats.
 
 The peer is scipy.optimize.curve_fit with the same model, bounds and analytic Jacobian (TRF,
 scipy's default tolerances), started from the same guess, one trajectory at a time in this
@@ -36,11 +37,15 @@ STEPS = np.array([2**i for i in range(10)] + list(range(1000, 143_001, 1000)))
 TOKENS_PER_STEP = 2_097_152
 
 
-def trajectories(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+MIXES = {"realistic": [0.6, 0.1, 0.3], "steps": [1.0, 0.0, 0.0]}  # learned, forgotten, flat
+
+
+def trajectories(n: int, noise: float, seed: int = 0, mix: str = "realistic"
+                 ) -> tuple[np.ndarray, np.ndarray]:
     x = np.log(STEPS * float(TOKENS_PER_STEP))
     rng = np.random.default_rng(seed)
     span = x[-1] - x[0]
-    kind = rng.choice(3, size=n, p=[0.6, 0.1, 0.3])
+    kind = rng.choice(3, size=n, p=MIXES[mix])
     lo = rng.uniform(0.3, 3.0, n)
     delta = np.select([kind == 0, kind == 1], [rng.uniform(0.2, 5.0, n), -rng.uniform(0.2, 2.0, n)],
                       0.0)
@@ -93,6 +98,8 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--mix", choices=tuple(MIXES), default="realistic",
+                    help="realistic: 60%% learned, 10%% forgotten, 30%% flat; steps: all learned")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of the torch fit")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="on")
@@ -104,7 +111,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     opts = FitOptions(batch_size=args.batch_size,
                       compile={"auto": None, "on": True, "off": False}[args.compile])
-    x, y = trajectories(args.n, args.noise)
+    x, y = trajectories(args.n, args.noise, mix=args.mix)
     losses = torch.from_numpy(y)
     if device.type == "cuda":  # resident on the GPU, as the target states
         losses = losses.to(device)
@@ -137,6 +144,7 @@ def main() -> None:
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
         "compile": args.compile, "n": args.n, "points": len(x), "noise": args.noise,
+        "mix": args.mix,
         "torch_seconds": [round(t, 3) for t in times], "warmup_seconds": round(warmup, 1),
         "torch_fits_per_s": round(ours), "scipy_n": m, "scipy_seconds": round(sp_time, 2),
         "scipy_fits_per_s": round(theirs, 1), "ratio": round(ours / theirs, 1),

@@ -244,16 +244,34 @@ def _steps(compiled: bool) -> tuple[Callable, Callable, Callable]:
     return _COMPILED["ne"], _COMPILED["propose"], _COMPILED["advance"]
 
 
+def _rss_floor(y: torch.Tensor) -> torch.Tensor:
+    """An RSS that is zero to within rounding of ``y``'s values."""
+    eps = torch.finfo(y.dtype).eps
+    return (4 * eps * (y.abs().amax(1) + 1.0)) ** 2 * y.shape[1]
+
+
+def _prepare_complete(y: torch.Tensor, x: torch.Tensor):
+    """For rows without missing points: mean, total sum of squares, difference noise variance,
+    RSS floor and the starting guess, in one pass (fused when compiled)."""
+    mean = y.mean(1)
+    tss = (y - mean[:, None]).square().sum(1)
+    noise = (y[:, 1:] - y[:, :-1]).square().sum(1) / (2 * (y.shape[1] - 1))
+    return mean, tss, noise, _rss_floor(y), guess(y, x, complete=True)
+
+
 def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,
                          p: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-                         opts: FitOptions, compiled: bool):
-    """Fit every row of ``y`` from ``p``; returns p, rss, J^T J, n_iter, status (all per row)."""
+                         opts: FitOptions, compiled: bool, floor: torch.Tensor | None = None):
+    """Fit every row of ``y`` from ``p``; returns p, rss, J^T J, n_iter, status (all per row).
+
+    ``floor``: an RSS at which a fit is exact to rounding (default: from ``y``'s magnitude).
+    """
     ne, propose, advance = _steps(compiled)
     n = y.shape[0]
     dt, dev = y.dtype, y.device
     ftol, xtol, gtol = opts.tolerances(dt)
-    eps = torch.finfo(dt).eps
-    floor = ((4 * eps * (y.abs().amax(1) + 1.0)) ** 2 * y.shape[1]) if n else y.new_zeros(0)
+    if floor is None:
+        floor = _rss_floor(y)
 
     out_p = torch.empty_like(p)
     out_rss = torch.zeros(n, dtype=dt, device=dev)
@@ -313,7 +331,7 @@ def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) 
     return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
 
 
-def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status):
+def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status, floor=None):
     """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
 
     Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
@@ -333,7 +351,7 @@ def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status):
         better = r < best_rss
         best_rss = torch.where(better, r, best_rss)
         best = torch.where(better[:, None], cand, best)
-    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled)
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled, floor)
     b = torch.isfinite(rr) & (rr < rss)
     p = torch.where(b[:, None], rp, p)
     rss = torch.where(b, rr, rss)
@@ -350,11 +368,16 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
     finite = torch.isfinite(losses)
     complete = bool(finite.all())
     count = finite.sum(1)
-    y = losses if complete else torch.where(finite, losses, 0)
-    fm = None if complete else finite.to(dt)
-    mean = y.sum(1) / count.clamp_min(1)
-    tss = (y - mean[:, None]).square()
-    tss = (tss if complete else tss * fm).sum(1)
+    if complete and n:
+        y, fm = losses, None
+        prepare = _COMPILED.setdefault("prepare", torch.compile(_prepare_complete, dynamic=True)) \
+            if compiled else _prepare_complete
+        mean, tss, noise_all, floor_all, guess_all = prepare(y, x)
+    else:
+        y = torch.where(finite, losses, 0)
+        fm = finite.to(dt)
+        mean = y.sum(1) / count.clamp_min(1)
+        tss = ((y - mean[:, None]).square() * fm).sum(1)
     enough = count >= opts.min_points
     eps = torch.finfo(dt).eps
     constant = enough & (tss <= count * (8 * eps * (mean.abs() + eps)) ** 2)
@@ -380,13 +403,20 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
 
     rows = todo.nonzero()[:, 0]
     if rows.numel():
-        yr = y[rows] if rows.numel() < n else y
-        mask = None if complete else fm[rows]
-        p0 = guess(yr if complete else torch.where(finite[rows], yr, math.nan), x)
+        every = rows.numel() == n
+        yr = y if every else y[rows]
+        if complete:
+            mask = None
+            p0, noise, floor = ((guess_all, noise_all, floor_all) if every else
+                                (guess_all[rows], noise_all[rows], floor_all[rows]))
+        else:
+            mask = fm[rows]
+            p0 = guess(torch.where(finite[rows], yr, math.nan), x)
+            noise, floor = _difference_variance(yr, finite[rows]), _rss_floor(yr)
         p0 = torch.minimum(torch.maximum(p0, lb), ub)
-        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled)
+        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
+                                                       floor)
         if opts.restarts:
-            noise = _difference_variance(yr, finite[rows] if not complete else finite)
             resid = rss / (count[rows] - 4).clamp_min(1)
             on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
             singular = _standard_errors(jtj, rss, count[rows])[1]
@@ -395,7 +425,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
             if poor.numel():
                 sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
                                opts, compiled, p[poor], rss[poor], jtj[poor], n_iter[poor],
-                               st[poor])
+                               st[poor], floor[poor])
                 p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
         r2 = 1 - rss / tss[rows]
         se, singular = _standard_errors(jtj, rss, count[rows])

@@ -128,7 +128,8 @@ def _forward_fill(y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     return torch.gather(torch.where(finite, y, 0), 1, idx)
 
 
-def guess(y: torch.Tensor, x: torch.Tensor, *, edge: int = 3) -> torch.Tensor:
+def guess(y: torch.Tensor, x: torch.Tensor, *, edge: int = 3,
+          complete: bool | None = None) -> torch.Tensor:
     """Starting parameters (N, 4) for each trajectory of ``y`` (N, K; NaN = missing), from its data.
 
     ``hi`` and ``lo`` are the means of the first and last ``edge`` finite points; on the curve
@@ -136,10 +137,12 @@ def guess(y: torch.Tensor, x: torch.Tensor, *, edge: int = 3) -> torch.Tensor:
     ``x_first + integral(y_n dx)`` and ``1/k`` is ``integral(y_n (1 - y_n) dx)``, both exact for a
     sigmoid that completes inside the data (``k`` is capped at the sharpest step that the grid
     resolves around ``tau``, a 10%-90% rise over two spacings). Rows without finite points give NaN; the fitter
-    does not use them.
+    does not use them. ``complete=True`` promises that every value is finite (a faster path).
     """
     finite = torch.isfinite(y)
-    if bool(finite.all()):
+    if complete is None:
+        complete = bool(finite.all())
+    if complete:
         hi, lo = y[:, :edge].mean(1), y[:, -edge:].mean(1)
         filled = y
     else:
