@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
           f"{ph.n} phases over {ph.target_steps} steps (starting at steps "
           f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {paths['sequences']}")
     print(f"curriculum: target dataset ({source}): {al.summary()}")
+    measured = max(r.tokens for r in runs)
+    if ph.target_steps * ph.tokens_per_step > measured:
+        print(f"curriculum: warning: the target run reaches T = {ph.target_steps * ph.tokens_per_step:.3g} "
+              f"tokens, beyond the longest measured run ({measured:.3g}); the later phases rest on "
+              "sigmoids extrapolated past the last checkpoint", file=sys.stderr)
