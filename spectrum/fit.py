@@ -10,19 +10,22 @@ The solver, per batch of trajectories (all tensors, CPU or GPU, float32 or float
   exceeding the predicted one by 25% (large residuals, where Gauss-Newton steps fall short),
   steps are lengthened (doubled, up to 64x) until that stops. ``J^T J`` and ``J^T r`` come from
   :func:`spectrum.sigmoid.normal_equations` without materialising J, and each step is a batched
-  4x4 solve. The kernel is compiled with ``torch.compile`` on large problems.
+  4x4 solve (``torch.linalg.solve_ex``). The rest of an iteration (damped systems; trial point,
+  acceptance, damping, convergence) is elementwise over trajectories and is compiled into fused
+  loops with ``torch.compile`` on large problems (``FitOptions.compile``).
 - Bounds ``tau in [x_first - m * span, x_last + m * span]`` and ``k in [k_min_span / span, k_max]``
   (``span = x_last - x_first``; ``lo`` and ``hi`` are free) by a projected step with an active
   set: a parameter on a bound whose gradient points outwards is held there and removed from the
   4x4 system, so fits that end on a bound converge like interior ones.
 - Convergence (MINPACK's tests): relative RSS decrease and predicted decrease below ``ftol``,
   a step below ``xtol`` relative to the parameters, or every free gradient component below
-  ``gtol`` in cosine. Converged fits leave the active batch (compaction).
+  ``gtol`` in cosine. Finished fits are frozen and leave the batch once a fifth of it has
+  finished (compaction).
 - Each fit starts from :func:`spectrum.sigmoid.guess`. Fits that end without converging, on a
-  bound of ``tau`` or ``k``, or
-  whose residual variance ``rss / (n - 4)`` exceeds ``restart_noise`` times the noise variance
-  estimated from successive differences (``sum((y[j+1] - y[j])^2) / (2 (n - 1))``, which a
-  smooth curve barely inflates), are refitted from the best point of a scan over ``tau``
+  bound of ``tau`` or ``k``, with a singular ``J^T J``, or whose residual variance
+  ``rss / (n - 4)`` exceeds ``restart_noise`` times the noise variance estimated from successive
+  differences (``sum((y[j+1] - y[j])^2) / (2 (n - 1))``, which a smooth curve barely inflates),
+  are refitted from the best point of a scan over ``tau``
   (across the data) and three sharpnesses ``k``, with ``lo`` and ``hi`` solved linearly at each
   point; the better of the two fits is kept.
 
@@ -30,7 +33,11 @@ Standard errors are ``sqrt(diag((J^T J)^-1) * rss / (n - 4))`` in the natural pa
 Bad rows never raise: ``too_few_points`` (fewer than ``min_points`` finite values: parameters NaN),
 ``constant`` (``lo = hi`` = the value, ``tau`` mid-grid, ``k = k_min``, infinite standard errors
 for ``tau`` and ``k``), ``singular`` (converged, but ``J^T J`` is not invertible: infinite standard
-errors), ``max_iter``. Infinite losses count as missing points.
+errors), ``max_iter``. Infinite losses count as missing points. ``kind`` follows
+:mod:`spectrum.fit_kinds`.
+
+Rows are fitted in batches (``FitOptions.batch_size``) moved to the device one at a time, so N is
+bounded by host memory only; :mod:`spectrum.trajectories` streams larger sets from disk.
 """
 
 from __future__ import annotations
