@@ -15,6 +15,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from spectrum.errors import SpectrumError
+from spectrum.curriculum_trial import RESULTS_JSON, report_section
 from spectrum.evaluation import Options, run_spectra, run_tests
 from spectrum.fit_kinds import KindThresholds
 from spectrum.manifest import Manifest
@@ -68,6 +69,7 @@ def _fingerprint(manifest: Manifest) -> list:
     for spec in manifest.runs:
         files += [shard_path(out, spec.name, s) for s in run_steps(out, spec.name)]
         files.append(out / "fits" / f"run={spec.name}" / "part-0.parquet")
+    files.append(out / "curriculum" / "test" / RESULTS_JSON)  # the report includes it when present
     return [(str(p.relative_to(out)), p.stat().st_size, p.stat().st_mtime_ns)
             for p in files if p.is_file()]
 
@@ -138,7 +140,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     fits = {k: v for k, v in fits.items() if v is not None}
     blocks = build_blocks(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
                           scores=scores, preds=preds, fits=fits,
-                          fit_settings=_fit_settings(manifest), edges=edges)
+                          fit_settings=_fit_settings(manifest), edges=edges,
+                          curriculum=report_section(out))
     write_report(out / "report", blocks)
     # written last: its provenance marks the whole stage as current
     write_parquet(preds.to_arrow(), pred_path, prov)

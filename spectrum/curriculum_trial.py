@@ -156,15 +156,26 @@ def _pm(s: dict[str, Any], fmt: str, missing: str = "not reached") -> str:
     return f"{s['mean']:{fmt}} ± {s['std']:{fmt.lstrip('+')}}"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| arm | final val. loss | final loss - uniform's (paired) | tokens to uniform's final loss "
-             "| reached | speed-up vs uniform (seeds that reached) |", "|---|---|---|---|---|---|"]
+TABLE_HEADER = ("arm", "final val. loss", "final loss - uniform's (paired)",
+                "tokens to uniform's final loss", "reached",
+                "speed-up vs uniform (seeds that reached)")
+
+
+def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per arm, in the columns of :data:`TABLE_HEADER`."""
+    rows = []
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
         delta = a.get("final_minus_uniform") or {"mean": None}
-        lines.append(f"| {arm} | {_pm(a['final_loss'], '.4f')} | {_pm(delta, '+.4f', '-')} | "
-                     f"{_pm(a['tokens_to_target'], '.3g')} | "
-                     f"{a['reached']}/{a['seeds']} | {_pm(a['speedup'], '.3f')} |")
+        rows.append((arm, _pm(a["final_loss"], ".4f"), _pm(delta, "+.4f", "-"),
+                     _pm(a["tokens_to_target"], ".3g"), f"{a['reached']}/{a['seeds']}",
+                     _pm(a["speedup"], ".3f")))
+    return rows
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
     return "\n".join(lines)
 
 
@@ -264,8 +275,8 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "markdown" (the table), "figure" (Path of the PNG or None),
-    "summary" (the results.json record)}``; the Markdown refers to no file, so it can be placed
+    Returns ``{"title", "intro" (a paragraph), "header" and "rows" (the table), "markdown" (both
+    as Markdown), "figure" (Path of the PNG or None), "summary" (the results.json record)}``; the Markdown refers to no file, so it can be placed
     anywhere; the report embeds the figure itself.
     """
     test_dir = Path(test_dir)
@@ -276,14 +287,16 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
         return None
     rec = json.loads(path.read_text())
     s = rec["setup"]
-    text = (f"Model `{s['size']}`, {s['steps']} steps x {s['tokens_per_step']} tokens, "
-            f"{len(s['seeds'])} seeds, {s['pool_sequences']} training sequences, "
-            f"{s['phases']} phases. Each arm differs from `uniform` only in its sampling weights; "
-            "`freq_shuffled` and `random` are the controls for token frequency and for the weight "
-            "distribution itself. Mean ± sd across seeds; the target is the uniform run's final "
-            "validation loss (same seed).\n\n" + markdown_table(rec["summary"]))
+    intro = (f"Model {s['size']}, {s['steps']} steps x {s['tokens_per_step']} tokens, "
+             f"{len(s['seeds'])} seeds, {s['pool_sequences']} training sequences, "
+             f"{s['phases']} phases. Each arm differs from uniform only in its sampling weights; "
+             "freq_shuffled and random are the controls for token frequency and for the weight "
+             "distribution itself. Mean ± sd across seeds; the target is the uniform run's final "
+             "validation loss (same seed).")
     fig = test_dir / FIGURE
-    return {"title": "Controlled test of the learnability curriculum", "markdown": text,
+    return {"title": "Controlled test of the learnability curriculum", "intro": intro,
+            "header": TABLE_HEADER, "rows": table_rows(rec["summary"]),
+            "markdown": intro + "\n\n" + markdown_table(rec["summary"]),
             "figure": fig if fig.is_file() else None, "summary": rec["summary"]}
 
 

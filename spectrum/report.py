@@ -99,7 +99,8 @@ def _headline(scores: dict) -> list[str]:
 
 def build_blocks(*, manifest_path: str, runs: list[RunData], spectra: SpectraResult, scores: dict,
                  preds: pl.DataFrame, fits: dict[str, pl.DataFrame],
-                 fit_settings: dict[str, Any] | None, edges: np.ndarray) -> list[Block]:
+                 fit_settings: dict[str, Any] | None, edges: np.ndarray,
+                 curriculum: dict[str, Any] | None = None) -> list[Block]:
     B: list[Block] = []
     roles = {r.name: r.role for r in runs}
     n_tokens = max((r.tokens.height for r in runs if r.tokens is not None), default=0)
@@ -244,6 +245,14 @@ def build_blocks(*, manifest_path: str, runs: list[RunData], spectra: SpectraRes
                         + (thr or "not recorded in the fits' provenance.")))
     B.append(Block("figure", "Per-token fit R^2, counts by kind, and standard errors of tau.",
                    png=figures.png_bytes(figures.fit_quality(fits)), name="fit_quality"))
+    if curriculum is not None:
+        B.append(Block("h2", curriculum["title"]))
+        B.append(Block("p", curriculum["intro"]))
+        B.append(Block("table", header=tuple(curriculum["header"]), rows=tuple(curriculum["rows"])))
+        if curriculum.get("figure") is not None:
+            B.append(Block("figure", "Validation loss of each arm against training tokens, and its "
+                                     "difference to the uniform run of the same seed.",
+                           png=Path(curriculum["figure"]).read_bytes(), name="curriculum_test"))
     return B
 
 

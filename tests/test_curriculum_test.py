@@ -132,6 +132,7 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
     section = report_section(tmp_path)
     assert section is not None and "| curriculum |" in section["markdown"]
+    assert [row[0] for row in section["rows"]] == ["uniform", "curriculum", "freq_shuffled", "random"]
     assert section["figure"] == tmp_path / "curriculum_test.png"
     assert report_section(tmp_path / "nothing") is None
     # a repeated command reuses finished runs instead of training them again

@@ -119,3 +119,28 @@ def test_main_command_on_a_micro_suite(micro_suite, tmp_path):
     assert "one data scale only" in scores["tests"]["heldout_runs"]["reason"]
     page = (out / "report/index.html").read_text()
     assert all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', page))
+
+
+def test_report_includes_the_curriculum_test_when_it_exists(tmp_path):
+    from pipelines.curriculum_test import write_results
+    from spectrum.curriculum_trial import Curve
+
+    manifest = make_synthetic_artifacts(tmp_path, n_seq=8, context=16, n_steps=10,
+                                        runs=[r for r in DEFAULT_RUNS if r[0] != "m1-d1-s1"])
+    out = tmp_path / "artifacts"
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    assert "Controlled test" not in (out / "report/report.md").read_text()
+    tokens = [0.0, 100.0, 200.0, 400.0]
+    curves = [Curve(arm, seed, tokens, [5.0, 4.0 - d, 3.5 - d, 3.2 - d])
+              for seed in (0, 1) for arm, d in (("uniform", 0.0), ("curriculum", 0.05),
+                                                ("freq_shuffled", 0.0), ("random", -0.05))]
+    setup = {"size": "m1", "steps": 4, "tokens_per_step": 100, "pool_sequences": 10, "phases": 2,
+             "floor": 0.25, "seeds": [0, 1], "buckets": 2, "eval_sequences": 4}
+    (out / "curriculum/test").mkdir(parents=True)
+    write_results(curves, setup, out / "curriculum/test")
+    # the report is no longer current once the test has results, and then shows them
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    md = (out / "report/report.md").read_text()
+    assert "## Controlled test of the learnability curriculum" in md
+    assert "| curriculum |" in md and "figures/curriculum_test.png" in md
+    assert 'alt="curriculum_test"' in (out / "report/index.html").read_text()
