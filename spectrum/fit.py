@@ -75,7 +75,7 @@ class FitOptions:
     restarts: bool = True
     restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
     lambda0: float = 1e-3
-    batch_size: int | None = None  # rows per solver batch; None: 2**20 on GPU, 65536/8192 on CPU
+    batch_size: int | None = None  # rows per solver batch; None: 2**20 on GPU, 2**18/8192 on CPU
     compile: bool | None = None  # torch.compile the iteration; None: when N >= 100,000
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float, float]:
@@ -498,7 +498,7 @@ def _default_batch(device: torch.device, compiled: bool) -> int:
     intermediates, which should stay near the cache."""
     if device.type == "cuda":
         return 1 << 20
-    return 65536 if compiled else 8192
+    return 1 << 18 if compiled else 8192
 
 
 def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor, *,
