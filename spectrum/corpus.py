@@ -81,9 +81,16 @@ def documents(spec: CorpusSpec, split: Split) -> list[Document]:
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    return split_documents(spec)[split]
+
+
+def split_documents(spec: CorpusSpec) -> dict[Split, list[Document]]:
+    """Both splits of the corpus ``spec`` (``train``, ``validation``), each sorted by ``doc_id``,
+    from one reading of the corpus. Raises as :func:`documents` does."""
     docs = all_documents(spec)
     assignment = split_of(docs, spec.validation_fraction)
-    return [d for d in docs if assignment[d.doc_id] == split]
+    return {split: [d for d in docs if assignment[d.doc_id] == split]
+            for split in ("train", "validation")}
 
 
 def all_documents(spec: CorpusSpec) -> list[Document]:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spectrum.corpus import documents
+from spectrum.corpus import split_documents
 from spectrum.errors import SpectrumError
 from spectrum.manifest import EvalsetSpec
 from spectrum.store import read_provenance, write_json, write_parquet
@@ -134,7 +134,8 @@ def build_evalset(spec: EvalsetSpec, tokenizer: Any, source: str | Path
     holds fewer than ``spec.sequences`` windows of ``spec.context`` tokens.
     """
     s, c = spec.sequences, spec.context
-    docs = documents(spec.corpus, spec.split)
+    splits = split_documents(spec.corpus)
+    docs = splits[spec.split]
     encoded = _encode(tokenizer, [d.text for d in docs])
     windows = [(d, start) for d, ids in enumerate(encoded) for start in range(0, len(ids) - c + 1, c)]
     if len(windows) < s:
@@ -147,7 +148,7 @@ def build_evalset(spec: EvalsetSpec, tokenizer: Any, source: str | Path
     seq_doc = [docs[windows[w][0]].doc_id for w in chosen]
 
     train = encoded if spec.split == "train" else _encode(
-        tokenizer, [d.text for d in documents(spec.corpus, "train")])
+        tokenizer, [d.text for d in splits["train"]])
     vocab_n = max(len(tokenizer), int(input_ids.max()) + 1)
     counts = np.zeros(vocab_n, dtype=np.int64)
     for ids in train:
