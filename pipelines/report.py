@@ -20,7 +20,7 @@ from spectrum.evaluation import Options, run_spectra, run_tests
 from spectrum.fit_kinds import KindThresholds
 from spectrum.manifest import Manifest
 from spectrum.report import build_blocks, write_report
-from spectrum.run_data import load_run, read_fits, read_tokens
+from spectrum.run_data import load_run, read_tokens
 from spectrum.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 from spectrum.trajectories import run_steps, shard_path
@@ -136,8 +136,7 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                        "tokens_per_step": r.tokens_per_step, "role": r.role}
                       for r in manifest.runs]
     write_json(scores, out / "reconstruction" / "scores.json")
-    fits = {r.name: read_fits(out, r.name) for r in runs}
-    fits = {k: v for k, v in fits.items() if v is not None}
+    fits = {r.name: r.fits for r in runs if r.fits is not None}
     blocks = build_blocks(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
                           scores=scores, preds=preds, fits=fits,
                           fit_settings=_fit_settings(manifest), edges=edges,

@@ -35,6 +35,7 @@ class RunData:
     mean_loss_all: np.ndarray  # (K,) over every token with a finite loss
     half_loss: np.ndarray  # (2, K) over the population tokens of each sequence half
     tokens: pl.DataFrame | None  # fits joined with annotations, one row per token_idx; None: no fits
+    fits: pl.DataFrame | None = None  # the run's fits file as read; None: no fits
 
     @property
     def has_fits(self) -> bool:
@@ -123,7 +124,7 @@ def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int =
     x = np.log(steps.astype(float) * spec.tokens_per_step)
     return RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens, steps=steps, x=x,
                    mean_loss=mean_pop, mean_loss_all=mean_all, half_loss=half_loss,
-                   tokens=tok if fits is not None else None)
+                   tokens=tok if fits is not None else None, fits=fits)
 
 
 def load_runs(manifest: Manifest, *, half_seed: int = 0) -> tuple[pl.DataFrame, list[RunData]]:
