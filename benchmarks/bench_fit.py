@@ -30,7 +30,7 @@ from scipy.optimize import curve_fit
 from scipy.special import expit
 
 from spectrum.fit import FitOptions, fit_sigmoids
-from spectrum.losses import resolve_device
+from spectrum.devices import resolve_device
 from spectrum.sigmoid import guess, model
 
 STEPS = np.array([2**i for i in range(10)] + list(range(1000, 143_001, 1000)))

@@ -25,7 +25,7 @@ import torch
 from spectrum.errors import SpectrumError
 from spectrum.fit import FitOptions, SigmoidFit, fit_sigmoids
 from spectrum.fit_kinds import KindThresholds
-from spectrum.losses import resolve_device
+from spectrum.devices import resolve_device
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import hash_files, is_current, read_provenance, write_parquet
 from spectrum.trajectories import (iter_trajectories, log_tokens, run_dir, run_steps,

@@ -94,7 +94,8 @@ class LossWorker:
                  batch_size: int | None, threads: int | None) -> None:
         import torch
 
-        from spectrum.losses import Evaluator, parse_dtype, resolve_device
+        from spectrum.devices import parse_dtype, resolve_device
+        from spectrum.losses import Evaluator
 
         if threads:
             torch.set_num_threads(threads)
@@ -162,7 +163,7 @@ def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
 def _dtype(args: argparse.Namespace, device: str) -> str:
     if args.dtype != "auto":
         return args.dtype
-    from spectrum.losses import default_dtype, dtype_name, resolve_device
+    from spectrum.devices import default_dtype, dtype_name, resolve_device
 
     return dtype_name(default_dtype(resolve_device(device)))
 

@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import torch
 
 from spectrum.fit_kinds import KINDS, KindThresholds, classify
-from spectrum.losses import resolve_device
+from spectrum.devices import resolve_device
 from spectrum.sigmoid import PARAMS, _forward_fill, guess, linear_lohi, normal_equations
 
 STATUSES = ("converged", "max_iter", "singular", "too_few_points", "constant")

@@ -19,7 +19,7 @@ import polars as pl
 from spectrum import figures
 from spectrum.evaluation import IN_SAMPLE_LABEL, SMOOTHING, TESTS, SpectraResult
 from spectrum.run_data import RunData
-from spectrum.store import write_text
+from spectrum.store import write_bytes, write_text
 
 
 @dataclass(frozen=True)
@@ -317,12 +317,7 @@ def write_report(folder: Path, blocks: list[Block], *,
     paths = []
     for b in blocks:
         if b.kind == "figure":
-            path = folder / "figures" / f"{b.name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".png.tmp")
-            tmp.write_bytes(b.png)
-            tmp.replace(path)
-            paths.append(path)
+            paths.append(write_bytes(b.png, folder / "figures" / f"{b.name}.png"))
     paths.append(write_text(render_markdown(title, blocks), folder / "report.md"))
     paths.append(write_text(render_html(title, blocks), folder / "index.html"))
     return paths

@@ -76,12 +76,12 @@ def is_current(path: str | Path, provenance: dict[str, Any]) -> bool:
     return all(found.get(k) == v for k, v in expected.items())
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` atomically."""
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_bytes(data)
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -89,15 +89,13 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 
 def write_text(text: str, path: str | Path) -> Path:
-    """Write ``text`` atomically."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``text`` (UTF-8) atomically."""
+    return write_bytes(text.encode(), path)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
 def hash_files(paths: list[Path], *, chunk: int = 1 << 20) -> str:

@@ -281,7 +281,7 @@ def _workers(requested: int | None, device: str, n_runs: int) -> int:
     intra-op threads and lose much to oversubscription); on a GPU one process."""
     import torch
 
-    from spectrum.suite_train import resolve_device
+    from spectrum.devices import resolve_device
 
     if requested is not None:
         return max(1, min(requested, n_runs))

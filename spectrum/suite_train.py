@@ -30,6 +30,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from spectrum.devices import resolve_device
+
 PARTIAL_PREFIX = ".partial-"  # temporary folders; never matches checkpoint-<step>
 
 
@@ -73,13 +75,6 @@ class TrainResult:
     @property
     def final_eval_loss(self) -> float | None:
         return self.eval_curve[-1][1] if self.eval_curve and self.eval_curve[-1][0] == self.steps else None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is the first CUDA device if there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device):
