@@ -261,7 +261,9 @@ def _plan_run(run: RunSpec, i: int, config: SuiteConfig, counts: dict[str, int],
                                   f"{config.optim.warmup_steps}")
         ok = False
     if size is not None:
-        count = counts.setdefault(size.name, non_embedding_params(size))
+        if size.name not in counts:  # not setdefault: its default would build the model every time
+            counts[size.name] = non_embedding_params(size)
+        count = counts[size.name]
         if run.params != count:
             pr.add(f"{where}.params", f"{run.params:g} but size {size.name} has {count} non-embedding "
                                       f"parameters; write params: {count}")
