@@ -142,7 +142,8 @@ def resolve_checkpoints(run: RunSpec) -> list[Checkpoint]:
                                 f"{by_step[c.step].path} and {c.path}")
         by_step[c.step] = c
     if run.steps is not None:
-        by_step = {s: c for s, c in by_step.items() if s in set(run.steps)}
+        wanted = set(run.steps)
+        by_step = {s: c for s, c in by_step.items() if s in wanted}
     return [by_step[s] for s in sorted(by_step)]
 
 
