@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from spectrum.corpus import documents
+from spectrum.corpus import split_documents
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest
 from spectrum.store import write_json
@@ -93,8 +93,8 @@ def prepare_data(config: SuiteConfig) -> SuiteData:
 
     from spectrum.tokenizer import train_tokenizer
 
-    train_docs = documents(config.corpus, "train")
-    val_docs = documents(config.corpus, "validation")
+    splits = split_documents(config.corpus)
+    train_docs, val_docs = splits["train"], splits["validation"]
     c = config.corpus  # the path is left out: the content decides
     h = hashlib.sha256(json.dumps([c.kind, c.field, c.column, c.validation_fraction,
                                    config.vocab_size]).encode())
