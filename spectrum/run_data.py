@@ -18,7 +18,7 @@ import polars as pl
 
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
-from spectrum.trajectories import run_dir, run_steps, shard_path
+from spectrum.trajectories import log_tokens, run_dir, run_steps, shard_path
 
 FIT_COLUMNS = ("lo", "hi", "tau", "k", "kind")
 
@@ -121,7 +121,7 @@ def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int =
         mean_all = S.sum((0, 1)) / N.sum((0, 1))
         mean_pop = S[:, 1].sum(0) / N[:, 1].sum(0)
         half_loss = S[:, 1] / N[:, 1]
-    x = np.log(steps.astype(float) * spec.tokens_per_step)
+    x = log_tokens(steps, spec.tokens_per_step)
     return RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens, steps=steps, x=x,
                    mean_loss=mean_pop, mean_loss_all=mean_all, half_loss=half_loss,
                    tokens=tok if fits is not None else None, fits=fits)
