@@ -202,16 +202,12 @@ def batch_losses(model: nn.Module, input_ids: torch.Tensor,
     b, c = input_ids.shape
     targets = input_ids[:, 1:].reshape(-1)
     split = body_and_head(model)
-    if split is None:
-        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
-        hidden, head = logits.reshape(b * (c - 1), -1), nn.Identity()
-        rows = max(1, max_logit_elements // hidden.shape[1])
-        out = torch.cat([F.cross_entropy(hidden[i:i + rows].float(), targets[i:i + rows],
-                                         reduction="none")
-                         for i in range(0, hidden.shape[0], rows)])
-        return out.view(b, c - 1)
-    body, head = split
-    hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    if split is None:  # the model's own logits, cross-entropy in chunks (eager)
+        hidden, head = model(input_ids=input_ids, use_cache=False).logits[:, :-1], nn.Identity()
+        fused = False
+    else:
+        body, head = split
+        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     hidden = hidden.reshape(b * (c - 1), hidden.shape[-1])
     return chunked_cross_entropy(hidden, head, targets, max_logit_elements=max_logit_elements,
                                  fused=fused).view(b, c - 1)
