@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from spectrum import fit_triton
 from spectrum.fit_kinds import KINDS, KindThresholds, classify
 from spectrum.devices import resolve_device
 from spectrum.sigmoid import PARAMS, _forward_fill, guess, linear_lohi, normal_equations
@@ -77,6 +78,8 @@ class FitOptions:
     lambda0: float = 1e-3
     batch_size: int | None = None  # rows per solver batch; None: 2**20 on GPU, 2**18/8192 on CPU
     compile: bool | None = None  # torch.compile the iteration; None: when N >= 100,000
+    kernel: str = "auto"  # "triton": fused kernel (spectrum.fit_triton); "torch"; "auto": triton
+    #                       on CUDA where Triton is installed, else torch
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float, float]:
         """(ftol, xtol, gtol): defaults 1e-10 for float64 and 1e-6 for float32."""
@@ -96,7 +99,7 @@ class FitOptions:
     def to_dict(self) -> dict:
         """The settings that change results (for provenance)."""
         d = asdict(self)
-        for key in ("batch_size", "compile"):
+        for key in ("batch_size", "compile", "kernel"):
             d.pop(key)
         return d
 
@@ -268,17 +271,22 @@ def _prepare_complete(y: torch.Tensor, x: torch.Tensor):
 
 def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,
                          p: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-                         opts: FitOptions, compiled: bool, floor: torch.Tensor | None = None):
+                         opts: FitOptions, compiled: bool, floor: torch.Tensor | None = None,
+                         fused: bool = False):
     """Fit every row of ``y`` from ``p``; returns p, rss, J^T J, n_iter, status (all per row).
 
     ``floor``: an RSS at which a fit is exact to rounding (default: from ``y``'s magnitude).
+    ``fused``: run the iterations in the Triton kernel of :mod:`spectrum.fit_triton`.
     """
-    ne, propose, advance = _steps(compiled)
-    n = y.shape[0]
     dt, dev = y.dtype, y.device
-    ftol, xtol, gtol = opts.tolerances(dt)
     if floor is None:
         floor = _rss_floor(y)
+    if fused:
+        return fit_triton.levenberg_marquardt(y, mask, x, p, lb, ub, opts.tolerances(dt),
+                                              opts.lambda0, opts.max_iter, floor)
+    ne, propose, advance = _steps(compiled)
+    n = y.shape[0]
+    ftol, xtol, gtol = opts.tolerances(dt)
 
     out_p = torch.empty_like(p)
     out_rss = torch.zeros(n, dtype=dt, device=dev)
@@ -338,7 +346,8 @@ def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) 
     return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
 
 
-def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status, floor=None):
+def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, status,
+             floor=None):
     """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
 
     Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
@@ -358,7 +367,8 @@ def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status, fl
         better = r < best_rss
         best_rss = torch.where(better, r, best_rss)
         best = torch.where(better[:, None], cand, best)
-    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled, floor)
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled, floor,
+                                              fused)
     b = torch.isfinite(rr) & (rr < rss)
     p = torch.where(b[:, None], rp, p)
     rss = torch.where(b, rr, rss)
@@ -368,7 +378,7 @@ def _restart(y, mask, x, lb, ub, opts, compiled, p, rss, jtj, n_iter, status, fl
 
 
 def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-               opts: FitOptions, compiled: bool) -> dict[str, torch.Tensor]:
+               opts: FitOptions, compiled: bool, fused: bool) -> dict[str, torch.Tensor]:
     """Fit one batch of rows (already on the device, in the fitting dtype)."""
     dt, dev = losses.dtype, losses.device
     n, kk = losses.shape
@@ -422,7 +432,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
             noise, floor = _difference_variance(yr, finite[rows]), _rss_floor(yr)
         p0 = torch.minimum(torch.maximum(p0, lb), ub)
         p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
-                                                       floor)
+                                                       floor, fused)
         if opts.restarts:
             resid = rss / (count[rows] - 4).clamp_min(1)
             on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
@@ -431,7 +441,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
             poor = poor.nonzero()[:, 0]
             if poor.numel():
                 sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
-                               opts, compiled, p[poor], rss[poor], jtj[poor], n_iter[poor],
+                               opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
                                st[poor], floor[poor])
                 p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
         r2 = 1 - rss / tss[rows]
@@ -493,11 +503,25 @@ def _compiler_works(device: torch.device) -> bool:
     return _COMPILER_OK[device.type]
 
 
-def _default_batch(device: torch.device, compiled: bool) -> int:
+def _use_kernel(kernel: str, device: torch.device) -> bool:
+    """Whether to run the iterations in the fused Triton kernel."""
+    if kernel == "torch":
+        return False
+    if kernel == "auto":
+        return device.type == "cuda" and fit_triton.available(device)
+    if kernel != "triton":
+        raise ValueError(f"kernel must be 'auto', 'triton' or 'torch', not {kernel!r}")
+    if not fit_triton.available(device):
+        raise ValueError(f"the Triton fit kernel cannot run on {device} (it needs CUDA and "
+                         "Triton, or TRITON_INTERPRET=1 on a CPU)")
+    return True
+
+
+def _default_batch(device: torch.device, compiled: bool, fused: bool) -> int:
     """Rows per batch: the fused CPU loops stream rows, the eager path keeps (rows x K)
     intermediates, which should stay near the cache."""
     if device.type == "cuda":
-        return 1 << 20
+        return 1 << 21 if fused else 1 << 20
     return 1 << 18 if compiled else 8192
 
 
@@ -527,7 +551,8 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     compiled = opts.compile if opts.compile is not None else n >= 100_000
     if compiled and not _compiler_works(dev):
         compiled = False
-    batch = opts.batch_size or _default_batch(dev, compiled)
+    fused = _use_kernel(opts.kernel, dev)
+    batch = opts.batch_size or _default_batch(dev, compiled, fused)
 
     parts: list[dict[str, np.ndarray]] = []
     bar = None
@@ -539,7 +564,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
         chunk = losses[start:start + batch]
         t = torch.as_tensor(chunk).to(device=dev, dtype=dtype)
         t = torch.where(torch.isinf(t), math.nan, t)
-        res = _fit_batch(t, xt, lb, ub, opts, compiled)
+        res = _fit_batch(t, xt, lb, ub, opts, compiled, fused)
         parts.append({key: v.cpu().numpy() for key, v in res.items()})
         if bar is not None:
             bar.update(t.shape[0])

@@ -13,6 +13,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Without CUDA, Triton kernels (spectrum.fit_triton) are tested under Triton's interpreter,
+# which must be chosen before Triton is first imported.
+if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import random
 from pathlib import Path
 from typing import Any

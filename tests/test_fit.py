@@ -46,9 +46,10 @@ def curves(p: np.ndarray) -> np.ndarray:
     return model(torch.tensor(X), torch.tensor(p)).numpy()
 
 
-def scipy_rss(y: np.ndarray, p0: np.ndarray, opts: FitOptions) -> np.ndarray:
-    """RSS of curve_fit (TRF, same bounds, analytic Jacobian, tight tolerances) from ``p0``."""
-    lb, ub = opts.bounds(X)
+def scipy_rss(y: np.ndarray, p0: np.ndarray, opts: FitOptions, x: np.ndarray = X) -> np.ndarray:
+    """RSS of curve_fit (TRF, same bounds, analytic Jacobian, tight tolerances) from ``p0``,
+    for trajectories ``y`` on the grid ``x``."""
+    lb, ub = opts.bounds(x)
     out = np.empty(len(y))
     for i in range(len(y)):
         ok = np.isfinite(y[i])
@@ -58,11 +59,11 @@ def scipy_rss(y: np.ndarray, p0: np.ndarray, opts: FitOptions) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                p, _ = curve_fit(f_np, X[ok], y[i, ok], p0=start, bounds=(lb, ub), jac=jac_np,
+                p, _ = curve_fit(f_np, x[ok], y[i, ok], p0=start, bounds=(lb, ub), jac=jac_np,
                                  method="trf", ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=5000)
             except RuntimeError:
                 p = start
-        out[i] = np.sum((y[i, ok] - f_np(X[ok], *p)) ** 2)
+        out[i] = np.sum((y[i, ok] - f_np(x[ok], *p)) ** 2)
     return out
 
 
