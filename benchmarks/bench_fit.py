@@ -9,7 +9,9 @@ only (scipy is far faster on those than on flat noise). Gaussian noise, default 
 The peer is scipy.optimize.curve_fit with the same model, bounds and analytic Jacobian (TRF,
 scipy's default tolerances), started from the same guess, one trajectory at a time in this
 process, on the first ``--scipy-n`` trajectories. Both are timed in the same run; the report
-gives fits/s of each, their ratio, and how often our RSS is no worse than scipy's.
+gives fits/s of each, their ratio, and how often our RSS is no worse than scipy's. On a GPU the
+fitter uses the fused Triton kernel (``--kernel auto``), and the torch path (``torch.compile``d
+iterations, the reference implementation) is timed beside it on the first ``--peer-n`` rows.
 
     python benchmarks/bench_fit.py                      # CPU, 2 threads
     python benchmarks/bench_fit.py --device cuda --n 10000000 --dtype float32
@@ -23,13 +25,14 @@ import os
 import platform
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
 from scipy.optimize import curve_fit
 from scipy.special import expit
 
-from spectrum.fit import FitOptions, fit_sigmoids
+from spectrum.fit import FitOptions, fit_sigmoids, solver_name
 from spectrum.devices import resolve_device
 from spectrum.sigmoid import guess, model
 
@@ -103,6 +106,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of the torch fit")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="on")
+    ap.add_argument("--kernel", choices=("auto", "triton", "torch"), default="auto",
+                    help="LM iterations in the fused Triton kernel or in torch (default auto: "
+                         "the kernel on CUDA)")
+    ap.add_argument("--peer-n", type=int, default=1_000_000,
+                    help="on CUDA, rows also fitted by the torch path for comparison (0: none)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -110,7 +118,8 @@ def main() -> None:
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     opts = FitOptions(batch_size=args.batch_size,
-                      compile={"auto": None, "on": True, "off": False}[args.compile])
+                      compile={"auto": None, "on": True, "off": False}[args.compile],
+                      kernel=args.kernel)
     x, y = trajectories(args.n, args.noise, mix=args.mix)
     losses = torch.from_numpy(y)
     if device.type == "cuda":  # resident on the GPU, as the target states
@@ -130,6 +139,19 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     ours = args.n / min(times)
 
+    peer = None
+    if device.type == "cuda" and args.peer_n and solver_name(opts, device) != "torch":
+        torch_opts = replace(opts, kernel="torch")
+        rows = losses[: min(args.peer_n, args.n)]
+        fit_sigmoids(rows[:50_000], x, device=device, dtype=dtype, options=torch_opts)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fit_sigmoids(rows, x, device=device, dtype=dtype, options=torch_opts)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        peer = {"n": len(rows), "seconds": round(seconds, 3),
+                "fits_per_s": round(len(rows) / seconds)}
+
     m = min(args.scipy_n, args.n)
     sp_time, sp_rss = scipy_loop(x, y[:m], opts)
     theirs = m / sp_time
@@ -143,13 +165,14 @@ def main() -> None:
                    f"load average {os.getloadavg()[0]:.1f} at the end",
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
-        "compile": args.compile, "n": args.n, "points": len(x), "noise": args.noise,
+        "compile": args.compile, "solver": solver_name(opts, device), "n": args.n, "points": len(x), "noise": args.noise,
         "mix": args.mix,
-        "torch_seconds": [round(t, 3) for t in times], "warmup_seconds": round(warmup, 1),
-        "torch_fits_per_s": round(ours), "scipy_n": m, "scipy_seconds": round(sp_time, 2),
+        "seconds": [round(t, 3) for t in times], "warmup_seconds": round(warmup, 1),
+        "fits_per_s": round(ours), "scipy_n": m, "scipy_seconds": round(sp_time, 2),
         "scipy_fits_per_s": round(theirs, 1), "ratio": round(ours / theirs, 1),
         "rss_no_worse_than_scipy_1e-4": round(no_worse, 4),
         "mean_iterations": round(float(fit.n_iter.mean()), 2),
+        "torch_path_on_gpu": peer,
         "status": dict(zip(statuses.tolist(), counts.tolist())),
     }
     print(json.dumps(result, indent=2))

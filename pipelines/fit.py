@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from spectrum.errors import SpectrumError
-from spectrum.fit import FitOptions, SigmoidFit, fit_sigmoids
+from spectrum.fit import FitOptions, SigmoidFit, fit_sigmoids, solver_name
 from spectrum.fit_kinds import KindThresholds
 from spectrum.devices import resolve_device
 from spectrum.manifest import Manifest, RunSpec
@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="precision of the fits (default float32)")
     p.add_argument("--chunk-size", type=int, default=1 << 20,
                    help="tokens read from the shards and fitted at a time (default 1048576)")
+    p.add_argument("--fit-kernel", choices=("auto", "triton", "torch"), default="auto",
+                   help="the LM iterations in the fused Triton kernel or in torch; auto: the "
+                        "kernel on CUDA when Triton is installed (default auto)")
     p.add_argument("--force", action="store_true", help="refit even if the fits are current")
 
 
@@ -130,7 +133,12 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     force = getattr(args, "force", False)
     if chunk_size < 1:
         raise SpectrumError(f"--chunk-size must be positive, got {chunk_size}")
-    options, thresholds = FitOptions(), KindThresholds()
+    options = FitOptions(kernel=getattr(args, "fit_kernel", "auto"))
+    thresholds = KindThresholds()
+    try:
+        solver = solver_name(options, device)
+    except ValueError as e:
+        raise SpectrumError(f"--fit-kernel {options.kernel}: {e}") from None
     plan = check_runs(manifest)
     done = skipped = 0
     for run in manifest.runs:
@@ -151,6 +159,6 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
         print(f"fit: run {run.name}: {len(fits)} tokens in {time.perf_counter() - t0:.1f} s "
-              f"on {device} ({summary}) -> {path}", flush=True)
+              f"on {device}, {solver} ({summary}) -> {path}", flush=True)
     print(f"fit: {done} run(s) fitted, {skipped} current run(s) skipped "
           f"(kinds: {thresholds.describe()})", flush=True)

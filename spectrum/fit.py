@@ -517,6 +517,12 @@ def _use_kernel(kernel: str, device: torch.device) -> bool:
     return True
 
 
+def solver_name(options: FitOptions, device: torch.device) -> str:
+    """What runs the iterations on ``device``: "fused Triton kernel" or "torch"; ValueError
+    where ``options.kernel`` asks for a kernel that cannot run there."""
+    return "fused Triton kernel" if _use_kernel(options.kernel, device) else "torch"
+
+
 def _default_batch(device: torch.device, compiled: bool, fused: bool) -> int:
     """Rows per batch: the fused CPU loops stream rows, the eager path keeps (rows x K)
     intermediates, which should stay near the cache."""
@@ -581,4 +587,4 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
                       thresholds=thresholds)
 
 
-__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids"]
+__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "solver_name"]
