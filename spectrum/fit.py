@@ -9,10 +9,12 @@ The solver, per batch of trajectories (all tensors, CPU or GPU, float32 or float
   diagonal scaling (the running maximum of ``diag(J^T J)``). Where the actual decrease keeps
   exceeding the predicted one by 25% (large residuals, where Gauss-Newton steps fall short),
   steps are lengthened (doubled, up to 64x) until that stops. ``J^T J`` and ``J^T r`` come from
-  :func:`spectrum.sigmoid.normal_equations` without materialising J, and each step is a batched
-  4x4 solve (``torch.linalg.solve_ex``). The rest of an iteration (damped systems; trial point,
-  acceptance, damping, convergence) is elementwise over trajectories and is compiled into fused
-  loops with ``torch.compile`` on large problems (``FitOptions.compile``).
+  :func:`spectrum.sigmoid.normal_equations` without materialising J, and each step solves the
+  damped 4x4 system by a scaled Cholesky factorisation written out entry by entry
+  (:func:`_solve_spd4`). So an iteration (damped system and its solution; trial point,
+  acceptance, damping, convergence) is elementwise over trajectories, and is compiled into fused
+  loops with ``torch.compile`` on large problems (``FitOptions.compile``). On CUDA the whole
+  iteration loop runs in one Triton kernel instead (:mod:`spectrum.fit_triton`).
 - Bounds ``tau in [x_first - m * span, x_last + m * span]`` and ``k in [k_min_span / span, k_max]``
   (``span = x_last - x_first``; ``lo`` and ``hi`` are free) by a projected step with an active
   set: a parameter on a bound whose gradient points outwards is held there and removed from the
@@ -191,8 +193,50 @@ def _kinds(lo, hi, tau, r2, status_code, x, thresholds) -> np.ndarray:
 # trial point's normal equations, acceptance, damping update, convergence tests); both are
 # elementwise over trajectories and are compiled into fused loops on large problems.
 
+def _solve_spd4(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a^-1 b`` for a batch of symmetric positive definite 4x4 systems, and where it exists.
+
+    A Cholesky factorisation of ``a`` scaled to unit diagonal (so the pivots measure how
+    correlated the parameters are, not their units), written out entry by entry: elementwise
+    over the batch, it compiles into the same fused loop as the rest of the step, where a
+    batched LAPACK call costs more than the step itself on a CPU. ``ok`` is False where ``a``
+    is not positive definite.
+    """
+    tiny = torch.finfo(a.dtype).tiny
+    diag = torch.diagonal(a, dim1=1, dim2=2)
+    ok = (diag > 0).all(1)
+    d = diag.clamp_min(tiny).rsqrt()
+    c = a * d[:, :, None] * d[:, None, :]
+    e = b * d
+    low: list[list[torch.Tensor]] = [[] for _ in range(4)]  # low[i][j]: L[i, j], j <= i
+    for i in range(4):
+        for j in range(i + 1):
+            v = c[:, i, j]
+            for m in range(j):
+                v = v - low[i][m] * low[j][m]
+            if i == j:
+                ok = ok & (v > 0)
+                low[i].append(v.clamp_min(tiny).sqrt())
+            else:
+                low[i].append(v / low[j][j])
+    z: list[torch.Tensor] = []
+    for i in range(4):
+        v = e[:, i]
+        for m in range(i):
+            v = v - low[i][m] * z[m]
+        z.append(v / low[i][i])
+    sol: list[torch.Tensor] = [z[3]] * 4
+    for i in range(3, -1, -1):
+        v = z[i]
+        for m in range(i + 1, 4):
+            v = v - low[m][i] * sol[m]
+        sol[i] = v / low[i][i]
+    return torch.stack(sol, dim=1) * d, ok
+
+
 def _propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol: float, floor):
-    """Damped systems with bound-active parameters removed; the gradient test."""
+    """The damped step with bound-active parameters held, whether it exists, the updated
+    scaling, and the gradient test."""
     tiny = torch.finfo(p.dtype).tiny
     diag = torch.diagonal(jtj, dim1=1, dim2=2)
     dscale = torch.maximum(dscale, diag)
@@ -203,14 +247,15 @@ def _propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol: float, floor):
     small_g = (cosine.amax(1) <= gtol) | (rss <= floor)
     damped = jtj + torch.diag_embed(lam[:, None] * dscale)
     damped = damped * free[:, :, None] * free[:, None, :] + torch.diag_embed(1 - free)
-    return damped, jtr * free, dscale, small_g
+    step, ok = _solve_spd4(damped, jtr * free)
+    return step * free, ok, dscale, small_g
 
 
-def _advance(y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, info, small_g, live, lb, ub,
+def _advance(y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, ok, small_g, live, lb, ub,
              ftol: float, xtol: float):
     """Try ``p + boost * step``; returns the updated state, rows that finished, and converged."""
     tiny = torch.finfo(p.dtype).tiny
-    ok = (info == 0) & torch.isfinite(step).all(1)
+    ok = ok & torch.isfinite(step).all(1)
     step = torch.where(ok[:, None], step * boost[:, None], 0)
     p_new = torch.minimum(torch.maximum(p + step, lb), ub)
     step = p_new - p
@@ -314,10 +359,9 @@ def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Te
     for it in range(1, opts.max_iter + 1):
         if idx.numel() == 0:
             break
-        damped, rhs, dscale, small_g = propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol, floor)
-        step, info = torch.linalg.solve_ex(damped, rhs)
+        step, ok, dscale, small_g = propose(p, rss, jtj, jtr, lam, dscale, lb, ub, gtol, floor)
         p, rss, jtj, jtr, lam, nu, boost, done = advance(
-            y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, info, small_g, live, lb, ub,
+            y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, ok, small_g, live, lb, ub,
             ftol, xtol)
         n_iter = torch.where(done, it, n_iter)
         conv = conv | done
