@@ -194,7 +194,8 @@ def _kinds(lo, hi, tau, r2, status_code, x, thresholds) -> np.ndarray:
 # elementwise over trajectories and are compiled into fused loops on large problems.
 
 def _solve_spd4(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a^-1 b`` for a batch of symmetric positive definite 4x4 systems, and where it exists.
+    """``a^-1 b`` for a batch of symmetric positive definite 4x4 systems (``b``: (N, 4) or
+    (N, 4, m)), and where it exists.
 
     A Cholesky factorisation of ``a`` scaled to unit diagonal (so the pivots measure how
     correlated the parameters are, not their units), written out entry by entry: elementwise
@@ -207,6 +208,9 @@ def _solve_spd4(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
     ok = (diag > 0).all(1)
     d = diag.clamp_min(tiny).rsqrt()
     c = a * d[:, :, None] * d[:, None, :]
+    many = b.dim() == 3  # several right-hand sides, (N, 4, m)
+    if many:
+        d = d[:, :, None]
     e = b * d
     low: list[list[torch.Tensor]] = [[] for _ in range(4)]  # low[i][j]: L[i, j], j <= i
     for i in range(4):
@@ -219,6 +223,8 @@ def _solve_spd4(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
                 low[i].append(v.clamp_min(tiny).sqrt())
             else:
                 low[i].append(v / low[j][j])
+    if many:
+        low = [[v[:, None] for v in row] for row in low]
     z: list[torch.Tensor] = []
     for i in range(4):
         v = e[:, i]
@@ -426,9 +432,9 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
     """Fit one batch of rows (already on the device, in the fitting dtype)."""
     dt, dev = losses.dtype, losses.device
     n, kk = losses.shape
-    finite = torch.isfinite(losses)
+    finite = torch.isfinite(losses)  # infinite losses count as missing points
     complete = bool(finite.all())
-    count = finite.sum(1)
+    count = torch.full((n,), kk, device=dev) if complete else finite.sum(1)
     if complete and n:
         y, fm = losses, None
         prepare = _COMPILED.setdefault("prepare", torch.compile(_prepare_complete, dynamic=True)) \
@@ -477,10 +483,12 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
         p0 = torch.minimum(torch.maximum(p0, lb), ub)
         p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
                                                        floor, fused)
+        errors = _COMPILED.setdefault("se", torch.compile(_standard_errors, dynamic=True)) \
+            if compiled else _standard_errors
+        se, singular = errors(jtj, rss, count[rows])
         if opts.restarts:
             resid = rss / (count[rows] - 4).clamp_min(1)
             on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
-            singular = _standard_errors(jtj, rss, count[rows])[1]
             poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
             poor = poor.nonzero()[:, 0]
             if poor.numel():
@@ -488,8 +496,8 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
                                opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
                                st[poor], floor[poor])
                 p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
+                se[poor], singular[poor] = errors(jtj[poor], rss[poor], count[rows][poor])
         r2 = 1 - rss / tss[rows]
-        se, singular = _standard_errors(jtj, rss, count[rows])
         st = torch.where(singular & (st == CONVERGED), SINGULAR, st).to(torch.int8)
         for i, name in enumerate(PARAMS):
             res[name][rows] = p[:, i]
@@ -519,11 +527,10 @@ def _standard_errors(jtj: torch.Tensor, rss: torch.Tensor, count: torch.Tensor):
     # scale to unit diagonal so that the conditioning test is about the parameters' correlation
     d = torch.sqrt(torch.diagonal(a, dim1=1, dim2=2)).clamp_min(1e-300)
     corr = a / d[:, :, None] / d[:, None, :]
-    chol, info = torch.linalg.cholesky_ex(corr)
     eye = torch.eye(4, dtype=torch.float64, device=a.device).expand_as(corr)
-    inv = torch.cholesky_solve(eye, chol)
-    ok = (info == 0) & torch.isfinite(inv).all((1, 2))
-    ok = ok & (torch.linalg.matrix_norm(inv, ord=1) < 1e14)
+    inv, ok = _solve_spd4(corr, eye)
+    ok = ok & torch.isfinite(inv).all((1, 2))
+    ok = ok & (inv.abs().sum(1).amax(1) < 1e14)  # the 1-norm of the inverse correlation
     var = torch.diagonal(inv, dim1=1, dim2=2) / d**2
     sigma2 = rss.to(torch.float64) / (count.to(torch.float64) - 4).clamp_min(1)
     se = torch.sqrt(var * sigma2[:, None])
@@ -613,7 +620,6 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     for start in range(0, n, batch):
         chunk = losses[start:start + batch]
         t = torch.as_tensor(chunk).to(device=dev, dtype=dtype)
-        t = torch.where(torch.isinf(t), math.nan, t)
         res = _fit_batch(t, xt, lb, ub, opts, compiled, fused)
         parts.append({key: v.cpu().numpy() for key, v in res.items()})
         if bar is not None:
