@@ -611,30 +611,33 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     fused = _use_kernel(opts.kernel, dev)
     batch = opts.batch_size or _default_batch(dev, compiled, fused)
 
-    parts: list[dict[str, np.ndarray]] = []
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    out = {name: np.empty(n, dtype=np_dtype) for name in SigmoidFit._COLUMNS}
+    out.update(n_iter=np.empty(n, np.int32), status_code=np.empty(n, np.int8),
+               kind_code=np.empty(n, np.int8))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, unit="fit", desc="fit", smoothing=0.1)
+    x_last = float(np.max(x_np)) if len(x_np) else math.nan
     for start in range(0, n, batch):
         chunk = losses[start:start + batch]
         t = torch.as_tensor(chunk).to(device=dev, dtype=dtype)
         res = _fit_batch(t, xt, lb, ub, opts, compiled, fused)
-        parts.append({key: v.cpu().numpy() for key, v in res.items()})
+        status = res.pop("status")
+        # classified where fitted (on the GPU for GPU fits), then copied straight into `out`
+        res["kind_code"] = classify(res["lo"], res["hi"], res["tau"], res["r2"],
+                                    fitted=status != TOO_FEW, constant=status == CONSTANT,
+                                    x_last=x_last, thresholds=thresholds)
+        res["status_code"] = status
+        for name, values in res.items():
+            torch.from_numpy(out[name][start:start + len(t)]).copy_(values)
         if bar is not None:
             bar.update(t.shape[0])
     if bar is not None:
         bar.close()
-    if not parts:
-        empty = {key: np.zeros(0, dtype=np.float32) for key in SigmoidFit._COLUMNS}
-        empty.update(n_iter=np.zeros(0, np.int32), status=np.zeros(0, np.int8))
-        parts = [empty]
-    cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    status = cat.pop("status").astype(np.int8)
-    kinds = _kinds(cat["lo"], cat["hi"], cat["tau"], cat["r2"], status, x_np, thresholds)
-    return SigmoidFit(**cat, status_code=status, kind_code=kinds, x=x_np, options=opts,
-                      thresholds=thresholds)
+    return SigmoidFit(**out, x=x_np, options=opts, thresholds=thresholds)
 
 
 __all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "solver_name"]

@@ -38,18 +38,28 @@ class KindThresholds:
                 f"learned: the rest; unfit: too few finite points to fit")
 
 
-def classify(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, r2: np.ndarray,
-             fitted: np.ndarray, constant: np.ndarray, x_last: float,
-             thresholds: KindThresholds = KindThresholds()) -> np.ndarray:
-    """Kind codes (int8, indices into :data:`KINDS`) of fits given as arrays of equal length.
+def classify(lo, hi, tau, r2, fitted, constant, x_last: float,
+             thresholds: KindThresholds = KindThresholds()):
+    """Kind codes (int8, indices into :data:`KINDS`) of fits given as arrays of equal length:
+    numpy arrays, or torch tensors (the codes are then a tensor on the same device, so fits
+    made on a GPU are classified there).
 
     ``fitted`` is False where no fit was made; ``constant`` is True for constant trajectories.
     """
-    delta = np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64)
+    if isinstance(lo, np.ndarray) or not hasattr(lo, "device"):
+        xp, lo, hi = np, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        r2, tau = np.asarray(r2), np.asarray(tau)
+        code = np.full(lo.shape, LEARNED, dtype=np.int8)
+    else:
+        import torch
+
+        xp, lo, hi = torch, lo.double(), hi.double()
+        code = torch.full(lo.shape, LEARNED, dtype=torch.int8, device=lo.device)
+    delta = hi - lo
+    rules = [(~fitted, UNFIT), (constant | (abs(delta) < thresholds.min_delta), FLAT),
+             (r2 < thresholds.min_r2, NONMONOTONE), (delta < 0, FORGOTTEN),
+             (tau > x_last, UNFINISHED)]
     with np.errstate(invalid="ignore"):
-        flat = constant | (np.abs(delta) < thresholds.min_delta)
-        nonmono = np.asarray(r2) < thresholds.min_r2
-        unfinished = np.asarray(tau) > x_last
-        return np.select(
-            [~fitted, flat, nonmono, delta < 0, unfinished],
-            [UNFIT, FLAT, NONMONOTONE, FORGOTTEN, UNFINISHED], default=LEARNED).astype(np.int8)
+        for condition, kind in reversed(rules):  # the first rule that holds decides
+            code = xp.where(condition, xp.asarray(kind, dtype=code.dtype), code)
+    return code
