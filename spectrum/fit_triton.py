@@ -6,14 +6,15 @@ fits ``BLOCK`` trajectories, one per lane, from start to finish: the state (para
 ``J^T r``, damping) lives in registers, each iteration is one pass over the K points that
 accumulates the fifteen sums of :func:`spectrum.sigmoid.normal_equations` at the trial point,
 and the damped 4x4 system is solved in registers by a diagonally scaled Cholesky factorisation.
-The program ends when every lane has converged or ``max_iter`` is reached.
+A launch ends when every lane has finished or its iteration budget is spent; the rows still
+iterating then carry their state into the next launch (:func:`levenberg_marquardt`).
 
 The algorithm is the torch solver's, step for step (:func:`spectrum.fit._levenberg_marquardt`):
 Marquardt scaling, Nielsen's damping update, step boosting, the active set at the bounds of
-``tau`` and ``k``, and MINPACK's convergence tests. The one difference is the 4x4 solve
-(Cholesky of the scaled SPD system instead of LU), so results agree with the torch path to
-rounding, not bit for bit. ``lo`` and ``hi`` must be unbounded (as :meth:`FitOptions.bounds`
-makes them).
+``tau`` and ``k``, MINPACK's convergence tests, and the same scaled Cholesky solve
+(:func:`spectrum.fit._solve_spd4`). Sums are accumulated in another order, so results agree
+with the torch path to rounding, not bit for bit. ``lo`` and ``hi`` must be unbounded (as
+:meth:`FitOptions.bounds` makes them).
 
 The losses are read transposed, (K, N), so that the lanes of a program load consecutive
 addresses at each point; missing points are NaN.
@@ -40,6 +41,7 @@ BLOCK = 128  # trajectories per program on a GPU: one per lane of four warps
 INTERPRETER_BLOCK = 1024  # the interpreter pays per operation, not per lane: wide programs
 CONVERGED, MAX_ITER = 0, 1  # spectrum.fit.STATUSES
 PENDING = 2  # still iterating at the end of a launch
+MAX_OFFSET = 2**31 - 1  # the largest element offset (point x rows + row) a launch may use
 
 
 def interpreted() -> bool:
@@ -347,7 +349,13 @@ def levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Ten
     lb_, ub_ = lb.tolist(), ub.tolist()
     if lb_[0] > -math.inf or lb_[1] > -math.inf or ub_[0] < math.inf or ub_[1] < math.inf:
         raise ValueError("the fused fit kernel takes lo and hi unbounded")
-    n = y.shape[0]
+    n, kk = y.shape
+    most = MAX_OFFSET // max(kk, 11)  # rows per launch: the kernel's offsets are 32-bit
+    if n > most:
+        parts = [levenberg_marquardt(y[s:s + most], None if mask is None else mask[s:s + most],
+                                     x, p[s:s + most], lb, ub, tolerances, lambda0, max_iter,
+                                     floor[s:s + most]) for s in range(0, n, most)]
+        return tuple(torch.cat(column) for column in zip(*parts))
     dt, dev = y.dtype, y.device
     tiny = torch.finfo(dt).tiny
     consts = torch.tensor([lb_[2], ub_[2], lb_[3], ub_[3], *tolerances, tiny], dtype=dt,

@@ -76,6 +76,22 @@ def test_kernel_iterates_like_the_torch_solver(interpreter):
     np.testing.assert_allclose(jtj[same], jtj_ref[same], rtol=1e-4, atol=1e-8)
 
 
+def test_rows_beyond_32_bit_offsets_are_fitted_in_parts(interpreter, monkeypatch):
+    """Launches are split so that no offset overflows; the parts give the same fits."""
+    y = torch.tensor(noisy(90, 0.05, seed=26, missing=0.0))[:, ::3].contiguous()
+    x = torch.tensor(XS[::3])
+    opts = FitOptions()
+    lb, ub = (torch.tensor(b) for b in opts.bounds(XS[::3]))
+    p0 = guess(y, x).clamp(lb, ub)
+    args = (y, None, x, p0, lb, ub, opts.tolerances(y.dtype), opts.lambda0, 20,
+            fit_module._rss_floor(y))
+    whole = fit_triton.levenberg_marquardt(*args)
+    monkeypatch.setattr(fit_triton, "MAX_OFFSET", 11 * 40)  # 40 rows per launch
+    parts = fit_triton.levenberg_marquardt(*args)
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(a, b)
+
+
 def test_fused_fits_like_the_torch_path_and_scipy(interpreter):
     """The whole fitter with the kernel (guess, rounds, restarts, standard errors) against the
     torch path and curve_fit, with noise-free and noisy trajectories and missing points. (On
