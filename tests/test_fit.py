@@ -161,7 +161,7 @@ def test_rss_no_worse_than_scipy_very_noisy():
 def test_rss_no_worse_than_scipy_float32():
     """float32 fits against float64 scipy: RSS within 1e-4 (float32 resolves about 1e-6).
 
-    Steps smaller than the noise (|hi - lo| < 0.2 nats at noise 0.1, about 3% of these
+    Steps smaller than the noise (|hi - lo| < 0.2 nats at noise 0.1, about 6% of these
     trajectories) leave a valley along tau and k that falls by less per step than float32's
     decrease test can see; there float32 fits may stop up to about 1% above scipy's RSS.
     """
@@ -175,7 +175,7 @@ def test_rss_no_worse_than_scipy_float32():
     theirs = scipy_rss(y, p0, opts)
     ours = np.sum((y - curves(fit.params.astype(np.float64))) ** 2, axis=1)
     step = np.abs(p[:, 1] - p[:, 0]) >= 0.2
-    assert step.sum() > 0.95 * n
+    assert step.sum() > 0.9 * n
     assert (ours <= theirs * (1 + 1e-4))[step].mean() >= 0.999
     assert (ours <= theirs * (1 + 1e-4))[~step].mean() >= 0.9
     assert (ours <= theirs * (1 + 2e-2)).all()
