@@ -78,7 +78,7 @@ class FitOptions:
     restarts: bool = True
     restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
     lambda0: float = 1e-3
-    batch_size: int | None = None  # rows per solver batch; None: 2**20 on GPU, 2**18/8192 on CPU
+    batch_size: int | None = None  # rows per solver batch; None: see _default_batch
     compile: bool | None = None  # torch.compile the iteration; None: when N >= 100,000
     kernel: str = "auto"  # "triton": fused kernel (spectrum.fit_triton); "torch"; "auto": triton
     #                       on CUDA where Triton is installed, else torch
@@ -575,8 +575,9 @@ def solver_name(options: FitOptions, device: torch.device) -> str:
 
 
 def _default_batch(device: torch.device, compiled: bool, fused: bool) -> int:
-    """Rows per batch: the fused CPU loops stream rows, the eager path keeps (rows x K)
-    intermediates, which should stay near the cache."""
+    """Rows per batch: 2**21 on CUDA with the Triton kernel (2**20 without); on a CPU 2**18 when
+    compiled (the fused loops stream rows) and 8192 eager (its (rows x K) intermediates should
+    stay near the cache)."""
     if device.type == "cuda":
         return 1 << 21 if fused else 1 << 20
     return 1 << 18 if compiled else 8192
@@ -612,7 +613,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     batch = opts.batch_size or _default_batch(dev, compiled, fused)
 
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    out = {name: np.empty(n, dtype=np_dtype) for name in SigmoidFit._COLUMNS}
+    out = {name: np.empty(n, dtype=np_dtype) for name in SigmoidFit._COLUMNS if name != "n_iter"}
     out.update(n_iter=np.empty(n, np.int32), status_code=np.empty(n, np.int8),
                kind_code=np.empty(n, np.int8))
     bar = None
