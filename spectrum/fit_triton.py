@@ -323,7 +323,8 @@ _UPPER = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3)
 
 
 def _budgets(max_iter: int):
-    """Iterations per launch: 16, 16, 32, 64, ... up to ``max_iter`` in all."""
+    """(iterations done before, iterations in) each launch: 16, 16, 32, 64, ... iterations,
+    ``max_iter`` in all."""
     used, size = 0, 16
     while used < max_iter:
         step = min(size, max_iter - used)
