@@ -373,28 +373,34 @@ def levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Ten
     out_status = torch.empty(n, dtype=torch.int8, device=dev)
     block = INTERPRETER_BLOCK if interpreted() else BLOCK
 
-    pending = None  # rows still iterating after the last round; None: all of them
-    for first, budget in _budgets(max_iter):
-        if pending is None:
-            yt, sub, fl = y.t().contiguous(), state, floor.contiguous()
-        else:
-            yt, sub, fl = y[pending].t().contiguous(), state[:, pending], floor[pending]
+    def launch(yt, sub, fl, rss, jtj, n_iter, status, first: int, budget: int) -> None:
         m = yt.shape[1]
+        if m:
+            _lm_kernel[(triton.cdiv(m, block),)](
+                yt, x, sub, fl, rss, jtj, n_iter, status, consts, m, kk, first, budget,
+                max_iter, BLOCK=block)
+
+    rounds = _budgets(max_iter)
+    first, budget = next(rounds, (0, 0))  # every row, written in place
+    launch(y.t().contiguous(), state, floor.contiguous(), out_rss, out_jtj, out_iter,
+           out_status, first, budget)
+    pending = (out_status == PENDING).nonzero()[:, 0]
+    for first, budget in rounds:  # the rows still iterating, gathered and scattered back
+        if pending.numel() == 0:
+            break
+        m = pending.numel()
+        sub = state[:, pending]
         rss = torch.empty(m, dtype=dt, device=dev)
         jtj = torch.empty(10, m, dtype=dt, device=dev)
         n_iter = torch.empty(m, dtype=torch.int32, device=dev)
         status = torch.empty(m, dtype=torch.int8, device=dev)
-        if m:
-            _lm_kernel[(triton.cdiv(m, block),)](
-                yt, x, sub, fl, rss, jtj, n_iter, status, consts, m, yt.shape[0], first,
-                budget, max_iter, BLOCK=block)
-        at = torch.arange(n, device=dev) if pending is None else pending
-        if pending is not None:
-            state[:, pending] = sub
-        out_rss[at], out_jtj[:, at], out_iter[at], out_status[at] = rss, jtj, n_iter, status
-        pending = at[status == PENDING]
-        if pending.numel() == 0:
-            break
+        launch(y[pending].t().contiguous(), sub, floor[pending], rss, jtj, n_iter, status,
+               first, budget)
+        state[:, pending] = sub
+        out_rss[pending], out_jtj[:, pending] = rss, jtj
+        out_iter[pending], out_status[pending] = n_iter, status
+        pending = pending[status == PENDING]
+    out_status[pending] = MAX_ITER  # only with max_iter = 0: no round ran
 
     jtj = torch.empty(n, 4, 4, dtype=dt, device=dev)
     for e, (i, j) in enumerate(_UPPER):
