@@ -32,9 +32,9 @@ import torch
 from scipy.optimize import curve_fit
 from scipy.special import expit
 
-from spectrum.fit import FitOptions, fit_sigmoids, solver_name
+from spectrum.fit.solver import FitOptions, fit_sigmoids, solver_name
 from spectrum.devices import resolve_device
-from spectrum.sigmoid import guess, model
+from spectrum.fit.model import guess, model
 
 STEPS = np.array([2**i for i in range(10)] + list(range(1000, 143_001, 1000)))
 TOKENS_PER_STEP = 2_097_152

@@ -4,7 +4,7 @@ Methods, on the same random-weight GPT-NeoX model and the same random token ids:
 
 - ``straightforward``: what lm-evaluation-harness does: fp32 model, the full logits of a batch,
   ``log_softmax`` and ``gather`` (batch size halved on out-of-memory);
-- ``evaluator``: :class:`spectrum.losses.Evaluator` as the losses stage runs it (bf16 on GPU,
+- ``evaluator``: :class:`spectrum.losses.evaluator.Evaluator` as the losses stage runs it (bf16 on GPU,
   fp32 on CPU; chunked, compiled cross-entropy; automatic batch size);
 - ``bare forward``: the model body and the output projection in the evaluator's dtype, at the
   evaluator's batch size, with nothing computed from the logits: the unavoidable work.
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from spectrum.losses import Evaluator, body_and_head
+from spectrum.losses.evaluator import Evaluator, body_and_head
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
    under ``<out>/curriculum/learnability/`` (each stage skips what is already current, so the
    command resumes). The runs measured are the manifest's ``fit`` runs, or ``--runs``.
 2. Per training sequence and document: the loss shed in each phase of the target run
-   (:mod:`spectrum.curriculum`), turned into per-phase weights (mean 1 per phase, floor
+   (:mod:`spectrum.curriculum.weights`), turned into per-phase weights (mean 1 per phase, floor
    ``--floor``), written to ``<out>/curriculum/`` with a README.
 3. The target dataset's ids: by default the documents of the manifest corpus's training split,
    or ``--target-ids`` (a text file with one ``doc_id`` per line, or a Parquet/JSONL file with a
@@ -25,9 +25,10 @@ from typing import Any
 
 import polars as pl
 
-from spectrum.corpus import documents
-from spectrum.curriculum import (CurriculumWeights, Learnability, learnability, phase_schedule,
+from spectrum.data.corpus import documents
+from spectrum.curriculum.weights import (CurriculumWeights, Learnability, learnability, phase_schedule,
                                  write_export)
+from spectrum import layout
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import write_json
@@ -69,10 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_learnability_arguments(p)
 
 
-def curriculum_dir(manifest: Manifest) -> Path:
-    return manifest.out / "curriculum"
-
-
 def learnability_runs(manifest: Manifest, runs: str | None) -> tuple[RunSpec, ...]:
     if runs:
         names = [r.strip() for r in runs.split(",") if r.strip()]
@@ -90,7 +87,7 @@ def learnability_manifest(manifest: Manifest, runs: tuple[RunSpec, ...],
     """The manifest the stages run on: training-split evalset, output under curriculum/learnability."""
     ev = dataclasses.replace(manifest.evalset, split="train",
                              sequences=sequences or manifest.evalset.sequences)
-    return dataclasses.replace(manifest, out=curriculum_dir(manifest) / "learnability",
+    return dataclasses.replace(manifest, out=layout.learnability_dir(manifest.out),
                                evalset=ev, runs=runs)
 
 
@@ -121,7 +118,7 @@ def run_learnability_stages(lm: Manifest, args: argparse.Namespace) -> None:
 def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
     fits = {}
     for run in lm.runs:
-        path = lm.out / "fits" / f"run={run.name}" / "part-0.parquet"
+        path = layout.fits_file(lm.out, run.name)
         if not path.is_file():
             raise SpectrumError(f"{path}: no fits for run {run.name} (the fit stage did not write them)")
         fits[run.name] = pl.read_parquet(path)
@@ -133,12 +130,12 @@ def measure_learnability(manifest: Manifest, args: argparse.Namespace, runs: tup
     """Run the stages (resuming) and aggregate the fits over the phases of the target run."""
     lm = learnability_manifest(manifest, runs, args.sequences)
     run_learnability_stages(lm, args)
-    tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id"])
     phases = phase_schedule(target_steps, tokens_per_step, args.phases)
     learn = learnability(tokens, read_fits(lm), phases)
     # the token ids of each sequence, so that the table is usable without the evalset folder
-    ids = pl.read_parquet(lm.out / "evalset" / "sequences.parquet", columns=["seq_id", "input_ids"])
+    ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
     learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
         learn.sequences.schema["seq_id"])), on="seq_id", how="left", maintain_order="left")
     return lm, learn
@@ -163,8 +160,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     runs = learnability_runs(manifest, args.runs)
     tps = args.tokens_per_step or runs[0].tokens_per_step
     lm, learn = measure_learnability(manifest, args, runs, args.target_steps, tps)
-    folder = curriculum_dir(manifest)
-    evalset_meta = json.loads((lm.out / "evalset" / "meta.json").read_text())
+    folder = layout.curriculum_dir(manifest.out)
+    evalset_meta = json.loads(layout.evalset_meta(lm.out).read_text())
     paths = write_export(learn, folder, floor=args.floor,
                          provenance={"evalset_hash": evalset_meta.get("hash"),
                                      "learnability_dir": str(lm.out)})

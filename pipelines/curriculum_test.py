@@ -1,10 +1,10 @@
 """`spectrum curriculum-test`: does the learnability curriculum speed training up? A controlled test.
 
 One model size of the manifest's suite is trained from scratch under four arms
-(:mod:`spectrum.curriculum_trial`: ``uniform``, ``curriculum``, ``freq_shuffled``, ``random``)
+(:mod:`spectrum.curriculum.trial`: ``uniform``, ``curriculum``, ``freq_shuffled``, ``random``)
 with the same optimizer, schedule, compute (steps x tokens per step), seeds and pool of training
 sequences; the arms differ only in the per-phase sampling weights that one
-:class:`~spectrum.curriculum_sampling.PhaseSampler` draws batches with (and a seed draws the same
+:class:`~spectrum.curriculum.PhaseSampler` draws batches with (and a seed draws the same
 random numbers in every arm).
 
 - Pool: ``--sequences`` windows of the suite's context from the corpus's training split (the
@@ -40,15 +40,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.curriculum_export import (add_learnability_arguments, curriculum_dir,
+from pipelines.curriculum_export import (add_learnability_arguments,
                                          learnability_runs, run_learnability_stages, read_fits)
-from spectrum.curriculum import learnability, phase_schedule, phase_weights, weight_columns
-from spectrum.curriculum_trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, Curve, arm_weights,
+from spectrum.curriculum.weights import learnability, phase_schedule, phase_weights, weight_columns
+from spectrum.curriculum.trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, Curve, arm_weights,
                                        curve_record, frequency_buckets, markdown_table, plot,
                                        results_markdown, weight_diagnostics,
                                        summarise)
+from spectrum import layout
 from spectrum.errors import SpectrumError
-from spectrum.evalset import vocab_hash
+from spectrum.data.evalset import vocab_hash
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import write_json, write_parquet, write_text
 
@@ -73,11 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def test_dir(manifest: Manifest) -> Path:
-    return curriculum_dir(manifest) / "test"
+    return layout.curriculum_test_dir(manifest.out)
 
 
 def _suite(manifest: Manifest):
-    from spectrum.suite_config import plan_suite
+    from spectrum.suite.config import plan_suite
 
     plan = plan_suite(manifest)
     if plan is None:
@@ -106,7 +107,7 @@ def _choose(plan, size: str | None, runs_arg: str | None, manifest: Manifest):
 
 def _split_windows(config, data) -> int:
     """Windows of ``context`` tokens the training split holds, document by document."""
-    from spectrum.corpus import documents
+    from spectrum.data.corpus import documents
 
     docs = documents(config.corpus, "train")
     ids = data.tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
@@ -127,10 +128,10 @@ def eval_schedule(steps: int, n_log: int = 10, n_late: int = 8) -> list[int]:
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
     import torch
 
-    from spectrum.suite import prepare_data
-    from spectrum.suite_config import gpt_neox_config
+    from spectrum.suite.build import prepare_data
+    from spectrum.suite.config import gpt_neox_config
 
-    from spectrum.suite import run_status, train_suite
+    from spectrum.suite.build import run_status, train_suite
 
     plan = _suite(manifest)
     cfg = plan.config
@@ -161,15 +162,15 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                              context=cfg.context)
     lm = dataclasses.replace(manifest, out=out / "learnability", evalset=ev, runs=runs)
     run_learnability_stages(lm, args)
-    tokens = pl.read_parquet(lm.out / "evalset" / "tokens.parquet",
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
-    meta = json.loads((lm.out / "evalset" / "meta.json").read_text())
+    meta = json.loads(layout.evalset_meta(lm.out).read_text())
     if meta["tokenizer"]["vocab_hash"] != vocab_hash(data.tokenizer):
         raise SpectrumError(f"{cfg.root / 'data'}: the suite's cached tokenizer differs from the one "
                             f"saved with the checkpoints of {runs[0].name} ({meta['tokenizer']['source']})")
     phases = phase_schedule(steps, tps, args.phases)
     learn = learnability(tokens, read_fits(lm), phases)
-    seqs = pl.read_parquet(lm.out / "evalset" / "sequences.parquet").sort("seq_id")
+    seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
     if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
         raise SpectrumError(f"{lm.out / 'evalset'}: sequences and tokens disagree; rerun with --force")
     pool = torch.tensor(np.stack(seqs["input_ids"].to_numpy()), dtype=torch.int32)
@@ -207,8 +208,8 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
              buckets: np.ndarray, phases: Any, *, seeds: int, arms: list[str], out: Path,
              fingerprint: str, device: str = "auto", force: bool = False) -> list[Curve]:
     """Train every (arm, seed); a run whose record in ``out/runs`` matches ``fingerprint`` is reused."""
-    from spectrum.curriculum_sampling import PhaseSampler
-    from spectrum.suite_train import train_model
+    from spectrum.curriculum.sampling import PhaseSampler
+    from spectrum.suite.train import train_model
 
     steps, tps = phases.target_steps, phases.tokens_per_step
     batch = tps // pool.shape[1]

@@ -1,4 +1,4 @@
-"""``spectrum evalset``: draw the evaluation set (see :mod:`spectrum.evalset`).
+"""``spectrum evalset``: draw the evaluation set (see :mod:`spectrum.data.evalset`).
 
 The tokenizer is ``evalset.tokenizer`` of the manifest (a folder, or a hub id in the local
 cache), or else the tokenizer saved with the first checkpoint of the first run. An evalset that
@@ -12,9 +12,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from spectrum.checkpoints import resolve_checkpoints, validate_checkpoint_sources
+from spectrum.data.checkpoints import resolve_checkpoints, validate_checkpoint_sources
 from spectrum.errors import SpectrumError
-from spectrum.evalset import build_evalset, is_current, load_tokenizer, write_evalset
+from spectrum.data.evalset import build_evalset, is_current, load_tokenizer, write_evalset
+from spectrum.layout import evalset_dir
 from spectrum.manifest import Manifest
 
 HELP = "draw the evaluation set (token ids, annotations) from the manifest's corpus"
@@ -39,7 +40,7 @@ def tokenizer_source(manifest: Manifest) -> str:
 
 
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
-    folder = Path(manifest.out) / "evalset"
+    folder = evalset_dir(manifest.out)
     source = tokenizer_source(manifest)
     tokenizer = load_tokenizer(source)
     if not getattr(args, "force", False) and is_current(folder, manifest.evalset, tokenizer):

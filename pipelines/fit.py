@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from spectrum.errors import SpectrumError
-from spectrum.fit import FitOptions, SigmoidFit, fit_sigmoids, solver_name
-from spectrum.fit_kinds import KindThresholds
+from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
+from spectrum.fit.kinds import KindThresholds
 from spectrum.devices import resolve_device
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import hash_files, is_current, read_provenance, write_parquet
-from spectrum.trajectories import (iter_trajectories, log_tokens, run_dir, run_steps,
-                                   shard_path, token_count)
+from spectrum.layout import fits_file, loss_run_dir, loss_shard, shard_steps
+from spectrum.losses.trajectories import iter_trajectories, log_tokens, token_count
 
 HELP = "fit a sigmoid in log-time to every token's loss trajectory (batched Levenberg-Marquardt)"
 MIN_CHECKPOINTS = 5
@@ -51,13 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="refit even if the fits are current")
 
 
-def fits_path(out: Path, run: str) -> Path:
-    return Path(out) / "fits" / f"run={run}" / "part-0.parquet"
-
-
 def fit_steps(out: Path, run: RunSpec) -> list[int]:
     """The steps > 0 to fit: those with a shard (and listed in the manifest, if it lists steps)."""
-    steps = [s for s in run_steps(out, run.name) if s > 0]
+    steps = [s for s in shard_steps(out, run.name) if s > 0]
     if run.steps is not None:
         listed = set(run.steps)
         steps = [s for s in steps if s in listed]
@@ -69,8 +65,8 @@ def check_runs(manifest: Manifest) -> dict[str, list[int]]:
     problems, plan = [], {}
     for run in manifest.runs:
         steps = fit_steps(manifest.out, run)
-        if not run_steps(manifest.out, run.name):
-            problems.append(f"run {run.name}: no loss shards under {run_dir(manifest.out, run.name)} "
+        if not shard_steps(manifest.out, run.name):
+            problems.append(f"run {run.name}: no loss shards under {loss_run_dir(manifest.out, run.name)} "
                             "(run `spectrum losses` first)")
         elif len(steps) < MIN_CHECKPOINTS:
             problems.append(f"run {run.name}: {len(steps)} checkpoint(s) after step 0 have loss "
@@ -85,7 +81,7 @@ def losses_digest(out: Path, run: str, steps: list[int]) -> str:
     """SHA-256 over the shards' provenance (or their bytes, where a shard records none)."""
     h = hashlib.sha256()
     for step in steps:
-        path = shard_path(out, run, step)
+        path = loss_shard(out, run, step)
         prov = read_provenance(path)
         if prov is None:
             record: Any = {"sha256": hash_files([path])}
@@ -122,7 +118,7 @@ def fit_run(out: Path, run: RunSpec, steps: list[int], *, device: torch.device,
             bar.update(int(chunk.token_idx[-1]) + 1 - bar.n)
     if not parts:
         raise SpectrumError(f"run {run.name}: the loss shards under "
-                            f"{run_dir(out, run.name)} hold no tokens")
+                            f"{loss_run_dir(out, run.name)} hold no tokens")
     return np.concatenate(tokens), SigmoidFit.concat(parts)
 
 
@@ -143,7 +139,7 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     done = skipped = 0
     for run in manifest.runs:
         steps = plan[run.name]
-        path = fits_path(manifest.out, run.name)
+        path = fits_file(manifest.out, run.name)
         prov = provenance(manifest.out, run, steps, dtype_name, options, thresholds)
         if not force and is_current(path, prov):
             skipped += 1

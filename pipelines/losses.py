@@ -32,10 +32,11 @@ import numpy as np
 import pyarrow as pa
 
 from spectrum import __version__
-from spectrum.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
+from spectrum.data.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
                                   validate_checkpoint_sources, weight_files)
 from spectrum.errors import SpectrumError, StageFailed
-from spectrum.evalset import load_evalset
+from spectrum.data.evalset import load_evalset
+from spectrum.layout import evalset_dir, loss_shard
 from spectrum.manifest import Manifest
 from spectrum.store import read_provenance, write_json, write_parquet
 
@@ -95,7 +96,7 @@ class LossWorker:
         import torch
 
         from spectrum.devices import parse_dtype, resolve_device
-        from spectrum.losses import Evaluator
+        from spectrum.losses.evaluator import Evaluator
 
         if threads:
             torch.set_num_threads(threads)
@@ -111,7 +112,7 @@ class LossWorker:
     def _load(self, path: str) -> Any:
         from transformers import AutoConfig
 
-        from spectrum.losses import check_compatible, load_model
+        from spectrum.losses.evaluator import check_compatible, load_model
 
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -168,10 +169,6 @@ def _dtype(args: argparse.Namespace, device: str) -> str:
     return dtype_name(default_dtype(resolve_device(device)))
 
 
-def shard_path(out: Path, run: str, step: int) -> Path:
-    return Path(out) / "losses" / f"run={run}" / f"step={step}" / "part-0.parquet"
-
-
 def _stale_reason(found: dict[str, Any], expected: dict[str, Any]) -> str:
     return ", ".join(f"{k} changed" for k in CURRENT_KEYS if found.get(k) != expected.get(k))
 
@@ -193,7 +190,7 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
             prov = {"run": run.name, "step": ck.step, "tokens": ck.step * run.tokens_per_step,
                     "checkpoint": str(ck.path), "checkpoint_hash": content_hash(ck.path, memo),
                     "evalset_hash": evalset_hash, "dtype": dtype, "code_version": __version__}
-            shard = shard_path(out, run.name, ck.step)
+            shard = loss_shard(out, run.name, ck.step)
             found = read_provenance(shard)
             current = found is not None and all(found.get(k) == prov[k] for k in CURRENT_KEYS)
             if current and not force:
@@ -255,7 +252,7 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
 
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
     validate_checkpoint_sources(manifest)
-    evalset = load_evalset(Path(manifest.out) / "evalset")
+    evalset = load_evalset(evalset_dir(manifest.out))
     executor, device = make_executor(args)
     dtype = _dtype(args, device)
     units, skipped, problems = plan(manifest, evalset.hash, dtype, force=args.force,

@@ -14,16 +14,16 @@ import argparse
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from spectrum import layout
 from spectrum.errors import SpectrumError
-from spectrum.curriculum_trial import RESULTS_JSON, report_section
-from spectrum.evaluation import Options, run_spectra, run_tests
-from spectrum.fit_kinds import KindThresholds
+from spectrum.curriculum.trial import RESULTS_JSON, report_section
+from spectrum.analysis.evaluation import Options, run_spectra, run_tests
+from spectrum.fit.kinds import KindThresholds
 from spectrum.manifest import Manifest
-from spectrum.report import build_blocks, write_report
-from spectrum.run_data import load_run, read_tokens
-from spectrum.spectra import DEFAULT_KINDS, log_time_grid
+from spectrum.report.blocks import build_blocks, write_report
+from spectrum.analysis.run_data import load_run, read_tokens
+from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
-from spectrum.trajectories import run_steps, shard_path
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
 KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
@@ -65,11 +65,11 @@ def options(args: argparse.Namespace) -> Options:
 def _fingerprint(manifest: Manifest) -> list:
     """Names, sizes and modification times of every input file (cheap, detects rewrites)."""
     out = manifest.out
-    files = [out / "evalset" / "tokens.parquet"]
+    files = [layout.evalset_tokens(out)]
     for spec in manifest.runs:
-        files += [shard_path(out, spec.name, s) for s in run_steps(out, spec.name)]
-        files.append(out / "fits" / f"run={spec.name}" / "part-0.parquet")
-    files.append(out / "curriculum" / "test" / RESULTS_JSON)  # the report includes it when present
+        files += [layout.loss_shard(out, spec.name, s) for s in layout.shard_steps(out, spec.name)]
+        files.append(layout.fits_file(out, spec.name))
+    files.append(layout.curriculum_test_dir(out) / RESULTS_JSON)  # the report includes it when present
     return [(str(p.relative_to(out)), p.stat().st_size, p.stat().st_mtime_ns)
             for p in files if p.is_file()]
 
@@ -78,7 +78,7 @@ def _fit_settings(manifest: Manifest) -> dict:
     """What the fit stage recorded in a fits file's provenance: the kind thresholds (as the fit
     stage describes them) and its scalar settings."""
     for spec in manifest.runs:
-        prov = read_provenance(manifest.out / "fits" / f"run={spec.name}" / "part-0.parquet")
+        prov = read_provenance(layout.fits_file(manifest.out, spec.name))
         if not prov:
             continue
         flat: dict = {}
@@ -103,11 +103,10 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     out = manifest.out
     prov = {"stage": "report", "options": opts.as_dict(), "inputs": _fingerprint(manifest),
             "runs": [(r.name, r.params, r.tokens, r.tokens_per_step, r.role) for r in manifest.runs]}
-    pred_path = out / "reconstruction" / "predictions.parquet"
-    done = [pred_path, out / "reconstruction" / "scores.json", out / "report" / "index.html",
-            out / "spectra" / "spectra.parquet"]
+    pred_path = layout.predictions_file(out)
+    done = [pred_path, layout.scores_file(out), layout.report_index(out), layout.spectra_table(out)]
     if not args.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
-        print(f"report: current ({out / 'report' / 'index.html'}); --force to recompute")
+        print(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
     tokens = read_tokens(out)
     runs = []
@@ -116,35 +115,35 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
         if r is not None:
             runs.append(r)
     if not runs:
-        raise SpectrumError(f"{out / 'losses'}: no run has loss shards at a step > 0; "
+        raise SpectrumError(f"{layout.losses_dir(out)}: no run has loss shards at a step > 0; "
                             "run `spectrum losses` first")
     edges = log_time_grid([(float(r.x.min()), float(r.x.max())) for r in runs], opts.n_bins)
     spectra = run_spectra(runs, edges, opts)
     if spectra.table.height:
-        write_parquet(spectra.table.to_arrow(), out / "spectra" / "spectra.parquet", prov)
+        write_parquet(spectra.table.to_arrow(), layout.spectra_table(out), prov)
     else:
         write_parquet(pa.table({"run": pa.array([], pa.string())}),
-                      out / "spectra" / "spectra.parquet", prov)
+                      layout.spectra_table(out), prov)
     write_json({"edges": edges.tolist(), "axis": "x = ln T (T: training tokens seen)",
                 "source": "union of the runs' checkpoint ranges (T > 0)"},
-               out / "spectra" / "grid.json")
+               layout.spectra_grid(out))
     write_json({run: [c.as_dict() for c in cs] for run, cs in spectra.comparisons.items()},
-               out / "spectra" / "comparisons.json")
+               layout.spectra_comparisons(out))
     scores, preds = run_tests(runs, spectra.spectra, edges, opts)
     scores["grid"] = {"edges": edges.tolist()}
     scores["runs"] = [{"name": r.name, "params": r.params, "tokens": r.tokens,
                        "tokens_per_step": r.tokens_per_step, "role": r.role}
                       for r in manifest.runs]
-    write_json(scores, out / "reconstruction" / "scores.json")
+    write_json(scores, layout.scores_file(out))
     fits = {r.name: r.fits for r in runs if r.fits is not None}
     blocks = build_blocks(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
                           scores=scores, preds=preds, fits=fits,
                           fit_settings=_fit_settings(manifest), edges=edges,
                           curriculum=report_section(out))
-    write_report(out / "report", blocks)
+    write_report(layout.report_dir(out), blocks)
     # written last: its provenance marks the whole stage as current
     write_parquet(preds.to_arrow(), pred_path, prov)
     n_null = sum(1 for t in scores["tests"].values() for b in t["targets"].values()
                  for s in b["predictions"].values() if s.get("r2") is None)
-    print(f"report: {out / 'report' / 'index.html'} ({len(runs)} runs; "
+    print(f"report: {layout.report_index(out)} ({len(runs)} runs; "
           f"{n_null} prediction score(s) null with a reason in scores.json)")

@@ -2,7 +2,7 @@
 
 Runs whose last checkpoint exists are skipped, so ``spectrum run`` calls this first at almost no
 cost once the suite is trained; a manifest without a ``suite:`` section (or without runs to
-train) makes it a no-op. See :mod:`spectrum.suite`.
+train) makes it a no-op. See :mod:`spectrum.suite.build`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
-    from spectrum.suite import train_suite
+    from spectrum.suite.build import train_suite
 
     train_suite(manifest, device=getattr(args, "device", "auto"), force=getattr(args, "force", False),
                 workers=getattr(args, "suite_workers", None))

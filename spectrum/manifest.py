@@ -5,7 +5,7 @@ each with its location (``file: runs[2] (m2-d1).params: ...``). Relative paths i
 are resolved against the folder that holds the manifest, so a manifest can be run from anywhere.
 
 Whether each run's checkpoint folder exists and holds checkpoints is checked separately, by
-:func:`spectrum.checkpoints.validate_checkpoint_sources`, because the built-in suite writes those
+:func:`spectrum.data.checkpoints.validate_checkpoint_sources`, because the built-in suite writes those
 folders itself (``spectrum suite``) after the manifest has been read.
 """
 
@@ -83,7 +83,7 @@ class Manifest:
     out: Path
     evalset: EvalsetSpec
     runs: tuple[RunSpec, ...]
-    suite: dict[str, Any] | None = None  # validated by spectrum.suite
+    suite: dict[str, Any] | None = None  # validated by spectrum.suite.build
 
     def run(self, name: str) -> RunSpec:
         for r in self.runs:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-# Without CUDA, Triton kernels (spectrum.fit_triton) are tested under Triton's interpreter,
+# Without CUDA, Triton kernels (spectrum.fit.triton_kernel) are tested under Triton's interpreter,
 # which must be chosen before Triton is first imported.
 if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -58,7 +58,7 @@ def micro_corpus(folder: Path, n_docs: int = 80) -> str:
 
 def _write_micro_manifest(folder: Path, runs: list[tuple[str, str, int, int, str]] | None = None,
                           **suite: Any) -> Path:
-    from spectrum.suite_config import ModelSize, non_embedding_params
+    from spectrum.suite.config import ModelSize, non_embedding_params
 
     folder = Path(folder)
     corpus = {"kind": "text", "path": micro_corpus(folder / "corpus").replace(str(folder) + "/", ""),
@@ -92,7 +92,7 @@ def write_micro_manifest():
 @pytest.fixture(scope="session")
 def micro_suite(tmp_path_factory) -> Path:
     from spectrum.manifest import load_manifest
-    from spectrum.suite import train_suite
+    from spectrum.suite.build import train_suite
 
     path = _write_micro_manifest(tmp_path_factory.mktemp("micro_suite"))
     train_suite(load_manifest(path), device="cpu", progress=False, workers=1)

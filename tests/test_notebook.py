@@ -6,7 +6,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from pipelines.cli import main as cli
-from synthetic import DEFAULT_RUNS, make_synthetic_artifacts
+from tests.synthetic import DEFAULT_RUNS, make_synthetic_artifacts
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
 

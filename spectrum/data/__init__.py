@@ -1,0 +1,1 @@
+"""Inputs: corpora, the evaluation set, tokenizers and checkpoint sources."""

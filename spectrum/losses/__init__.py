@@ -1,0 +1,1 @@
+"""Per-token losses: the evaluator of a checkpoint and the trajectories read back from shards."""

@@ -1,0 +1,1 @@
+"""The report: its blocks, figures and rendering to Markdown and HTML."""

@@ -1,0 +1,1 @@
+"""The built-in scaling suite: its configuration, training loop and the runs it trains."""

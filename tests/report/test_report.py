@@ -1,0 +1,146 @@
+import json
+import re
+
+import polars as pl
+import pytest
+
+from pipelines.cli import main as cli
+from tests.synthetic import DEFAULT_RUNS, make_synthetic_artifacts
+
+FAST = ["--bootstrap", "20", "--spectrum-bins", "20"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs = [r for r in DEFAULT_RUNS if r[0] != "m1-d1-s1"]
+    manifest = make_synthetic_artifacts(root, n_seq=12, context=24, n_steps=16, runs=runs)
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    return manifest, root / "artifacts"
+
+
+def _every_score(scores):
+    for test, entry in scores["tests"].items():
+        for target, block in entry["targets"].items():
+            for group in ("predictions", "baselines", "references"):
+                for model, s in block[group].items():
+                    yield test, target, model, s
+
+
+def test_report_stage_writes_every_artifact(synthetic_report):
+    _, out = synthetic_report
+    for rel in ("report/report.md", "report/index.html", "reconstruction/scores.json",
+                "reconstruction/predictions.parquet", "spectra/spectra.parquet",
+                "spectra/grid.json", "report/figures/spectra.png",
+                "report/figures/loss_curves.png", "report/figures/fit_quality.png"):
+        assert (out / rel).is_file(), rel
+    scores = json.loads((out / "reconstruction/scores.json").read_text())
+    assert set(scores["tests"]) == {"in_sample", "spectrum_only", "heldout_tokens", "heldout_runs"}
+    for test, target, model, s in _every_score(scores):
+        assert s["r2"] is not None or s["reason"], (test, target, model)
+        assert s["n_targets"] >= (1 if s["r2"] is not None else 0)
+    assert scores["tests"]["in_sample"]["label"].startswith("identity check")
+    hr = scores["tests"]["heldout_runs"]["targets"]
+    assert {"power_law_T", "power_law_D"} <= set(hr["dL/dlnM"]["baselines"])
+    spectra = pl.read_parquet(out / "spectra/spectra.parquet")
+    assert set(spectra["run"].unique()) == {r[0] for r in DEFAULT_RUNS if r[0] != "m1-d1-s1"}
+    assert {"all", "frequency", "position", "word_start"} <= set(spectra["slice_axis"].unique())
+    assert (spectra["S_lo"] <= spectra["S_hi"]).all()
+
+
+def test_html_is_self_contained_and_explains_itself(synthetic_report):
+    _, out = synthetic_report
+    page = (out / "report/index.html").read_text()
+    srcs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), srcs[:3]
+    assert "<link" not in page and "<script" not in page
+    assert page.count("<img") >= 8
+    for phrase in ("identity check", "heldout_runs", "power_law_T", "bootstrap", "R^2",
+                   "learning time", "Fit quality"):
+        assert phrase in page, phrase
+    md = (out / "report/report.md").read_text()
+    assert "figures/spectra.png" in md and "| heldout_runs | dL/dlnM | param_model |" in md
+
+
+def test_report_resumes_and_recomputes_on_force(synthetic_report, capsys):
+    manifest, out = synthetic_report
+    before = (out / "reconstruction/scores.json").stat().st_mtime_ns
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    assert "current" in capsys.readouterr().out
+    assert (out / "reconstruction/scores.json").stat().st_mtime_ns == before
+
+
+def test_without_heldout_runs_the_test_is_null_with_a_reason(tmp_path):
+    runs = [r for r in DEFAULT_RUNS if r[3] == "fit"][:2]
+    manifest = make_synthetic_artifacts(tmp_path, n_seq=6, context=16, n_steps=10, runs=runs)
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    scores = json.loads((tmp_path / "artifacts/reconstruction/scores.json").read_text())
+    hr = scores["tests"]["heldout_runs"]
+    assert "no heldout run" in hr["reason"]
+    for target, block in hr["targets"].items():
+        assert all(s["r2"] is None and s["reason"] for s in block["predictions"].values())
+    assert (tmp_path / "artifacts/report/index.html").is_file()
+    # a different option is a different result: recomputed
+    before = (tmp_path / "artifacts/reconstruction/scores.json").stat().st_mtime_ns
+    assert cli(["report", "--config", str(manifest), "--bootstrap", "10",
+                "--spectrum-bins", "20"]) == 0
+    assert (tmp_path / "artifacts/reconstruction/scores.json").stat().st_mtime_ns != before
+
+
+def test_bad_input_is_one_sentence(tmp_path, capsys):
+    manifest = make_synthetic_artifacts(tmp_path, n_seq=4, context=8, n_steps=6,
+                                        runs=DEFAULT_RUNS[:1])
+    (tmp_path / "artifacts/evalset/tokens.parquet").unlink()
+    assert cli(["report", "--config", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "tokens.parquet" in err and "Traceback" not in err
+    assert cli(["report", "--config", str(manifest), "--spectrum-kinds", "learnt"]) == 2
+    assert "--spectrum-kinds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_command_on_a_micro_suite(micro_suite, tmp_path):
+    """Every stage on real (tiny) checkpoints: the report fills each test or says why not."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pipelines.fit") is None:
+        pytest.skip("the fit stage is not available")
+    root = tmp_path / "suite"
+    shutil.copytree(micro_suite.parent, root)
+    assert cli(["run", "--config", str(root / micro_suite.name), "--executor", "local",
+                "--device", "cpu", "--bootstrap", "20"]) == 0
+    out = root / "artifacts"
+    scores = json.loads((out / "reconstruction/scores.json").read_text())
+    for test, target, model, s in _every_score(scores):
+        assert s["r2"] is not None or s["reason"], (test, target, model)
+    assert scores["tests"]["in_sample"]["targets"]["L"]["predictions"]["fitted_sigmoids"]["r2"] > 0.9
+    # the micro suite's fit runs share one data scale: the held-out run's D cannot be predicted
+    assert "one data scale only" in scores["tests"]["heldout_runs"]["reason"]
+    page = (out / "report/index.html").read_text()
+    assert all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', page))
+
+
+def test_report_includes_the_curriculum_test_when_it_exists(tmp_path):
+    from pipelines.curriculum_test import write_results
+    from spectrum.curriculum.trial import Curve
+
+    manifest = make_synthetic_artifacts(tmp_path, n_seq=8, context=16, n_steps=10,
+                                        runs=[r for r in DEFAULT_RUNS if r[0] != "m1-d1-s1"])
+    out = tmp_path / "artifacts"
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    assert "Controlled test" not in (out / "report/report.md").read_text()
+    tokens = [0.0, 100.0, 200.0, 400.0]
+    curves = [Curve(arm, seed, tokens, [5.0, 4.0 - d, 3.5 - d, 3.2 - d])
+              for seed in (0, 1) for arm, d in (("uniform", 0.0), ("curriculum", 0.05),
+                                                ("freq_shuffled", 0.0), ("random", -0.05))]
+    setup = {"size": "m1", "steps": 4, "tokens_per_step": 100, "pool_sequences": 10, "phases": 2,
+             "floor": 0.25, "seeds": [0, 1], "buckets": 2, "eval_sequences": 4}
+    (out / "curriculum/test").mkdir(parents=True)
+    write_results(curves, setup, out / "curriculum/test")
+    # the report is no longer current once the test has results, and then shows them
+    assert cli(["report", "--config", str(manifest), *FAST]) == 0
+    md = (out / "report/report.md").read_text()
+    assert "## Controlled test of the learnability curriculum" in md
+    assert "| curriculum |" in md and "figures/curriculum_test.png" in md
+    assert 'alt="curriculum_test"' in (out / "report/index.html").read_text()
