@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from spectrum import layout
 from spectrum.analysis.run_data import RunData, load_runs
@@ -126,20 +129,21 @@ def _cells(run: RunData, n_bands: int) -> pl.DataFrame:
 
 def _trajectories(out: Path, run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
     """token_idx, loss (list, one per checkpoint with T > 0, NaN where not measured)."""
-    frames = [pl.scan_parquet(layout.loss_shard(out, run.name, int(s)))
-              .select(layout.TOKEN_IDX, layout.LOSS)
-              .filter(pl.col(layout.TOKEN_IDX).is_in(token_idx.tolist()))
-              .with_columns(j=pl.lit(j, pl.Int32)) for j, s in enumerate(run.steps)]
+    files = [str(layout.loss_shard(out, run.name, int(s))) for s in run.steps]
     try:
-        long = pl.concat(frames).collect()
-    except Exception as e:  # noqa: BLE001 - an unreadable shard is the user's to fix
+        table = ds.dataset(files, format="parquet", partitioning="hive",
+                           partition_base_dir=str(layout.losses_dir(out))).to_table(
+            columns=[layout.TOKEN_IDX, layout.LOSS, layout.STEP],
+            filter=pc.field(layout.TOKEN_IDX).isin(pa.array(token_idx, pa.int64())))
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise SpectrumError(f"{layout.loss_run_dir(out, run.name)}: unreadable loss shards "
                             f"({e})") from None
-    K = len(run.steps)
-    grid = np.full((len(token_idx), K), np.nan, dtype=np.float32)
-    row = {int(t): i for i, t in enumerate(token_idx)}
-    tok = long[layout.TOKEN_IDX].to_numpy()
-    grid[[row[int(t)] for t in tok], long["j"].to_numpy()] = long[layout.LOSS].to_numpy()
+    order = np.argsort(token_idx)
+    tok = table.column(layout.TOKEN_IDX).to_numpy()
+    col = np.searchsorted(run.steps, table.column(layout.STEP).to_numpy())
+    grid = np.full((len(token_idx), len(run.steps)), np.nan, dtype=np.float32)
+    grid[order[np.searchsorted(token_idx[order], tok)], col] = \
+        table.column(layout.LOSS).to_numpy(zero_copy_only=False)
     return pl.DataFrame({layout.TOKEN_IDX: token_idx,
                          "loss": pl.Series([g for g in grid], dtype=pl.List(pl.Float32))})
 
