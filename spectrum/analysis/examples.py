@@ -36,9 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from spectrum import layout
-from spectrum.analysis.run_data import RunData, load_runs
+from spectrum.analysis.run_data import RunData, load_run, read_tokens
 from spectrum.errors import SpectrumError
-from spectrum.manifest import Manifest
+from spectrum.manifest import Manifest, RunSpec
 
 KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")
 PARAMS = ("lo", "hi", "tau", "k")
@@ -278,14 +278,37 @@ def with_text(examples: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
                                  target_text=pl.Series(tgt, dtype=pl.String))
 
 
+def _examples(out: Path, specs: list[RunSpec], sampling: Sampling, decode: bool) -> pl.DataFrame:
+    tokens = read_tokens(out)
+    runs = [r for r in (load_run(out, spec, tokens) for spec in specs) if r is not None]
+    ex = draw_examples(out, runs, tokens, sampling)
+    if decode and ex.height:
+        tokenizer, _ = load_evalset_tokenizer(out)
+        if tokenizer is not None:
+            ex = with_text(ex, tokenizer)
+    return ex
+
+
 def examples_for(manifest: Manifest, sampling: Sampling = Sampling(), *,
                  decode: bool = True) -> pl.DataFrame:
     """The examples of a manifest's runs as :func:`draw_examples` draws them, with the decoded
     ``context_text`` and ``target_text`` when ``decode`` and the evalset's tokenizer loads."""
-    tokens, runs = load_runs(manifest)
-    ex = draw_examples(manifest.out, runs, tokens, sampling)
-    if decode and ex.height:
-        tokenizer, _ = load_evalset_tokenizer(manifest.out)
-        if tokenizer is not None:
-            ex = with_text(ex, tokenizer)
-    return ex
+    return _examples(Path(manifest.out), list(manifest.runs), sampling, decode)
+
+
+def examples_from_artifacts(out: str | Path, sampling: Sampling = Sampling(), *,
+                            decode: bool = True) -> pl.DataFrame:
+    """:func:`examples_for` from an output folder alone, with the runs as the report recorded
+    them in ``reconstruction/scores.json``."""
+    out = Path(out)
+    path = layout.scores_file(out)
+    try:
+        recorded = json.loads(path.read_text())["runs"]
+        specs = [RunSpec(name=r["name"], params=float(r["params"]), tokens=float(r["tokens"]),
+                         tokens_per_step=int(r["tokens_per_step"]), role=r["role"],
+                         checkpoints=out) for r in recorded]
+    except FileNotFoundError:
+        raise SpectrumError(f"{path} is missing; run `spectrum report` first") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpectrumError(f"{path}: no readable list of runs ({e})") from None
+    return _examples(out, specs, sampling, decode)
