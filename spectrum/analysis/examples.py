@@ -1,4 +1,4 @@
-"""Example tokens, drawn stratified and seeded: what the token explorer shows and the notebook reads.
+"""Example tokens, drawn stratified and seeded: what the token explorer shows, as a polars frame.
 
 Every token with a fit in a run falls in one *cell*: (run, learning-time band, kind, frequency
 quartile, word start). From each cell at most ``per_cell`` tokens are drawn, those with the
@@ -111,8 +111,8 @@ def _annotations(tokens: pl.DataFrame) -> pl.DataFrame:
     cols = [pl.col(c) for c in (layout.TOKEN_IDX, layout.SEQ_ID, layout.POS, layout.TARGET_ID)
             if c in tokens.columns]
     freq = (pl.Series("freq_quartile", frequency_quartile(tokens["target_freq"].to_numpy()))
-            if "target_freq" in tokens.columns else pl.Series("freq_quartile", [None] * tokens.height,
-                                                              pl.Int8))
+            if "target_freq" in tokens.columns
+            else pl.Series("freq_quartile", [None] * tokens.height, pl.Int8))
     ws = (tokens["word_start"].cast(pl.Boolean) if "word_start" in tokens.columns
           else pl.Series("word_start", [None] * tokens.height, pl.Boolean))
     return tokens.select(cols).with_columns(freq.alias("freq_quartile"), ws.alias("word_start"))
@@ -235,8 +235,8 @@ def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
     ex = ex.with_columns(ctx if ctx is not None
                          else pl.lit(None, pl.List(pl.Int32)).alias("context_ids"))
     ex = ex.join(_other_runs(runs), on=layout.TOKEN_IDX, how="left", maintain_order="left")
-    ex = ex.with_columns(band_name=pl.col("band").map_elements(lambda b: names[b],
-                                                               return_dtype=pl.String))
+    ex = ex.with_columns(band_name=pl.col("band").replace_strict(
+        dict(enumerate(names)), return_dtype=pl.String))
     first = ["run", "band", "band_name", "kind", "freq_quartile", "word_start", "rank",
              "cell_size", layout.TOKEN_IDX]
     return ex.select(*first, pl.exclude(*first, "key"))

@@ -142,7 +142,8 @@ def payload(ex: pl.DataFrame, runs: list[RunData], sampling: Sampling, decoding:
             "has_ws": ex["word_start"].null_count() < ex.height,
             "has_step": ex[layout.STEP_PREFERRED].null_count() < ex.height,
             "has_context": ex["context_ids"].null_count() < ex.height,
-            "ctx_n": sampling.context, "sampling": sampling.describe() + (f" {note}" if note else ""),
+            "ctx_n": sampling.context,
+            "sampling": sampling.describe() + (f" {note}" if note else ""),
             "decoding": decoding.note, "pieces": decoding.pieces and
             {str(k): v for k, v in decoding.pieces.items()},
             "seqs": _sequences(ex, sampling.context), "cells": _cells(ex, meta),
