@@ -21,6 +21,7 @@ from spectrum.analysis.evaluation import Options, run_spectra, run_tests
 from spectrum.fit.kinds import KindThresholds
 from spectrum.manifest import Manifest
 from spectrum.report.blocks import build_blocks, write_report
+from spectrum.report.explorer import explorer_blocks
 from spectrum.analysis.run_data import load_run, read_tokens
 from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
@@ -140,6 +141,7 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                           scores=scores, preds=preds, fits=fits,
                           fit_settings=_fit_settings(manifest), edges=edges,
                           curriculum=report_section(out))
+    blocks += explorer_blocks(out, runs, tokens)  # the token explorer, last in the report
     write_report(layout.report_dir(out), blocks)
     # written last: its provenance marks the whole stage as current
     write_parquet(preds.to_arrow(), pred_path, prov)

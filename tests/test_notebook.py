@@ -26,3 +26,5 @@ def test_tour_notebook_executes(tmp_path, monkeypatch):
     assert len(images) >= 3  # trajectories, spectrum, slice
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "heldout_runs" in text and "m3-d3" in text
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert " examples of 3 runs" in streams  # the token explorer's draws, as a frame

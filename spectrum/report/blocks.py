@@ -24,12 +24,13 @@ from spectrum.store import write_bytes, write_text
 
 @dataclass(frozen=True)
 class Block:
-    kind: str  # h2 | h3 | p | table | figure | pre
+    kind: str  # h2 | h3 | p | table | figure | pre | html
     text: str = ""
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
     png: bytes = b""
     name: str = ""
+    html: str = ""  # kind html: a fragment for index.html; ``text`` stands in for it in Markdown
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -265,7 +266,7 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
     for b in blocks:
         if b.kind in ("h2", "h3"):
             out += [("## " if b.kind == "h2" else "### ") + b.text, ""]
-        elif b.kind == "p":
+        elif b.kind in ("p", "html"):
             out += [b.text, ""]
         elif b.kind == "pre":
             out += ["```", b.text, "```", ""]
@@ -297,6 +298,8 @@ def render_html(title: str, blocks: list[Block]) -> str:
             out.append(f"<p>{e(b.text)}</p>")
         elif b.kind == "pre":
             out.append(f"<pre>{e(b.text)}</pre>")
+        elif b.kind == "html":
+            out.append(b.html)
         elif b.kind == "table":
             out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr>")
             out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>"

@@ -1,0 +1,314 @@
+"""Example tokens, drawn stratified and seeded: what the token explorer shows, as a polars frame.
+
+Every token with a fit in a run falls in one *cell*: (run, learning-time band, kind, frequency
+quartile, word start). From each cell at most ``per_cell`` tokens are drawn, those with the
+smallest value of one seeded random key per token. The key is shared by all runs, so where a token
+sits in the same cell in two runs, both draws tend to pick it, and a smaller ``per_cell`` draws a
+subset of a larger one.
+
+- Band: where ``tau`` lies in the run's own measured range of ``x = ln T`` (T > 0): before the
+  first checkpoint, in one of ``bands`` equal parts of ``[x_first, x_last]`` (early, middle, late
+  for three), or after the last checkpoint. Every kind is banded by its fitted ``tau``; for flat
+  and nonmonotone trajectories that midpoint means little.
+- Kinds: learned, forgotten, nonmonotone, flat, unfinished. Tokens without a finite fit
+  (``unfit``) have no band and are not drawn.
+- Frequency quartile: 1 (rarest) to 4 (most frequent) by the evalset's ``target_freq``, with the
+  quartile edges taken over all contextualized tokens. Word start: the evalset's ``word_start``.
+  A missing annotation leaves the column null.
+
+Each example carries its context token ids (up to ``context`` tokens before the target, from
+``evalset/sequences.parquet``), its measured trajectory at every checkpoint with T > 0, its fitted
+parameters with standard errors, the step-versus-smooth verdict where the fits hold it, and the
+same token's tau, standard error and kind in every other run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from spectrum import layout
+from spectrum.analysis.run_data import RunData, load_run, read_tokens
+from spectrum.errors import SpectrumError
+from spectrum.manifest import Manifest, RunSpec
+
+KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")
+PARAMS = ("lo", "hi", "tau", "k")
+CELL = ("run", "band", "kind", "freq_quartile", "word_start")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How examples are drawn: ``per_cell`` tokens per cell at most, with ``seed``; ``context``
+    tokens before the target; ``bands`` equal parts of each run's measured ln T range."""
+
+    per_cell: int = 40
+    seed: int = 0
+    context: int = 32
+    bands: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("per_cell", "context", "bands"):
+            if getattr(self, name) < 1:
+                raise SpectrumError(f"examples: {name} must be at least 1, "
+                                    f"got {getattr(self, name)}")
+
+    def describe(self) -> str:
+        """One sentence for the page."""
+        return (f"Up to {self.per_cell} tokens per cell (run x learning-time band x kind x "
+                f"frequency quartile x word start), drawn at random with seed {self.seed}; "
+                f"bands: tau before the run's first checkpoint, in {self.bands} equal parts of "
+                f"its measured ln T range, or after its last checkpoint; up to {self.context} "
+                "tokens of context before each target.")
+
+
+def band_names(n_bands: int) -> tuple[str, ...]:
+    """Names of the bands, in order of learning time."""
+    inner = {1: ("within",), 2: ("early", "late"), 3: ("early", "middle", "late")}.get(
+        n_bands, tuple(f"part {i + 1} of {n_bands}" for i in range(n_bands)))
+    return ("before first checkpoint", *inner, "after last checkpoint")
+
+
+def band_keys(n_bands: int) -> tuple[str, ...]:
+    """Short names of the bands for URLs (``#band=<key>``), in the order of :func:`band_names`."""
+    inner = {1: ("within",), 2: ("early", "late"), 3: ("early", "middle", "late")}.get(
+        n_bands, tuple(f"part{i + 1}" for i in range(n_bands)))
+    return ("before", *inner, "after")
+
+
+def band_of(tau: np.ndarray, x: np.ndarray, n_bands: int) -> np.ndarray:
+    """Band index per tau (0: before ``x[0]``; ``n_bands + 1``: after ``x[-1]``; -1: no tau)."""
+    tau = np.asarray(tau, dtype=np.float64)
+    edges = np.linspace(float(x[0]), float(x[-1]), n_bands + 1)
+    band = np.searchsorted(edges[1:-1], tau, side="right") + 1
+    band = np.where(tau < edges[0], 0, np.where(tau > edges[-1], n_bands + 1, band))
+    return np.where(np.isfinite(tau), band, -1).astype(np.int16)
+
+
+def band_ranges(x: np.ndarray, n_bands: int) -> list[tuple[float | None, float | None]]:
+    """The ln T interval of every band (None: open end)."""
+    edges = np.linspace(float(x[0]), float(x[-1]), n_bands + 1).tolist()
+    return [(None, edges[0]), *zip(edges[:-1], edges[1:]), (edges[-1], None)]
+
+
+def frequency_quartile(freq: np.ndarray) -> np.ndarray:
+    """1 (rarest quarter) .. 4 (most frequent) by quantiles of ``freq`` over all tokens."""
+    freq = np.asarray(freq, dtype=np.float64)
+    edges = np.nanquantile(freq, [0.25, 0.5, 0.75])
+    return (np.searchsorted(edges, freq, side="right") + 1).astype(np.int8)
+
+
+def _annotations(tokens: pl.DataFrame) -> pl.DataFrame:
+    """token_idx, seq_id, pos, target_id and the slice columns (null where not annotated)."""
+    cols = [pl.col(c) for c in (layout.TOKEN_IDX, layout.SEQ_ID, layout.POS, layout.TARGET_ID)
+            if c in tokens.columns]
+    freq = (pl.Series("freq_quartile", frequency_quartile(tokens["target_freq"].to_numpy()))
+            if "target_freq" in tokens.columns
+            else pl.Series("freq_quartile", [None] * tokens.height, pl.Int8))
+    ws = (tokens["word_start"].cast(pl.Boolean) if "word_start" in tokens.columns
+          else pl.Series("word_start", [None] * tokens.height, pl.Boolean))
+    return tokens.select(cols).with_columns(freq.alias("freq_quartile"), ws.alias("word_start"))
+
+
+def _cells(run: RunData, n_bands: int) -> pl.DataFrame:
+    """Every token of the run with a finite fit and a drawable kind, with its band."""
+    assert run.tokens is not None
+    t = run.tokens.filter(pl.col("in_pop") & pl.col("kind").is_in(KINDS))
+    band = band_of(t["tau"].to_numpy(), run.x, n_bands)
+    return t.select(layout.TOKEN_IDX, "kind").with_columns(
+        run=pl.lit(run.name), band=pl.Series(band))
+
+
+def _trajectories(out: Path, run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
+    """token_idx, loss (list, one per checkpoint with T > 0, NaN where not measured)."""
+    files = [str(layout.loss_shard(out, run.name, int(s))) for s in run.steps]
+    try:
+        table = ds.dataset(files, format="parquet", partitioning="hive",
+                           partition_base_dir=str(layout.losses_dir(out))).to_table(
+            columns=[layout.TOKEN_IDX, layout.LOSS, layout.STEP],
+            filter=pc.field(layout.TOKEN_IDX).isin(pa.array(token_idx, pa.int64())))
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise SpectrumError(f"{layout.loss_run_dir(out, run.name)}: unreadable loss shards "
+                            f"({e})") from None
+    order = np.argsort(token_idx)
+    tok = table.column(layout.TOKEN_IDX).to_numpy()
+    col = np.searchsorted(run.steps, table.column(layout.STEP).to_numpy())
+    grid = np.full((len(token_idx), len(run.steps)), np.nan, dtype=np.float32)
+    grid[order[np.searchsorted(token_idx[order], tok)], col] = \
+        table.column(layout.LOSS).to_numpy(zero_copy_only=False)
+    return pl.DataFrame({layout.TOKEN_IDX: token_idx,
+                         "loss": pl.Series([g for g in grid], dtype=pl.List(pl.Float32))})
+
+
+def read_contexts(out: Path, picks: pl.DataFrame, n_before: int) -> pl.Series | None:
+    """The up-to-``n_before`` token ids before each target of ``picks`` (seq_id, pos, target_id),
+    from ``evalset/sequences.parquet``; None when that file is absent. A sequence whose token at
+    ``pos`` is not the target is a broken evalset and is reported by path."""
+    path = layout.evalset_sequences(out)
+    if not path.is_file():
+        return None
+    try:
+        seqs = pl.read_parquet(path, columns=[layout.SEQ_ID, layout.INPUT_IDS])
+    except Exception as e:  # noqa: BLE001
+        raise SpectrumError(f"{path}: not a readable sequences file ({e})") from None
+    ids = {int(s): np.asarray(v, dtype=np.int64) for s, v in seqs.iter_rows()}
+    out_ctx = []
+    for seq, pos, target in picks.select(layout.SEQ_ID, layout.POS, layout.TARGET_ID).iter_rows():
+        row = ids.get(int(seq))
+        if row is None or pos >= len(row) or row[pos] != target:
+            raise SpectrumError(f"{path}: sequence {seq} does not hold target {target} at "
+                                f"position {pos} as evalset/tokens.parquet says; rebuild the "
+                                "evalset (`spectrum evalset --force`)")
+        out_ctx.append(row[max(0, pos - n_before):pos].astype(np.int32))
+    return pl.Series("context_ids", out_ctx, dtype=pl.List(pl.Int32))
+
+
+def _other_runs(runs: list[RunData]) -> pl.DataFrame:
+    """token_idx, others: list of {run, tau, tau_se, kind} over every run with fits."""
+    parts = []
+    for r in runs:
+        assert r.tokens is not None
+        se = pl.col("tau_se") if "tau_se" in r.tokens.columns else pl.lit(None, pl.Float64)
+        parts.append(r.tokens.select(
+            layout.TOKEN_IDX, run=pl.lit(r.name),
+            tau=pl.when(pl.col("in_pop")).then(pl.col("tau").cast(pl.Float64)),
+            tau_se=pl.when(pl.col("in_pop")).then(se.cast(pl.Float64)),
+            kind=pl.col("kind")))
+    long = pl.concat(parts)
+    return long.group_by(layout.TOKEN_IDX, maintain_order=True).agg(
+        others=pl.struct("run", "tau", "tau_se", "kind"))
+
+
+def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
+                  sampling: Sampling = Sampling()) -> pl.DataFrame:
+    """The stratified, seeded examples of every run with fits, one row per (run, token).
+
+    ``tokens`` is ``evalset/tokens.parquet``; ``runs`` as loaded by
+    :func:`spectrum.analysis.run_data.load_run`. Columns: the cell (``run``, ``band`` index into
+    :func:`band_names`, ``band_name``, ``kind``, ``freq_quartile``, ``word_start``), ``rank`` (the
+    draw's order within its cell, 0-based), ``cell_size`` (tokens in the cell), ``token_idx``,
+    ``seq_id``, ``pos``, ``target_id``, ``context_ids`` (null without ``sequences.parquet``),
+    ``lo, hi, tau, k`` and their ``*_se``, ``r2``, ``step_preferred`` (null where not computed),
+    ``ln_T`` and ``loss`` (lists over the run's checkpoints with T > 0) and ``others`` (the same
+    token in every run: run, tau, tau_se, kind). Rows are in the order of the random key.
+    """
+    out = Path(out)
+    runs = [r for r in runs if r.has_fits]
+    if not runs:
+        return pl.DataFrame()
+    rng = np.random.default_rng(sampling.seed)
+    ann = _annotations(tokens).with_columns(key=pl.Series(rng.random(tokens.height)))
+    cells = pl.concat([_cells(r, sampling.bands) for r in runs]).join(ann, on=layout.TOKEN_IDX)
+    cells = cells.with_columns(cell_size=pl.len().over(CELL))
+    picks = (cells.sort("key")
+             .with_columns(rank=pl.int_range(pl.len()).over(CELL).cast(pl.Int32))
+             .filter(pl.col("rank") < sampling.per_cell))
+    names = band_names(sampling.bands)
+    frames = []
+    for r in runs:
+        mine = picks.filter(pl.col("run") == r.name)
+        if not mine.height:
+            continue
+        assert r.tokens is not None
+        fit_cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2",
+                                layout.STEP_PREFERRED) if c in r.tokens.columns]
+        fits = r.tokens.select(layout.TOKEN_IDX, *fit_cols)
+        traj = _trajectories(out, r, mine[layout.TOKEN_IDX].to_numpy())
+        frames.append(mine.join(fits, on=layout.TOKEN_IDX, how="left")
+                      .join(traj, on=layout.TOKEN_IDX, how="left")
+                      .with_columns(ln_T=pl.lit(r.x.tolist(), dtype=pl.List(pl.Float64))))
+    ex = pl.concat(frames, how="diagonal_relaxed").sort("key")
+    for c in (*(f"{p}_se" for p in PARAMS), "r2"):
+        if c not in ex.columns:
+            ex = ex.with_columns(pl.lit(None, pl.Float64).alias(c))
+    if layout.STEP_PREFERRED not in ex.columns:
+        ex = ex.with_columns(pl.lit(None, pl.Boolean).alias(layout.STEP_PREFERRED))
+    ctx = read_contexts(out, ex, sampling.context) if layout.POS in ex.columns else None
+    ex = ex.with_columns(ctx if ctx is not None
+                         else pl.lit(None, pl.List(pl.Int32)).alias("context_ids"))
+    ex = ex.join(_other_runs(runs), on=layout.TOKEN_IDX, how="left", maintain_order="left")
+    ex = ex.with_columns(band_name=pl.col("band").replace_strict(
+        dict(enumerate(names)), return_dtype=pl.String))
+    first = ["run", "band", "band_name", "kind", "freq_quartile", "word_start", "rank",
+             "cell_size", layout.TOKEN_IDX]
+    return ex.select(*first, pl.exclude(*first, "key"))
+
+
+def load_evalset_tokenizer(out: str | Path) -> tuple[Any | None, str]:
+    """The evalset's tokenizer (from the source ``evalset/meta.json`` records), or None and the
+    reason it cannot be loaded. The second value describes where the tokenizer came from."""
+    from spectrum.data.evalset import load_tokenizer
+
+    path = layout.evalset_meta(out)
+    if not path.is_file():
+        return None, f"{path} is missing, so the evalset's tokenizer is unknown"
+    try:
+        source = json.loads(path.read_text())["tokenizer"]["source"]
+    except (ValueError, KeyError, TypeError):
+        return None, f"{path} does not name the evalset's tokenizer"
+    try:
+        return load_tokenizer(source), f"decoded with the evalset's tokenizer ({source})"
+    except SpectrumError as e:
+        return None, str(e)
+
+
+def decode_pieces(tokenizer: Any, ids: np.ndarray) -> dict[int, str]:
+    """The text of every token id in ``ids``, each decoded alone (special tokens kept)."""
+    uniq = sorted({int(i) for i in np.asarray(ids).ravel()})
+    texts = tokenizer.batch_decode([[i] for i in uniq], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    return dict(zip(uniq, texts))
+
+
+def with_text(examples: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
+    """``examples`` with ``target_text`` and ``context_text`` decoded by ``tokenizer``."""
+    ctx = [None if c is None else tokenizer.decode(list(c), clean_up_tokenization_spaces=False)
+           for c in examples["context_ids"].to_list()]
+    tgt = [tokenizer.decode([int(t)], clean_up_tokenization_spaces=False)
+           for t in examples[layout.TARGET_ID].to_list()]
+    return examples.with_columns(context_text=pl.Series(ctx, dtype=pl.String),
+                                 target_text=pl.Series(tgt, dtype=pl.String))
+
+
+def _examples(out: Path, specs: list[RunSpec], sampling: Sampling, decode: bool) -> pl.DataFrame:
+    tokens = read_tokens(out)
+    runs = [r for r in (load_run(out, spec, tokens) for spec in specs) if r is not None]
+    ex = draw_examples(out, runs, tokens, sampling)
+    if decode and ex.height:
+        tokenizer, _ = load_evalset_tokenizer(out)
+        if tokenizer is not None:
+            ex = with_text(ex, tokenizer)
+    return ex
+
+
+def examples_for(manifest: Manifest, sampling: Sampling = Sampling(), *,
+                 decode: bool = True) -> pl.DataFrame:
+    """The examples of a manifest's runs as :func:`draw_examples` draws them, with the decoded
+    ``context_text`` and ``target_text`` when ``decode`` and the evalset's tokenizer loads."""
+    return _examples(Path(manifest.out), list(manifest.runs), sampling, decode)
+
+
+def examples_from_artifacts(out: str | Path, sampling: Sampling = Sampling(), *,
+                            decode: bool = True) -> pl.DataFrame:
+    """:func:`examples_for` from an output folder alone, with the runs as the report recorded
+    them in ``reconstruction/scores.json``."""
+    out = Path(out)
+    path = layout.scores_file(out)
+    try:
+        recorded = json.loads(path.read_text())["runs"]
+        specs = [RunSpec(name=r["name"], params=float(r["params"]), tokens=float(r["tokens"]),
+                         tokens_per_step=int(r["tokens_per_step"]), role=r["role"],
+                         checkpoints=out) for r in recorded]
+    except FileNotFoundError:
+        raise SpectrumError(f"{path} is missing; run `spectrum report` first") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpectrumError(f"{path}: no readable list of runs ({e})") from None
+    return _examples(out, specs, sampling, decode)
