@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,19 @@ from spectrum import __version__
 PROVENANCE_KEY = b"token_spectrum.provenance"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name, where the error did not name one (pyarrow's write
+    errors carry the errno only in their message)."""
+    if e.filename is not None:
+        return e
+    code = e.errno
+    if code is None:
+        m = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)
+        code = int(m.group(1)) if m else None
+    reason = os.strerror(code) if code else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return OSError(code, reason, str(path))
 
 
 def _tmp_path(path: Path) -> Path:
@@ -52,6 +66,8 @@ def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] 
     try:
         pq.write_table(table, tmp, compression=compression)
         _commit(tmp, path)
+    except OSError as e:
+        raise _naming(e, path) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -83,6 +99,8 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
     try:
         tmp.write_bytes(data)
         _commit(tmp, path)
+    except OSError as e:
+        raise _naming(e, path) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
