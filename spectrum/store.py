@@ -27,10 +27,10 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _naming(e: OSError, path: Path) -> OSError:
-    """``e`` with ``path`` as its file name, where the error did not name one (pyarrow's write
-    errors carry the errno only in their message)."""
-    if e.filename is not None:
+def _naming(e: OSError, path: Path, tmp: Path) -> OSError:
+    """``e`` naming ``path``, where it named no file or the temporary one (pyarrow's write errors
+    carry the errno only in their message)."""
+    if e.filename is not None and str(e.filename) != str(tmp):
         return e
     code = e.errno
     if code is None:
@@ -67,7 +67,7 @@ def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] 
         pq.write_table(table, tmp, compression=compression)
         _commit(tmp, path)
     except OSError as e:
-        raise _naming(e, path) from e
+        raise _naming(e, path, tmp) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -100,7 +100,7 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
         tmp.write_bytes(data)
         _commit(tmp, path)
     except OSError as e:
-        raise _naming(e, path) from e
+        raise _naming(e, path, tmp) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
