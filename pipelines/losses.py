@@ -213,7 +213,9 @@ def shard_state(shard: Path, expected: dict[str, Any], n_tokens: int) -> str | N
     """Why an existing ``shard`` is stale (its provenance differs from ``expected``, it records no
     content checksum, or its content breaks the shard contract or no longer matches the
     checksum); None when it is current."""
-    found = read_provenance(shard) or {}
+    found = read_provenance(shard)
+    if found is None:
+        return shard_problem(shard, n_tokens) or "no provenance recorded"
     reason = _stale_reason(found, expected)
     if reason:
         return reason

@@ -42,7 +42,10 @@ def _naming(e: OSError, path: Path, tmp: Path) -> OSError:
 
 def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the folder that cannot be written, not the temporary name
+        raise OSError(e.errno, e.strerror, str(path.parent)) from e
     os.close(fd)
     return Path(tmp)
 
