@@ -305,7 +305,7 @@ def check_evalset(manifest: Manifest) -> Any:
     """The evalset, refused when missing, altered, or drawn with other manifest settings."""
     folder = evalset_dir(manifest.out)
     evalset = load_evalset(folder)
-    reason = stale_reason(evalset.meta, manifest.evalset)
+    reason = stale_reason(evalset.meta, manifest.evalset, corpus_path=False)
     if reason:
         raise SpectrumError(f"evalset {folder} is stale: it was drawn with other settings than "
                             f"{manifest.path} ({reason}); rebuild it with `spectrum evalset "

@@ -249,12 +249,20 @@ def is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
                for f in ("sequences.parquet", "tokens.parquet"))
 
 
-def stale_reason(meta: dict[str, Any], spec: EvalsetSpec) -> str | None:
+def stale_reason(meta: dict[str, Any], spec: EvalsetSpec, *, corpus_path: bool = True
+                 ) -> str | None:
     """What of the manifest's evalset settings differs from those ``meta`` was drawn with (the
-    corpus, split, seed, sequences or context), or None when they agree. The tokenizer is
-    compared with each checkpoint's when the losses are measured."""
+    corpus, split, seed, sequences or context), or None when they agree. ``corpus_path=False``
+    ignores where the corpus lies (a project folder copied elsewhere keeps its evalset) and
+    compares the corpus's other settings. The tokenizer is compared with each checkpoint's when
+    the losses are measured."""
     expected = json.loads(json.dumps(_source(spec), default=str))
     found = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if not corpus_path:
+        expected["corpus"] = {k: v for k, v in expected["corpus"].items() if k != "path"}
+        corpus = found.get("corpus")
+        found = {**found, "corpus": {k: v for k, v in corpus.items() if k != "path"}
+                 if isinstance(corpus, dict) else corpus}
     changed = [k for k in ("corpus", "split", "seed") if found.get(k) != expected[k]]
     changed += [k for k in ("sequences", "context") if meta.get(k) != getattr(spec, k)]
     return ", ".join(f"{k} changed" for k in changed) or None
