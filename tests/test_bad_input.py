@@ -338,3 +338,29 @@ def test_debug_shows_the_traceback(suite, capfd):
     assert cli(["losses", "--config", str(path), "--device", "foo", "--debug"]) == 2
     err = capfd.readouterr().err
     assert "Traceback" in err and "error: --device foo: not a device" in err
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_it(suite, capfd, monkeypatch):
+    import pipelines.fit
+
+    path, _, _ = suite
+
+    def broken(manifest, args):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(pipelines.fit, "main", broken)
+    assert cli(["fit", "--config", str(path)]) == 3
+    assert errors(capfd.readouterr().err) == [
+        "error: unexpected RuntimeError: a bug (rerun with --debug to see the traceback, and "
+        "report it)"]
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli(["fit", "--config", str(path), "--debug"])
+
+
+def test_a_full_disk_is_named_by_path():
+    import errno
+
+    from pipelines.cli import os_error_line
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/fits")
+    assert os_error_line(full) == "/data/out/fits: no space left on the device"
