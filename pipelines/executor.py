@@ -20,6 +20,8 @@ Both executors run the same worker code:
 Errors: a :class:`spectrum.errors.SpectrumError` from ``process`` (a user's input is bad, e.g. an
 unreadable checkpoint) fails its unit at once; any other exception, or the death of the worker's
 process, is retried up to ``retries`` times, then fails the unit. Other units go on either way.
+Every error reaches the driver as one line, never a traceback. A worker that cannot be built
+(``make_worker`` raises) stops the map with a :class:`SpectrumError` saying why.
 """
 
 from __future__ import annotations
@@ -90,13 +92,26 @@ class LocalExecutor(Executor):
                           None if status == "ok" else value, attempt)
 
 
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, SpectrumError):
+        return "; ".join(e.problems) or str(e)
+    return traceback.format_exception_only(type(e), e)[-1].strip()
+
+
 class _Host:
-    """The Ray actor: one worker, built in the actor's process."""
+    """The Ray actor: one worker, built in the actor's process. A worker that cannot be built
+    answers every unit with ("abort", the reason in one line) instead of dying with a traceback."""
 
     def __init__(self, make_worker: Callable[[], Any]) -> None:
-        self.worker = make_worker()
+        self.worker, self.broken = None, None
+        try:
+            self.worker = make_worker()
+        except Exception as e:  # noqa: BLE001 - reported to the driver as one line
+            self.broken = _one_line(e)
 
     def process(self, unit: Any, upcoming: Any) -> tuple[str, Any]:
+        if self.broken is not None:
+            return "abort", self.broken
         return _call(self.worker, unit, upcoming)
 
 
@@ -232,6 +247,8 @@ class RayExecutor(Executor):
                     queue.appendleft(nxt)
             except ray.exceptions.RayTaskError as e:
                 status, value = "retry", str(e).strip().splitlines()[-1]
+            if status == "abort":
+                raise SpectrumError(f"a Ray worker could not start: {value}")
             if status == "retry" and attempts[u] <= self.retries:
                 queue.appendleft(u)
             else:

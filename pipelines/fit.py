@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectrum.errors import SpectrumError
+from spectrum.errors import SpectrumError, StageFailed
 from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
 from spectrum.fit.kinds import KindThresholds
 from spectrum.devices import resolve_device
@@ -137,6 +137,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
         raise SpectrumError(f"--fit-kernel {options.kernel}: {e}") from None
     plan = check_runs(manifest)
     done = skipped = 0
+    failed: list[str] = []
+    failed_runs = 0
     for run in manifest.runs:
         steps = plan[run.name]
         path = fits_file(manifest.out, run.name)
@@ -147,14 +149,23 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
         if path.exists() and not force:
             print(f"fit: {path} is stale: refitting", flush=True)
         t0 = time.perf_counter()
-        token_idx, fits = fit_run(manifest.out, run, steps, device=device,
-                                  dtype=DTYPES[dtype_name], chunk_size=chunk_size,
-                                  options=options, thresholds=thresholds)
+        try:  # a run with a bad loss shard fails alone; the others are fitted
+            token_idx, fits = fit_run(manifest.out, run, steps, device=device,
+                                      dtype=DTYPES[dtype_name], chunk_size=chunk_size,
+                                      options=options, thresholds=thresholds)
+        except SpectrumError as e:
+            failed += e.problems
+            failed_runs += 1
+            continue
         write_parquet(fits.to_arrow(token_idx), path, prov)
         done += 1
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
         print(f"fit: run {run.name}: {len(fits)} tokens in {time.perf_counter() - t0:.1f} s "
               f"on {device}, {solver} ({summary}) -> {path}", flush=True)
-    print(f"fit: {done} run(s) fitted, {skipped} current run(s) skipped "
-          f"(kinds: {thresholds.describe()})", flush=True)
+    summary = (f"fit: {done} run(s) fitted, {skipped} current run(s) skipped"
+               + (f", {failed_runs} run(s) failed" if failed else "")
+               + f" (kinds: {thresholds.describe()})")
+    if failed:
+        raise StageFailed(*failed, summary)
+    print(summary, flush=True)

@@ -3,8 +3,12 @@
 One unit of work per (run, checkpoint); each writes ``<out>/losses/run=<run>/step=<step>/
 part-0.parquet`` (``token_idx`` int64, ``loss`` float32 nats, sorted by ``token_idx``) with its
 provenance (run, step, tokens = step * tokens_per_step, checkpoint path and content hash, evalset
-hash, dtype, code version). A shard whose checkpoint hash, evalset hash, dtype, run, step and
-tokens match is current and skipped; one that differs is stale and recomputed with a warning.
+hash, dtype, code version) and the checksum of its content. A shard whose checkpoint hash,
+evalset hash, dtype, run, step and tokens match, and whose content keeps the shard contract and
+matches its checksum (:mod:`spectrum.losses.shards`), is current and skipped; any other is stale
+and recomputed with a warning. An evalset drawn with other settings than the manifest's is
+refused (rebuild it first), and so are devices or GPUs this machine or cluster lacks, before any
+work is announced.
 
 Workers are Ray actors (a fresh local Ray by default, ``--ray-address`` for a cluster) or, with
 ``--executor local``, this process. Each worker keeps the evalset on its device, and loads the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,16 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from spectrum import __version__
 from spectrum.data.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
                                   validate_checkpoint_sources, weight_files)
 from spectrum.errors import SpectrumError, StageFailed
-from spectrum.data.evalset import load_evalset
+from spectrum.data.evalset import load_evalset, stale_reason
 from spectrum.layout import evalset_dir, loss_shard
+from spectrum.losses.shards import CHECKSUM, shard_problem, write_loss_shard
 from spectrum.manifest import Manifest
-from spectrum.store import read_provenance, write_json, write_parquet
+from spectrum.store import read_provenance, write_json
 
 HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
 # provenance keys that decide whether a shard is current (path and code version are recorded only)
@@ -136,26 +141,57 @@ class LossWorker:
         return Result(losses, time.perf_counter() - t1, t1 - t0)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option values no run can use, naming every one."""
+    problems = []
+    for name, value, least in (("--cpus-per-worker", args.cpus_per_worker, 1),
+                               ("--workers", args.workers, 1), ("--batch-size", args.batch_size, 1),
+                               ("--retries", args.retries, 0), ("--num-gpus", args.num_gpus, 0)):
+        if value is not None and value < least:
+            problems.append(f"{name} must be at least {least}, got {value:g}")
+    if args.num_gpus == 0 and args.device.startswith("cuda"):
+        problems.append(f"--device {args.device} with --num-gpus 0: the workers would have no GPU")
+    if problems:
+        raise SpectrumError(*problems)
+
+
 def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
     """(executor, device for the workers) from the stage's options. ``--num-gpus`` defaults to 1
     when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address) and
-    ``--device`` is not cpu, else 0."""
+    ``--device`` is not cpu, else 0. Devices and GPUs that this machine (or the cluster) lacks
+    are refused here, before any work is planned."""
     from pipelines.executor import LocalExecutor, RayExecutor
+    from spectrum.devices import parse_device, resolve_device
 
+    local_machine = args.executor == "local" or args.ray_address is None
+    if local_machine:
+        resolve_device(args.device)  # a device this machine has
+    else:
+        parse_device(args.device)  # the workers' machines are checked by the cluster's GPUs
     if args.executor == "local":
         return LocalExecutor(retries=args.retries), args.device
     ex = RayExecutor(args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                      retries=args.retries)
-    gpus = args.num_gpus
-    if gpus is None:
-        if args.device == "cpu":
-            gpus = 0
-        elif args.ray_address is None:
-            import torch
+    import torch
 
-            gpus = 1 if torch.cuda.is_available() else 0
-        else:
-            gpus = 1 if ex.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = args.num_gpus
+    if args.ray_address is None:
+        have_gpus: float = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        where = "this machine"
+    else:
+        have_gpus = ex.cluster_resources().get("GPU", 0)
+        where = f"the Ray cluster at {args.ray_address}"
+    if gpus is None:
+        gpus = 0 if args.device == "cpu" else (1 if have_gpus >= 1 else 0)
+    if gpus > 0 and have_gpus < gpus:
+        raise SpectrumError(f"--num-gpus {gpus:g} per worker, but {where} has {have_gpus:g} GPUs; "
+                            "use --num-gpus 0 to run on CPUs")
+    if gpus == 0 and args.device.startswith("cuda"):
+        raise SpectrumError(f"--device {args.device}: {where} has no GPU for the workers")
+    cpus = os.cpu_count() or 1
+    if args.ray_address is None and args.cpus_per_worker > cpus:
+        raise SpectrumError(f"--cpus-per-worker {args.cpus_per_worker}: this machine has "
+                            f"{cpus} CPUs")
     ex.gpus_per_worker = gpus
     device = ("cuda" if gpus > 0 else "cpu") if args.device == "auto" else args.device
     return ex, device
@@ -164,18 +200,36 @@ def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
 def _dtype(args: argparse.Namespace, device: str) -> str:
     if args.dtype != "auto":
         return args.dtype
-    from spectrum.devices import default_dtype, dtype_name, resolve_device
+    from spectrum.devices import default_dtype, dtype_name, parse_device
 
-    return dtype_name(default_dtype(resolve_device(device)))
+    return dtype_name(default_dtype(parse_device(device)))
 
 
 def _stale_reason(found: dict[str, Any], expected: dict[str, Any]) -> str:
     return ", ".join(f"{k} changed" for k in CURRENT_KEYS if found.get(k) != expected.get(k))
 
 
-def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = False,
-         log=print) -> tuple[list[Unit], int, list[str]]:
-    """(units to compute, number of current shards skipped, problems with checkpoint folders)."""
+def shard_state(shard: Path, expected: dict[str, Any], n_tokens: int) -> str | None:
+    """Why an existing ``shard`` is stale (its provenance differs from ``expected``, it records no
+    content checksum, or its content breaks the shard contract or no longer matches the
+    checksum); None when it is current."""
+    found = read_provenance(shard)
+    if found is None:
+        return shard_problem(shard, n_tokens) or "no provenance recorded"
+    reason = _stale_reason(found, expected)
+    if reason:
+        return reason
+    if CHECKSUM not in found:
+        return "no content checksum recorded"
+    return shard_problem(shard, n_tokens)
+
+
+def plan(manifest: Manifest, evalset_hash: str, dtype: str, n_tokens: int, *,
+         force: bool = False, log=print) -> tuple[list[Unit], int, list[str]]:
+    """(units to compute, number of current shards skipped, problems with checkpoint folders).
+
+    A shard is current when its provenance matches and its content matches its checksum (see
+    :func:`shard_state`); a stale one is recomputed with a warning."""
     out = Path(manifest.out)
     memo_path = out / ".cache" / "checkpoint_hashes.json"  # outside losses/: scans read only shards
     try:
@@ -191,15 +245,14 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
                     "checkpoint": str(ck.path), "checkpoint_hash": content_hash(ck.path, memo),
                     "evalset_hash": evalset_hash, "dtype": dtype, "code_version": __version__}
             shard = loss_shard(out, run.name, ck.step)
-            found = read_provenance(shard)
-            current = found is not None and all(found.get(k) == prov[k] for k in CURRENT_KEYS)
-            if current and not force:
+            reason = shard_state(shard, prov, n_tokens) if shard.exists() else "missing"
+            if reason is None and not force:
                 skipped += 1
                 continue
-            if found is not None and not current:
+            if reason not in (None, "missing"):
                 stale += 1
                 if stale <= MAX_STALE_LINES:
-                    log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
+                    log(f"warning: {shard} is stale ({reason}): recomputing")
             size = sum(f.stat().st_size for f in weight_files(ck.path))
             units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov, size))
     if stale > MAX_STALE_LINES:
@@ -211,9 +264,7 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
 
 
 def write_shard(unit: Unit, losses: np.ndarray) -> None:
-    table = pa.table({"token_idx": pa.array(np.arange(len(losses), dtype=np.int64)),
-                      "loss": pa.array(np.asarray(losses, dtype=np.float32))})
-    write_parquet(table, unit.shard, unit.provenance)
+    write_loss_shard(unit.shard, losses, unit.provenance)
 
 
 def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_unit: int
@@ -250,13 +301,26 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
     return failures, nonfinite, (eval_seconds, load_wait)
 
 
+def check_evalset(manifest: Manifest) -> Any:
+    """The evalset, refused when missing, altered, or drawn with other manifest settings."""
+    folder = evalset_dir(manifest.out)
+    evalset = load_evalset(folder)
+    reason = stale_reason(evalset.meta, manifest.evalset, corpus_path=False)
+    if reason:
+        raise SpectrumError(f"evalset {folder} is stale: it was drawn with other settings than "
+                            f"{manifest.path} ({reason}); rebuild it with `spectrum evalset "
+                            f"--config {manifest.path}`")
+    return evalset
+
+
 def main(manifest: Manifest, args: argparse.Namespace) -> None:
+    check_options(args)
     validate_checkpoint_sources(manifest)
-    evalset = load_evalset(evalset_dir(manifest.out))
-    executor, device = make_executor(args)
+    evalset = check_evalset(manifest)
+    executor, device = make_executor(args)  # refuses missing devices before any announcement
     dtype = _dtype(args, device)
-    units, skipped, problems = plan(manifest, evalset.hash, dtype, force=args.force,
-                                    log=lambda m: print(m, file=sys.stderr))
+    units, skipped, problems = plan(manifest, evalset.hash, dtype, evalset.num_tokens,
+                                    force=args.force, log=lambda m: print(m, file=sys.stderr))
     threads = args.cpus_per_worker if args.executor == "ray" else None
     make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
                           args.batch_size, threads)

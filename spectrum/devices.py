@@ -7,11 +7,39 @@ import torch
 from spectrum.errors import SpectrumError
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU."""
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(device: str, *, option: str = "--device") -> torch.device:
+    """``device`` as a torch device, checked for its form only (``cpu``, ``cuda``, ``cuda:N``;
+    ``auto`` is the CPU here): a device on another machine (a Ray worker) may exist there."""
+    if device == "auto":
+        return torch.device("cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise SpectrumError(f"{option} {device}: not a device (expected {DEVICES})")
+    return parsed
+
+
+def resolve_device(device: str = "auto", *, option: str = "--device") -> torch.device:
+    """``auto`` -> the first CUDA device if there is one, else the CPU. Any other name must be a
+    device of this machine: ``cuda`` or ``cuda:N`` without that CUDA device is refused, naming
+    ``option``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    parsed = parse_device(device, option=option)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SpectrumError(f"{option} {device}: this machine has no CUDA device; "
+                                "use --device cpu (or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise SpectrumError(f"{option} {device}: this machine has {count} CUDA device(s), "
+                                f"cuda:0 to cuda:{count - 1}")
+    return parsed
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

@@ -1,7 +1,9 @@
 """The manifest (``checkpoints.yaml``): the evaluation set and the training runs to measure.
 
 Loading validates the whole file before any work starts and reports *every* problem at once,
-each with its location (``file: runs[2] (m2-d1).params: ...``). Relative paths in the manifest
+each with its location (``file: runs[2] (m2-d1).params: ...``). Two runs may not share a name or
+a checkpoint source (the same folder, or the same revisions of a hub repository): their losses
+would be one run's, measured twice; ``out`` may not be a file. Relative paths in the manifest
 are resolved against the folder that holds the manifest, so a manifest can be run from anywhere.
 
 Whether each run's checkpoint folder exists and holds checkpoints is checked separately, by
@@ -278,6 +280,36 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
                    checkpoints=ckpt, steps=steps, train=train)
 
 
+def _source_key(src: Path | HubSource) -> tuple:
+    """What identifies a checkpoint source: the real folder, or the hub repository and cache."""
+    if isinstance(src, HubSource):
+        cache = str(src.cache_dir.resolve()) if src.cache_dir else None
+        return ("hub", src.repo, cache)
+    return ("folder", str(src.resolve()))
+
+
+def _shared_sources(runs: list[tuple[int, RunSpec]], pr: _Problems) -> None:
+    """Two runs reading the same checkpoints would measure one run twice under two names (and
+    write its losses under both): refuse, naming both runs."""
+    seen: dict[tuple, tuple[int, RunSpec]] = {}
+    for i, run in runs:
+        key = _source_key(run.checkpoints)
+        if key in seen:
+            j, first = seen[key]
+            if isinstance(run.checkpoints, HubSource):
+                common = sorted(set(run.checkpoints.revisions) & set(first.checkpoints.revisions))
+                if not common:
+                    continue  # other revisions of the same repository: other checkpoints
+                what = f"revisions {', '.join(common)} of {run.checkpoints.repo}"
+            else:
+                what = f"folder {run.checkpoints}"
+            pr.add(f"runs[{i}] ({run.name}).checkpoints",
+                   f"{what} is also the checkpoint source of runs[{j}] ({first.name}); "
+                   "each run needs its own checkpoints")
+        else:
+            seen[key] = (i, run)
+
+
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate an already-parsed manifest; raise :class:`ManifestError` listing every problem."""
     path = Path(path)
@@ -297,6 +329,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         suite = None
     raw_runs = data.get("runs")
     runs: list[RunSpec] = []
+    indexed: list[tuple[int, RunSpec]] = []
     if not isinstance(raw_runs, list) or not raw_runs:
         pr.add("runs", "must be a non-empty list of runs")
     else:
@@ -310,10 +343,15 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
                 seen.setdefault(name, i)
             if run is not None:
                 runs.append(run)
+                indexed.append((i, run))
+        _shared_sources(indexed, pr)
+    out_path = _resolve(base, out)
+    if out_path.exists() and not out_path.is_dir():
+        pr.add("out", f"{out_path} is a file, not a folder")
     if pr.items:
         raise ManifestError(*pr.items)
     assert evalset is not None
-    return Manifest(path=path, out=_resolve(base, out), evalset=evalset, runs=tuple(runs), suite=suite)
+    return Manifest(path=path, out=out_path, evalset=evalset, runs=tuple(runs), suite=suite)
 
 
 def load_manifest(path: str | Path) -> Manifest:

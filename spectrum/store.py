@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _naming(e: OSError, path: Path, tmp: Path) -> OSError:
+    """``e`` naming ``path``, where it named no file or the temporary one (pyarrow's write errors
+    carry the errno only in their message)."""
+    if e.filename is not None and str(e.filename) != str(tmp):
+        return e
+    code = e.errno
+    if code is None:
+        m = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)
+        code = int(m.group(1)) if m else None
+    reason = os.strerror(code) if code else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return OSError(code, reason, str(path))
+
+
 def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the folder that cannot be written, not the temporary name
+        raise OSError(e.errno, e.strerror, str(path.parent)) from e
     os.close(fd)
     return Path(tmp)
 
@@ -52,6 +69,8 @@ def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] 
     try:
         pq.write_table(table, tmp, compression=compression)
         _commit(tmp, path)
+    except OSError as e:
+        raise _naming(e, path, tmp) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -83,6 +102,8 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
     try:
         tmp.write_bytes(data)
         _commit(tmp, path)
+    except OSError as e:
+        raise _naming(e, path, tmp) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path

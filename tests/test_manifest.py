@@ -112,6 +112,30 @@ def test_each_invalid_case(tmp_path: Path, mutate, fragment: str) -> None:
     assert any(fragment in p for p in found), found
 
 
+def test_two_runs_sharing_a_checkpoint_source_are_refused_naming_both(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    twin = dict(data["runs"][0], name="twin", checkpoints="./runs/other/../m1-d1/")
+    hub_twin = dict(data["runs"][1], name="pythia-again",
+                    checkpoints={"hub": "EleutherAI/pythia-70m", "revisions": ["step2000"]})
+    other_revs = dict(data["runs"][1], name="pythia-later",
+                      checkpoints={"hub": "EleutherAI/pythia-70m", "revisions": ["step3000"]})
+    data["runs"] += [twin, hub_twin, other_revs]
+    found = problems(tmp_path, data)
+    assert len(found) == 2, found
+    assert "runs[2] (twin).checkpoints: folder" in found[0]
+    assert "is also the checkpoint source of runs[0] (m1-d1)" in found[0]
+    assert ("runs[3] (pythia-again).checkpoints: revisions step2000 of EleutherAI/pythia-70m is "
+            "also the checkpoint source of runs[1] (pythia)") in found[1]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "artifacts").write_text("not a folder")
+    found = problems(tmp_path, VALID)
+    assert found == [f"{tmp_path / 'checkpoints.yaml'}: out: {tmp_path / 'artifacts'} is a file, "
+                     "not a folder"]
+    assert (tmp_path / "artifacts").read_text() == "not a folder"
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "nope.yaml")

@@ -19,6 +19,7 @@ import polars as pl
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.layout import evalset_tokens, fits_file, loss_run_dir, loss_shard, shard_steps
+from spectrum.losses.shards import check_run_shards
 from spectrum.losses.trajectories import log_tokens
 
 FIT_COLUMNS = ("lo", "hi", "tau", "k", "kind")
@@ -89,6 +90,7 @@ def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int =
     shards = [(s, loss_shard(out, spec.name, s)) for s in shard_steps(out, spec.name) if s > 0]
     if not shards:
         return None
+    check_run_shards(out, spec.name, [s for s, _ in shards], n_tokens=tokens.height)
     fits = read_fits(out, spec.name)
     tok = tokens.with_columns(half=pl.Series(sequence_halves(tokens["seq_id"].to_numpy(),
                                                              half_seed)))

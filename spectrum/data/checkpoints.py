@@ -174,7 +174,8 @@ def validate_checkpoint_sources(manifest: Manifest) -> None:
         src = run.checkpoints
         if isinstance(src, Path):
             if not src.is_dir():
-                problems.append(f"{where}: folder {_shown(src, base)} does not exist")
+                what = "is a file, not a folder" if src.exists() else "does not exist"
+                problems.append(f"{where}: folder {_shown(src, base)} {what}")
                 continue
         try:
             found = resolve_checkpoints(RunSpec(**{**run.__dict__, "steps": None}))

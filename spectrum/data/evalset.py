@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spectrum.data.corpus import split_documents
@@ -202,35 +203,113 @@ def write_evalset(folder: str | Path, sequences: pa.Table, tokens: pa.Table,
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _is_int(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def meta_problems(meta: dict[str, Any]) -> list[str]:
+    """What a ``meta.json`` lacks of the keys the later stages read (empty if nothing)."""
+    problems = []
+    if meta.get("format") != FORMAT:
+        problems.append(f"format is {meta.get('format')!r}, not {FORMAT}")
+    if not isinstance(meta.get("hash"), str):
+        problems.append("no hash")
+    if not _is_int(meta.get("context"), 2):
+        problems.append("no context (an integer >= 2)")
+    if not _is_int(meta.get("sequences"), 1):
+        problems.append("no sequences (an integer >= 1)")
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("vocab_hash"), str) \
+            or not isinstance(tok.get("source"), str) or not _is_int(tok.get("vocab_size"), 1):
+        problems.append("no tokenizer (source, vocab_size, vocab_hash)")
+    counts = meta.get("counts")
+    if not isinstance(counts, dict) or not _is_int(counts.get("tokens")):
+        problems.append("no counts.tokens")
+    elif not problems and counts["tokens"] != meta["sequences"] * (meta["context"] - 1):
+        problems.append(f"counts.tokens {counts['tokens']} is not sequences x (context - 1)")
+    if not isinstance(meta.get("source"), dict):
+        problems.append("no source")
+    return problems
 
 
 def is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
     """True when ``folder`` holds a complete evalset built from ``spec`` with this vocabulary."""
     folder = Path(folder)
     meta = _read_meta(folder)
-    if meta is None or meta.get("format") != FORMAT:
-        return False
-    expected = json.loads(json.dumps(_source(spec), default=str))
-    if meta.get("source") != expected or meta.get("context") != spec.context \
-            or meta.get("sequences") != spec.sequences \
-            or meta.get("tokenizer", {}).get("vocab_hash") != vocab_hash(tokenizer):
+    if meta is None or meta_problems(meta) or stale_reason(meta, spec) is not None \
+            or meta["tokenizer"]["vocab_hash"] != vocab_hash(tokenizer):
         return False
     return all((read_provenance(folder / f) or {}).get("evalset_hash") == meta.get("hash")
                for f in ("sequences.parquet", "tokens.parquet"))
 
 
+def stale_reason(meta: dict[str, Any], spec: EvalsetSpec, *, corpus_path: bool = True
+                 ) -> str | None:
+    """What of the manifest's evalset settings differs from those ``meta`` was drawn with (the
+    corpus, split, seed, sequences or context), or None when they agree. ``corpus_path=False``
+    ignores where the corpus lies (a project folder copied elsewhere keeps its evalset) and
+    compares the corpus's other settings. The tokenizer is compared with each checkpoint's when
+    the losses are measured."""
+    expected = json.loads(json.dumps(_source(spec), default=str))
+    found = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if not corpus_path:
+        expected["corpus"] = {k: v for k, v in expected["corpus"].items() if k != "path"}
+        corpus = found.get("corpus")
+        found = {**found, "corpus": {k: v for k, v in corpus.items() if k != "path"}
+                 if isinstance(corpus, dict) else corpus}
+    changed = [k for k in ("corpus", "split", "seed") if found.get(k) != expected[k]]
+    changed += [k for k in ("sequences", "context") if meta.get(k) != getattr(spec, k)]
+    return ", ".join(f"{k} changed" for k in changed) or None
+
+
+def _read_sequences(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    """``input_ids`` (sequences, context) int32 in ``seq_id`` order, checked against ``meta``."""
+    fix = "; rebuild it with `spectrum evalset --force`"
+    try:
+        table = pq.read_table(path, columns=["seq_id", "input_ids"])
+    except (OSError, pa.ArrowInvalid, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpectrumError(f"evalset {path}: not a readable sequences file ({first}){fix}") \
+            from None
+    s, c = int(meta["sequences"]), int(meta["context"])
+    ids = table.column("input_ids").combine_chunks()
+    seq_type, ids_type = table.schema.field("seq_id").type, ids.type
+    if not pa.types.is_integer(seq_type) or not pa.types.is_list(ids_type) \
+            or not pa.types.is_integer(ids_type.value_type):
+        raise SpectrumError(f"evalset {path}: seq_id is {seq_type} and input_ids {ids_type}; "
+                            f"expected integers and lists of integers{fix}")
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    seq_id = table.column("seq_id").to_numpy()
+    if len(ids) != s or ids.null_count or not (lengths == c).all() \
+            or not np.array_equal(np.sort(seq_id), np.arange(s)):
+        raise SpectrumError(f"evalset {path}: does not hold {s} sequences (seq_id 0..{s - 1}) "
+                            f"of {c} tokens as meta.json says{fix}")
+    input_ids = ids.values.to_numpy(zero_copy_only=False).astype(np.int32).reshape(s, c)
+    input_ids = input_ids[np.argsort(seq_id)]
+    if content_hash(input_ids, meta["tokenizer"]["vocab_hash"]) != meta["hash"]:
+        raise SpectrumError(f"evalset {path}: its token ids do not match the hash in meta.json "
+                            f"(changed after it was written){fix}")
+    return input_ids
+
+
 def load_evalset(folder: str | Path) -> Evalset:
-    """Read ``sequences.parquet`` and ``meta.json``; :class:`SpectrumError` if missing."""
+    """Read ``sequences.parquet`` and ``meta.json``, checked against each other (shape, content
+    hash); :class:`SpectrumError` naming the file if one is missing, incomplete or altered."""
     folder = Path(folder)
-    meta = _read_meta(folder)
-    if meta is None or not (folder / "sequences.parquet").is_file():
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file() or not (folder / "sequences.parquet").is_file():
         raise SpectrumError(f"evalset {folder} is missing or incomplete: run "
                             "`spectrum evalset --config <manifest>` first")
-    table = pq.read_table(folder / "sequences.parquet", columns=["seq_id", "input_ids"])
-    order = np.argsort(table.column("seq_id").to_numpy())
-    ids = table.column("input_ids").combine_chunks()
-    input_ids = ids.values.to_numpy(zero_copy_only=False).astype(np.int32).reshape(len(ids), -1)
-    return Evalset(input_ids=input_ids[order], meta=meta)
+    meta = _read_meta(folder)
+    problems = meta_problems(meta) if meta is not None else ["not a JSON object"]
+    if problems:
+        raise SpectrumError(f"evalset {meta_path}: {'; '.join(problems)}; rebuild it with "
+                            "`spectrum evalset --force`")
+    input_ids = _read_sequences(folder / "sequences.parquet", meta)
+    return Evalset(input_ids=input_ids, meta=meta)

@@ -51,12 +51,49 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 
+MAX_NAMED_WEIGHTS = 3  # weights named in a message; the rest are counted
+
+
+def _named(keys: Any, shown: int = MAX_NAMED_WEIGHTS) -> str:
+    keys = sorted(str(k) for k in keys)
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def weight_problems(info: dict[str, Any]) -> list[str]:
+    """What transformers' loading info says does not fit: weights of the model that the
+    checkpoint lacks (they would be fresh random values), weights of the checkpoint that the model
+    has no place for, and weights whose shapes differ from what config.json implies."""
+    problems = []
+    missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
+    mismatched = info.get("mismatched_keys") or ()
+    if missing:
+        problems.append(f"{len(missing)} weights of the model are missing from the checkpoint "
+                        f"({_named(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights of the checkpoint have no place in the model "
+                        f"({_named(unexpected)})")
+    if mismatched:
+        shown = sorted((str(k), tuple(a), tuple(b)) for k, a, b in mismatched)
+        detail = "; ".join(f"{k}: {'x'.join(map(str, a))} in the file, "
+                           f"{'x'.join(map(str, b))} by config.json"
+                           for k, a, b in shown[:MAX_NAMED_WEIGHTS])
+        more = f" and {len(shown) - MAX_NAMED_WEIGHTS} more" if len(shown) > MAX_NAMED_WEIGHTS else ""
+        problems.append(f"{len(shown)} weights have other shapes than config.json implies "
+                        f"({detail}{more})")
+    problems += [str(m).strip().splitlines()[0] for m in info.get("error_msgs") or () if str(m)]
+    return problems
+
+
 def load_model(path: str | Path, *, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a causal LM checkpoint for evaluation (eval mode, SDPA attention).
 
-    An unreadable checkpoint (missing or broken config, truncated weights) raises
-    :class:`SpectrumError` naming the checkpoint's path.
+    Loading is strict: an unreadable checkpoint (missing or broken config, truncated weights), or
+    one whose weights do not fit its config.json (a weight missing, unexpected, or of another
+    shape, as when ``num_hidden_layers`` or ``hidden_size`` was edited), raises
+    :class:`SpectrumError` naming the checkpoint's path, instead of evaluating a model with
+    freshly initialised weights.
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -65,12 +102,21 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
     path = Path(path)
     if not (path / "config.json").is_file():
         raise SpectrumError(f"checkpoint {path}: cannot be read: config.json is missing")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the problems are reported below, one line
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
+            output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:  # safetensors, json, OSError, ValueError: all mean "unreadable"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpectrumError(f"checkpoint {path}: cannot be read: {msg}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = weight_problems(info)
+    if problems:
+        raise SpectrumError(f"checkpoint {path}: its weights do not fit its config.json: "
+                            + "; ".join(problems))
     return model.to(device).eval()
 
 

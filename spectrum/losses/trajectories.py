@@ -3,9 +3,12 @@
 The losses stage writes one shard per checkpoint, ``losses/run=<run>/step=<step>/part-0.parquet``
 with columns ``token_idx`` (int64) and ``loss`` (float32, nats). This module reads a run's shards
 through :mod:`pyarrow.dataset` (hive partitioning gives the ``step`` column) and pivots them into
-``losses[i, j]`` = loss of token ``token_idx[i]`` at checkpoint ``steps[j]``; a token missing from a
-shard is NaN. For evaluation sets too large for memory, :func:`iter_trajectories` yields the same
-matrix for consecutive ranges of ``token_idx``.
+``losses[i, j]`` = loss of token ``token_idx[i]`` at checkpoint ``steps[j]``. Every shard read is
+first checked against the shard contract (:func:`spectrum.losses.shards.check_run_shards`: columns,
+types, token count against the evalset, ``token_idx`` complete and unique, content checksum), so
+a bad shard is refused by path instead of read as missing values; a token absent from a shard
+(possible only where the evalset's size is unknown) is NaN. For evaluation sets too large for
+memory, :func:`iter_trajectories` yields the same matrix for consecutive ranges of ``token_idx``.
 
 Time axis: ``x = ln T`` with ``T = step * tokens_per_step`` training tokens; step 0 (the initial
 model) has no place on the log axis and is left out by :func:`log_tokens`.
@@ -25,6 +28,7 @@ import pyarrow.parquet as pq
 
 from spectrum.errors import SpectrumError
 from spectrum.layout import loss_run_dir, loss_shard, losses_dir, shard_steps
+from spectrum.losses.shards import check_run_shards
 
 @dataclass(frozen=True)
 class Trajectories:
@@ -87,6 +91,7 @@ def load_losses(out: Path, run: str, *, steps: Sequence[int] | None = None,
     ``token_range = (start, stop)`` keeps tokens with ``start <= token_idx < stop``.
     """
     chosen = _resolve_steps(Path(out), run, steps)
+    check_run_shards(out, run, chosen.tolist())
     dataset = _dataset(Path(out), run, chosen.tolist())
     flt = None
     if token_range is not None:
@@ -100,8 +105,12 @@ def load_losses(out: Path, run: str, *, steps: Sequence[int] | None = None,
 
 
 def token_count(out: Path, run: str, steps: Sequence[int] | None = None) -> int:
-    """One past the largest ``token_idx`` in any shard of ``run`` (from the Parquet statistics)."""
+    """The evalset's token count, once the shards of ``run`` are checked against it; where it is
+    unknown, one past the largest ``token_idx`` in any shard (from the Parquet statistics)."""
     chosen = _resolve_steps(Path(out), run, steps)
+    n = check_run_shards(out, run, chosen.tolist())
+    if n is not None:
+        return n
     top = -1
     for s in chosen.tolist():
         path = loss_shard(Path(out), run, s)

@@ -130,6 +130,36 @@ def test_unreadable_checkpoints_name_their_path(tmp_path):
         load_model(tmp_path / "noconfig")
 
 
+@pytest.mark.parametrize("i", [0, 1, 2], ids=["gpt_neox", "llama", "gpt2"])
+def test_every_architecture_loads_strictly_without_complaint(tmp_path, i):
+    model = _models()[i]
+    model.save_pretrained(tmp_path / "ck")
+    loaded = load_model(tmp_path / "ck")  # tied or untied heads: nothing missing or unexpected
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("key, change, says", [
+    ("num_hidden_layers", 3, "12 weights of the model are missing from the checkpoint"),
+    ("num_hidden_layers", 1, "12 weights of the checkpoint have no place in the model"),
+    ("hidden_size", 64, "weights have other shapes than config.json implies "
+                        "(gpt_neox.embed_in.weight: 300x32 in the file, 300x64 by config.json"),
+    ("vocab_size", 400, "2 weights have other shapes than config.json implies"),
+])
+def test_a_config_that_does_not_fit_the_weights_is_refused(tmp_path, key, change, says):
+    import json
+
+    _models()[0].save_pretrained(tmp_path / "ck")
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config[key] = change
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpectrumError) as e:
+        load_model(tmp_path / "ck")
+    [line] = e.value.problems
+    assert line.startswith(f"checkpoint {tmp_path / 'ck'}: its weights do not fit its "
+                           "config.json: ") and says in line, line
+
+
 @pytest.mark.slow
 def test_fused_cross_entropy_equals_the_eager_one(ids):
     model = _models()[0]

@@ -212,6 +212,16 @@ def test_ray_executor_refuses_gpus_the_cluster_does_not_have(local_ray):
         list(RayExecutor(gpus_per_worker=1).map(_Flaky, [1]))
 
 
+def _cannot_start() -> None:
+    raise ValueError("no such device: 'tpu:7'")
+
+
+def test_ray_worker_that_cannot_start_stops_the_map_with_one_line(local_ray):
+    with pytest.raises(SpectrumError) as e:
+        list(RayExecutor(retries=2).map(_cannot_start, list(range(4))))
+    assert e.value.problems == ["a Ray worker could not start: ValueError: no such device: 'tpu:7'"]
+
+
 def test_ray_stage_on_a_local_cluster_equals_the_local_executor(local_ray, reference, tmp_path,
                                                                  capfd):
     path = _copy(reference, tmp_path / "suite", losses=False)

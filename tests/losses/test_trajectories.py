@@ -20,7 +20,8 @@ def write_shard(out, run, step, token_idx, loss):
 
 @pytest.fixture()
 def shards(tmp_path):
-    """Three checkpoints of run a; step 10 lacks token 2; run b has one shard."""
+    """Three checkpoints of run a; step 10 lacks token 2 (possible only where the evalset is
+    unknown: shards are then not checked for completeness); run b has one shard."""
     rng = np.random.default_rng(0)
     truth = {}
     for step in (0, 10, 1000):
@@ -83,3 +84,50 @@ def test_chunks_cover_all_tokens_once(shards):
     assert [len(c) for c in chunks] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([c.token_idx for c in chunks]), whole.token_idx)
     np.testing.assert_array_equal(np.concatenate([c.losses for c in chunks]), whole.losses)
+
+
+def _evalset_of(out, n):
+    """The part of an evalset the shard readers check against: meta.json's token count."""
+    from spectrum.layout import evalset_meta
+
+    evalset_meta(out).parent.mkdir(parents=True, exist_ok=True)
+    evalset_meta(out).write_text(f'{{"counts": {{"tokens": {n}}}}}')
+
+
+def test_shards_are_checked_against_the_evalset(tmp_path):
+    from spectrum.losses.shards import write_loss_shard
+
+    rng = np.random.default_rng(0)
+    for step in (0, 10, 1000):
+        write_loss_shard(loss_shard(tmp_path, "a", step), rng.random(7), {"run": "a"})
+    _evalset_of(tmp_path, 7)
+    assert load_losses(tmp_path, "a").losses.shape == (7, 3)
+    assert token_count(tmp_path, "a") == 7
+    # a shard missing a token is refused by path, whichever reader meets it
+    write_shard(tmp_path, "a", 10, np.array([0, 1, 3, 4, 5, 6]), np.ones(6))
+    bad = loss_shard(tmp_path, "a", 10)
+    for read in (lambda: load_losses(tmp_path, "a"), lambda: token_count(tmp_path, "a"),
+                 lambda: list(iter_trajectories(tmp_path, "a", chunk_size=3))):
+        with pytest.raises(SpectrumError) as e:
+            read()
+        assert e.value.problems == [f"loss shard {bad}: holds 6 tokens, the evalset 7; rerun "
+                                    "`spectrum losses` to rewrite it"]
+    _evalset_of(tmp_path, 6)
+    with pytest.raises(SpectrumError, match=r"token_idx is not 0..5 in order"):
+        load_losses(tmp_path, "a", steps=[10])
+
+
+def test_checksum_catches_values_changed_after_writing(tmp_path):
+    import pyarrow.parquet as pq
+
+    from spectrum.losses.shards import CHECKSUM, check_shard, write_loss_shard
+    from spectrum.store import read_provenance
+
+    path = write_loss_shard(tmp_path / "s.parquet", np.arange(5, dtype=np.float32), {"run": "a"})
+    assert len(read_provenance(path)[CHECKSUM]) == 64
+    assert check_shard(path, 5) == 5
+    table = pq.read_table(path)
+    changed = table.set_column(1, "loss", pa.array(np.arange(5, dtype=np.float32)[::-1].copy()))
+    pq.write_table(changed.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(SpectrumError, match="does not match the checksum"):
+        check_shard(path, 5)

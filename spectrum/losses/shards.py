@@ -1,0 +1,176 @@
+"""The loss-shard contract, checked on every read.
+
+A loss shard (``losses/run=<run>/step=<step>/part-0.parquet``) holds one checkpoint's losses over
+the whole evalset: a column ``token_idx`` (int64) holding every index ``0..N-1`` exactly once,
+``N`` being the evalset's token count, in ascending order, and a column ``loss`` (float32, nats;
+NaN or infinite where the checkpoint diverged). Its provenance records ``content_sha256``: the
+SHA-256 of the two columns' bytes (``token_idx`` as little-endian int64, then ``loss`` as
+little-endian float32) when it was written.
+
+:func:`check_shard` reads a shard's two columns and refuses, naming the file, a shard that is
+unreadable, lacks a column, has another type, holds another number of tokens than the evalset,
+repeats or skips a ``token_idx``, or whose content no longer matches its recorded checksum (rows
+dropped or values changed after writing). Reading the two columns of one shard is cheap beside
+evaluating a checkpoint; a shard already verified in this process (same size and modification
+time) is not read again.
+
+Where the evalset's token count is not known (no ``meta.json`` or ``tokens.parquet`` under the
+output folder), the count and the completeness of ``token_idx`` cannot be checked: the shard is
+then only required to have the columns and types, unique non-negative indices, and a matching
+checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spectrum.errors import SpectrumError
+from spectrum.layout import LOSS, TOKEN_IDX, evalset_meta, evalset_tokens, loss_shard
+from spectrum.store import read_provenance, write_parquet
+
+CHECKSUM = "content_sha256"  # provenance key of the content checksum
+TYPES = {TOKEN_IDX: pa.int64(), LOSS: pa.float32()}
+
+# path -> ((size, mtime_ns, expected tokens), tokens held): shards verified in this process
+_VERIFIED: dict[str, tuple[tuple[int, int, int | None], int]] = {}
+
+
+class ShardError(SpectrumError):
+    """A loss shard breaks its contract; the message names the file."""
+
+
+def content_checksum(token_idx: np.ndarray, loss: np.ndarray) -> str:
+    """SHA-256 of a shard's content: ``token_idx`` as <i8 bytes, then ``loss`` as <f4 bytes."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(token_idx, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(loss, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def write_loss_shard(path: str | Path, losses: np.ndarray, provenance: dict[str, Any]) -> Path:
+    """Write the losses of every evalset token (in ``token_idx`` order) as a shard whose
+    provenance records its content checksum."""
+    loss = np.asarray(losses, dtype=np.float32).reshape(-1)
+    token_idx = np.arange(len(loss), dtype=np.int64)
+    table = pa.table({TOKEN_IDX: pa.array(token_idx), LOSS: pa.array(loss)})
+    return write_parquet(table, path, {**provenance, CHECKSUM: content_checksum(token_idx, loss)})
+
+
+def expected_tokens(out: str | Path) -> int | None:
+    """The evalset's token count under ``out``: from ``meta.json``, else from the row count of
+    ``tokens.parquet``; None when neither can be read."""
+    try:
+        n = json.loads(evalset_meta(out).read_text())["counts"]["tokens"]
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            return n
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return pq.read_metadata(evalset_tokens(out)).num_rows
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def _read_columns(path: Path) -> pa.Table:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ShardError(f"loss shard {path}: not a readable Parquet file "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+    problems = []
+    for name, want in TYPES.items():
+        i = schema.get_field_index(name)
+        if i < 0:
+            problems.append(f"no column {name!r}")
+        elif schema.field(i).type != want:
+            problems.append(f"column {name!r} is {schema.field(i).type}, not {want}")
+    if problems:
+        raise ShardError(f"loss shard {path}: {'; '.join(problems)} (a loss shard holds "
+                         f"{TOKEN_IDX} int64 and {LOSS} float32)")
+    try:
+        return pq.read_table(path, columns=list(TYPES))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ShardError(f"loss shard {path}: cannot be read "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+
+
+def _index_problem(token_idx: np.ndarray, n_tokens: int | None) -> str | None:
+    n = len(token_idx)
+    if n_tokens is not None and n != n_tokens:
+        return f"holds {n} tokens, the evalset {n_tokens}"
+    if n == 0:
+        return "holds no tokens"
+    if n_tokens is not None:
+        if not np.array_equal(token_idx, np.arange(n, dtype=np.int64)):
+            dup = n - len(np.unique(token_idx))
+            return (f"{TOKEN_IDX} repeats {dup} indices" if dup else
+                    f"{TOKEN_IDX} is not 0..{n - 1} in order")
+        return None
+    if token_idx.min() < 0:
+        return f"{TOKEN_IDX} holds negative indices"
+    dup = n - len(np.unique(token_idx))
+    return f"{TOKEN_IDX} repeats {dup} indices" if dup else None
+
+
+def check_shard(path: str | Path, n_tokens: int | None = None) -> int:
+    """Check one shard against the contract (see the module doc); returns its number of tokens.
+
+    Raises :class:`ShardError` naming ``path`` at the first problem.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ShardError(f"loss shard {path}: cannot be read ({e.strerror})") from None
+    stamp = (st.st_size, st.st_mtime_ns, n_tokens)
+    seen = _VERIFIED.get(str(path))
+    if seen is not None and seen[0] == stamp:
+        return seen[1]
+    table = _read_columns(path)
+    token_idx = table.column(TOKEN_IDX).to_numpy()
+    loss = table.column(LOSS).to_numpy(zero_copy_only=False)
+    problem = _index_problem(token_idx, n_tokens)
+    if problem:
+        raise ShardError(f"loss shard {path}: {problem}; rerun `spectrum losses` to rewrite it")
+    recorded = (read_provenance(path) or {}).get(CHECKSUM)
+    if recorded is not None and recorded != content_checksum(token_idx, loss):
+        raise ShardError(f"loss shard {path}: its content does not match the checksum recorded "
+                         "when it was written (rows changed after writing); rerun "
+                         "`spectrum losses` to rewrite it")
+    _VERIFIED[str(path)] = (stamp, len(token_idx))
+    return len(token_idx)
+
+
+def shard_problem(path: str | Path, n_tokens: int | None = None) -> str | None:
+    """The reason ``path`` breaks the contract, or None if it keeps it (no exception)."""
+    try:
+        check_shard(path, n_tokens)
+    except ShardError as e:
+        return str(e).removeprefix(f"loss shard {path}: ")
+    return None
+
+
+def check_run_shards(out: str | Path, run: str, steps: Sequence[int],
+                     n_tokens: int | None = None) -> int | None:
+    """Check the shards of ``run`` at ``steps`` (``n_tokens``: default the evalset's count under
+    ``out``). Raises :class:`ShardError` naming every bad shard; returns the token count when it
+    is known."""
+    if n_tokens is None:
+        n_tokens = expected_tokens(out)
+    problems = []
+    for step in steps:
+        try:
+            check_shard(loss_shard(out, run, int(step)), n_tokens)
+        except ShardError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ShardError(*problems)
+    return n_tokens
