@@ -119,7 +119,7 @@ def _source(spec: EvalsetSpec) -> dict[str, Any]:
     return {"corpus": dataclasses.asdict(spec.corpus), "split": spec.split, "seed": spec.seed}
 
 
-def content_hash(input_ids: np.ndarray, vocab: str) -> str:
+def evalset_hash(input_ids: np.ndarray, vocab: str) -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}:{vocab}:{input_ids.shape[0]}x{input_ids.shape[1]}:".encode())
     h.update(np.ascontiguousarray(input_ids, dtype="<i4").tobytes())
@@ -185,7 +185,7 @@ def build_evalset(spec: EvalsetSpec, tokenizer: Any, source: str | Path
         "counts": {"sequences": s, "tokens": n, "documents": len(set(seq_doc)),
                    "split_documents": len(docs), "split_windows": len(windows),
                    "train_tokens": int(counts.sum())},
-        "hash": content_hash(input_ids, ident["vocab_hash"]),
+        "hash": evalset_hash(input_ids, ident["vocab_hash"]),
     }
     return sequences, tokens, meta
 
@@ -207,7 +207,7 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
+def evalset_is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
     """True when ``folder`` holds a complete evalset built from ``spec`` with this vocabulary."""
     folder = Path(folder)
     meta = _read_meta(folder)
