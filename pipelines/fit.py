@@ -12,16 +12,19 @@ thresholds; a run whose fits record the same is skipped (``--force`` refits it).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipelines.options import device_option, force_option, option
+from spectrum.console import progress
 from spectrum.errors import SpectrumError
 from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
 from spectrum.fit.kinds import KindThresholds
@@ -39,16 +42,27 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _VOLATILE = ("checkpoint", "code_version", "path")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--fit-dtype", choices=tuple(DTYPES), default="float32",
-                   help="precision of the fits (default float32)")
-    p.add_argument("--chunk-size", type=int, default=1 << 20,
-                   help="tokens read from the shards and fitted at a time (default 1048576)")
-    p.add_argument("--fit-kernel", choices=("auto", "triton", "torch"), default="auto",
-                   help="the LM iterations in the fused Triton kernel or in torch; auto: the "
-                        "kernel on CUDA when Triton is installed (default auto)")
-    p.add_argument("--force", action="store_true", help="refit even if the fits are current")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitStageOptions:
+    device: str = device_option()
+    fit_dtype: str = option("float32", "precision of the fits (default float32)",
+                            choices=tuple(DTYPES))
+    chunk_size: int = option(1 << 20, "tokens read from the shards and fitted at a time "
+                                      "(default 1048576)")
+    fit_kernel: str = option("auto", "the LM iterations in the fused Triton kernel or in torch; "
+                                     "auto: the kernel on CUDA when Triton is installed "
+                                     "(default auto)", choices=("auto", "triton", "torch"))
+    force: bool = force_option()
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise SpectrumError(f"--chunk-size must be positive, got {self.chunk_size}")
+
+
+OPTIONS = FitStageOptions
 
 
 def fit_steps(out: Path, run: RunSpec) -> list[int]:
@@ -105,12 +119,10 @@ def fit_run(out: Path, run: RunSpec, steps: list[int], *, device: torch.device,
             dtype: torch.dtype, chunk_size: int, options: FitOptions,
             thresholds: KindThresholds) -> tuple[np.ndarray, SigmoidFit]:
     """Fit every token of ``run`` in chunks; returns (token_idx, fits)."""
-    from tqdm.auto import tqdm
-
     x = log_tokens(steps, run.tokens_per_step)
     total = token_count(out, run.name, steps)
     tokens, parts = [], []
-    with tqdm(total=total, unit="tok", desc=f"fit {run.name}", smoothing=0.1) as bar:
+    with progress(total=total, unit="tok", desc=f"fit {run.name}", smoothing=0.1) as bar:
         for chunk in iter_trajectories(out, run.name, chunk_size=chunk_size, steps=steps):
             parts.append(fit_sigmoids(chunk.losses, x, device=device, dtype=dtype,
                                       options=options, thresholds=thresholds))
@@ -122,39 +134,35 @@ def fit_run(out: Path, run: RunSpec, steps: list[int], *, device: torch.device,
     return np.concatenate(tokens), SigmoidFit.concat(parts)
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
-    device = resolve_device(getattr(args, "device", "auto"))
-    dtype_name = getattr(args, "fit_dtype", "float32")
-    chunk_size = getattr(args, "chunk_size", 1 << 20)
-    force = getattr(args, "force", False)
-    if chunk_size < 1:
-        raise SpectrumError(f"--chunk-size must be positive, got {chunk_size}")
-    options = FitOptions(kernel=getattr(args, "fit_kernel", "auto"))
+def main(manifest: Manifest, options: FitStageOptions) -> None:
+    device = resolve_device(options.device)
+    solver_options = FitOptions(kernel=options.fit_kernel)
     thresholds = KindThresholds()
     try:
-        solver = solver_name(options, device)
+        solver = solver_name(solver_options, device)
     except ValueError as e:
-        raise SpectrumError(f"--fit-kernel {options.kernel}: {e}") from None
+        raise SpectrumError(f"--fit-kernel {options.fit_kernel}: {e}") from None
     plan = check_runs(manifest)
     done = skipped = 0
     for run in manifest.runs:
         steps = plan[run.name]
         path = fits_file(manifest.out, run.name)
-        prov = provenance(manifest.out, run, steps, dtype_name, options, thresholds)
-        if not force and is_current(path, prov):
+        prov = provenance(manifest.out, run, steps, options.fit_dtype, solver_options, thresholds)
+        if not options.force and is_current(path, prov):
+            log.debug(f"fit: run {run.name}: {path} is current")
             skipped += 1
             continue
-        if path.exists() and not force:
-            print(f"fit: {path} is stale: refitting", flush=True)
+        if path.exists() and not options.force:
+            log.info(f"fit: {path} is stale: refitting")
         t0 = time.perf_counter()
         token_idx, fits = fit_run(manifest.out, run, steps, device=device,
-                                  dtype=DTYPES[dtype_name], chunk_size=chunk_size,
-                                  options=options, thresholds=thresholds)
+                                  dtype=DTYPES[options.fit_dtype], chunk_size=options.chunk_size,
+                                  options=solver_options, thresholds=thresholds)
         write_parquet(fits.to_arrow(token_idx), path, prov)
         done += 1
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
-        print(f"fit: run {run.name}: {len(fits)} tokens in {time.perf_counter() - t0:.1f} s "
-              f"on {device}, {solver} ({summary}) -> {path}", flush=True)
-    print(f"fit: {done} run(s) fitted, {skipped} current run(s) skipped "
-          f"(kinds: {thresholds.describe()})", flush=True)
+        log.info(f"fit: run {run.name}: {len(fits)} tokens in {time.perf_counter() - t0:.1f} s "
+                 f"on {device}, {solver} ({summary}) -> {path}")
+    log.info(f"fit: {done} run(s) fitted, {skipped} current run(s) skipped "
+             f"(kinds: {thresholds.describe()})")

@@ -18,9 +18,8 @@ checkpoint) are stored as they are and counted in the summary.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +30,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.options import (device_option, executor_option, force_option, num_gpus_option,
+                               option, ray_address_option)
 from spectrum import __version__
-from spectrum.data.checkpoints import (content_hash, incomplete_checkpoints, resolve_checkpoints,
+from spectrum.console import progress
+from spectrum.data.checkpoints import (checkpoint_hash, incomplete_checkpoints, resolve_checkpoints,
                                   validate_checkpoint_sources, weight_files)
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.data.evalset import load_evalset
@@ -46,27 +48,26 @@ CURRENT_KEYS = ("run", "step", "tokens", "checkpoint_hash", "evalset_hash", "dty
 MAX_STALE_LINES = 10  # stale shards named one by one; the rest are counted
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto",
-                   help="auto|cpu|cuda|cuda:N for the local executor (default auto); Ray "
-                        "workers use CUDA when they are given GPUs")
-    p.add_argument("--executor", choices=("ray", "local"), default="ray",
-                   help="ray (default: a local Ray, or --ray-address) or local (this process)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster address (auto, ip:port); default: start a local Ray")
-    p.add_argument("--num-gpus", type=float, default=None,
-                   help="GPUs per Ray worker (default: 1 if this machine has GPUs, else 0)")
-    p.add_argument("--force", action="store_true", help="recompute even if current")
-    p.add_argument("--workers", type=int, default=None,
-                   help="Ray workers (default: one per GPU, or one per --cpus-per-worker CPUs)")
-    p.add_argument("--cpus-per-worker", type=int, default=1,
-                   help="CPUs (and torch threads) per CPU worker (default 1)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="weights and activations: auto = bfloat16 on GPUs, float32 on CPUs")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="sequences per forward pass (default: automatic)")
-    p.add_argument("--retries", type=int, default=2,
-                   help="retries of a unit that failed unexpectedly (default 2)")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossesOptions:
+    device: str = device_option()
+    executor: str = executor_option()
+    ray_address: str | None = ray_address_option()
+    num_gpus: float | None = num_gpus_option()
+    force: bool = force_option()
+    workers: int | None = option(None, "Ray workers (default: one per GPU, or one per "
+                                       "--cpus-per-worker CPUs)")
+    cpus_per_worker: int = option(1, "CPUs (and torch threads) per CPU worker (default 1)")
+    dtype: str = option("auto", "weights and activations: auto = bfloat16 on GPUs, float32 on "
+                                "CPUs", choices=("auto", "float32", "bfloat16"))
+    batch_size: int | None = option(None, "sequences per forward pass (default: automatic)")
+    retries: int = option(2, "retries of a unit that failed unexpectedly (default 2)")
+
+
+OPTIONS = LossesOptions
 
 
 @dataclass(frozen=True)
@@ -136,34 +137,34 @@ class LossWorker:
         return Result(losses, time.perf_counter() - t1, t1 - t0)
 
 
-def make_executor(args: argparse.Namespace) -> tuple[Any, str]:
+def make_executor(options: LossesOptions) -> tuple[Any, str]:
     """(executor, device for the workers) from the stage's options. ``--num-gpus`` defaults to 1
     when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address) and
     ``--device`` is not cpu, else 0."""
     from pipelines.executor import LocalExecutor, RayExecutor
 
-    if args.executor == "local":
-        return LocalExecutor(retries=args.retries), args.device
-    ex = RayExecutor(args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                     retries=args.retries)
-    gpus = args.num_gpus
+    if options.executor == "local":
+        return LocalExecutor(retries=options.retries), options.device
+    ex = RayExecutor(options.ray_address, workers=options.workers,
+                     cpus_per_worker=options.cpus_per_worker, retries=options.retries)
+    gpus = options.num_gpus
     if gpus is None:
-        if args.device == "cpu":
+        if options.device == "cpu":
             gpus = 0
-        elif args.ray_address is None:
+        elif options.ray_address is None:
             import torch
 
             gpus = 1 if torch.cuda.is_available() else 0
         else:
             gpus = 1 if ex.cluster_resources().get("GPU", 0) >= 1 else 0
     ex.gpus_per_worker = gpus
-    device = ("cuda" if gpus > 0 else "cpu") if args.device == "auto" else args.device
+    device = ("cuda" if gpus > 0 else "cpu") if options.device == "auto" else options.device
     return ex, device
 
 
-def _dtype(args: argparse.Namespace, device: str) -> str:
-    if args.dtype != "auto":
-        return args.dtype
+def _dtype(options: LossesOptions, device: str) -> str:
+    if options.dtype != "auto":
+        return options.dtype
     from spectrum.devices import default_dtype, dtype_name, resolve_device
 
     return dtype_name(default_dtype(resolve_device(device)))
@@ -173,8 +174,8 @@ def _stale_reason(found: dict[str, Any], expected: dict[str, Any]) -> str:
     return ", ".join(f"{k} changed" for k in CURRENT_KEYS if found.get(k) != expected.get(k))
 
 
-def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = False,
-         log=print) -> tuple[list[Unit], int, list[str]]:
+def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = False
+         ) -> tuple[list[Unit], int, list[str]]:
     """(units to compute, number of current shards skipped, problems with checkpoint folders)."""
     out = Path(manifest.out)
     memo_path = out / ".cache" / "checkpoint_hashes.json"  # outside losses/: scans read only shards
@@ -188,7 +189,7 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
                      for p in incomplete_checkpoints(run)]
         for ck in resolve_checkpoints(run):
             prov = {"run": run.name, "step": ck.step, "tokens": ck.step * run.tokens_per_step,
-                    "checkpoint": str(ck.path), "checkpoint_hash": content_hash(ck.path, memo),
+                    "checkpoint": str(ck.path), "checkpoint_hash": checkpoint_hash(ck.path, memo),
                     "evalset_hash": evalset_hash, "dtype": dtype, "code_version": __version__}
             shard = loss_shard(out, run.name, ck.step)
             found = read_provenance(shard)
@@ -199,11 +200,11 @@ def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = Fal
             if found is not None and not current:
                 stale += 1
                 if stale <= MAX_STALE_LINES:
-                    log(f"warning: {shard} is stale ({_stale_reason(found, prov)}): recomputing")
+                    log.warning(f"{shard} is stale ({_stale_reason(found, prov)}): recomputing")
             size = sum(f.stat().st_size for f in weight_files(ck.path))
             units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov, size))
     if stale > MAX_STALE_LINES:
-        log(f"warning: {stale - MAX_STALE_LINES} more stale shards: recomputing")
+        log.warning(f"{stale - MAX_STALE_LINES} more stale shards: recomputing")
     write_json(memo, memo_path)
     # largest first, so that the last units to finish are short ones (less idle time at the end)
     units.sort(key=lambda u: -u.size)
@@ -220,15 +221,12 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
               ) -> tuple[list[str], dict[str, int], tuple[float, float]]:
     """Run the units, writing each shard as it arrives; (failures, non-finite counts per shard,
     (sum of pure evaluation seconds, sum of seconds spent waiting for checkpoints to load))."""
-    from tqdm.auto import tqdm
-
     failures: list[str] = []
     nonfinite: dict[str, int] = {}
     eval_seconds = load_wait = 0.0
     done_tokens = 0
     t0 = time.perf_counter()
-    with tqdm(total=len(units), unit="shard", desc="losses", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with progress(total=len(units), unit="shard", desc="losses", dynamic_ncols=True) as bar:
         for outcome in executor.map(make_worker, units):
             unit = outcome.unit
             if outcome.ok:
@@ -243,23 +241,22 @@ def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_uni
             else:
                 failures.append(outcome.error if unit.path in (outcome.error or "")
                                 else f"checkpoint {unit.path}: {outcome.error}")
-                bar.write(f"error: {failures[-1]}", file=sys.stderr)
+                log.error(failures[-1])
             elapsed = max(1e-9, time.perf_counter() - t0)
             bar.set_postfix_str(f"{done_tokens / elapsed:,.0f} tok/s", refresh=False)
             bar.update(1)
     return failures, nonfinite, (eval_seconds, load_wait)
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
+def main(manifest: Manifest, options: LossesOptions) -> None:
     validate_checkpoint_sources(manifest)
     evalset = load_evalset(evalset_dir(manifest.out))
-    executor, device = make_executor(args)
-    dtype = _dtype(args, device)
-    units, skipped, problems = plan(manifest, evalset.hash, dtype, force=args.force,
-                                    log=lambda m: print(m, file=sys.stderr))
-    threads = args.cpus_per_worker if args.executor == "ray" else None
+    executor, device = make_executor(options)
+    dtype = _dtype(options, device)
+    units, skipped, problems = plan(manifest, evalset.hash, dtype, force=options.force)
+    threads = options.cpus_per_worker if options.executor == "ray" else None
     make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
-                          args.batch_size, threads)
+                          options.batch_size, threads)
     failures, nonfinite, (evals, waits) = [], {}, (0.0, 0.0)
     if units:
         failures, nonfinite, (evals, waits) = run_units(units, executor, make_worker,
@@ -274,4 +271,4 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
                   "to load)" if units else ""))
     if failures:
         raise StageFailed(*failures, summary)
-    print(summary, file=sys.stderr)
+    log.info(summary)

@@ -17,19 +17,17 @@ LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.D
 _ROOTS = ("spectrum", "pipelines")
 
 
-class _Stderr(logging.StreamHandler):
-    """A handler on whatever ``sys.stderr`` is when a message is emitted (it may be replaced)."""
+class _Stderr(logging.Handler):
+    """Writes each message to the current ``sys.stderr`` through ``tqdm.write``, which keeps
+    progress bars intact below it."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
 
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:  # the handler always writes to the current stderr
-        pass
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's own policy for a failed emit
+            self.handleError(record)
 
 
 class _Format(logging.Formatter):

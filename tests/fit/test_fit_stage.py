@@ -59,11 +59,8 @@ def setup(tmp_path):
 
 
 def args(**kw):
-    ns = {"device": "cpu", "fit_dtype": "float64", "chunk_size": 25, "force": False}
-    ns.update(kw)
-    import argparse
-
-    return argparse.Namespace(**ns)
+    return stage.FitStageOptions(**{"device": "cpu", "fit_dtype": "float64", "chunk_size": 25,
+                                    **kw})
 
 
 def test_fits_every_token_and_records_provenance(setup, capsys):
@@ -92,12 +89,12 @@ def test_current_fits_are_skipped_and_stale_ones_refitted(setup, capsys):
     capsys.readouterr()
     stage.main(manifest, args())
     assert path.stat().st_mtime_ns == first
-    assert "1 current run(s) skipped" in capsys.readouterr().out
+    assert "1 current run(s) skipped" in capsys.readouterr().err
     # a shard recomputed from another checkpoint makes the fits stale
     losses = np.full((len(token_idx), 1), 1.5, dtype=np.float32)
     write_shards(manifest.out, "a", [64], losses, token_idx, tag="other")
     stage.main(manifest, args())
-    assert "stale" in capsys.readouterr().out
+    assert "stale" in capsys.readouterr().err
     assert path.stat().st_mtime_ns != first
     # other options make them stale too; --force refits current ones
     stage.main(manifest, args(fit_dtype="float32"))
