@@ -175,3 +175,17 @@ def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_pat
             total += 1
             ok += fits["rss"][i] <= theirs * (1 + 1e-6) + 1e-20 * np.sum(y[i] ** 2)
     assert total >= 1000 and ok / total >= 0.999
+
+
+def test_messages_go_to_stderr_and_follow_quiet_and_verbose(setup, capsys):
+    manifest, _, _ = setup
+    base = ["--config", str(manifest.path), "--device", "cpu", "--chunk-size", "1000"]
+    assert cli(["-q", "fit", *base]) == 0  # fits the run: no message, no bar
+    assert capsys.readouterr() == ("", "")
+    assert cli(["fit", *base]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "1 current run(s) skipped" in err and "is current" not in err
+    assert cli(["fit", *base, "--verbose"]) == 0
+    assert "fit: run a: " in capsys.readouterr().err  # the debug line of the skipped run
+    assert cli(["fit", *base, "--chunk-size", "0", "-q"]) == 2  # errors are said even when quiet
+    assert capsys.readouterr().err.startswith("error: --chunk-size")
