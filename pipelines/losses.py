@@ -2,9 +2,8 @@
 
 One unit of work per (run, checkpoint); each writes ``<out>/losses/run=<run>/step=<step>/
 part-0.parquet`` (``token_idx`` int64, ``loss`` float32 nats, sorted by ``token_idx``) with its
-provenance (run, step, tokens = step * tokens_per_step, checkpoint path and content hash, evalset
-hash, dtype, code version). A shard whose checkpoint hash, evalset hash, dtype, run, step and
-tokens match is current and skipped; one that differs is stale and recomputed with a warning.
+provenance; a current shard is skipped, a stale one recomputed with a warning (see
+:mod:`spectrum.losses.shards`).
 
 Workers are Ray actors (a fresh local Ray by default, ``--ray-address`` for a cluster) or, with
 ``--executor local``, this process. Each worker keeps the evalset on its device, and loads the
@@ -18,34 +17,26 @@ checkpoint) are stored as they are and counted in the summary.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from pipelines.options import (device_option, executor_option, force_option, num_gpus_option,
                                option, ray_address_option)
-from spectrum import __version__
 from spectrum.console import progress
-from spectrum.data.checkpoints import (checkpoint_hash, incomplete_checkpoints, resolve_checkpoints,
-                                  validate_checkpoint_sources, weight_files)
+from spectrum.data.checkpoints import validate_checkpoint_sources
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.data.evalset import load_evalset
-from spectrum.layout import evalset_dir, loss_shard
+from spectrum.layout import evalset_dir
+from spectrum.losses.shards import Unit, plan_units, write_shard
 from spectrum.manifest import Manifest
-from spectrum.store import read_provenance, write_json, write_parquet
 
 HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
-# provenance keys that decide whether a shard is current (path and code version are recorded only)
-CURRENT_KEYS = ("run", "step", "tokens", "checkpoint_hash", "evalset_hash", "dtype")
-MAX_STALE_LINES = 10  # stale shards named one by one; the rest are counted
 
 
 log = logging.getLogger(__name__)
@@ -68,18 +59,6 @@ class LossesOptions:
 
 
 OPTIONS = LossesOptions
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One checkpoint to evaluate, and where its shard goes."""
-
-    run: str
-    step: int
-    path: str
-    shard: str
-    provenance: dict[str, Any]
-    size: int = 0  # bytes of weights: the largest checkpoints are scheduled first
 
 
 @dataclass(frozen=True)
@@ -170,53 +149,6 @@ def _dtype(options: LossesOptions, device: str) -> str:
     return dtype_name(default_dtype(resolve_device(device)))
 
 
-def _stale_reason(found: dict[str, Any], expected: dict[str, Any]) -> str:
-    return ", ".join(f"{k} changed" for k in CURRENT_KEYS if found.get(k) != expected.get(k))
-
-
-def plan(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool = False
-         ) -> tuple[list[Unit], int, list[str]]:
-    """(units to compute, number of current shards skipped, problems with checkpoint folders)."""
-    out = Path(manifest.out)
-    memo_path = out / ".cache" / "checkpoint_hashes.json"  # outside losses/: scans read only shards
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    units, skipped, stale, problems = [], 0, 0, []
-    for run in manifest.runs:
-        problems += [f"checkpoint {p}: cannot be read: incomplete (no config.json or no weights)"
-                     for p in incomplete_checkpoints(run)]
-        for ck in resolve_checkpoints(run):
-            prov = {"run": run.name, "step": ck.step, "tokens": ck.step * run.tokens_per_step,
-                    "checkpoint": str(ck.path), "checkpoint_hash": checkpoint_hash(ck.path, memo),
-                    "evalset_hash": evalset_hash, "dtype": dtype, "code_version": __version__}
-            shard = loss_shard(out, run.name, ck.step)
-            found = read_provenance(shard)
-            current = found is not None and all(found.get(k) == prov[k] for k in CURRENT_KEYS)
-            if current and not force:
-                skipped += 1
-                continue
-            if found is not None and not current:
-                stale += 1
-                if stale <= MAX_STALE_LINES:
-                    log.warning(f"{shard} is stale ({_stale_reason(found, prov)}): recomputing")
-            size = sum(f.stat().st_size for f in weight_files(ck.path))
-            units.append(Unit(run.name, ck.step, str(ck.path), str(shard), prov, size))
-    if stale > MAX_STALE_LINES:
-        log.warning(f"{stale - MAX_STALE_LINES} more stale shards: recomputing")
-    write_json(memo, memo_path)
-    # largest first, so that the last units to finish are short ones (less idle time at the end)
-    units.sort(key=lambda u: -u.size)
-    return units, skipped, problems
-
-
-def write_shard(unit: Unit, losses: np.ndarray) -> None:
-    table = pa.table({"token_idx": pa.array(np.arange(len(losses), dtype=np.int64)),
-                      "loss": pa.array(np.asarray(losses, dtype=np.float32))})
-    write_parquet(table, unit.shard, unit.provenance)
-
-
 def run_units(units: list[Unit], executor: Any, make_worker: Any, tokens_per_unit: int
               ) -> tuple[list[str], dict[str, int], tuple[float, float]]:
     """Run the units, writing each shard as it arrives; (failures, non-finite counts per shard,
@@ -253,7 +185,7 @@ def main(manifest: Manifest, options: LossesOptions) -> None:
     evalset = load_evalset(evalset_dir(manifest.out))
     executor, device = make_executor(options)
     dtype = _dtype(options, device)
-    units, skipped, problems = plan(manifest, evalset.hash, dtype, force=options.force)
+    units, skipped, problems = plan_units(manifest, evalset.hash, dtype, force=options.force)
     threads = options.cpus_per_worker if options.executor == "ray" else None
     make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
                           options.batch_size, threads)

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from pipelines import fit as stage
+from spectrum.fit.runs import fit_steps
 from pipelines.cli import main as cli
 from spectrum.errors import SpectrumError
 from spectrum.manifest import load_manifest
@@ -149,7 +150,7 @@ def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_pat
     opts = FitOptions()
     ok, total = 0, 0
     for run in manifest.runs:
-        steps = stage.fit_steps(manifest.out, run)
+        steps = fit_steps(manifest.out, run)
         x = log_tokens(steps, run.tokens_per_step)
         y = load_losses(manifest.out, run.name, steps=steps).losses.astype(np.float64)
         fits = pl.read_parquet(fits_file(manifest.out, run.name))
