@@ -138,7 +138,7 @@ def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
     from spectrum.suite.build import prepare_data
     from spectrum.suite.config import gpt_neox_config
 
-    from pipelines.suite import train_suite
+    from pipelines.suite import train_suite_in_processes
     from spectrum.suite.build import run_status
 
     plan = _suite(manifest)
@@ -146,7 +146,8 @@ def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
     size, base, runs = _choose(plan, options.size, options.runs, manifest)
     needed = {r.name for r in runs}
     if any(run_status(plan, r) == "todo" for r in plan.runs if r.run.name in needed):
-        train_suite(manifest, device=options.device)  # the checkpoints to measure learnability with
+        # the checkpoints to measure learnability with
+        train_suite_in_processes(manifest, device=options.device)
     arms = [a.strip() for a in options.arms.split(",") if a.strip()]
     if unknown := [a for a in arms if a not in ARMS]:
         raise SpectrumError(f"--arms: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})")

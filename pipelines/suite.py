@@ -20,8 +20,7 @@ from typing import Any
 from pipelines.options import device_option, force_option, option
 from spectrum import console
 from spectrum.manifest import Manifest
-from spectrum.suite.build import SuiteData, prepare_data, train_in_process, train_run
-from spectrum.suite.build import train_suite as train_suite_with
+from spectrum.suite.build import SuiteData, prepare_data, train_in_process, train_run, train_suite
 from spectrum.suite.config import RunPlan, SuitePlan
 
 HELP = "train the built-in mini scaling suite (checkpoints on a log-time schedule)"
@@ -40,15 +39,16 @@ OPTIONS = SuiteOptions
 
 
 def main(manifest: Manifest, options: SuiteOptions) -> None:
-    train_suite(manifest, device=options.device, force=options.force,
-                workers=options.suite_workers)
+    train_suite_in_processes(manifest, device=options.device, force=options.force,
+                             workers=options.suite_workers)
 
 
-def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False,
-                progress: bool = True, workers: int | None = None) -> dict[str, Any] | None:
+def train_suite_in_processes(manifest: Manifest, *, device: str = "auto", force: bool = False,
+                             progress: bool = True, workers: int | None = None
+                             ) -> dict[str, Any] | None:
     """:func:`spectrum.suite.build.train_suite`, with ``workers`` runs trained at once, each in
     its own process (default: one per CPU core on the CPU, one on a GPU; 1: in this process)."""
-    return train_suite_with(manifest, device=device, force=force, progress=progress,
+    return train_suite(manifest, device=device, force=force, progress=progress,
                             train_runs=partial(_train_runs, workers=workers, device=device,
                                                progress=progress))
 
