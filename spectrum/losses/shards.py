@@ -21,7 +21,7 @@ import pyarrow as pa
 from spectrum import __version__
 from spectrum.data.checkpoints import (checkpoint_hash, incomplete_checkpoints,
                                        resolve_checkpoints, weight_files)
-from spectrum.layout import loss_shard
+from spectrum.layout import checkpoint_hash_memo, loss_shard
 from spectrum.manifest import Manifest
 from spectrum.store import read_provenance, write_json, write_parquet
 
@@ -51,7 +51,7 @@ def plan_units(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool
          ) -> tuple[list[Unit], int, list[str]]:
     """(units to compute, number of current shards skipped, problems with checkpoint folders)."""
     out = Path(manifest.out)
-    memo_path = out / ".cache" / "checkpoint_hashes.json"  # outside losses/: scans read only shards
+    memo_path = checkpoint_hash_memo(out)
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
