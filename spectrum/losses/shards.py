@@ -68,6 +68,7 @@ def plan_units(manifest: Manifest, evalset_hash: str, dtype: str, *, force: bool
             found = read_provenance(shard)
             current = found is not None and all(found.get(k) == prov[k] for k in CURRENT_KEYS)
             if current and not force:
+                log.debug(f"losses: {shard} is current")
                 skipped += 1
                 continue
             if found is not None and not current:
