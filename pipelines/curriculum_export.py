@@ -116,8 +116,9 @@ def read_learnability_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
     return fits
 
 
-def measure_learnability(manifest: Manifest, options: LearnabilityOptions, runs: tuple[RunSpec, ...],
-                         target_steps: int, tokens_per_step: int) -> tuple[Manifest, Learnability]:
+def measure_learnability(manifest: Manifest, options: LearnabilityOptions,
+                         runs: tuple[RunSpec, ...], target_steps: int, tokens_per_step: int
+                         ) -> tuple[Manifest, Learnability]:
     """Run the stages (resuming) and aggregate the fits over the phases of the target run."""
     lm = learnability_manifest(manifest, runs, options.sequences)
     run_learnability_stages(lm, options)

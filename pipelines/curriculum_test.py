@@ -161,7 +161,8 @@ def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
     out = test_dir(manifest)
 
     data = prepare_data(dataclasses.replace(cfg, eval_sequences=options.eval_sequences))
-    pool_n = options.sequences or min(_split_windows(cfg, data), math.ceil(steps * batch / options.epochs))
+    pool_n = options.sequences or min(_split_windows(cfg, data),
+                                      math.ceil(steps * batch / options.epochs))
     log.info(f"curriculum-test: size {size}, {steps} steps x {tps} tokens, pool of {pool_n} "
              f"training sequences of {cfg.context} tokens, learnability from "
              f"{', '.join(r.name for r in runs)}")
@@ -190,7 +191,8 @@ def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
 
     setup = {"size": size, "steps": steps, "tokens_per_step": tps, "context": cfg.context,
              "pool_sequences": pool_n, "phases": phases.n, "phase_steps": list(phases.step_edges),
-             "floor": options.floor, "buckets": int(buckets.max()) + 1, "seeds": list(range(options.seeds)),
+             "floor": options.floor, "buckets": int(buckets.max()) + 1,
+             "seeds": list(range(options.seeds)),
              "eval_sequences": int(len(data.eval_sequences)), "learnability_runs": [r.name for r in runs],
              "suite_fingerprint": plan.fingerprint(base), "arms": arms,
              "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
@@ -208,8 +210,8 @@ def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
     model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
                                    eos_token_id=data.tokenizer.eos_token_id)
     curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
-                      seeds=options.seeds, arms=arms, out=out, fingerprint=fp, device=options.device,
-                      force=options.force)
+                      seeds=options.seeds, arms=arms, out=out, fingerprint=fp,
+                      device=options.device, force=options.force)
     write_results(curves, setup, out)
 
 
