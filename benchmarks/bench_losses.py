@@ -143,7 +143,8 @@ def compare(shape: Shape, device: torch.device, repeats: int) -> dict:
 def sweep(shape: Shape, device: torch.device, n: int, threads: int | None) -> dict:
     """Evaluate ``n`` saved checkpoints with the stage's worker; wall time vs pure eval time."""
     from pipelines.executor import LocalExecutor
-    from pipelines.losses import LossWorker, Unit
+    from pipelines.losses import LossWorker
+    from spectrum.losses.shards import Unit
     from spectrum.devices import default_dtype, dtype_name
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_losses_"))

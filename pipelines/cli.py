@@ -3,12 +3,15 @@
 Each stage lives in its own module under ``pipelines/`` and exposes three names:
 
 - ``HELP``: one line for ``spectrum --help``;
-- ``add_arguments(parser)``: its own options (shared ones, such as ``--config``, are added here);
-- ``main(manifest, args)``: runs the stage; raises :class:`spectrum.errors.SpectrumError` for a
-  problem the user can fix.
+- ``OPTIONS``: the frozen dataclass of its options (see :mod:`pipelines.options`), from which its
+  flags are generated (``--config`` and the verbosity flags are added here);
+- ``main(manifest, options)``: runs the stage; raises :class:`spectrum.errors.SpectrumError` for
+  a problem the user can fix.
 
-``spectrum run`` runs every stage in pipeline order with each stage's defaults; each stage skips
-the work whose outputs are already current, so the same command resumes an interrupted run.
+``spectrum run`` runs every stage in pipeline order; it takes the options of all of them, each
+flag once, and each stage skips the work whose outputs are already current, so the same command
+resumes an interrupted run. Messages and progress bars go to stderr (``--quiet``: warnings and
+errors only; ``--verbose``: also debug messages).
 
 Errors end in one line each on stderr and a non-zero exit, never a traceback: a problem with the
 user's input (exit 2, or 1 when a stage finished what it could), a file or folder that cannot be
@@ -19,15 +22,20 @@ an unexpected error (exit 3). ``--debug`` shows the traceback, for bug reports.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import errno
+import importlib
+import logging
+import os
 import sys
 import traceback
 from types import ModuleType
 
+from pipelines.options import add_options, from_namespace
+from spectrum.console import set_verbosity
 from spectrum.errors import SpectrumError
 from spectrum.manifest import load_manifest
+
+log = logging.getLogger("pipelines.cli")  # not __name__: "__main__" under `python -m`
 
 # name -> module, in pipeline order; `run` runs the ones in RUN_ORDER.
 STAGES: dict[str, str] = {
@@ -51,10 +59,17 @@ def _stage(name: str) -> ModuleType | None:
         raise
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, default: object = None) -> None:
+    """``--config`` and the verbosity flags; on subcommands their defaults are suppressed, so a
+    verbosity flag given before the subcommand is kept."""
     p.add_argument("--config", default="checkpoints.yaml",
                    help="the manifest (default: checkpoints.yaml)")
-    p.add_argument("--debug", action="store_true",
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_const", dest="verbosity", const="quiet",
+                      default=default, help="only warnings and errors; no progress bars")
+    loud.add_argument("-v", "--verbose", action="store_const", dest="verbosity",
+                      const="verbose", default=default, help="also debug messages")
+    p.add_argument("--debug", action="store_true", default=default,
                    help="show the Python traceback of an error (for bug reports)")
 
 
@@ -62,19 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectrum",
         description="Per-token loss trajectories, sigmoid fits and learning-time spectra.")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_const", dest="verbosity", const="quiet",
+                      default="normal", help="only warnings and errors; no progress bars")
+    loud.add_argument("-v", "--verbose", action="store_const", dest="verbosity",
+                      const="verbose", help="also debug messages")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (for bug reports)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", conflict_handler="resolve",
-                         help="run every stage: " + " -> ".join(RUN_ORDER))
-    _add_common(run)
-    for name in STAGES:
-        mod = _stage(name)
-        if mod is None:
-            continue
+    run = sub.add_parser("run", help="run every stage: " + " -> ".join(RUN_ORDER))
+    _add_common(run, argparse.SUPPRESS)
+    modules = {name: mod for name in STAGES if (mod := _stage(name)) is not None}
+    for name, mod in modules.items():
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-        _add_common(p)
-        mod.add_arguments(p)
-        if name in RUN_ORDER:
-            mod.add_arguments(run)
+        _add_common(p, argparse.SUPPRESS)
+        add_options(p, [mod.OPTIONS])
+    add_options(run, [modules[name].OPTIONS for name in RUN_ORDER if name in modules])
     return parser
 
 
@@ -97,44 +115,45 @@ def os_error_line(e: OSError) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
+    names = [n for n in RUN_ORDER if _stage(n) is not None] if args.command == "run" \
+        else [args.command]
+    # every stage's options first: a bad value is reported before any work starts
+    stages = [(mod, from_namespace(mod.OPTIONS, args)) for mod in map(_stage, names)]
     manifest = load_manifest(args.config)
-    if args.command == "run":
-        for name in RUN_ORDER:
-            mod = _stage(name)
-            if mod is not None:
-                mod.main(manifest, args)
-    else:
-        _stage(args.command).main(manifest, args)
+    for mod, options in stages:
+        mod.main(manifest, options)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False)
+    set_verbosity(args.verbosity)
+    debug = bool(args.debug)
     try:
         _run(args)
     except SpectrumError as e:
         if debug:
             traceback.print_exc()
         for line in e.problems or [str(e)]:
-            print(f"error: {line}", file=sys.stderr)
+            log.error(line)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept; run the same command to resume",
-              file=sys.stderr)
+        log.warning("interrupted: finished outputs are kept; run the same command to resume")
         return 130
     except OSError as e:
         if debug:
             raise
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        log.error(os_error_line(e))
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: unexpected {type(e).__name__}{': ' + first if first else ''} "
-              "(rerun with --debug to see the traceback, and report it)", file=sys.stderr)
+        log.error(f"unexpected {type(e).__name__}{': ' + first if first else ''} "
+                  "(rerun with --debug to see the traceback, and report it)")
         return 3
+    finally:
+        set_verbosity("normal")
     return 0
 
 

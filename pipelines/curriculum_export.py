@@ -9,21 +9,22 @@
    ``--floor``), written to ``<out>/curriculum/`` with a README.
 3. The target dataset's ids: by default the documents of the manifest corpus's training split,
    or ``--target-ids`` (a text file with one ``doc_id`` per line, or a Parquet/JSONL file with a
-   ``doc_id`` column). Exported ids the target lacks are counted, printed with examples and
+   ``doc_id`` column). Exported ids the target lacks are counted, logged with examples and
    written to ``<out>/curriculum/missing_ids.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
-import sys
+import logging
 from pathlib import Path
-from typing import Any
 
 import polars as pl
+
+from pipelines.options import (device_option, executor_option, force_option, num_gpus_option,
+                               option, ray_address_option, shared_with)
 
 from spectrum.data.corpus import documents
 from spectrum.curriculum.weights import (CurriculumWeights, Learnability, learnability, phase_schedule,
@@ -35,39 +36,37 @@ from spectrum.store import write_json
 
 HELP = "export curriculum weights for a target run (reweights training data by learnability)"
 LEARNABILITY_STAGES = ("evalset", "losses", "fit")
-_SHARED = ("device", "executor", "ray_address", "num_gpus", "force")
+log = logging.getLogger(__name__)
 
 
-def add_learnability_arguments(p: argparse.ArgumentParser,
-                               sequences_default: str = "the evalset's sequences") -> None:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LearnabilityOptions:
     """Options shared by export-curriculum and curriculum-test."""
-    p.add_argument("--runs", default=None,
-                   help="comma-separated runs whose checkpoints measure learnability "
-                        "(default: the manifest's fit runs)")
-    p.add_argument("--sequences", type=int, default=None,
-                   help=f"training-split sequences to measure (default: {sequences_default})")
-    p.add_argument("--phases", type=int, default=4,
-                   help="phases of the target run: equal bins of ln T (default 4)")
-    p.add_argument("--floor", type=float, default=0.25,
-                   help="smallest weight, as a fraction of the phase mean (default 0.25)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--executor", choices=("ray", "local"), default=None,
-                   help="how the losses stage distributes work (default: the losses stage's)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--num-gpus", type=float, default=None,
-                   help="GPUs per losses worker (default: 1 if GPUs exist, else 0)")
-    p.add_argument("--force", action="store_true", help="recompute even if outputs are current")
+
+    runs: str | None = option(None, "comma-separated runs whose checkpoints measure learnability "
+                                    "(default: the manifest's fit runs)")
+    sequences: int | None = option(None, "training-split sequences to measure (default: the "
+                                         "evalset's sequences)")
+    phases: int = option(4, "phases of the target run: equal bins of ln T (default 4)")
+    floor: float = option(0.25, "smallest weight, as a fraction of the phase mean (default 0.25)")
+    device: str = device_option()
+    executor: str = executor_option()
+    ray_address: str | None = ray_address_option()
+    num_gpus: float | None = num_gpus_option()
+    force: bool = force_option()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target-steps", type=int, required=True,
-                   help="optimizer steps of the run the weights are for")
-    p.add_argument("--tokens-per-step", type=int, default=None,
-                   help="tokens per step of the target run (default: the first measured run's)")
-    p.add_argument("--target-ids", default=None,
-                   help="the target dataset's doc ids: a text file (one per line), or Parquet/JSONL "
-                        "with a doc_id column (default: the manifest corpus's training split)")
-    add_learnability_arguments(p)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurriculumExportOptions(LearnabilityOptions):
+    target_steps: int = option(help="optimizer steps of the run the weights are for")
+    tokens_per_step: int | None = option(None, "tokens per step of the target run (default: the "
+                                               "first measured run's)")
+    target_ids: str | None = option(None, "the target dataset's doc ids: a text file (one per "
+                                          "line), or Parquet/JSONL with a doc_id column "
+                                          "(default: the manifest corpus's training split)")
+
+
+OPTIONS = CurriculumExportOptions
 
 
 def learnability_runs(manifest: Manifest, runs: str | None) -> tuple[RunSpec, ...]:
@@ -91,19 +90,9 @@ def learnability_manifest(manifest: Manifest, runs: tuple[RunSpec, ...],
                                evalset=ev, runs=runs)
 
 
-def _stage_namespace(module: Any, args: argparse.Namespace) -> argparse.Namespace:
-    """A stage's own defaults, with the shared options (device, executor, ...) taken from ``args``."""
-    parser = argparse.ArgumentParser(conflict_handler="resolve")
-    module.add_arguments(parser)
-    ns = parser.parse_args([])
-    for key in _SHARED:
-        if getattr(args, key, None) is not None and hasattr(ns, key):
-            setattr(ns, key, getattr(args, key))
-    return ns
-
-
-def run_learnability_stages(lm: Manifest, args: argparse.Namespace) -> None:
-    """The evalset, losses and fit stages, unchanged, on the learnability manifest."""
+def run_learnability_stages(lm: Manifest, options: LearnabilityOptions) -> None:
+    """The evalset, losses and fit stages, unchanged, on the learnability manifest: each with
+    its own defaults and the shared options (device, executor, force, ...) of ``options``."""
     for name in LEARNABILITY_STAGES:
         try:
             module = importlib.import_module(f"pipelines.{name}")
@@ -111,11 +100,13 @@ def run_learnability_stages(lm: Manifest, args: argparse.Namespace) -> None:
             if e.name == f"pipelines.{name}":
                 raise SpectrumError(f"the {name} stage is not available in this installation") from None
             raise
-        print(f"curriculum: learnability of training data: {name} stage", flush=True)
-        module.main(lm, _stage_namespace(module, args))
+        log.info(f"curriculum: learnability of training data: {name} stage")
+        module.main(lm, shared_with(module.OPTIONS, options))
 
 
-def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
+def read_learnability_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
+    """The fits of every run of the learnability manifest; a :class:`SpectrumError` for a
+    missing one."""
     fits = {}
     for run in lm.runs:
         path = layout.fits_file(lm.out, run.name)
@@ -125,15 +116,16 @@ def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
     return fits
 
 
-def measure_learnability(manifest: Manifest, args: argparse.Namespace, runs: tuple[RunSpec, ...],
-                         target_steps: int, tokens_per_step: int) -> tuple[Manifest, Learnability]:
+def measure_learnability(manifest: Manifest, options: LearnabilityOptions,
+                         runs: tuple[RunSpec, ...], target_steps: int, tokens_per_step: int
+                         ) -> tuple[Manifest, Learnability]:
     """Run the stages (resuming) and aggregate the fits over the phases of the target run."""
-    lm = learnability_manifest(manifest, runs, args.sequences)
-    run_learnability_stages(lm, args)
+    lm = learnability_manifest(manifest, runs, options.sequences)
+    run_learnability_stages(lm, options)
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id"])
-    phases = phase_schedule(target_steps, tokens_per_step, args.phases)
-    learn = learnability(tokens, read_fits(lm), phases)
+    phases = phase_schedule(target_steps, tokens_per_step, options.phases)
+    learn = learnability(tokens, read_learnability_fits(lm), phases)
     # the token ids of each sequence, so that the table is usable without the evalset folder
     ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
     learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
@@ -156,29 +148,30 @@ def read_target_ids(path: str | Path) -> list[str]:
     return df["doc_id"].cast(pl.String).to_list()
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
-    runs = learnability_runs(manifest, args.runs)
-    tps = args.tokens_per_step or runs[0].tokens_per_step
-    lm, learn = measure_learnability(manifest, args, runs, args.target_steps, tps)
+def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
+    runs = learnability_runs(manifest, options.runs)
+    tps = options.tokens_per_step or runs[0].tokens_per_step
+    lm, learn = measure_learnability(manifest, options, runs, options.target_steps, tps)
     folder = layout.curriculum_dir(manifest.out)
     evalset_meta = json.loads(layout.evalset_meta(lm.out).read_text())
-    paths = write_export(learn, folder, floor=args.floor,
+    paths = write_export(learn, folder, floor=options.floor,
                          provenance={"evalset_hash": evalset_meta.get("hash"),
                                      "learnability_dir": str(lm.out)})
-    if args.target_ids:
-        target, source = read_target_ids(args.target_ids), str(args.target_ids)
+    if options.target_ids:
+        target, source = read_target_ids(options.target_ids), str(options.target_ids)
     else:
         target = [d.doc_id for d in documents(manifest.evalset.corpus, "train")]
         source = f"the training split of {manifest.evalset.corpus.kind} corpus"
     al = CurriculumWeights.read(folder).align(target)
     write_json({"target": source, **al.report(examples=50)}, folder / "missing_ids.json")
     ph = learn.phases
-    print(f"curriculum: {learn.sequences.height} sequences / {learn.documents.height} documents, "
-          f"{ph.n} phases over {ph.target_steps} steps (starting at steps "
-          f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {paths['sequences']}")
-    print(f"curriculum: target dataset ({source}): {al.summary()}")
+    log.info(f"curriculum: {learn.sequences.height} sequences / {learn.documents.height} "
+             f"documents, {ph.n} phases over {ph.target_steps} steps (starting at steps "
+             f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {paths['sequences']}")
+    log.info(f"curriculum: target dataset ({source}): {al.summary()}")
     measured = max(r.tokens for r in runs)
     if ph.target_steps * ph.tokens_per_step > measured:
-        print(f"curriculum: warning: the target run reaches T = {ph.target_steps * ph.tokens_per_step:.3g} "
-              f"tokens, beyond the longest measured run ({measured:.3g}); the later phases rest on "
-              "sigmoids extrapolated past the last checkpoint", file=sys.stderr)
+        log.warning(f"curriculum: the target run reaches T = "
+                    f"{ph.target_steps * ph.tokens_per_step:.3g} tokens, beyond the longest "
+                    f"measured run ({measured:.3g}); the later phases rest on sigmoids "
+                    "extrapolated past the last checkpoint")

@@ -28,20 +28,20 @@ for seed 0), ``results.json``, ``results.md`` and ``curriculum_test.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from pipelines.curriculum_export import (add_learnability_arguments,
-                                         learnability_runs, run_learnability_stages, read_fits)
+from pipelines.curriculum_export import (LearnabilityOptions, learnability_runs,
+                                         read_learnability_fits, run_learnability_stages)
+from pipelines.options import option
 from spectrum.curriculum.weights import learnability, phase_schedule, phase_weights, weight_columns
 from spectrum.curriculum.trial import (ARMS, FIGURE, RESULTS_JSON, RESULTS_MD, Curve, arm_weights,
                                        curve_record, frequency_buckets, markdown_table, plot,
@@ -56,21 +56,28 @@ from spectrum.store import write_json, write_parquet, write_text
 HELP = "controlled test: train one suite size under uniform, curriculum and control weightings"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default=None,
-                   help="model size of the suite to train (default: the smallest size of a fit run)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: the steps of the shortest fit run of that size)")
-    p.add_argument("--epochs", type=float, default=2.0,
-                   help="passes over the pool that the default pool size allows (default 2)")
-    p.add_argument("--buckets", type=int, default=8,
-                   help="token-frequency buckets of the frequency-matched control (default 8)")
-    p.add_argument("--eval-sequences", type=int, default=128,
-                   help="validation sequences for the loss curves (default 128)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"arms to train (default {','.join(ARMS)})")
-    add_learnability_arguments(p, "what the run consumes in --epochs passes, at most the split's "
-                                  "windows")
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurriculumTestOptions(LearnabilityOptions):
+    sequences: int | None = option(None, "training-split sequences to measure (default: what the "
+                                         "run consumes in --epochs passes, at most the split's "
+                                         "windows)")
+    size: str | None = option(None, "model size of the suite to train (default: the smallest "
+                                    "size of a fit run)")
+    seeds: int = option(3, "seeds per arm (default 3)")
+    steps: int | None = option(None, "training steps (default: the steps of the shortest fit run "
+                                     "of that size)")
+    epochs: float = option(2.0, "passes over the pool that the default pool size allows "
+                                "(default 2)")
+    buckets: int = option(8, "token-frequency buckets of the frequency-matched control "
+                             "(default 8)")
+    eval_sequences: int = option(128, "validation sequences for the loss curves (default 128)")
+    arms: str = option(",".join(ARMS), f"arms to train (default {','.join(ARMS)})")
+
+
+OPTIONS = CurriculumTestOptions
 
 
 def test_dir(manifest: Manifest) -> Path:
@@ -125,63 +132,67 @@ def eval_schedule(steps: int, n_log: int = 10, n_late: int = 8) -> list[int]:
     return sorted({0, steps, *np.rint(grid).astype(int).tolist(), *np.rint(late).astype(int).tolist()})
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
+def main(manifest: Manifest, options: CurriculumTestOptions) -> None:
     import torch
 
     from spectrum.suite.build import prepare_data
     from spectrum.suite.config import gpt_neox_config
 
-    from spectrum.suite.build import run_status, train_suite
+    from pipelines.suite import train_suite_in_processes
+    from spectrum.suite.build import run_status
 
     plan = _suite(manifest)
     cfg = plan.config
-    size, base, runs = _choose(plan, args.size, args.runs, manifest)
+    size, base, runs = _choose(plan, options.size, options.runs, manifest)
     needed = {r.name for r in runs}
     if any(run_status(plan, r) == "todo" for r in plan.runs if r.run.name in needed):
-        train_suite(manifest, device=args.device)  # the checkpoints to measure learnability with
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        # the checkpoints to measure learnability with
+        train_suite_in_processes(manifest, device=options.device)
+    arms = [a.strip() for a in options.arms.split(",") if a.strip()]
     if unknown := [a for a in arms if a not in ARMS]:
         raise SpectrumError(f"--arms: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})")
     if "uniform" not in arms:
         arms.insert(0, "uniform")  # every score is relative to the uniform run
-    if args.seeds < 1:
-        raise SpectrumError(f"--seeds must be at least 1, got {args.seeds}")
-    steps = args.steps or base.steps
+    if options.seeds < 1:
+        raise SpectrumError(f"--seeds must be at least 1, got {options.seeds}")
+    steps = options.steps or base.steps
     tps = base.run.tokens_per_step
     batch = tps // cfg.context
     out = test_dir(manifest)
 
-    data = prepare_data(dataclasses.replace(cfg, eval_sequences=args.eval_sequences))
-    pool_n = args.sequences or min(_split_windows(cfg, data), math.ceil(steps * batch / args.epochs))
-    print(f"curriculum-test: size {size}, {steps} steps x {tps} tokens, pool of {pool_n} training "
-          f"sequences of {cfg.context} tokens, learnability from {', '.join(r.name for r in runs)}",
-          file=sys.stderr)
+    data = prepare_data(dataclasses.replace(cfg, eval_sequences=options.eval_sequences))
+    pool_n = options.sequences or min(_split_windows(cfg, data),
+                                      math.ceil(steps * batch / options.epochs))
+    log.info(f"curriculum-test: size {size}, {steps} steps x {tps} tokens, pool of {pool_n} "
+             f"training sequences of {cfg.context} tokens, learnability from "
+             f"{', '.join(r.name for r in runs)}")
 
     # learnability of the pool (evalset, losses and fit stages, resumable)
     ev = dataclasses.replace(manifest.evalset, corpus=cfg.corpus, split="train", sequences=pool_n,
                              context=cfg.context)
     lm = dataclasses.replace(manifest, out=out / "learnability", evalset=ev, runs=runs)
-    run_learnability_stages(lm, args)
+    run_learnability_stages(lm, options)
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
     meta = json.loads(layout.evalset_meta(lm.out).read_text())
     if meta["tokenizer"]["vocab_hash"] != vocab_hash(data.tokenizer):
         raise SpectrumError(f"{cfg.root / 'data'}: the suite's cached tokenizer differs from the one "
                             f"saved with the checkpoints of {runs[0].name} ({meta['tokenizer']['source']})")
-    phases = phase_schedule(steps, tps, args.phases)
-    learn = learnability(tokens, read_fits(lm), phases)
+    phases = phase_schedule(steps, tps, options.phases)
+    learn = learnability(tokens, read_learnability_fits(lm), phases)
     seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
     if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
         raise SpectrumError(f"{lm.out / 'evalset'}: sequences and tokens disagree; rerun with --force")
     pool = torch.tensor(np.stack(seqs["input_ids"].to_numpy()), dtype=torch.int32)
-    w_curr = phase_weights(learn.shed(), args.floor)
+    w_curr = phase_weights(learn.shed(), options.floor)
     mean_log_freq = (tokens.group_by("seq_id").agg(pl.col("target_freq").log().mean())
                      .sort("seq_id")["target_freq"].to_numpy())
-    buckets = frequency_buckets(mean_log_freq, args.buckets)
+    buckets = frequency_buckets(mean_log_freq, options.buckets)
 
     setup = {"size": size, "steps": steps, "tokens_per_step": tps, "context": cfg.context,
              "pool_sequences": pool_n, "phases": phases.n, "phase_steps": list(phases.step_edges),
-             "floor": args.floor, "buckets": int(buckets.max()) + 1, "seeds": list(range(args.seeds)),
+             "floor": options.floor, "buckets": int(buckets.max()) + 1,
+             "seeds": list(range(options.seeds)),
              "eval_sequences": int(len(data.eval_sequences)), "learnability_runs": [r.name for r in runs],
              "suite_fingerprint": plan.fingerprint(base), "arms": arms,
              "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
@@ -199,8 +210,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
                                    eos_token_id=data.tokenizer.eos_token_id)
     curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
-                      seeds=args.seeds, arms=arms, out=out, fingerprint=fp, device=args.device,
-                      force=args.force)
+                      seeds=options.seeds, arms=arms, out=out, fingerprint=fp,
+                      device=options.device, force=options.force)
     write_results(curves, setup, out)
 
 
@@ -248,6 +259,6 @@ def write_results(curves: list[Curve], setup: dict[str, Any], out: Path) -> dict
     plot(scored, summary, out / FIGURE)
     text = results_markdown(summary, setup)
     write_text(text, out / RESULTS_MD)
-    print(markdown_table(summary), file=sys.stderr)
-    print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
+    print(markdown_table(summary))  # the result table, on stdout
+    log.info(f"curriculum-test: results in {out / RESULTS_MD}")
     return summary

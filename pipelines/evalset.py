@@ -7,22 +7,26 @@ is current (same corpus, split, seed, sizes and vocabulary) is kept; ``--force``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-from pathlib import Path
+import logging
 
+from pipelines.options import force_option
 from spectrum.data.checkpoints import resolve_checkpoints, validate_checkpoint_sources
 from spectrum.errors import SpectrumError
-from spectrum.data.evalset import build_evalset, is_current, load_tokenizer, write_evalset
+from spectrum.data.evalset import build_evalset, evalset_is_current, load_tokenizer, write_evalset
 from spectrum.layout import evalset_dir
 from spectrum.manifest import Manifest
 
 HELP = "draw the evaluation set (token ids, annotations) from the manifest's corpus"
+log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true", help="recompute even if current")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalsetOptions:
+    force: bool = force_option()
+
+
+OPTIONS = EvalsetOptions
 
 
 def tokenizer_source(manifest: Manifest) -> str:
@@ -39,15 +43,15 @@ def tokenizer_source(manifest: Manifest) -> str:
     return str(ckpt.path)
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
+def main(manifest: Manifest, options: EvalsetOptions) -> None:
     folder = evalset_dir(manifest.out)
     source = tokenizer_source(manifest)
     tokenizer = load_tokenizer(source)
-    if not getattr(args, "force", False) and is_current(folder, manifest.evalset, tokenizer):
-        print(f"evalset: {folder} is current", file=sys.stderr)
+    if not options.force and evalset_is_current(folder, manifest.evalset, tokenizer):
+        log.info(f"evalset: {folder} is current")
         return
     sequences, tokens, meta = build_evalset(manifest.evalset, tokenizer, source)
     write_evalset(folder, sequences, tokens, meta)
-    print(f"evalset: {meta['sequences']} sequences x {meta['context']} tokens "
-          f"({meta['counts']['tokens']} targets) from {meta['counts']['documents']} "
-          f"{manifest.evalset.split} documents -> {folder}", file=sys.stderr)
+    log.info(f"evalset: {meta['sequences']} sequences x {meta['context']} tokens "
+             f"({meta['counts']['tokens']} targets) from {meta['counts']['documents']} "
+             f"{manifest.evalset.split} documents -> {folder}")

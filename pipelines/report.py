@@ -9,16 +9,18 @@ were made from the same inputs with the same options (``--force`` recomputes).
 
 from __future__ import annotations
 
-import argparse
+import logging
+from dataclasses import dataclass
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
+from pipelines.options import force_option, option
 from spectrum import layout
+from spectrum.console import progress
 from spectrum.errors import SpectrumError
 from spectrum.curriculum.trial import RESULTS_JSON, report_section
 from spectrum.analysis.evaluation import Options, run_spectra, run_tests
-from spectrum.fit.kinds import KindThresholds
+from spectrum.fit.kinds import KINDS, KindThresholds
 from spectrum.manifest import Manifest
 from spectrum.report.blocks import build_blocks, write_report
 from spectrum.report.explorer import explorer_blocks
@@ -27,43 +29,52 @@ from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
-KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
+log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spectrum-bins", type=int, default=40,
-                   help="bins of the shared ln T grid (default 40)")
-    p.add_argument("--bootstrap", type=int, default=200,
-                   help="bootstrap replicates over sequences for bands (default 200)")
-    p.add_argument("--spectrum-kinds", default=",".join(DEFAULT_KINDS),
-                   help=f"fit kinds that enter the spectra (default {','.join(DEFAULT_KINDS)})")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the sequence halves and the bootstrap (default 0)")
-    p.add_argument("--ridge", type=float, default=0.5,
-                   help="shrinkage of per-token slopes towards the population (default 0.5)")
-    p.add_argument("--force", action="store_true", help="recompute even if current")
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
+    bootstrap: int = option(200, "bootstrap replicates over sequences for bands (default 200)")
+    spectrum_kinds: str = option(",".join(DEFAULT_KINDS), "fit kinds that enter the spectra "
+                                                          f"(default {','.join(DEFAULT_KINDS)})")
+    split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
+    ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
+                               "(default 0.5)")
+    force: bool = force_option()
+
+    def __post_init__(self) -> None:
+        analysis_options(self)  # a bad value is refused before any work
 
 
-def options(args: argparse.Namespace) -> Options:
-    kinds = tuple(k.strip() for k in str(args.spectrum_kinds).split(",") if k.strip())
+OPTIONS = ReportOptions
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def analysis_options(options: ReportOptions) -> Options:
+    """The analysis options of :mod:`spectrum.analysis.evaluation`; every bad value at once."""
+    kinds = _kinds(options.spectrum_kinds)
     bad = [k for k in kinds if k not in KINDS]
     problems = []
     if bad or not kinds:
         problems.append(f"--spectrum-kinds: unknown kind(s) {', '.join(bad) or '(none given)'}; "
                         f"choose from {', '.join(KINDS)}")
-    if args.spectrum_bins < 2:
-        problems.append(f"--spectrum-bins must be at least 2, got {args.spectrum_bins}")
-    if args.bootstrap < 0:
-        problems.append(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if args.ridge < 0:
-        problems.append(f"--ridge must be >= 0, got {args.ridge}")
+    if options.spectrum_bins < 2:
+        problems.append(f"--spectrum-bins must be at least 2, got {options.spectrum_bins}")
+    if options.bootstrap < 0:
+        problems.append(f"--bootstrap must be >= 0, got {options.bootstrap}")
+    if options.ridge < 0:
+        problems.append(f"--ridge must be >= 0, got {options.ridge}")
     if problems:
         raise SpectrumError(*problems)
-    return Options(n_bins=args.spectrum_bins, n_boot=args.bootstrap, kinds=kinds,
-                   seed=args.split_seed, ridge=args.ridge)
+    return Options(n_bins=options.spectrum_bins, n_boot=options.bootstrap, kinds=kinds,
+                   seed=options.split_seed, ridge=options.ridge)
 
 
-def _fingerprint(manifest: Manifest) -> list:
+def input_stamps(manifest: Manifest) -> list:
     """Names, sizes and modification times of every input file (cheap, detects rewrites)."""
     out = manifest.out
     files = [layout.evalset_tokens(out)]
@@ -99,19 +110,19 @@ def _fit_settings(manifest: Manifest) -> dict:
     return {}
 
 
-def main(manifest: Manifest, args: argparse.Namespace) -> None:
-    opts = options(args)
+def main(manifest: Manifest, options: ReportOptions) -> None:
+    opts = analysis_options(options)
     out = manifest.out
-    prov = {"stage": "report", "options": opts.as_dict(), "inputs": _fingerprint(manifest),
+    prov = {"stage": "report", "options": opts.as_dict(), "inputs": input_stamps(manifest),
             "runs": [(r.name, r.params, r.tokens, r.tokens_per_step, r.role) for r in manifest.runs]}
     pred_path = layout.predictions_file(out)
     done = [pred_path, layout.scores_file(out), layout.report_index(out), layout.spectra_table(out)]
-    if not args.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
-        print(f"report: current ({layout.report_index(out)}); --force to recompute")
+    if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
+        log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
     tokens = read_tokens(out)
     runs = []
-    for spec in tqdm(manifest.runs, desc="report: load runs", unit="run"):
+    for spec in progress(manifest.runs, desc="report: load runs", unit="run"):
         r = load_run(out, spec, tokens, half_seed=opts.seed)
         if r is not None:
             runs.append(r)
@@ -147,5 +158,5 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     write_parquet(preds.to_arrow(), pred_path, prov)
     n_null = sum(1 for t in scores["tests"].values() for b in t["targets"].values()
                  for s in b["predictions"].values() if s.get("r2") is None)
-    print(f"report: {layout.report_index(out)} ({len(runs)} runs; "
-          f"{n_null} prediction score(s) null with a reason in scores.json)")
+    log.info(f"report: {layout.report_index(out)} ({len(runs)} runs; "
+             f"{n_null} prediction score(s) null with a reason in scores.json)")

@@ -58,6 +58,12 @@ def losses_dir(out: str | Path) -> Path:
     return Path(out) / "losses"
 
 
+def checkpoint_hash_memo(out: str | Path) -> Path:
+    """Checkpoint content hashes by file size and time (outside ``losses/``: scans of the
+    shards read only shards)."""
+    return Path(out) / ".cache" / "checkpoint_hashes.json"
+
+
 def loss_run_dir(out: str | Path, run: str) -> Path:
     """The folder holding a run's loss shards."""
     return losses_dir(out) / f"{RUN}={run}"

@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +59,39 @@ def _commit(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends
+    without an exception, removed otherwise."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        _commit(tmp, path)
+    except OSError as e:
+        raise _naming(e, path, tmp) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | Path, *, prefix: str | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``path`` (named ``prefix...``, default ``.<name>.``) to fill;
+    it replaces ``path`` (and whatever was there) when the block ends without an exception, and
+    is removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] | None = None,
                   *, compression: str = "zstd") -> Path:
     """Write ``table`` to ``path`` atomically, with ``provenance`` in the schema metadata."""
@@ -65,14 +100,8 @@ def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] 
     record = {"code_version": __version__, **(provenance or {})}
     meta[PROVENANCE_KEY] = json.dumps(record, sort_keys=True, default=str).encode()
     table = table.replace_schema_metadata(meta)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression=compression)
-        _commit(tmp, path)
-    except OSError as e:
-        raise _naming(e, path, tmp) from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -98,14 +127,8 @@ def is_current(path: str | Path, provenance: dict[str, Any]) -> bool:
 def write_bytes(data: bytes, path: str | Path) -> Path:
     """Write ``data`` atomically."""
     path = Path(path)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_bytes(data)
-        _commit(tmp, path)
-    except OSError as e:
-        raise _naming(e, path, tmp) from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -95,5 +95,5 @@ def micro_suite(tmp_path_factory) -> Path:
     from spectrum.suite.build import train_suite
 
     path = _write_micro_manifest(tmp_path_factory.mktemp("micro_suite"))
-    train_suite(load_manifest(path), device="cpu", progress=False, workers=1)
+    train_suite(load_manifest(path), device="cpu", progress=False)
     return path

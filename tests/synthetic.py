@@ -1,4 +1,4 @@
-"""Synthetic artifacts with a known truth, in the layout of DESIGN §5.
+"""Synthetic artifacts with a known truth, in the layout :mod:`spectrum.layout` defines.
 
 Every token follows a sigmoid in ln T whose midpoint moves with ln M and ln D by planted slopes
 (``TAU_SLOPE_M``, ``TAU_SLOPE_D``), frequent targets are learned earlier than rare ones

@@ -1,6 +1,6 @@
 """Reconstruction of the loss curve and its derivatives from per-token sigmoids and spectra.
 
-Notation (DESIGN §6): ``x = ln T``; token ``i`` follows ``l_i(x) = lo_i + delta_i * s_i(x)``
+Notation: ``x = ln T`` (T: training tokens seen); token ``i`` follows ``l_i(x) = lo_i + delta_i * s_i(x)``
 with ``s_i = sigmoid(-k_i (x - tau_i))``, so the mean loss ``L(x) = (1/N) sum_i l_i(x)`` has
 
     dL/dx = -(1/N) * sum_i delta_i * k_i * s_i * (1 - s_i),

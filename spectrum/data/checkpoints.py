@@ -1,6 +1,6 @@
 """Where a run's checkpoints are: folders on disk or revisions in the local Hugging Face cache.
 
-Sources (DESIGN §4):
+Sources a run's ``checkpoints:`` entry may name:
 
 - a folder of HF-Trainer checkpoints ``checkpoint-<step>/`` (the layout ``spectrum suite`` writes);
 - a folder of ``step<step>/`` folders (Pythia style) or ``step<step>-tokens<N>B/`` (OLMo style;
@@ -197,7 +197,7 @@ def validate_checkpoint_sources(manifest: Manifest) -> None:
         raise ManifestError(*problems)
 
 
-def content_hash(folder: str | Path, memo: dict[str, Any] | None = None) -> str:
+def checkpoint_hash(folder: str | Path, memo: dict[str, Any] | None = None) -> str:
     """SHA-256 identifying a checkpoint's config.json and weights.
 
     Files that are symlinks into a Hugging Face cache's ``blobs/`` are identified by their blob

@@ -120,7 +120,7 @@ def _source(spec: EvalsetSpec) -> dict[str, Any]:
     return {"corpus": dataclasses.asdict(spec.corpus), "split": spec.split, "seed": spec.seed}
 
 
-def content_hash(input_ids: np.ndarray, vocab: str) -> str:
+def evalset_hash(input_ids: np.ndarray, vocab: str) -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}:{vocab}:{input_ids.shape[0]}x{input_ids.shape[1]}:".encode())
     h.update(np.ascontiguousarray(input_ids, dtype="<i4").tobytes())
@@ -186,7 +186,7 @@ def build_evalset(spec: EvalsetSpec, tokenizer: Any, source: str | Path
         "counts": {"sequences": s, "tokens": n, "documents": len(set(seq_doc)),
                    "split_documents": len(docs), "split_windows": len(windows),
                    "train_tokens": int(counts.sum())},
-        "hash": content_hash(input_ids, ident["vocab_hash"]),
+        "hash": evalset_hash(input_ids, ident["vocab_hash"]),
     }
     return sequences, tokens, meta
 
@@ -238,7 +238,7 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
     return problems
 
 
-def is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
+def evalset_is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) -> bool:
     """True when ``folder`` holds a complete evalset built from ``spec`` with this vocabulary."""
     folder = Path(folder)
     meta = _read_meta(folder)
@@ -292,7 +292,7 @@ def _read_sequences(path: Path, meta: dict[str, Any]) -> np.ndarray:
                             f"of {c} tokens as meta.json says{fix}")
     input_ids = ids.values.to_numpy(zero_copy_only=False).astype(np.int32).reshape(s, c)
     input_ids = input_ids[np.argsort(seq_id)]
-    if content_hash(input_ids, meta["tokenizer"]["vocab_hash"]) != meta["hash"]:
+    if evalset_hash(input_ids, meta["tokenizer"]["vocab_hash"]) != meta["hash"]:
         raise SpectrumError(f"evalset {path}: its token ids do not match the hash in meta.json "
                             f"(changed after it was written){fix}")
     return input_ids

@@ -1,4 +1,5 @@
-"""What kind of trajectory a fitted sigmoid describes (DESIGN section 6).
+"""What kind of trajectory a fitted sigmoid describes: learned, flat, forgotten,
+nonmonotone, unfinished, or unfit (no fit made).
 
 Rules, applied in this order to each fit (``delta = hi - lo``, the loss the token sheds):
 

@@ -618,9 +618,9 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
                kind_code=np.empty(n, np.int8))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from spectrum.console import progress as progress_bar
 
-        bar = tqdm(total=n, unit="fit", desc="fit", smoothing=0.1)
+        bar = progress_bar(total=n, unit="fit", desc="fit", smoothing=0.1)
     x_last = float(np.max(x_np)) if len(x_np) else math.nan
     for start in range(0, n, batch):
         chunk = losses[start:start + batch]

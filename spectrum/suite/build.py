@@ -20,11 +20,11 @@ interrupted run resumes from its last checkpoint and ends exactly as an uninterr
 (on the same device); the file is deleted when the run completes. A run folder holding
 checkpoints of another configuration is an error unless ``force`` is given, which retrains it.
 
-Parallelism: on the CPU the runs are trained side by side, one single-threaded process per core
-(tiny models gain little from intra-op threads); on a GPU one after another. A run is
-deterministic for its seed on a given device and thread count.
+Parallelism: :func:`train_suite` trains the runs one after another in this process, or hands them
+to a ``train_runs`` function (the ``spectrum suite`` command trains them side by side in worker
+processes on the CPU). A run is deterministic for its seed on a given device and thread count.
 
-Sanity: after training, the suite prints each run's final validation loss beside a unigram
+Sanity: after training, the suite logs each run's final validation loss beside a unigram
 baseline (the cross-entropy of the validation targets under the train split's unigram
 distribution, add-one smoothed, same tokenizer and sequences) and writes them to
 ``<suite.root>/suite_summary.json``.
@@ -33,29 +33,29 @@ distribution, add-one smoothed, same tokenizer and sequences) and writes them to
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import math
-import os
 import re
 import shutil
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from spectrum.data.corpus import split_documents
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest
-from spectrum.store import write_json
+from spectrum.store import write_bytes, write_json
 from spectrum.suite.config import RunPlan, SuiteConfig, SuitePlan, gpt_neox_config, plan_suite
 
 SUMMARY = "suite_summary.json"
 RESUME = ".resume"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,17 +107,16 @@ def prepare_data(config: SuiteConfig) -> SuiteData:
         train = np.load(cache / "train.npy")
         val = np.load(cache / "validation.npy")
     else:
-        print(f"suite: training a {config.vocab_size}-token BPE tokenizer on {len(train_docs)} "
-              f"documents and tokenizing the corpus", file=sys.stderr)
+        log.info(f"suite: training a {config.vocab_size}-token BPE tokenizer on "
+                 f"{len(train_docs)} documents and tokenizing the corpus")
         tokenizer = train_tokenizer((d.text for d in train_docs), config.vocab_size,
                                     cache / "tokenizer")
         train = _token_stream(tokenizer, [d.text for d in train_docs])
         val = _token_stream(tokenizer, [d.text for d in val_docs])
         for name, arr in (("train.npy", train), ("validation.npy", val)):
-            tmp = cache / f".{name}.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, cache / name)
+            buffer = io.BytesIO()
+            np.save(buffer, arr)
+            write_bytes(buffer.getvalue(), cache / name)
         write_json({"corpus": asdict(config.corpus), "vocab_size": len(tokenizer),
                     "train_documents": len(train_docs), "validation_documents": len(val_docs),
                     "train_tokens": int(len(train)), "validation_tokens": int(len(val))}, meta_path)
@@ -195,10 +194,9 @@ def _load_resume(plan: SuitePlan, run: RunPlan) -> dict[str, Any] | None:
 def _save_resume(folder: Path, record: dict[str, Any]) -> None:
     import torch
 
-    (folder / RESUME).mkdir(parents=True, exist_ok=True)
-    tmp = folder / RESUME / "state.pt.tmp"
-    torch.save(record, tmp)
-    os.replace(tmp, folder / RESUME / "state.pt")
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    write_bytes(buffer.getvalue(), folder / RESUME / "state.pt")
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -276,77 +274,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _workers(requested: int | None, device: str, n_runs: int) -> int:
-    """Auto: on the CPU one single-threaded process per core (tiny models gain little from
-    intra-op threads and lose much to oversubscription); on a GPU one process."""
-    import torch
-
-    from spectrum.devices import resolve_device
-
-    if requested is not None:
-        return max(1, min(requested, n_runs))
-    if resolve_device(device).type != "cpu":
-        return 1
-    return max(1, min(os.cpu_count() or 1, torch.get_num_threads(), n_runs))
-
-
 def _cost(run: RunPlan, vocab_size: int) -> float:
     """Rough training cost of a run, to start the longest first."""
     return run.run.tokens * (run.run.params + 2 * vocab_size * run.size.width)
 
 
-_WORKER: dict[str, Any] = {}
+# train_runs(plan, runs, data) -> ({run name: summary record}, runs trained at once)
+RunTrainer = Callable[[SuitePlan, list[RunPlan], SuiteData], tuple[dict[str, dict[str, Any]], int]]
 
 
-def _init_worker(config: SuiteConfig, threads: int, slots) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    with slots.get_lock():
-        _WORKER["slot"] = slots.value
-        slots.value += 1
-    _WORKER["data"] = prepare_data(config)
-
-
-def _train_in_worker(plan: SuitePlan, index: int, device: str, progress: bool) -> dict[str, Any]:
-    return train_run(plan, plan.runs[index], _WORKER["data"], device=device, progress=progress,
-                     position=_WORKER["slot"])
-
-
-def _train_in_pool(plan: SuitePlan, todo: list[RunPlan], n: int, device: str,
-                   progress: bool) -> dict[str, dict[str, Any]]:
-    """Train ``todo`` in ``n`` spawned processes. The workers ignore Ctrl-C; on an interrupt
-    (or a failed run) the parent terminates them, and each run resumes on the next call."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // n)
-    index = {r.run.name: i for i, r in enumerate(plan.runs)}
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
-    try:
-        pool = ctx.Pool(n, initializer=_init_worker, initargs=(plan.config, threads, ctx.Value("i", 0)))
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    try:
-        pending = {r.run.name: pool.apply_async(_train_in_worker, (plan, index[r.run.name], device, progress))
-                   for r in todo}
-        records = {name: result.get() for name, result in pending.items()}
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-    return records
+def train_in_process(plan: SuitePlan, todo: list[RunPlan], data: SuiteData, *,
+                     device: str = "auto", progress: bool = True
+                     ) -> tuple[dict[str, dict[str, Any]], int]:
+    """Train ``todo`` one after another in this process."""
+    return {run.run.name: train_run(plan, run, data, device=device, progress=progress)
+            for run in todo}, 1
 
 
 def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False,
-                progress: bool = True, workers: int | None = None) -> dict[str, Any] | None:
+                progress: bool = True, train_runs: RunTrainer | None = None
+                ) -> dict[str, Any] | None:
     """Train every incomplete run of the manifest's suite; return the summary (None: no suite).
 
-    ``workers``: runs trained at once, each in its own process (default: one single-threaded
-    process per CPU core on the CPU, one on a GPU; 1 trains in this process). Cheap when every
-    run is complete: only the manifest and the checkpoint folders' ``trainer_state.json`` are read.
+    ``train_runs`` trains the incomplete runs, longest first (default: :func:`train_in_process`).
+    Cheap when every run is complete: only the manifest and the checkpoint folders'
+    ``trainer_state.json`` are read.
     """
     plan = plan_suite(manifest)
     if plan is None:
@@ -369,7 +321,7 @@ def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False
         if summary is None:
             summary = {"unigram_val_loss": None,
                        "runs": {r.run.name: _summary_record(plan, r, None) for r in plan.runs}}
-        print(f"suite: all {len(plan.runs)} runs complete", file=sys.stderr)
+        log.info(f"suite: all {len(plan.runs)} runs complete")
         return summary
 
     t0 = time.perf_counter()
@@ -379,14 +331,13 @@ def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False
     for run in todo:
         if force:
             _clear_run(run.folder)
-        print(f"suite: {run.run.name}: size {run.size.name} (M={int(run.run.params)}), {run.steps} "
-              f"steps of {run.run.tokens_per_step} tokens, seed {run.seed}", file=sys.stderr)
-    n = _workers(workers, device, len(todo))
-    if n == 1:
-        for run in todo:
-            records[run.run.name] = train_run(plan, run, data, device=device, progress=progress)
+        log.info(f"suite: {run.run.name}: size {run.size.name} (M={int(run.run.params)}), "
+                 f"{run.steps} steps of {run.run.tokens_per_step} tokens, seed {run.seed}")
+    if train_runs is None:
+        trained, n = train_in_process(plan, todo, data, device=device, progress=progress)
     else:
-        records.update(_train_in_pool(plan, todo, n, device, progress))
+        trained, n = train_runs(plan, todo, data)
+    records.update(trained)
     summary = {"unigram_val_loss": data.unigram_loss, "eval_sequences": len(data.eval_sequences),
                "context": plan.config.context, "vocab_size": len(data.tokenizer),
                "runs": {r.run.name: records.get(r.run.name) or _summary_record(plan, r, data.unigram_loss)
@@ -394,9 +345,9 @@ def train_suite(manifest: Manifest, *, device: str = "auto", force: bool = False
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["workers"] = n
     write_json(summary, summary_path)
-    print(format_summary(summary), file=sys.stderr)
-    print(f"suite: trained {len(todo)} runs in {summary['wall_seconds']:.0f} s ({n} at once); "
-          f"summary in {summary_path}", file=sys.stderr)
+    log.info(format_summary(summary))
+    log.info(f"suite: trained {len(todo)} runs in {summary['wall_seconds']:.0f} s ({n} at once); "
+             f"summary in {summary_path}")
     _check_learned(plan, summary)
     return summary
 
@@ -407,6 +358,6 @@ def _check_learned(plan: SuitePlan, summary: dict[str, Any]) -> None:
     rec = summary["runs"][largest.run.name]
     if rec["final_val_loss"] is not None and rec["unigram_val_loss"] is not None \
             and rec["final_val_loss"] >= rec["unigram_val_loss"]:
-        print(f"suite: warning: the largest run {largest.run.name} ends at validation loss "
-              f"{rec['final_val_loss']:.3f}, not below the unigram baseline "
-              f"{rec['unigram_val_loss']:.3f}; it barely learned", file=sys.stderr)
+        log.warning(f"suite: the largest run {largest.run.name} ends at validation loss "
+                    f"{rec['final_val_loss']:.3f}, not below the unigram baseline "
+                    f"{rec['unigram_val_loss']:.3f}; it barely learned")

@@ -18,19 +18,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from spectrum.console import progress as progress_bar
 from spectrum.devices import resolve_device
+from spectrum.store import atomic_folder
 
 PARTIAL_PREFIX = ".partial-"  # temporary folders; never matches checkpoint-<step>
 
@@ -206,7 +205,7 @@ def train_model(
             losses.clear()
 
     t0 = time.perf_counter()
-    bar = tqdm(total=steps * tokens_per_step, initial=start * tokens_per_step, unit="tok",
+    bar = progress_bar(total=steps * tokens_per_step, initial=start * tokens_per_step, unit="tok",
                unit_scale=True, dynamic_ncols=True, disable=progress is False,
                desc=progress if isinstance(progress, str) else "train", position=progress_position)
     model.train()
@@ -270,27 +269,22 @@ def save_checkpoint(folder: Path, step: int, model, tokenizer, state: dict[str, 
                     extra_files: dict[str, Any] | None = None) -> Path:
     """Write ``folder/checkpoint-<step>/`` (config.json, model.safetensors, trainer_state.json,
     tokenizer files, and ``extra_files`` saved with ``torch.save``) atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(folder, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{step}-", dir=folder))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
     try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        for name, obj in (extra_files or {}).items():
-            torch.save(obj, tmp / name)
-        if final.exists():  # a stale checkpoint of the same step (retraining): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # a stale checkpoint of the same step (retraining) is replaced
+        with atomic_folder(final, prefix=f"{PARTIAL_PREFIX}{step}-") as tmp:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True)
+                                                    + "\n")
+            for name, obj in (extra_files or {}).items():
+                torch.save(obj, tmp / name)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -267,7 +267,7 @@ def test_export_command_on_the_micro_suite(micro_suite, tmp_path, capsys):
     (tmp_path / "ids.txt").write_text("\n".join(docs[1:]) + "\nnot-exported\n")
     capsys.readouterr()
     assert main(args + ["--target-ids", str(tmp_path / "ids.txt")]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     report = json.loads((out / "missing_ids.json").read_text())
     assert report["missing_ids"] == 1 and report["missing_examples"] == [docs[0]]
     assert report["unweighted_items"] == 1

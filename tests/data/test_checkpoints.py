@@ -158,25 +158,25 @@ def test_content_hash_follows_the_weights_and_reads_hub_blobs_by_name(tmp_path):
     import hashlib
     import os
 
-    from spectrum.data.checkpoints import content_hash
+    from spectrum.data.checkpoints import checkpoint_hash
 
     a = _ckpt(tmp_path / "a" / "checkpoint-1")
     b = _ckpt(tmp_path / "b" / "checkpoint-1")
     memo: dict = {}
-    assert content_hash(a, memo) == content_hash(b) == content_hash(a, memo)
+    assert checkpoint_hash(a, memo) == checkpoint_hash(b) == checkpoint_hash(a, memo)
     assert len(memo) == 2  # config.json and model.safetensors of a
     (b / "model.safetensors").write_bytes(b"other weights")
-    assert content_hash(b, memo) != content_hash(a, memo)
+    assert checkpoint_hash(b, memo) != checkpoint_hash(a, memo)
     # a changed file with a new size or time is hashed again, not taken from the memo
     (a / "model.safetensors").write_bytes(b"other weights")
     os.utime(a / "model.safetensors", ns=(1, 1))
-    assert content_hash(a, memo) == content_hash(b)
+    assert checkpoint_hash(a, memo) == checkpoint_hash(b)
 
     _hub_cache(tmp_path / "hub", "org/m", {"step1": "1" * 40, "step2": "2" * 40})
     snaps = tmp_path / "hub" / "models--org--m" / "snapshots"
     blob = Path(os.path.realpath(snaps / ("1" * 40) / "model.safetensors"))
     assert blob.name == hashlib.sha256(b"weights of step1").hexdigest()
-    h1, h2 = content_hash(snaps / ("1" * 40)), content_hash(snaps / ("2" * 40))
+    h1, h2 = checkpoint_hash(snaps / ("1" * 40)), checkpoint_hash(snaps / ("2" * 40))
     assert h1 != h2
     blob.write_bytes(b"not read: the blob's name is its content hash")
-    assert content_hash(snaps / ("1" * 40)) == h1
+    assert checkpoint_hash(snaps / ("1" * 40)) == h1

@@ -14,7 +14,7 @@ import pytest
 from pipelines.cli import main as cli
 from spectrum.data.corpus import documents
 from spectrum.errors import SpectrumError
-from spectrum.data.evalset import build_evalset, is_current, load_evalset, write_evalset
+from spectrum.data.evalset import build_evalset, evalset_is_current, load_evalset, write_evalset
 from spectrum.manifest import CorpusSpec, EvalsetSpec
 from spectrum.data.tokenizer import train_tokenizer
 
@@ -111,11 +111,11 @@ def test_written_evalset_loads_and_knows_when_it_is_current(built, tmp_path, tok
     np.testing.assert_array_equal(ev.input_ids, np.array(sequences.column("input_ids").to_pylist()))
     assert ev.hash == meta["hash"] and ev.num_tokens == tokens.num_rows
     assert json.loads((tmp_path / "meta.json").read_text())["tokenizer"]["vocab_size"] == 300
-    assert is_current(tmp_path, spec, tokenizer)
-    assert not is_current(tmp_path, EvalsetSpec(corpus=spec.corpus, sequences=12, context=16,
+    assert evalset_is_current(tmp_path, spec, tokenizer)
+    assert not evalset_is_current(tmp_path, EvalsetSpec(corpus=spec.corpus, sequences=12, context=16,
                                                 seed=0), tokenizer)
     (tmp_path / "meta.json").unlink()
-    assert not is_current(tmp_path, spec, tokenizer)
+    assert not evalset_is_current(tmp_path, spec, tokenizer)
     with pytest.raises(SpectrumError, match="missing or incomplete"):
         load_evalset(tmp_path)
 

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from pipelines import fit as stage
+from spectrum.fit.runs import fit_steps
 from pipelines.cli import main as cli
 from spectrum.errors import SpectrumError
 from spectrum.manifest import load_manifest
@@ -59,11 +60,8 @@ def setup(tmp_path):
 
 
 def args(**kw):
-    ns = {"device": "cpu", "fit_dtype": "float64", "chunk_size": 25, "force": False}
-    ns.update(kw)
-    import argparse
-
-    return argparse.Namespace(**ns)
+    return stage.FitStageOptions(**{"device": "cpu", "fit_dtype": "float64", "chunk_size": 25,
+                                    **kw})
 
 
 def test_fits_every_token_and_records_provenance(setup, capsys):
@@ -92,12 +90,12 @@ def test_current_fits_are_skipped_and_stale_ones_refitted(setup, capsys):
     capsys.readouterr()
     stage.main(manifest, args())
     assert path.stat().st_mtime_ns == first
-    assert "1 current run(s) skipped" in capsys.readouterr().out
+    assert "1 current run(s) skipped" in capsys.readouterr().err
     # a shard recomputed from another checkpoint makes the fits stale
     losses = np.full((len(token_idx), 1), 1.5, dtype=np.float32)
     write_shards(manifest.out, "a", [64], losses, token_idx, tag="other")
     stage.main(manifest, args())
-    assert "stale" in capsys.readouterr().out
+    assert "stale" in capsys.readouterr().err
     assert path.stat().st_mtime_ns != first
     # other options make them stale too; --force refits current ones
     stage.main(manifest, args(fit_dtype="float32"))
@@ -152,7 +150,7 @@ def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_pat
     opts = FitOptions()
     ok, total = 0, 0
     for run in manifest.runs:
-        steps = stage.fit_steps(manifest.out, run)
+        steps = fit_steps(manifest.out, run)
         x = log_tokens(steps, run.tokens_per_step)
         y = load_losses(manifest.out, run.name, steps=steps).losses.astype(np.float64)
         fits = pl.read_parquet(fits_file(manifest.out, run.name))
@@ -178,3 +176,17 @@ def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_pat
             total += 1
             ok += fits["rss"][i] <= theirs * (1 + 1e-6) + 1e-20 * np.sum(y[i] ** 2)
     assert total >= 1000 and ok / total >= 0.999
+
+
+def test_messages_go_to_stderr_and_follow_quiet_and_verbose(setup, capsys):
+    manifest, _, _ = setup
+    base = ["--config", str(manifest.path), "--device", "cpu", "--chunk-size", "1000"]
+    assert cli(["-q", "fit", *base]) == 0  # fits the run: no message, no bar
+    assert capsys.readouterr() == ("", "")
+    assert cli(["fit", *base]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "1 current run(s) skipped" in err and "is current" not in err
+    assert cli(["fit", *base, "--verbose"]) == 0
+    assert "fit: run a: " in capsys.readouterr().err  # the debug line of the skipped run
+    assert cli(["fit", *base, "--chunk-size", "0", "-q"]) == 2  # errors are said even when quiet
+    assert capsys.readouterr().err.startswith("error: --chunk-size")

@@ -66,7 +66,7 @@ def test_report_resumes_and_recomputes_on_force(synthetic_report, capsys):
     manifest, out = synthetic_report
     before = (out / "reconstruction/scores.json").stat().st_mtime_ns
     assert cli(["report", "--config", str(manifest), *FAST]) == 0
-    assert "current" in capsys.readouterr().out
+    assert "current" in capsys.readouterr().err
     assert (out / "reconstruction/scores.json").stat().st_mtime_ns == before
 
 

@@ -263,8 +263,10 @@ def test_copy_of_micro_suite_is_independent(micro_suite, tmp_path):
 
 @pytest.mark.slow
 def test_worker_processes_train_the_same_runs(tmp_path, write_micro_manifest, micro_suite):
+    from pipelines.suite import train_suite_in_processes
+
     path = write_micro_manifest(tmp_path)
-    train_suite(load_manifest(path), device="cpu", progress=False, workers=2)
+    train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
     ours, theirs = plan_suite(load_manifest(path)), plan_suite(load_manifest(micro_suite))
     for a, b in zip(ours.runs, theirs.runs):
         for step in a.checkpoint_steps:

@@ -1,0 +1,74 @@
+"""Messages and progress bars, on stderr.
+
+Every module logs with ``logging.getLogger(__name__)``; the loggers of ``spectrum`` and
+``pipelines`` write one line per message to stderr (warnings and errors prefixed ``warning:`` and
+``error:``), so stdout carries only what a user may pipe. :func:`set_verbosity` sets how much is
+said: ``quiet`` (warnings and errors only, no progress bars), ``normal`` or ``verbose`` (also
+debug messages). :func:`progress` is tqdm on stderr, silent when quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+_ROOTS = ("spectrum", "pipelines")
+
+
+class _Stderr(logging.Handler):
+    """Writes each message to the current ``sys.stderr`` through ``tqdm.write``, which keeps
+    progress bars intact below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's own policy for a failed emit
+            self.handleError(record)
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {text}"
+        return text
+
+
+def _install() -> None:
+    handler = _Stderr()
+    handler.setFormatter(_Format())
+    for name in _ROOTS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Stderr) for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.setLevel(LEVELS["normal"])
+        logger.propagate = False
+
+
+def set_verbosity(level: str) -> None:
+    """``quiet``, ``normal`` or ``verbose``, for every message and bar of the tool."""
+    for name in _ROOTS:
+        logging.getLogger(name).setLevel(LEVELS[level])
+
+
+def verbosity() -> str:
+    level = logging.getLogger(_ROOTS[0]).level
+    return next((k for k, v in LEVELS.items() if v == level), "normal")
+
+
+def progress(*args: Any, **kwargs: Any) -> Any:
+    """A tqdm bar (rate and ETA) on stderr; disabled when quiet."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("file", sys.stderr)
+    kwargs["disable"] = bool(kwargs.get("disable")) or verbosity() == "quiet"
+    return tqdm(*args, **kwargs)
+
+
+_install()
