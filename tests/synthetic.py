@@ -119,14 +119,14 @@ def make_synthetic_artifacts(root: Path, *, n_seq: int = 32, context: int = 32, 
 # m3 (between two fit sizes: interpolation) and m5 (the largest: extrapolation) at every D, and
 # two seed replicas of m5-d2
 SIZES = {"m1": 1e5, "m2": 3e5, "m3": 1e6, "m4": 3e6, "m5": 1e7}
-SCALES = {"d1": 3e5, "d2": 1e6, "d3": 3e6}  # the shorter runs end in the tails of late steps
+SCALES = {"d1": 2e5, "d2": 1e6, "d3": 5e6}  # the shorter runs end in the tails of late steps
 SUITE_RUNS = tuple(
     [(f"{m}-{d}", SIZES[m], SCALES[d], "fit", 0) for m in ("m1", "m2", "m4") for d in SCALES]
     + [(f"{m}-{d}", SIZES[m], SCALES[d], "heldout", 0) for m in ("m3", "m5") for d in SCALES]
     + [(f"m5-d2-s{s}", SIZES["m5"], SCALES["d2"], "heldout", s) for s in (1, 2)])
 WORLD_M0, WORLD_D0 = np.log(1e6), np.log(1e6)
 # the planted laws of the step world: per unit ln M and ln D
-WORLD_TAU_M, WORLD_TAU_D, WORLD_LO_M, WORLD_LO_D = -0.4, 0.2, -0.1, -0.05
+WORLD_TAU_M, WORLD_TAU_D, WORLD_LO_M, WORLD_LO_D = -0.3, 0.2, -0.1, -0.05
 
 
 def world_truth(n: int, seed: int = 0) -> dict[str, np.ndarray]:
