@@ -26,7 +26,7 @@ from spectrum.analysis.param_model import ParamModel, fit_linear_model
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scaling import PowerLaw, fit_power_law
 from spectrum.errors import SpectrumError
-from spectrum.fit.smooth import BETA_MAX
+from spectrum.fit.smooth import BETA_MAX, power_curve
 
 Curve = Callable[[RunData], np.ndarray]  # a held-out run -> predicted mean loss at its x (K,)
 
@@ -136,33 +136,42 @@ def aggregate_curve(fit: list[RunData]) -> Curve:
     return curve
 
 
-def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel | None, float]:
-    """The per-token power laws of the fit runs, as (e, b at x_ref, beta) linear in (ln M, ln D),
-    with x_ref the fit runs' mean first checkpoint (where every power law is anchored, so a
-    prediction never extrapolates a steep law far before it); returns the model and x_ref (None
-    when the fits lack the power-law columns)."""
+def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel | None, np.ndarray]:
+    """The per-token power laws of the fit runs, each represented by its values at three anchor
+    times equally spaced in ln T (the fit runs' mean first checkpoint, mean last checkpoint and
+    their midpoint): well-determined quantities even where ``e`` and ``b`` trade off, modelled
+    linearly in (ln M, ln D). Returns the model and the anchors (None when the fits lack the
+    power-law columns)."""
     cols = ("power_e", "power_b", "power_beta", "power_x0")
     if not fit or any(r.tokens is None or not set(cols) <= set(r.tokens.columns) for r in fit):
-        return None, float("nan")
-    x_ref = float(np.mean([r.x.min() for r in fit]))
-    obs: dict[str, tuple[list, list]] = {q: ([], []) for q in ("e", "b", "beta")}
+        return None, np.zeros(0)
+    first = float(np.mean([r.x.min() for r in fit]))
+    anchors = np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
+    obs: dict[str, tuple[list, list]] = {f"v{j}": ([], []) for j in range(3)}
     for r in fit:
         t = r.tokens
         e, b, beta, x0 = (t[c].to_numpy().astype(float) for c in cols)
-        with np.errstate(over="ignore", invalid="ignore"):
-            b_ref = b * np.exp(-beta * (x_ref - x0))
-        ok = np.isfinite(e) & np.isfinite(b_ref) & np.isfinite(beta)
-        for q, v in (("e", e), ("b", b_ref), ("beta", beta)):
-            obs[q][0].append(np.where(ok, v, 0.0))
-            obs[q][1].append(ok.astype(float))
+        values = power_curve(e, b, beta, x0, anchors)
+        ok = np.isfinite(values).all(1)
+        for j in range(3):
+            obs[f"v{j}"][0].append(np.where(ok, values[:, j], 0.0))
+            obs[f"v{j}"][1].append(ok.astype(float))
     stacked = {q: (np.stack(v, 1), np.stack(w, 1)) for q, (v, w) in obs.items()}
     model = fit_linear_model(np.array([np.log(r.M) for r in fit]),
                              np.array([np.log(r.D) for r in fit]), stacked, ridge=ridge)
-    return model, x_ref
+    return model, anchors
 
 
-def token_power_law_values(q: dict[str, np.ndarray], x_ref: float, x: np.ndarray) -> np.ndarray:
-    """(N, K) per-token power laws ``e + b exp(-beta (x - x_ref))``."""
-    beta = np.clip(q["beta"], 0.0, BETA_MAX)[:, None]
-    with np.errstate(over="ignore", invalid="ignore"):
-        return q["e"][:, None] + q["b"][:, None] * np.exp(-beta * (np.asarray(x)[None, :] - x_ref))
+def token_power_law_values(q: dict[str, np.ndarray], anchors: np.ndarray,
+                           x: np.ndarray) -> np.ndarray:
+    """(N, K) per-token power laws ``e + b exp(-beta (x - anchor_0))`` through the predicted
+    anchor values (ratio of successive drops ``exp(-beta * spacing)`` kept in (0, 1): a
+    decelerating curve; a token whose values do not change stays level)."""
+    v0, v1, v2 = q["v0"][:, None], q["v1"][:, None], q["v2"][:, None]
+    d1, d2 = v1 - v0, v2 - v1
+    flat = np.abs(d1) < 1e-9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.clip(np.where(flat, 0.5, d2 / np.where(flat, 1.0, d1)), 1e-6, 1 - 1e-6)
+    beta = np.minimum(-np.log(ratio) / (anchors[1] - anchors[0]), BETA_MAX)
+    b = np.where(flat, 0.0, d1 / (np.exp(-beta * (anchors[1] - anchors[0])) - 1))
+    return v0 - b + b * np.exp(-beta * (np.asarray(x, float)[None, :] - anchors[0]))

@@ -65,14 +65,14 @@ def _token_models(fit: list[RunData], ridge: float, pred: Predictions) -> tuple:
         "fixed": {k: float(np.exp(v)) for k, v in model.fixed_values.items()},
         "population_coefficients": {q: [float(v) for v in b] for q, b in model.population.items()},
         "fit_runs": [r.name for r in fit]}
-    smooth, x_ref = baselines.token_power_law_model(fit, ridge)
+    smooth, anchors = baselines.token_power_law_model(fit, ridge)
     if smooth is None:
         pred.fitted["token_power_law"] = {"reason": "the fits lack the power-law columns "
                                                     "(refit with `spectrum fit --force`)"}
-    return model, smooth, x_ref
+    return model, smooth, anchors
 
 
-def _token_predictions(h: RunData, model: ParamModel, smooth: ParamModel | None, x_ref: float,
+def _token_predictions(h: RunData, model: ParamModel, smooth: ParamModel | None, anchors: np.ndarray,
                        seq_code: np.ndarray, n_seq: int, weights: np.ndarray,
                        pred: Predictions) -> None:
     try:
@@ -93,7 +93,7 @@ def _token_predictions(h: RunData, model: ParamModel, smooth: ParamModel | None,
         q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
         pred.put("token_power_law", h.name, token_curve(
             lambda sl: baselines.token_power_law_values({k: v[sl] for k, v in q.items()},
-                                                        x_ref, h.x),
+                                                        anchors, h.x),
             n, seq_code, n_seq).draw(weights))
 
 
@@ -110,7 +110,7 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     Chinchilla baseline)."""
     pred = Predictions()
     R = weights.shape[0]
-    model, smooth, x_ref = _token_models(fit, ridge, pred)
+    model, smooth, anchors = _token_models(fit, ridge, pred)
     ref = fit[0]
     seq_code = ref.seq_code(ref.tokens["seq_id"].to_numpy())
     law = None
@@ -119,7 +119,7 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws)
     aggregate = baselines.aggregate_curve(fit)
     for h in targets:
-        _token_predictions(h, model, smooth, x_ref, seq_code, len(ref.seq_ids), weights, pred)
+        _token_predictions(h, model, smooth, anchors, seq_code, len(ref.seq_ids), weights, pred)
         if law is not None:
             pred.put("chinchilla", h.name, fixed(baselines.chinchilla_curve(law)(h), R))
         if interp is not None:
