@@ -162,15 +162,21 @@ def _model_values(t: Target, model: str, pred: Predictions) -> np.ndarray | None
 
 
 def pool_targets(targets: list[Target], measured: dict[str, np.ndarray], pred: Predictions,
-                 rows: list[pl.DataFrame], test: str) -> dict[str, dict[str, Pooled]]:
-    """target -> model -> pooled values; appends rows of the predictions table."""
+                 rows: list[pl.DataFrame], test: str,
+                 models: tuple[str, ...] = (PREDICTION, ANALYTIC, *BASELINES)
+                 ) -> dict[str, dict[str, Pooled]]:
+    """target -> model -> pooled values; appends rows of the predictions table. A model that
+    cannot predict a target gets NaN there, so every model's values stay aligned target by
+    target (paired comparisons use the targets both predict)."""
     pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
     for t in targets:
         m = t.build(measured)
-        for model in (PREDICTION, ANALYTIC, *BASELINES):
+        for model in models:
+            if (model == "zero" and t.target == "L") or (model == ANALYTIC and t.target != "dL/dlnT"):
+                continue
             p = _model_values(t, model, pred)
             if p is None:
-                continue
+                p = np.full_like(m, np.nan)
             pooled[t.target].setdefault(model, Pooled()).add(p, m, t.regime)
             rows.append(prediction_rows(test, t, model, p[0], m[0]))
     return pooled
@@ -246,17 +252,45 @@ def verdict(target: str, block: dict, pooled: dict[str, Pooled],
 # ---------------------------------------------------------------------------------------------
 # the two tests
 
-def _blocks(pooled: dict[str, dict[str, Pooled]], reason: str | None) -> dict[str, dict]:
+NO_TARGETS = {
+    "L": "no held-out run has a scored checkpoint",
+    "dL/dlnT": "no held-out run has two scored checkpoints",
+    "dL/dlnM": "no two held-out runs of different model sizes share a data scale and schedule",
+    "dL/dlnD": "no two held-out runs of one model size have different data scales",
+}
+
+
+def _blocks(pooled: dict[str, dict[str, Pooled]], reason: str | None,
+            present: set[str] | None = None) -> dict[str, dict]:
+    """Score blocks per target; a target without values gets ``reason`` or, when the test ran
+    but had no such target (``present``), why there was none."""
     out = {}
     for name in TARGETS:
+        if present is not None and name not in present:
+            reason_here = NO_TARGETS[name]
+        else:
+            reason_here = reason
         block: dict = {"predictions": {}, "baselines": {}, "references": {}}
         for model, p in pooled.get(name, {}).items():
             group = "predictions" if model in (PREDICTION, ANALYTIC) else "baselines"
             block[group][model] = score_with_regimes(p)
         if PREDICTION not in block["predictions"]:
-            block["predictions"][PREDICTION] = null_score(reason or "no targets")
+            block["predictions"][PREDICTION] = null_score(reason_here or "no targets")
+        for s in block["predictions"].values():
+            if s.get("r2") is None and s.get("n_targets", 0) == 0 and reason_here:
+                s["reason"] = reason_here
         out[name] = block
     return out
+
+
+def _explain_missing(blocks: dict, pred: Predictions) -> None:
+    """A baseline that could not be fitted says why instead of 'no finite targets'."""
+    for block in blocks.values():
+        for model, s in block["baselines"].items():
+            why = pred.fitted.get(model, {}).get("reason") if isinstance(pred.fitted.get(model),
+                                                                         dict) else None
+            if s.get("r2") is None and s.get("n_targets", 0) == 0 and why:
+                s["reason"] = f"not fitted: {why}"
 
 
 def _run_entry(h: RunData, fit: list[RunData], first: RunData) -> dict:
@@ -291,7 +325,8 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
                         chinchilla_refits=min(weights.shape[0] - 1, 100))
     pooled = pool_targets(targets, measured, pred, rows, "heldout_runs")
     reason = "; ".join(dict.fromkeys(pred.reasons)) or None
-    entry["targets"] = _blocks(pooled, reason)
+    entry["targets"] = _blocks(pooled, reason, {t.target for t in targets})
+    _explain_missing(entry["targets"], pred)
     ceilings = ceiling(targets, measured, held, pred)
     for name, block in entry["targets"].items():
         block["references"][CEILING] = ceilings.get(name) or null_score(
@@ -320,8 +355,9 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
         pred = predict_runs(others, [r], weights, ridge=ridge, laws=laws, chinchilla_refits=None)
         reasons += pred.reasons
         measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights)}
+        models = (PREDICTION, ANALYTIC, *(b for b in BASELINES if b != "chinchilla"))
         for name, models in pool_targets(run_targets(r, others), measured, pred, rows,
-                                         "leave_one_run_out").items():
+                                         "leave_one_run_out", models).items():
             for model, p in models.items():
                 into = pooled[name].setdefault(model, Pooled())
                 into.pred += p.pred
