@@ -346,8 +346,9 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
 
     fit = [r for r in runs if r.role == "fit" and r.has_fits]
     if len(fit) < 3:
-        return {"targets": _blocks({}, "fewer than 3 fit runs"), "reason": "fewer than 3 fit runs",
-                "verdicts": {}}
+        blocks = _blocks({}, "fewer than 3 fit runs")
+        return {"targets": {k: blocks[k] for k in ("L", "dL/dlnT")},
+                "reason": "fewer than 3 fit runs", "verdicts": {}}
     pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
     reasons = []
     for r in fit:
