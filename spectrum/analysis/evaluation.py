@@ -28,8 +28,8 @@ import numpy as np
 import polars as pl
 
 from spectrum.errors import SpectrumError
-from spectrum.analysis.curves import (SeqCurve, finite_difference, fixed, midpoints,
-                                      replicate_weights, token_curve)
+from spectrum.analysis.curves import (SeqCurve, finite_difference, midpoints, replicate_weights,
+                                      token_curve)
 from spectrum.analysis.baselines import run_power_laws
 from spectrum.analysis.heldout import heldout_runs_test, leave_one_run_out_test
 from spectrum.analysis.reconstruct import kernel_derivative, mean_kernel, sharp_derivative, token_curves

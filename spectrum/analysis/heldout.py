@@ -18,13 +18,14 @@ import numpy as np
 import polars as pl
 
 from spectrum.analysis import baselines
-from spectrum.analysis.curves import SeqCurve, fixed, midpoints, replicate_weights, token_curve
+from spectrum.analysis.curves import SeqCurve, fixed, midpoints, token_curve
 from spectrum.analysis.param_model import ParamModel, RunParams, fit_param_model
 from spectrum.analysis.reconstruct import token_curves
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
                                       score)
-from spectrum.analysis.targets import TARGETS, Target, heldout_targets, points, replica_pairs
+from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
+                                       replica_pairs, run_targets)
 from spectrum.errors import SpectrumError
 
 PREDICTION = "param_model"
@@ -295,16 +296,11 @@ def _explain_missing(blocks: dict, pred: Predictions) -> None:
 
 def _run_entry(h: RunData, fit: list[RunData], first: RunData) -> dict:
     sc = h.scored
-    return {"name": h.name, "params": h.M, "tokens": h.D, "regime": regime_of(h, fit),
+    return {"name": h.name, "params": h.M, "tokens": h.D, "regime": regime([h], fit),
             "replica_of": None if first.name == h.name else first.name,
             "warmup_steps": h.warmup_steps,
             "scored_T": [float(np.exp(h.x[sc].min())), float(np.exp(h.x[sc].max()))]
             if sc.any() else None, "scored_checkpoints": int(sc.sum())}
-
-
-def regime_of(h: RunData, fit: list[RunData]) -> str:
-    from spectrum.analysis.targets import regime
-    return regime([h], fit)
 
 
 def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
@@ -342,8 +338,6 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
                            rows: list[pl.DataFrame], laws: dict) -> dict:
     """Each fit run predicted from the other fit runs: L and dL/dlnT (without the Chinchilla
     baseline, whose end-of-run law says nothing along a run that the others do not)."""
-    from spectrum.analysis.targets import run_targets
-
     fit = [r for r in runs if r.role == "fit" and r.has_fits]
     if len(fit) < 3:
         blocks = _blocks({}, "fewer than 3 fit runs")

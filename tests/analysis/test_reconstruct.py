@@ -5,8 +5,8 @@ from scipy.special import expit
 from spectrum.errors import SpectrumError
 from spectrum.manifest import load_manifest
 from spectrum.analysis.param_model import RunParams, fit_param_model
-from spectrum.analysis.reconstruct import (kernel_derivative, matched_gradient, mean_curve, mean_derivative,
-                                  mean_kernel, measured_derivative, score, sharp_derivative)
+from spectrum.analysis.reconstruct import (kernel_derivative, mean_curve, mean_derivative,
+                                           mean_kernel, sharp_derivative)
 from spectrum.analysis.spectra import compute_spectrum
 
 from tests.synthetic import DEFAULT_RUNS, TAU_SLOPE_D, TAU_SLOPE_M, make_synthetic_artifacts
@@ -59,41 +59,6 @@ def test_kernel_integrates_to_one():
     kern = mean_kernel(np.ones(100), np.exp(np.random.default_rng(0).normal(1, 0.5, 100)))
     u = np.linspace(-40, 40, 40001)
     assert np.trapezoid(kern(u), u) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_measured_derivative_is_exact_for_quadratics_on_an_irregular_grid():
-    x = np.sort(np.random.default_rng(0).uniform(0, 10, 15))
-    L = 3.0 - 0.4 * x + 0.05 * x ** 2
-    d = measured_derivative(x, L)
-    assert np.isnan(d[0]) and np.isnan(d[-1])
-    np.testing.assert_allclose(d[1:-1], -0.4 + 0.1 * x[1:-1], rtol=1e-10)
-    assert np.isnan(measured_derivative(x[:2], L[:2])).all()
-
-
-def test_score_by_hand():
-    s = score([1.0, 2.0, 4.0], [1.0, 2.0, 3.0])
-    assert s["r2"] == pytest.approx(1 - 1 / 2)
-    assert s["median_rel_err"] == pytest.approx(0.0)
-    assert s["n_targets"] == 3
-    assert score([1.0], [1.0])["r2"] is None
-
-
-def test_matched_gradient_recovers_a_linear_dependence():
-    x = np.linspace(8, 12, 5)
-    f = np.sin(x)
-    gM, gD = -0.3, 0.1
-
-    def curve(lnM, lnD):
-        return f + gM * lnM + gD * lnD
-
-    others = [(curve(m, d), m, d) for m, d in [(11, 13), (11, 16), (14, 13), (14, 16)]]
-    g = matched_gradient(x, curve(12.5, 14.5), others, 12.5, 14.5)
-    np.testing.assert_allclose(g["lnM"], gM)
-    np.testing.assert_allclose(g["lnD"], gD)
-    # no run differs in D: only the M axis is estimable
-    g = matched_gradient(x, curve(12.5, 13), [(curve(11, 13), 11, 13)], 12.5, 13)
-    assert g["lnD"] is None
-    np.testing.assert_allclose(g["lnM"], gM)
 
 
 def _planted_runs(n=2000, seed=0):
