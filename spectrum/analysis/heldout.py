@@ -23,7 +23,7 @@ from spectrum.analysis.param_model import ParamModel, RunParams, fit_param_model
 from spectrum.analysis.reconstruct import token_curves
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
-                                      score)
+                                      r2_words, score)
 from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
                                        replica_pairs, run_targets)
 from spectrum.errors import SpectrumError
@@ -233,13 +233,13 @@ def verdict(target: str, block: dict, pooled: dict[str, Pooled],
     if s.get("r2") is None:
         return [f"{target}: not scored ({s.get('reason') or 'no targets'})."]
     ci = s.get("r2_ci")
-    interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+    interval = f" [{r2_words(ci[0])}, {r2_words(ci[1])}]" if ci else ""
     says = predicts(s)
     head = (f"{target}: the spectrum {'predicts' if says else 'does not predict'} {what} "
-            f"(R^2 = {s['r2']:.3g}{interval}, error {s['rmse_nats']:.3g} nats")
+            f"(R^2 = {r2_words(s['r2'])}{interval}, error {s['rmse_nats']:.3g} nats")
     ceil = block["references"].get(CEILING)
     if ceil and ceil.get("r2") is not None:
-        head += f"; seed-replica ceiling R^2 = {ceil['r2']:.3g}"
+        head += f"; seed-replica ceiling R^2 = {r2_words(ceil['r2'])}"
     out = [head + ")."]
     mine = pooled.get(PREDICTION)
     for base in BASELINES:

@@ -70,13 +70,18 @@ def paired_difference(p1: np.ndarray, p2: np.ndarray, measured: np.ndarray) -> d
     return {"diff": float(d[0]), "ci": _interval(d[1:])}
 
 
+def r2_words(v: float) -> str:
+    """R^2 in words: four decimals near 1 (so 0.99995 does not read as a perfect 1)."""
+    return f"{v:.4f}" if -10 < v < 10 else f"{v:.3g}"
+
+
 def comparison_words(model: str, other: str, diff: dict | None) -> str:
     """A verdict in words, whichever way it goes."""
     if diff is None:
         return f"{model} and {other} cannot be compared on common targets"
     ci = diff["ci"]
-    tail = f"(difference in R^2 {diff['diff']:+.3g}" + \
-        (f", 95% interval [{ci[0]:+.3g}, {ci[1]:+.3g}])" if ci else ", no interval)")
+    tail = f"(difference in R^2 {diff['diff']:+.4g}" + \
+        (f", 95% interval [{ci[0]:+.4g}, {ci[1]:+.4g}])" if ci else ", no interval)")
     if ci and ci[0] > 0:
         return f"{model} beats {other} {tail}"
     if ci and ci[1] < 0:

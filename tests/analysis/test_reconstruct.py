@@ -7,6 +7,7 @@ from spectrum.manifest import load_manifest
 from spectrum.analysis.param_model import RunParams, fit_param_model
 from spectrum.analysis.reconstruct import (kernel_derivative, mean_curve, mean_derivative,
                                            mean_kernel, sharp_derivative)
+from spectrum.analysis.scores import score
 from spectrum.analysis.spectra import compute_spectrum
 
 from tests.synthetic import DEFAULT_RUNS, TAU_SLOPE_D, TAU_SLOPE_M, make_synthetic_artifacts
