@@ -23,6 +23,7 @@ import torch
 from pipelines.options import device_option, force_option, option
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
+from spectrum.fit import smooth
 from spectrum.fit.kinds import KindThresholds
 from spectrum.fit.runs import check_runs, fit_run, provenance
 from spectrum.fit.solver import FitOptions, solver_name
@@ -79,7 +80,7 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
             log.info(f"fit: {path} is stale: refitting")
         t0 = time.perf_counter()
         try:  # a run with a bad loss shard fails alone; the others are fitted
-            token_idx, fits = fit_run(manifest.out, run, steps, device=device,
+            token_idx, fits, smooth_columns = fit_run(manifest.out, run, steps, device=device,
                                       dtype=DTYPES[options.fit_dtype],
                                       chunk_size=options.chunk_size, options=solver_options,
                                       thresholds=thresholds)
@@ -87,7 +88,7 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
             failed += e.problems
             failed_runs += 1
             continue
-        write_parquet(fits.to_arrow(token_idx), path, prov)
+        write_parquet(smooth.with_columns(fits.to_arrow(token_idx), smooth_columns), path, prov)
         done += 1
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))

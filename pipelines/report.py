@@ -22,8 +22,9 @@ from spectrum.curriculum.trial import RESULTS_JSON, report_section
 from spectrum.analysis.evaluation import Options, run_spectra, run_tests
 from spectrum.fit.kinds import KINDS, KindThresholds
 from spectrum.manifest import Manifest
-from spectrum.report.blocks import build_blocks, write_report
+from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
+from spectrum.report.sections import Inputs, build_blocks
 from spectrum.analysis.run_data import load_run, read_tokens
 from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
@@ -114,7 +115,8 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     opts = analysis_options(options)
     out = manifest.out
     prov = {"stage": "report", "options": opts.as_dict(), "inputs": input_stamps(manifest),
-            "runs": [(r.name, r.params, r.tokens, r.tokens_per_step, r.role) for r in manifest.runs]}
+            "runs": [(r.name, r.params, r.tokens, r.tokens_per_step, r.role, r.warmup_steps)
+                     for r in manifest.runs]}
     pred_path = layout.predictions_file(out)
     done = [pred_path, layout.scores_file(out), layout.report_index(out), layout.spectra_table(out)]
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
@@ -144,14 +146,14 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     scores, preds = run_tests(runs, spectra.spectra, edges, opts)
     scores["grid"] = {"edges": edges.tolist()}
     scores["runs"] = [{"name": r.name, "params": r.params, "tokens": r.tokens,
-                       "tokens_per_step": r.tokens_per_step, "role": r.role}
-                      for r in manifest.runs]
+                       "tokens_per_step": r.tokens_per_step, "role": r.role,
+                       "warmup_steps": r.warmup_steps} for r in manifest.runs]
     write_json(scores, layout.scores_file(out))
     fits = {r.name: r.fits for r in runs if r.fits is not None}
-    blocks = build_blocks(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
-                          scores=scores, preds=preds, fits=fits,
-                          fit_settings=_fit_settings(manifest), edges=edges,
-                          curriculum=report_section(out))
+    blocks = build_blocks(Inputs(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
+                                 scores=scores, preds=preds, fits=fits,
+                                 fit_settings=_fit_settings(manifest), edges=edges,
+                                 curriculum=report_section(out)))
     blocks += explorer_blocks(out, runs, tokens)  # the token explorer, last in the report
     write_report(layout.report_dir(out), blocks)
     # written last: its provenance marks the whole stage as current
@@ -160,3 +162,6 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
                  for s in b["predictions"].values() if s.get("r2") is None)
     log.info(f"report: {layout.report_index(out)} ({len(runs)} runs; "
              f"{n_null} prediction score(s) null with a reason in scores.json)")
+    log.info(f"report: {scores['stepwise']['verdict']}")
+    for lines in scores["tests"]["heldout_runs"].get("verdicts", {}).values():
+        log.info(f"report: held-out runs, {lines[0]}")

@@ -109,3 +109,79 @@ def make_synthetic_artifacts(root: Path, *, n_seq: int = 32, context: int = 32, 
     path = root / "checkpoints.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# planted worlds in the shape of a scaling suite, written as loss shards only (no fits), to be run
+# through `spectrum fit` and `spectrum report`
+
+# sizes m1 < ... < m5 and data scales d1 < d2 < d3 (tokens); fit: m1, m2, m4 at every D; held out:
+# m3 (between two fit sizes: interpolation) and m5 (the largest: extrapolation) at every D, and
+# two seed replicas of m5-d2
+SIZES = {"m1": 1e5, "m2": 3e5, "m3": 1e6, "m4": 3e6, "m5": 1e7}
+SCALES = {"d1": 2e5, "d2": 1e6, "d3": 5e6}  # the shorter runs end in the tails of late steps
+SUITE_RUNS = tuple(
+    [(f"{m}-{d}", SIZES[m], SCALES[d], "fit", 0) for m in ("m1", "m2", "m4") for d in SCALES]
+    + [(f"{m}-{d}", SIZES[m], SCALES[d], "heldout", 0) for m in ("m3", "m5") for d in SCALES]
+    + [(f"m5-d2-s{s}", SIZES["m5"], SCALES["d2"], "heldout", s) for s in (1, 2)])
+WORLD_M0, WORLD_D0 = np.log(1e6), np.log(1e6)
+# the planted laws of the step world: per unit ln M and ln D
+WORLD_TAU_M, WORLD_TAU_D, WORLD_LO_M, WORLD_LO_D = -0.3, 0.2, -0.1, -0.05
+
+
+def world_truth(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Run-independent per-token truth of the planted worlds."""
+    rng = np.random.default_rng(seed + 11)
+    return {"tau": rng.normal(10.8, 0.6, n), "tau_m": WORLD_TAU_M + rng.normal(0, 0.1, n),
+            "tau_d": WORLD_TAU_D + rng.normal(0, 0.05, n), "lo": rng.uniform(0.5, 2.5, n),
+            "delta": 0.3 + rng.gamma(4.0, 0.5, n), "k": np.exp(rng.normal(np.log(2.0), 0.2, n)),
+            "beta": rng.uniform(0.15, 0.5, n), "amp": 0.5 + rng.gamma(3.0, 0.5, n)}
+
+
+def world_curves(world: str, t: dict[str, np.ndarray], M: float, D: float, role: str,
+                 x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, K) noiseless losses of every token of one run.
+
+    ``step``: sigmoids whose tau and lo move with ln M and ln D by the planted laws; ``smooth``:
+    per-token power laws in T whose level moves with ln M and ln D; ``other_law``: the step world,
+    but the held-out runs follow the opposite laws (the fit runs cannot tell them)."""
+    dm, dd = np.log(M) - WORLD_M0, np.log(D) - WORLD_D0
+    sign = -1.0 if (world == "other_law" and role == "heldout") else 1.0
+    lo = t["lo"] + sign * (WORLD_LO_M * dm + WORLD_LO_D * dd)
+    if world == "smooth":
+        return (lo[:, None] + t["amp"][:, None]
+                * np.exp(-t["beta"][:, None] * (x[None, :] - np.log(1000.0))))
+    tau = t["tau"] + sign * (t["tau_m"] * dm + t["tau_d"] * dd) + rng.normal(0, 0.03, len(lo))
+    return lo[:, None] + t["delta"][:, None] / (1 + np.exp(t["k"][:, None] * (x[None, :] - tau[:, None])))
+
+
+def make_world(root: Path, world: str = "step", *, n_seq: int = 16, context: int = 32,
+               n_steps: int = 16, noise: float = 0.05, runs=SUITE_RUNS, warmup_steps: int = 2,
+               seed: int = 0) -> Path:
+    """Write the evalset's tokens, every run's loss shards and a manifest for a planted world;
+    returns the manifest's path. Fit it with `spectrum fit`, then `spectrum report`."""
+    root = Path(root)
+    out = root / "artifacts"
+    annotations = token_truth(n_seq, context, seed)
+    cols = ("token_idx", "seq_id", "pos", "target_id", "doc_id", "target_freq", "word_start")
+    write_parquet(pa.table({c: annotations[c] for c in cols}), out / "evalset" / "tokens.parquet")
+    truth = world_truth(n_seq * context, seed)
+    entries = []
+    for name, M, D, role, rseed in runs:
+        rng = np.random.default_rng(seed * 1000 + rseed * 100 + int(np.log(M) * 7 + np.log(D)))
+        last = int(D // TOKENS_PER_STEP)
+        steps = np.unique(np.round(np.logspace(0, np.log10(last), n_steps)).astype(int))
+        x = np.log(steps * TOKENS_PER_STEP)
+        loss = world_curves(world, truth, M, D, role, x, rng)
+        loss = loss + rng.normal(0, noise, loss.shape)
+        for j, s in enumerate(steps):
+            write_parquet(pa.table({"token_idx": annotations["token_idx"],
+                                    "loss": loss[:, j].astype(np.float32)}),
+                          out / "losses" / f"run={name}" / f"step={s}" / "part-0.parquet")
+        entries.append({"name": name, "params": M, "tokens": D, "tokens_per_step": TOKENS_PER_STEP,
+                        "role": role, "warmup_steps": warmup_steps, "checkpoints": f"runs/{name}"})
+    path = root / "checkpoints.yaml"
+    path.write_text(yaml.safe_dump({"out": "artifacts", "evalset": {"sequences": n_seq,
+                                                                   "context": context},
+                                    "runs": entries}, sort_keys=False))
+    return path

@@ -78,10 +78,14 @@ class ParamModel:
                     f"{sym} = {np.exp(vals[ax]):.4g} cannot be predicted")
         return np.array([1.0] + [vals[a] - self.center[a] for a in self.axes])
 
+    def predict_quantities(self, lnM: float, lnD: float, run: str = "") -> dict[str, np.ndarray]:
+        """Per-token value of every modelled quantity at (ln M, ln D)."""
+        x = self._design(lnM, lnD, run)
+        return {name: c @ x for name, c in self.coef.items()}
+
     def predict(self, lnM: float, lnD: float, run: str = "") -> dict[str, np.ndarray]:
         """Per-token ``lo, hi, tau, k`` predicted at (ln M, ln D)."""
-        x = self._design(lnM, lnD, run)
-        q = {name: c @ x for name, c in self.coef.items()}
+        q = self.predict_quantities(lnM, lnD, run)
         k = np.clip(np.exp(q["logk"]), *self.k_range)
         return {"lo": q["lo"], "hi": q["hi"], "tau": q["tau"], "k": k}
 
@@ -116,13 +120,12 @@ def _observations(runs: list[RunParams], step_kinds: tuple[str, ...]) -> dict[st
     return {q: (np.stack(vals[q], 1), np.stack(wts[q], 1)) for q in QUANTITIES}
 
 
-def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
-                    step_kinds: tuple[str, ...] = STEP_KINDS) -> ParamModel:
-    """Fit the per-token linear model on ``runs`` (the fit runs). See the module docstring."""
-    if not runs:
-        raise SpectrumError("no fit runs to model token parameters on")
-    lnM = np.array([r.lnM for r in runs])
-    lnD = np.array([r.lnD for r in runs])
+def fit_linear_model(lnM: np.ndarray, lnD: np.ndarray, obs: dict[str, tuple[np.ndarray, np.ndarray]],
+                     *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
+                     k_range: tuple[float, float] = (np.nan, np.nan)) -> ParamModel:
+    """Per-token linear model in (ln M, ln D) of every quantity in ``obs`` (values and weights,
+    each tokens x runs), shrunk towards the pooled population regression (module docstring)."""
+    lnM, lnD = np.asarray(lnM, float), np.asarray(lnD, float)
     axes, center, fixed = [], {}, {}
     for name, v in (("lnM", lnM), ("lnD", lnD)):
         if np.ptp(v) > 1e-9:
@@ -133,7 +136,6 @@ def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercep
     X = np.stack([np.ones_like(lnM)] + [{"lnM": lnM, "lnD": lnD}[a] - center[a] for a in axes], 1)
     p = X.shape[1]
     pen = np.diag([ridge_intercept] + [ridge] * (p - 1))
-    obs = _observations(runs, step_kinds)
     coef, pop, n_obs = {}, {}, {}
     for q, (y, w) in obs.items():
         # pooled population regression over every observation
@@ -149,8 +151,18 @@ def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercep
         coef[q] = np.linalg.solve(A, b[..., None])[..., 0]
         pop[q] = beta_pop
         n_obs[q] = (w > 0).sum(1).astype(np.int64)
+    return ParamModel(axes=tuple(axes), center=center, fixed_values=fixed, coef=coef,
+                      population=pop, k_range=k_range, n_obs=n_obs)
+
+
+def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
+                    step_kinds: tuple[str, ...] = STEP_KINDS) -> ParamModel:
+    """Fit the per-token linear model on ``runs`` (the fit runs). See the module docstring."""
+    if not runs:
+        raise SpectrumError("no fit runs to model token parameters on")
     ks = np.concatenate([r.k[np.isin(r.kind, step_kinds) & np.isfinite(r.k) & (r.k > 0)]
                          for r in runs])
     k_range = (float(ks.min()), float(ks.max())) if ks.size else (1e-3, 1e3)
-    return ParamModel(axes=tuple(axes), center=center, fixed_values=fixed, coef=coef,
-                      population=pop, k_range=k_range, n_obs=n_obs)
+    return fit_linear_model(np.array([r.lnM for r in runs]), np.array([r.lnD for r in runs]),
+                            _observations(runs, step_kinds), ridge=ridge,
+                            ridge_intercept=ridge_intercept, k_range=k_range)

@@ -1,11 +1,15 @@
 """What the spectra, reconstruction and report stages read of one run: its per-token fits joined
-with the evalset's annotations, and its measured mean loss per checkpoint.
+with the evalset's annotations, and its measured losses summed per sequence and checkpoint.
 
-The *population* of a run is the set of tokens whose fit has finite parameters; the in-sample and
-spectrum tests compare against the measured mean loss over exactly these tokens. The held-out-run
-test compares against the mean over every token with a finite loss (``mean_loss_all``). Tokens are
-also split in two halves by sequence (``half``: a seeded random half of the sequence ids) for the
-held-out-tokens test. Step 0 is not on the log axis and is dropped.
+Losses are kept as per-sequence sums and counts (``seq_sums``, ``seq_counts``: sequences x
+checkpoints), over every token with a finite loss and over the run's *population* (the tokens whose
+fit has finite parameters). Any mean curve is a ratio of sums over sequences, so a bootstrap over
+sequences draws it without rereading a shard (:mod:`spectrum.analysis.curves`). The in-sample and
+spectrum tests compare against the population's mean loss; the held-out-run tests against the
+mean over every token with a finite loss. Tokens are also split in two halves by sequence
+(``half``: a seeded random half of the sequence ids) for the held-out-tokens test. Step 0 is not on
+the log axis and is dropped; checkpoints at or before the run's warmup are not *scored*
+(``scored``), though they stay in the fits.
 """
 
 from __future__ import annotations
@@ -31,17 +35,50 @@ class RunData:
     role: str
     M: float
     D: float
+    tokens_per_step: int
+    warmup_steps: int
     steps: np.ndarray  # (K,) checkpoints with T > 0
     x: np.ndarray  # (K,) ln T
-    mean_loss: np.ndarray  # (K,) over the population (or every token when there are no fits)
-    mean_loss_all: np.ndarray  # (K,) over every token with a finite loss
-    half_loss: np.ndarray  # (2, K) over the population tokens of each sequence half
+    seq_ids: np.ndarray  # (S,) the evalset's sequence ids, ascending; rows of the sums below
+    seq_half: np.ndarray  # (S,) 0/1: the sequence's half
+    seq_sums: np.ndarray  # (S, K) summed loss of every token with a finite loss
+    seq_counts: np.ndarray  # (S, K) how many
+    pop_sums: np.ndarray  # (S, K) ... of the population tokens only
+    pop_counts: np.ndarray  # (S, K)
     tokens: pl.DataFrame | None  # fits joined with annotations, one row per token_idx; None: no fits
     fits: pl.DataFrame | None = None  # the run's fits file as read; None: no fits
 
     @property
     def has_fits(self) -> bool:
         return self.tokens is not None
+
+    @property
+    def scored(self) -> np.ndarray:
+        """(K,) bool: checkpoints after the warmup (the scored range)."""
+        return self.steps > self.warmup_steps
+
+    @property
+    def mean_loss_all(self) -> np.ndarray:
+        """(K,) mean loss over every token with a finite loss."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.seq_sums.sum(0) / self.seq_counts.sum(0)
+
+    @property
+    def mean_loss(self) -> np.ndarray:
+        """(K,) mean loss over the population (every token when there are no fits)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.pop_sums.sum(0) / self.pop_counts.sum(0)
+
+    @property
+    def half_loss(self) -> np.ndarray:
+        """(2, K) mean loss over the population tokens of each sequence half."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.stack([self.pop_sums[self.seq_half == h].sum(0)
+                             / self.pop_counts[self.seq_half == h].sum(0) for h in (0, 1)])
+
+    def seq_code(self, seq_id: np.ndarray) -> np.ndarray:
+        """Row of ``seq_sums`` of each given sequence id."""
+        return np.searchsorted(self.seq_ids, np.asarray(seq_id))
 
     def population(self) -> pl.DataFrame:
         assert self.tokens is not None
@@ -103,31 +140,32 @@ def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int =
         tok = tok.with_columns(in_pop=pl.lit(True))
     frames = [pl.scan_parquet(p).select("token_idx", "loss").with_columns(step=pl.lit(s, pl.Int64))
               for s, p in shards]
-    key = tok.lazy().select("token_idx", "half", "in_pop")
+    key = tok.lazy().select("token_idx", "seq_id", "in_pop")
     try:
         agg = (pl.concat(frames).filter(pl.col("loss").is_finite())
                .join(key, on="token_idx", how="inner")
-               .group_by("step", "half", "in_pop")
+               .group_by("step", "seq_id", "in_pop")
                .agg(s=pl.col("loss").cast(pl.Float64).sum(), n=pl.len())
                .collect())
     except Exception as e:  # noqa: BLE001
         raise SpectrumError(f"{loss_run_dir(out, spec.name)}: unreadable loss shards ({e})") from None
     steps = np.array([s for s, _ in shards], dtype=np.int64)
-    K = len(steps)
-    pos = {int(s): j for j, s in enumerate(steps)}
-    S = np.zeros((2, 2, K))
-    N = np.zeros((2, 2, K))
-    for st, h, ip, s, n in agg.iter_rows():
-        S[int(h), int(ip), pos[int(st)]] += s
-        N[int(h), int(ip), pos[int(st)]] += n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_all = S.sum((0, 1)) / N.sum((0, 1))
-        mean_pop = S[:, 1].sum(0) / N[:, 1].sum(0)
-        half_loss = S[:, 1] / N[:, 1]
-    x = log_tokens(steps, spec.tokens_per_step)
-    return RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens, steps=steps, x=x,
-                   mean_loss=mean_pop, mean_loss_all=mean_all, half_loss=half_loss,
-                   tokens=tok if fits is not None else None, fits=fits)
+    seq_ids = np.unique(tokens["seq_id"].to_numpy())
+    sums = np.zeros((2, len(seq_ids), len(steps)))
+    counts = np.zeros_like(sums)
+    col = np.searchsorted(steps, agg["step"].to_numpy())
+    row = np.searchsorted(seq_ids, agg["seq_id"].to_numpy())
+    pop = agg["in_pop"].to_numpy().astype(int)
+    np.add.at(sums, (pop, row, col), agg["s"].to_numpy())
+    np.add.at(counts, (pop, row, col), agg["n"].to_numpy().astype(float))
+    halves = tok.group_by("seq_id").agg(pl.col("half").first()).sort("seq_id")
+    return RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens,
+                   tokens_per_step=spec.tokens_per_step,
+                   warmup_steps=int(getattr(spec, "warmup_steps", 0) or 0), steps=steps,
+                   x=log_tokens(steps, spec.tokens_per_step), seq_ids=seq_ids,
+                   seq_half=halves["half"].to_numpy().astype(np.int8),
+                   seq_sums=sums.sum(0), seq_counts=counts.sum(0), pop_sums=sums[1],
+                   pop_counts=counts[1], tokens=tok if fits is not None else None, fits=fits)
 
 
 def load_runs(manifest: Manifest, *, half_seed: int = 0) -> tuple[pl.DataFrame, list[RunData]]:

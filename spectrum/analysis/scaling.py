@@ -97,8 +97,16 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
         v = _unpack(theta, free, fixed)
         return v["E"] + v["A"] * np.exp(-v["alpha"] * lnM) + v["B"] * np.exp(-v["beta"] * lnX) - L
 
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        v = _unpack(theta, free, fixed)
+        tm, tx = v["A"] * np.exp(-v["alpha"] * lnM), v["B"] * np.exp(-v["beta"] * lnX)
+        cols = {"E": np.ones_like(L), "A": tm, "alpha": -lnM * tm, "B": tx, "beta": -lnX * tx}
+        return np.stack([cols[p] for p in free], 1)
+
     best = None
-    for a0, b0 in itertools.product(starts, starts):
+    pairs = dict.fromkeys((fixed.get("alpha", a0), fixed.get("beta", b0))
+                          for a0, b0 in itertools.product(starts, starts))
+    for a0, b0 in pairs:
         e0 = fixed.get("E", 0.5 * float(L.min()))
         al, be = fixed.get("alpha", a0), fixed.get("beta", b0)
         # split the excess over E evenly between the two terms at the median point
@@ -107,7 +115,8 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
                  "A": np.log(excess / 2) + al * float(np.median(lnM)),
                  "B": np.log(excess / 2) + be * float(np.median(lnX))}
         x0 = np.array([np.clip(guess[p], lo[p] + 1e-9, hi[p] - 1e-9) for p in free])
-        res = least_squares(residual, x0, bounds=([lo[p] for p in free], [hi[p] for p in free]),
+        res = least_squares(residual, x0, jac=jacobian,
+                            bounds=([lo[p] for p in free], [hi[p] for p in free]),
                             x_scale="jac", max_nfev=2000)
         if best is None or res.cost < best.cost:
             best = res

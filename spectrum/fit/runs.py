@@ -16,6 +16,7 @@ import torch
 
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
+from spectrum.fit import smooth
 from spectrum.fit.kinds import KindThresholds
 from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids
 from spectrum.layout import loss_run_dir, loss_shard, shard_steps
@@ -76,23 +77,25 @@ def provenance(out: Path, run: RunSpec, steps: list[int], dtype: str, options: F
             "x": log_tokens(steps, run.tokens_per_step).tolist(),
             "losses": losses_digest(out, run.name, steps), "dtype": dtype,
             "options": options.to_dict(), "thresholds": thresholds.to_dict(),
-            "min_checkpoints": MIN_CHECKPOINTS}
+            "min_checkpoints": MIN_CHECKPOINTS, "smooth": smooth.settings()}
 
 
 def fit_run(out: Path, run: RunSpec, steps: list[int], *, device: torch.device,
             dtype: torch.dtype, chunk_size: int, options: FitOptions,
-            thresholds: KindThresholds) -> tuple[np.ndarray, SigmoidFit]:
-    """Fit every token of ``run`` in chunks; returns (token_idx, fits)."""
+            thresholds: KindThresholds) -> tuple[np.ndarray, SigmoidFit, dict[str, np.ndarray]]:
+    """Fit every token of ``run`` in chunks; returns (token_idx, fits, smooth alternatives)."""
     x = log_tokens(steps, run.tokens_per_step)
     total = token_count(out, run.name, steps)
-    tokens, parts = [], []
+    tokens, parts, smooth_parts = [], [], []
     with progress(total=total, unit="tok", desc=f"fit {run.name}", smoothing=0.1) as bar:
         for chunk in iter_trajectories(out, run.name, chunk_size=chunk_size, steps=steps):
             parts.append(fit_sigmoids(chunk.losses, x, device=device, dtype=dtype,
                                       options=options, thresholds=thresholds))
+            # is it a step at all: smooth alternatives and BICs on the same rows
+            smooth_parts.append(smooth.smooth_fits(chunk.losses, x, parts[-1].rss, device=device))
             tokens.append(chunk.token_idx)
             bar.update(int(chunk.token_idx[-1]) + 1 - bar.n)
     if not parts:
         raise SpectrumError(f"run {run.name}: the loss shards under "
                             f"{loss_run_dir(out, run.name)} hold no tokens")
-    return np.concatenate(tokens), SigmoidFit.concat(parts)
+    return np.concatenate(tokens), SigmoidFit.concat(parts), smooth.concat_columns(smooth_parts)

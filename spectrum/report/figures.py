@@ -17,6 +17,12 @@ from spectrum.analysis.spectra import Comparison
 MODEL_STYLE = {
     "fitted_sigmoids": dict(color="C0", ls="-"),
     "param_model": dict(color="C3", ls="-"),
+    "param_model_analytic": dict(color="C3", ls=":", lw=0.8),
+    "chinchilla": dict(color="C4", ls="-."),
+    "power_law_T_interp": dict(color="C2", ls=":"),
+    "aggregate_curve": dict(color="C8", ls="--"),
+    "token_power_law": dict(color="C5", ls="--"),
+    "zero": dict(color="0.6", ls="-", lw=0.6),
     "spectrum_sharp": dict(color="C1", ls="--"),
     "spectrum_kernel": dict(color="C3", ls="-"),
     "power_law_T": dict(color="C2", ls=":"),
@@ -76,7 +82,7 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
         first = sub.filter(pl.col("model") == sub["model"][0])
         ax.plot(first["T"], first["measured"], "k.", ms=4, label="measured")
         for (test, model), g in sub.group_by(["test", "model"], maintain_order=True):
-            label = f"{model} ({'in-sample' if test == 'in_sample' else 'predicted'})"
+            label = f"{model} ({test.replace('_', ' ')})"
             ax.plot(g["T"], g["predicted"], label=label, **MODEL_STYLE.get(model, {}))
         ax.set_xscale("log")
         ax.set_title(f"{run} ({roles[run]})")
@@ -210,4 +216,29 @@ def fit_quality(fits: dict[str, pl.DataFrame]) -> Figure:
     a3.set_title("uncertainty of learning times")
     for ax, loc in ((a1, "upper left"), (a2, "upper right"), (a3, "upper right")):
         ax.legend(fontsize=7, loc=loc)
+    return fig
+
+
+def stepwise(shares: dict) -> Figure:
+    """Share of tokens (and of loss shed) for which the step is preferred, per run against M."""
+    fig, (a1, a2) = _figure(2, ncols=2, w=5.0, h=3.4)
+    runs = {r: v for r, v in shares.items() if v.get("share_step") is not None}
+    if not runs:
+        _empty(a1, "no step-vs-smooth comparison in the fits")
+        return fig
+    scales = sorted({v["tokens"] for v in runs.values()})
+    for ax, key, title in ((a1, "share_step", "share of tokens that change"),
+                           (a2, "share_step_shed", "share of loss shed")):
+        for i, D in enumerate(scales):
+            pts = sorted((v["params"], v[key]) for v in runs.values()
+                         if v["tokens"] == D and v.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=f"C{i}", label=f"D = {D:.3g}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.axhline(0.5, color="k", lw=0.5, ls=":")
+        ax.set_xlabel("M (parameters)")
+        ax.set_ylabel("step preferred")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
     return fig

@@ -35,13 +35,22 @@ def test_report_stage_writes_every_artifact(synthetic_report):
                 "report/figures/loss_curves.png", "report/figures/fit_quality.png"):
         assert (out / rel).is_file(), rel
     scores = json.loads((out / "reconstruction/scores.json").read_text())
-    assert set(scores["tests"]) == {"in_sample", "spectrum_only", "heldout_tokens", "heldout_runs"}
+    assert set(scores["tests"]) == {"in_sample", "spectrum_only", "heldout_tokens", "heldout_runs",
+                                    "leave_one_run_out"}
     for test, target, model, s in _every_score(scores):
         assert s["r2"] is not None or s["reason"], (test, target, model)
         assert s["n_targets"] >= (1 if s["r2"] is not None else 0)
     assert scores["tests"]["in_sample"]["label"].startswith("identity check")
     hr = scores["tests"]["heldout_runs"]["targets"]
-    assert {"power_law_T", "power_law_D"} <= set(hr["dL/dlnM"]["baselines"])
+    assert {"chinchilla", "power_law_T_interp", "aggregate_curve",
+            "token_power_law"} <= set(hr["L"]["baselines"])
+    assert "seed_replicas" in hr["L"]["references"]
+    for test, target, model, s in _every_score(scores):
+        assert {"r2", "r2_ci", "rmse_nats"} <= set(s), (test, target, model)
+    assert scores["tests"]["heldout_runs"]["runs"][0]["regime"] == "interpolation"
+    # the fits of this world are the planted parameters, without the smooth alternatives
+    assert scores["stepwise"]["runs"]["m2-d2"]["share_step"] is None
+    assert "not tested" in scores["stepwise"]["verdict"]
     spectra = pl.read_parquet(out / "spectra/spectra.parquet")
     assert set(spectra["run"].unique()) == {r[0] for r in DEFAULT_RUNS if r[0] != "m1-d1-s1"}
     assert {"all", "frequency", "position", "word_start"} <= set(spectra["slice_axis"].unique())
@@ -55,11 +64,12 @@ def test_html_is_self_contained_and_explains_itself(synthetic_report):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), srcs[:3]
     assert "<link" not in page and not re.search(r"<script[^>]*\bsrc", page)
     assert page.count("<img") >= 8
-    for phrase in ("identity check", "heldout_runs", "power_law_T", "bootstrap", "R^2",
-                   "learning time", "Fit quality"):
+    for phrase in ("identity check", "heldout_runs", "chinchilla", "bootstrap", "R^2",
+                   "learning time", "Fit quality", "Is learning stepwise?", "end-of-run losses",
+                   "seed_replicas", "95% interval"):
         assert phrase in page, phrase
     md = (out / "report/report.md").read_text()
-    assert "figures/spectra.png" in md and "| heldout_runs | dL/dlnM | param_model |" in md
+    assert "figures/spectra.png" in md and "| L | param_model | prediction |" in md
 
 
 def test_report_resumes_and_recomputes_on_force(synthetic_report, capsys):

@@ -1,0 +1,366 @@
+"""The held-out-runs test and its second view, leave-one-run-out over the fit runs.
+
+The spectrum's prediction (``param_model``): each token's sigmoid parameters, modelled as linear
+functions of ln M and ln D on the fit runs only (:mod:`spectrum.analysis.param_model`), give every
+token's curve at a held-out run's checkpoints; their mean is the predicted loss curve, which goes
+through the same targets and operator as the measured one (:mod:`spectrum.analysis.targets`).
+``param_model_analytic`` is the analytic dL/dlnT of the same sigmoids at the same midpoints, an
+extra row. The baselines (:mod:`spectrum.analysis.baselines`) are fitted on the same fit runs and
+scored on the same targets; the seed replicas of a held-out point give the noise ceiling (the same
+score, replica against replica). Every score carries a bootstrap interval over sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from spectrum.analysis import baselines
+from spectrum.analysis.curves import SeqCurve, fixed, midpoints, token_curve
+from spectrum.analysis.param_model import ParamModel, RunParams, fit_param_model
+from spectrum.analysis.reconstruct import token_curves
+from spectrum.analysis.run_data import RunData
+from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
+                                      r2_words, score)
+from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
+                                       replica_pairs, run_targets)
+from spectrum.errors import SpectrumError
+
+PREDICTION = "param_model"
+ANALYTIC = "param_model_analytic"
+CEILING = "seed_replicas"
+BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power_law", "zero")
+
+
+def run_params(run: RunData) -> RunParams:
+    t = run.tokens
+    se_cols = [f"{q}_se" for q in ("lo", "hi", "tau", "k")]
+    se = {c[:-3]: t[c].to_numpy().astype(float) for c in se_cols} \
+        if all(c in t.columns for c in se_cols) else None
+    return RunParams(name=run.name, lnM=float(np.log(run.M)), lnD=float(np.log(run.D)),
+                     lo=t["lo"].to_numpy().astype(float), hi=t["hi"].to_numpy().astype(float),
+                     tau=t["tau"].to_numpy().astype(float), k=t["k"].to_numpy().astype(float),
+                     kind=t["kind"].fill_null("missing").to_numpy().astype(str),
+                     x_first=float(run.x.min()), x_last=float(run.x.max()), se=se)
+
+
+@dataclass
+class Predictions:
+    """Each model's predicted curves (run -> (R, K)), the analytic derivatives, and notes."""
+
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    analytic: dict[str, np.ndarray] = field(default_factory=dict)  # run -> (R, K_scored - 1)
+    fitted: dict = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    def put(self, model: str, run: str, curve: np.ndarray) -> None:
+        self.curves.setdefault(model, {})[run] = curve
+
+
+def _token_models(fit: list[RunData], ridge: float, pred: Predictions) -> tuple:
+    model = fit_param_model([run_params(r) for r in fit], ridge=ridge)
+    pred.fitted["param_model"] = {
+        "axes": list(model.axes), "center": model.center,
+        "fixed": {k: float(np.exp(v)) for k, v in model.fixed_values.items()},
+        "population_coefficients": {q: [float(v) for v in b] for q, b in model.population.items()},
+        "fit_runs": [r.name for r in fit]}
+    smooth, anchors = baselines.token_power_law_model(fit, ridge)
+    if smooth is None:
+        pred.fitted["token_power_law"] = {"reason": "the fits lack the power-law columns "
+                                                    "(refit with `spectrum fit --force`)"}
+    return model, smooth, anchors
+
+
+def _token_predictions(h: RunData, model: ParamModel, smooth: ParamModel | None, anchors: np.ndarray,
+                       seq_code: np.ndarray, n_seq: int, weights: np.ndarray,
+                       pred: Predictions) -> None:
+    try:
+        p = model.predict(np.log(h.M), np.log(h.D), h.name)
+    except SpectrumError as e:
+        pred.reasons.append(str(e))
+        return
+    n = len(p["lo"])
+    pred.put(PREDICTION, h.name, token_curve(
+        lambda sl: token_curves(p["lo"][sl], p["hi"][sl], p["tau"][sl], p["k"][sl], h.x),
+        n, seq_code, n_seq).draw(weights))
+    xm = midpoints(h.x[h.scored])
+    if len(xm):
+        pred.analytic[h.name] = token_curve(
+            lambda sl: _rows_derivative(p["lo"][sl], p["hi"][sl], p["tau"][sl], p["k"][sl], xm),
+            n, seq_code, n_seq).draw(weights)
+    if smooth is not None:
+        q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
+        pred.put("token_power_law", h.name, token_curve(
+            lambda sl: baselines.token_power_law_values({k: v[sl] for k, v in q.items()},
+                                                        anchors, h.x),
+            n, seq_code, n_seq).draw(weights))
+
+
+def _rows_derivative(lo, hi, tau, k, x) -> np.ndarray:
+    """(n, K) per-token analytic dl/dx (their mean is dL/dx of :mod:`.reconstruct`)."""
+    s = 0.5 * (1.0 + np.tanh(-0.5 * k[:, None] * (x[None, :] - tau[:, None])))
+    return -((hi - lo)[:, None] * k[:, None] * s * (1 - s))
+
+
+def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray, *,
+                 ridge: float, laws: dict, chinchilla_refits: int | None = 100) -> Predictions:
+    """Every model's curves for the ``targets`` runs, fitted on ``fit`` only (``laws``: the runs'
+    own power laws in T, :func:`baselines.run_power_laws`; ``chinchilla_refits`` None: no
+    Chinchilla baseline)."""
+    pred = Predictions()
+    R = weights.shape[0]
+    model, smooth, anchors = _token_models(fit, ridge, pred)
+    ref = fit[0]
+    seq_code = ref.seq_code(ref.tokens["seq_id"].to_numpy())
+    law = None
+    if chinchilla_refits is not None:
+        law, pred.fitted["chinchilla"] = baselines.fit_chinchilla(fit, weights, chinchilla_refits)
+    interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws)
+    aggregate = baselines.aggregate_curve(fit)
+    for h in targets:
+        _token_predictions(h, model, smooth, anchors, seq_code, len(ref.seq_ids), weights, pred)
+        if law is not None:
+            pred.put("chinchilla", h.name, fixed(baselines.chinchilla_curve(law)(h), R))
+        if interp is not None:
+            pred.put("power_law_T_interp", h.name, fixed(interp(h), R))
+        pred.put("aggregate_curve", h.name, fixed(aggregate(h), R))
+        pred.put("zero", h.name, np.zeros((R, len(h.x))))
+    return pred
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+@dataclass
+class Pooled:
+    """(R, n) predicted and measured values of one model on one target, with their labels."""
+
+    pred: list[np.ndarray] = field(default_factory=list)
+    meas: list[np.ndarray] = field(default_factory=list)
+    regime: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, p: np.ndarray, m: np.ndarray, regime: str) -> None:
+        self.pred.append(p)
+        self.meas.append(m)
+        self.regime.append(np.full(m.shape[1], regime))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.concatenate(self.pred, 1), np.concatenate(self.meas, 1),
+                np.concatenate(self.regime))
+
+
+def _model_values(t: Target, model: str, pred: Predictions) -> np.ndarray | None:
+    if model == ANALYTIC:
+        return pred.analytic.get(t.runs[0]) if t.target == "dL/dlnT" else None
+    curves = pred.curves.get(model, {})
+    if model == "zero" and t.target == "L":
+        return None
+    if not all(r in curves for r in t.runs):
+        return None
+    return t.build(curves)
+
+
+def pool_targets(targets: list[Target], measured: dict[str, np.ndarray], pred: Predictions,
+                 rows: list[pl.DataFrame], test: str,
+                 models: tuple[str, ...] = (PREDICTION, ANALYTIC, *BASELINES)
+                 ) -> dict[str, dict[str, Pooled]]:
+    """target -> model -> pooled values; appends rows of the predictions table. A model that
+    cannot predict a target gets NaN there, so every model's values stay aligned target by
+    target (paired comparisons use the targets both predict)."""
+    pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
+    for t in targets:
+        m = t.build(measured)
+        for model in models:
+            if (model == "zero" and t.target == "L") or (model == ANALYTIC and t.target != "dL/dlnT"):
+                continue
+            p = _model_values(t, model, pred)
+            if p is None:
+                p = np.full_like(m, np.nan)
+            pooled[t.target].setdefault(model, Pooled()).add(p, m, t.regime)
+            rows.append(prediction_rows(test, t, model, p[0], m[0]))
+    return pooled
+
+
+def prediction_rows(test: str, t: Target, model: str, p: np.ndarray, m: np.ndarray) -> pl.DataFrame:
+    n = len(t.x)
+    kind = "prediction" if model in (PREDICTION, ANALYTIC) else \
+        "reference" if model == CEILING else "baseline"
+    return pl.DataFrame({"test": [test] * n, "target": [t.target] * n, "model": [model] * n,
+                         "model_kind": [kind] * n, "run": [t.label] * n, "regime": [t.regime] * n,
+                         "x": t.x.astype(float), "T": np.exp(t.x.astype(float)),
+                         "measured": m.astype(float), "predicted": p.astype(float)})
+
+
+def score_with_regimes(p: Pooled) -> dict:
+    pv, mv, reg = p.arrays()
+    s = score(pv, mv)
+    s["by_regime"] = {r: {k: v for k, v in score(pv[:, reg == r], mv[:, reg == r]).items()
+                          if k in ("r2", "r2_ci", "rmse_nats", "n_targets", "reason")}
+                      for r in ("interpolation", "extrapolation") if (reg == r).any()}
+    return s
+
+
+def ceiling(targets: list[Target], measured: dict[str, np.ndarray], held: list[RunData],
+            pred: Predictions) -> dict[str, dict]:
+    """target -> the seed-replica score, and the prediction's score on the same targets."""
+    out = {}
+    for name in TARGETS:
+        rep, own = Pooled(), Pooled()
+        for t in (t for t in targets if t.target == name):
+            for as_meas, as_pred in replica_pairs(t, held):
+                m = t.build({**measured, **{k: measured[v] for k, v in as_meas.items()}})
+                rep.add(t.build({**measured, **{k: measured[v] for k, v in as_pred.items()}}), m,
+                        t.regime)
+                p = _model_values(t, PREDICTION, pred)
+                if p is not None:
+                    own.add(p, m, t.regime)
+        if rep.pred:
+            s = score(*rep.arrays()[:2])
+            s["targets"] = "those measured from a seed-replicated point, replica against replica"
+            if own.pred:
+                s["param_model_on_these_targets"] = {k: v for k, v in score(*own.arrays()[:2]).items()
+                                                     if k in ("r2", "r2_ci", "rmse_nats")}
+            out[name] = s
+    return out
+
+
+def verdict(target: str, block: dict, pooled: dict[str, Pooled],
+            what: str = "the held-out runs") -> list[str]:
+    """Sentences for one target: does the spectrum predict it, and against each baseline."""
+    s = block["predictions"].get(PREDICTION, {})
+    if s.get("r2") is None:
+        return [f"{target}: not scored ({s.get('reason') or 'no targets'})."]
+    ci = s.get("r2_ci")
+    interval = f" [{r2_words(ci[0])}, {r2_words(ci[1])}]" if ci else ""
+    says = predicts(s)
+    head = (f"{target}: the spectrum {'predicts' if says else 'does not predict'} {what} "
+            f"(R^2 = {r2_words(s['r2'])}{interval}, error {s['rmse_nats']:.3g} nats")
+    ceil = block["references"].get(CEILING)
+    if ceil and ceil.get("r2") is not None:
+        head += f"; seed-replica ceiling R^2 = {r2_words(ceil['r2'])}"
+    out = [head + ")."]
+    mine = pooled.get(PREDICTION)
+    for base in BASELINES:
+        if base in pooled and mine is not None:
+            pm, mm, _ = mine.arrays()
+            pb, mb, _ = pooled[base].arrays()
+            out.append(comparison_words(PREDICTION, base, paired_difference(pm, pb, mm)) + ".")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the two tests
+
+NO_TARGETS = {
+    "L": "no held-out run has a scored checkpoint",
+    "dL/dlnT": "no held-out run has two scored checkpoints",
+    "dL/dlnM": "no two held-out runs of different model sizes share a data scale and schedule",
+    "dL/dlnD": "no two held-out runs of one model size have different data scales",
+}
+
+
+def _blocks(pooled: dict[str, dict[str, Pooled]], reason: str | None,
+            present: set[str] | None = None) -> dict[str, dict]:
+    """Score blocks per target; a target without values gets ``reason`` or, when the test ran
+    but had no such target (``present``), why there was none."""
+    out = {}
+    for name in TARGETS:
+        if present is not None and name not in present:
+            reason_here = NO_TARGETS[name]
+        else:
+            reason_here = reason
+        block: dict = {"predictions": {}, "baselines": {}, "references": {}}
+        for model, p in pooled.get(name, {}).items():
+            group = "predictions" if model in (PREDICTION, ANALYTIC) else "baselines"
+            block[group][model] = score_with_regimes(p)
+        if PREDICTION not in block["predictions"]:
+            block["predictions"][PREDICTION] = null_score(reason_here or "no targets")
+        for s in block["predictions"].values():
+            if s.get("r2") is None and s.get("n_targets", 0) == 0 and reason_here:
+                s["reason"] = reason_here
+        out[name] = block
+    return out
+
+
+def _explain_missing(blocks: dict, pred: Predictions) -> None:
+    """A baseline that could not be fitted says why instead of 'no finite targets'."""
+    for block in blocks.values():
+        for model, s in block["baselines"].items():
+            why = pred.fitted.get(model, {}).get("reason") if isinstance(pred.fitted.get(model),
+                                                                         dict) else None
+            if s.get("r2") is None and s.get("n_targets", 0) == 0 and why:
+                s["reason"] = f"not fitted: {why}"
+
+
+def _run_entry(h: RunData, fit: list[RunData], first: RunData) -> dict:
+    sc = h.scored
+    return {"name": h.name, "params": h.M, "tokens": h.D, "regime": regime([h], fit),
+            "replica_of": None if first.name == h.name else first.name,
+            "warmup_steps": h.warmup_steps,
+            "scored_T": [float(np.exp(h.x[sc].min())), float(np.exp(h.x[sc].max()))]
+            if sc.any() else None, "scored_checkpoints": int(sc.sum())}
+
+
+def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
+                      rows: list[pl.DataFrame], laws: dict) -> dict:
+    """``tests.heldout_runs`` of scores.json (see the module docstring)."""
+    fit = [r for r in runs if r.role == "fit" and r.has_fits]
+    held = [r for r in runs if r.role == "heldout"]
+    reason = ("the manifest has no heldout run with measured losses" if not held else
+              "no fit run has fits" if not fit else None)
+    entry: dict = {"runs": [], "fitted": {}, "verdicts": {}}
+    if reason:
+        entry.update(targets=_blocks({}, reason), reason=reason)
+        return entry
+    measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights) for r in held}
+    targets = heldout_targets(held, fit)
+    groups = points(held)
+    pred = predict_runs(fit, [p[0] for p in groups], weights, ridge=ridge, laws=laws,
+                        chinchilla_refits=min(weights.shape[0] - 1, 100))
+    pooled = pool_targets(targets, measured, pred, rows, "heldout_runs")
+    reason = "; ".join(dict.fromkeys(pred.reasons)) or None
+    entry["targets"] = _blocks(pooled, reason, {t.target for t in targets})
+    _explain_missing(entry["targets"], pred)
+    ceilings = ceiling(targets, measured, held, pred)
+    for name, block in entry["targets"].items():
+        block["references"][CEILING] = ceilings.get(name) or null_score(
+            "no seed-replicated held-out point enters these targets")
+        entry["verdicts"][name] = verdict(name, block, pooled[name])
+    entry["runs"] = [_run_entry(h, fit, p[0]) for p in groups for h in p]
+    entry["fitted"] = pred.fitted
+    entry["reason"] = reason
+    return entry
+
+
+def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: float,
+                           rows: list[pl.DataFrame], laws: dict) -> dict:
+    """Each fit run predicted from the other fit runs: L and dL/dlnT (without the Chinchilla
+    baseline, whose end-of-run law says nothing along a run that the others do not)."""
+    fit = [r for r in runs if r.role == "fit" and r.has_fits]
+    if len(fit) < 3:
+        blocks = _blocks({}, "fewer than 3 fit runs")
+        return {"targets": {k: blocks[k] for k in ("L", "dL/dlnT")},
+                "reason": "fewer than 3 fit runs", "verdicts": {}}
+    pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
+    reasons = []
+    for r in fit:
+        others = [o for o in fit if o.name != r.name]
+        pred = predict_runs(others, [r], weights, ridge=ridge, laws=laws, chinchilla_refits=None)
+        reasons += pred.reasons
+        measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights)}
+        models = (PREDICTION, ANALYTIC, *(b for b in BASELINES if b != "chinchilla"))
+        for name, models in pool_targets(run_targets(r, others), measured, pred, rows,
+                                         "leave_one_run_out", models).items():
+            for model, p in models.items():
+                into = pooled[name].setdefault(model, Pooled())
+                into.pred += p.pred
+                into.meas += p.meas
+                into.regime += p.regime
+    reason = "; ".join(dict.fromkeys(reasons)) or None
+    blocks = _blocks({k: v for k, v in pooled.items() if k in ("L", "dL/dlnT")}, reason)
+    blocks = {k: v for k, v in blocks.items() if k in ("L", "dL/dlnT")}
+    return {"targets": blocks, "reason": reason,
+            "verdicts": {k: verdict(k, blocks[k], pooled[k], "each fit run from the others")
+                         for k in blocks}}

@@ -1,0 +1,131 @@
+"""The report's tables: statistics from ``scores.json`` and the runs, as rows of strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from spectrum.analysis.run_data import RunData
+
+GROUPS = (("predictions", "prediction"), ("baselines", "baseline"), ("references", "reference"))
+SCORE_HEADER = ("test", "target", "model", "kind", "R^2", "95% interval", "RMSE (nats)",
+                "n targets", "note")
+HELDOUT_HEADER = ("target", "model", "kind", "R^2", "95% interval", "RMSE (nats)", "n",
+                  "R^2 interpolation", "R^2 extrapolation", "note")
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return "-"
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def interval(ci: list | None) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "-"
+
+
+def _scores(block: dict):
+    for group, kind in GROUPS:
+        for model, s in block.get(group, {}).items():
+            yield model, kind, s
+
+
+def score_rows(scores: dict, tests: tuple[str, ...], in_sample_label: str) -> list[tuple[str, ...]]:
+    """One row per (test, target, model) of the given tests."""
+    rows = []
+    for test in tests:
+        entry = scores["tests"].get(test)
+        if entry is None:
+            continue
+        for target, block in entry["targets"].items():
+            for model, kind, s in _scores(block):
+                note = s.get("reason") or ""
+                if test == "in_sample" and kind == "prediction":
+                    note = in_sample_label + (f"; {note}" if note else "")
+                rows.append((test, target, model, kind, fmt(s.get("r2"), 4),
+                             interval(s.get("r2_ci")), fmt(s.get("rmse_nats")),
+                             str(s.get("n_targets", 0)), note))
+    return rows
+
+
+def _regime_r2(s: dict, regime: str) -> str:
+    r = s.get("by_regime", {}).get(regime)
+    if not r or r.get("r2") is None:
+        return "-"
+    return f"{fmt(r['r2'])} {interval(r.get('r2_ci'))} (n {r['n_targets']})"
+
+
+def heldout_rows(entry: dict) -> list[tuple[str, ...]]:
+    """The held-out-runs scores, target by target: prediction, baselines, then the ceiling."""
+    rows = []
+    for target, block in entry["targets"].items():
+        for model, kind, s in _scores(block):
+            note = s.get("reason") or ""
+            same = s.get("param_model_on_these_targets")
+            if same:
+                note = (f"{note}; " if note else "") + \
+                    f"param_model on the same targets: R^2 {fmt(same.get('r2'))}"
+            rows.append((target, model, kind, fmt(s.get("r2"), 4), interval(s.get("r2_ci")),
+                         fmt(s.get("rmse_nats")), str(s.get("n_targets", 0)),
+                         _regime_r2(s, "interpolation"), _regime_r2(s, "extrapolation"), note))
+    return rows
+
+
+def heldout_run_rows(entry: dict) -> list[tuple[str, ...]]:
+    return [(r["name"], r["regime"], r["replica_of"] or "-", fmt(r["params"]), fmt(r["tokens"]),
+             str(r["warmup_steps"]),
+             f"{fmt(r['scored_T'][0])} - {fmt(r['scored_T'][1])}" if r["scored_T"] else "-",
+             str(r["scored_checkpoints"])) for r in entry.get("runs", [])]
+
+
+def run_rows(runs: list[RunData]) -> list[tuple[str, ...]]:
+    out = []
+    for r in runs:
+        n = r.tokens.height if r.tokens is not None else 0
+        pop = int(r.tokens["in_pop"].sum()) if r.tokens is not None else 0
+        sc = r.scored
+        scored = f"{np.exp(r.x[sc].min()):.3g} - {np.exp(r.x[sc].max()):.3g}" if sc.any() else "-"
+        out.append((r.name, r.role, f"{r.M:.3g}", f"{r.D:.3g}", str(len(r.steps)),
+                    str(r.warmup_steps), scored, f"{pop}/{n}" if n else "no fits"))
+    return out
+
+
+def chinchilla_rows(fitted: dict) -> list[tuple[str, ...]]:
+    law = fitted.get("chinchilla")
+    if not law:
+        return []
+    if "reason" in law:
+        return [("chinchilla", "-", "-", law["reason"])]
+    ci = law.get("intervals", {})
+    return [("chinchilla", p, fmt(law[p]), interval(ci.get(p))) for p in ("E", "A", "alpha", "B",
+                                                                         "beta")]
+
+
+def stepwise_rows(stepwise: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for run, v in stepwise.get("runs", {}).items():
+        rows.append((run, v.get("role", "-"), fmt(v.get("params")), fmt(v.get("tokens")),
+                     fmt(v.get("share_step")), fmt(v.get("share_step_shed")),
+                     fmt(v.get("share_smooth")), fmt(v.get("share_undecided")),
+                     str(v.get("n_tokens", "-")), v.get("reason") or ""))
+    return rows
+
+
+def fit_quality_rows(fits: dict[str, pl.DataFrame]) -> list[tuple[str, ...]]:
+    rows = []
+    for run, f in fits.items():
+        counts = dict(f.group_by("kind").len().iter_rows())
+        r2 = f["r2"].drop_nulls().to_numpy().astype(float)
+        learned = f.filter(pl.col("kind") == "learned")
+        se = learned["tau_se"].drop_nulls().to_numpy().astype(float) \
+            if "tau_se" in f.columns else np.array([])
+        rows.append((run, str(f.height), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+                     fmt(float(np.nanmedian(r2))) if r2.size else "-",
+                     fmt(float(np.nanmedian(se))) if se.size else "-"))
+    return rows

@@ -1,0 +1,97 @@
+"""The parts of the held-out tests against independent truths: the operator, the bootstrap draws,
+the targets among held-out runs, the scores and verdicts, the stepwise shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from spectrum.analysis.curves import SeqCurve, finite_difference, midpoints, replicate_weights
+from spectrum.analysis.run_data import RunData
+from spectrum.analysis.scores import comparison_words, paired_difference, predicts, score
+from spectrum.analysis.stepwise import MARGIN, run_shares
+from spectrum.analysis.targets import heldout_targets, points, replica_pairs
+
+
+def test_finite_difference_is_exact_for_lines_and_centred_for_quadratics():
+    x = np.array([0.0, 0.3, 1.0, 1.2, 2.5])
+    np.testing.assert_allclose(finite_difference(3.0 - 2.0 * x, x), -2.0)
+    # for a quadratic, the two-point quotient is the derivative at the midpoint exactly
+    np.testing.assert_allclose(finite_difference(x ** 2, x), 2 * midpoints(x))
+
+
+def test_sequence_curves_draw_the_mean_and_resample_sequences_together():
+    rng = np.random.default_rng(0)
+    sums, counts = rng.uniform(1, 2, (7, 4)) * 5, np.full((7, 4), 5.0)
+    W = replicate_weights(7, 50, seed=1)
+    drawn = SeqCurve(sums, counts).draw(W)
+    np.testing.assert_allclose(drawn[0], sums.sum(0) / counts.sum(0))
+    assert drawn.shape == (51, 4) and W[1:].sum(1).tolist() == [7.0] * 50
+    # one sequence counted twice in a replicate: its weight doubles
+    w = np.array([[2.0, 0, 0, 0, 0, 0, 5.0]])
+    np.testing.assert_allclose(SeqCurve(sums, counts).draw(w)[0],
+                               (2 * sums[0] + 5 * sums[6]) / (2 * counts[0] + 5 * counts[6]))
+
+
+def _run(name, M, D, role="heldout", steps=(1, 2, 4, 8, 16), warmup=1, level=0.0):
+    steps = np.array(steps)
+    x = np.log(steps * 100.0)
+    curve = 5.0 - 0.3 * np.log(M) - 0.2 * np.log(D) - 0.1 * x + level
+    return RunData(name=name, role=role, M=M, D=D, tokens_per_step=100, warmup_steps=warmup,
+                   steps=steps, x=x, seq_ids=np.arange(2), seq_half=np.array([0, 1]),
+                   seq_sums=np.stack([curve, curve]), seq_counts=np.ones((2, len(steps))),
+                   pop_sums=np.stack([curve, curve]), pop_counts=np.ones((2, len(steps))),
+                   tokens=None)
+
+
+def test_targets_are_measured_among_held_out_runs_with_known_slopes():
+    fit = [_run(f"f{i}", M, D, "fit") for i, (M, D) in enumerate([(1e2, 1e3), (1e3, 1e4)])]
+    held = [_run("a", 1e2, 1e3), _run("b", 1e4, 1e3), _run("c", 1e4, 1e4),
+            _run("c-s1", 1e4, 1e4, level=0.01)]
+    targets = heldout_targets(held, fit)
+    curves = {r.name: r.seq_sums[:1] for r in held}
+    by = {(t.target, t.label): t for t in targets}
+    np.testing.assert_allclose(by[("dL/dlnM", "a -> b")].build(curves), -0.3)
+    np.testing.assert_allclose(by[("dL/dlnD", "b -> c (end of run)")].build(curves), -0.2)
+    np.testing.assert_allclose(by[("dL/dlnT", "a")].build(curves), -0.1)
+    assert by[("L", "a")].build(curves).shape == (1, 4)  # the warmup checkpoint is not scored
+    assert by[("L", "a")].regime == "interpolation" and by[("L", "b")].regime == "extrapolation"
+    assert {t.label for t in targets if t.target == "L"} == {"a", "b", "c"}  # replicas stand apart
+    assert [len(p) for p in points(held)] == [1, 1, 2]
+    pairs = replica_pairs(by[("L", "c")], held)
+    assert pairs == [({"c": "c"}, {"c": "c-s1"}), ({"c": "c-s1"}, {"c": "c"})]
+    assert replica_pairs(by[("L", "a")], held) == []
+
+
+def test_scores_by_hand_and_verdicts_either_way():
+    m = np.array([[1.0, 2.0, 3.0, 4.0]])
+    s = score(m + np.array([[0.1, -0.1, 0.1, -0.1]]), m)
+    assert s["r2"] == pytest.approx(1 - 0.04 / 5.0) and s["rmse_nats"] == pytest.approx(0.1)
+    rng = np.random.default_rng(0)
+    meas = np.linspace(0, 1, 30)[None, :] + rng.normal(0, 0.01, (41, 30))
+    good = meas + rng.normal(0, 0.02, meas.shape)
+    bad = meas + rng.normal(0, 0.3, meas.shape)
+    s = score(good, meas)
+    assert s["r2_ci"][0] < s["r2_ci"][1] and predicts(s)
+    assert not predicts(score(bad, meas))
+    assert comparison_words("a", "b", paired_difference(good, bad, meas)).startswith("a beats b")
+    assert comparison_words("b", "a", paired_difference(bad, good, meas)).startswith(
+        "b is beaten by a")
+    same = paired_difference(good, good + 1e-12, meas)
+    assert "not distinguishable" in comparison_words("a", "b", same)
+
+
+def test_stepwise_shares_by_hand():
+    fits = pl.DataFrame({
+        "kind": ["learned", "learned", "learned", "flat", "learned"],
+        "lo": [1.0, 1.0, 1.0, 1.0, 1.0], "hi": [3.0, 2.0, 1.5, 1.0, 2.0],
+        "bic_step": [-100.0, -50.0, -50.0, -10.0, -50.0],
+        "bic_power": [-80.0, -50.0 + MARGIN / 2, -60.0, -50.0, np.nan],
+        "bic_line": [-70.0, -40.0, -40.0, -50.0, -40.0]})
+    got = run_shares(fits)
+    # token 0: step; token 1: within the margin (undecided); token 2: smooth; flat and NaN rows out
+    assert got["n_tokens"] == 3 and got["share_step"] == pytest.approx(1 / 3)
+    assert got["share_step_shed"] == pytest.approx(2.0 / 3.5)
+    assert got["share_smooth"] == pytest.approx(1 / 3) and got["share_undecided"] == pytest.approx(1 / 3)
+    assert run_shares(fits.drop("bic_line"))["share_step"] is None
