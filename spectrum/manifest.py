@@ -26,7 +26,8 @@ Role = Literal["fit", "heldout"]
 _TOP_KEYS = {"out", "evalset", "suite", "runs"}
 _EVALSET_KEYS = {"corpus", "split", "tokenizer", "sequences", "context", "seed", "annotations"}
 _CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction"}
-_RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train"}
+_RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train",
+             "warmup_steps"}
 _HUB_KEYS = {"hub", "revisions", "cache_dir"}
 
 
@@ -75,6 +76,7 @@ class RunSpec:
     checkpoints: Path | HubSource
     steps: tuple[int, ...] | None = None
     train: dict[str, Any] | None = None  # how `spectrum suite` makes this run (size, seed, ...)
+    warmup_steps: int = 0  # learning-rate warmup; checkpoints at or before it are not scored
 
 
 @dataclass(frozen=True)
@@ -268,14 +270,15 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
             steps = None
         else:
             steps = tuple(sorted(set(steps)))
+    warmup = pr.integer(f"{where}.warmup_steps", m.get("warmup_steps", 0), minimum=0)
     train = m.get("train")
     if train is not None and not isinstance(train, dict):
         pr.add(f"{where}.train", f"must be a mapping, got {type(train).__name__}")
         train = None
-    if None in (name, params, tokens, tps, role, ckpt):
+    if None in (name, params, tokens, tps, role, ckpt, warmup):
         return None
     return RunSpec(name=name, params=params, tokens=tokens, tokens_per_step=tps, role=role,
-                   checkpoints=ckpt, steps=steps, train=train)
+                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup)
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

@@ -57,6 +57,10 @@ def test_valid_manifest_resolves_paths_against_its_folder(tmp_path: Path) -> Non
     assert second.checkpoints.revisions == ("step1000", "step2000")
     assert second.params == 7e7  # YAML reads "7e7" as a string; the loader accepts it as a number
     assert second.steps == (1000, 2000)
+    assert first.warmup_steps == 0  # optional, default 0
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    data["runs"][0]["warmup_steps"] = 10
+    assert load_manifest(write(tmp_path, data)).runs[0].warmup_steps == 10
     assert [r.name for r in m.fit_runs] == ["m1-d1"]
     assert [r.name for r in m.heldout_runs] == ["pythia"]
 
@@ -103,6 +107,9 @@ def test_every_problem_is_reported_at_once_with_its_location(tmp_path: Path) -> 
          "evalset.corpus.path: a glob of files is required for kind text"),
         (lambda d: d["evalset"].update(corpus={"kind": "pdf"}), "evalset.corpus.kind: must be one of"),
         (lambda d: d["runs"][0].update(steps=[1, -2]), "runs[0] (m1-d1).steps: must be null or a list"),
+        (lambda d: d["runs"][0].update(warmup_steps=-1), "runs[0] (m1-d1).warmup_steps: must be >= 0"),
+        (lambda d: d["runs"][0].update(warmup_steps=2.5),
+         "runs[0] (m1-d1).warmup_steps: must be an integer"),
     ],
 )
 def test_each_invalid_case(tmp_path: Path, mutate, fragment: str) -> None:
