@@ -301,6 +301,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(config: SuiteConfig, threads: int, slots) -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(threads)
     with slots.get_lock():
         _WORKER["slot"] = slots.value
@@ -313,30 +314,51 @@ def _train_in_worker(plan: SuitePlan, index: int, device: str, progress: bool) -
                      position=_WORKER["slot"])
 
 
+def _stop(executor) -> None:
+    """Cancel what has not started and end the worker processes now (their runs resume later)."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+
+
 def _train_in_pool(plan: SuitePlan, todo: list[RunPlan], n: int, device: str,
                    progress: bool) -> dict[str, dict[str, Any]]:
     """Train ``todo`` in ``n`` spawned processes. The workers ignore Ctrl-C; on an interrupt
-    (or a failed run) the parent terminates them, and each run resumes on the next call."""
+    (or a failed run) the parent ends them, and each run resumes on the next call. A worker that
+    dies (killed by the system, for instance for memory) fails the call with the runs it left
+    unfinished instead of leaving it waiting for them."""
     import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // n)
     index = {r.run.name: i for i, r in enumerate(plan.runs)}
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
+    executor = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(plan.config, threads, ctx.Value("i", 0)))
     try:
-        pool = ctx.Pool(n, initializer=_init_worker, initargs=(plan.config, threads, ctx.Value("i", 0)))
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    try:
-        pending = {r.run.name: pool.apply_async(_train_in_worker, (plan, index[r.run.name], device, progress))
+        pending = {executor.submit(_train_in_worker, plan, index[r.run.name], device, progress): r.run.name
                    for r in todo}
-        records = {name: result.get() for name, result in pending.items()}
-        pool.close()
+        wait(pending, return_when=FIRST_EXCEPTION)
+        records = {}
+        for future, name in pending.items():
+            try:
+                records[name] = future.result()
+            except BrokenProcessPool:
+                unfinished = sorted(name for f, name in pending.items()
+                                    if not f.done() or f.exception() is not None)
+                raise SpectrumError(
+                    f"suite: a training process ended abruptly (killed, perhaps for memory) with "
+                    f"runs {', '.join(unfinished)} unfinished; their checkpoints so far are kept "
+                    f"and the same command resumes them") from None
     except BaseException:
-        pool.terminate()
+        _stop(executor)
         raise
-    finally:
-        pool.join()
+    executor.shutdown(wait=True)
     return records
 
 

@@ -316,3 +316,32 @@ def test_default_suite_learns(tmp_path):
     assert all(r["final_val_loss"] < r["unigram_val_loss"] for r in runs.values())
     largest = max(runs.values(), key=lambda r: (r["params"], r["tokens"]))
     assert largest["final_val_loss"] < largest["unigram_val_loss"] - 1.0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_call_and_the_same_command_resumes(tmp_path, write_micro_manifest):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 48, 0, "fit"), ("m2-d1", "s2", 48, 0, "fit")])
+    killed: list[int] = []
+
+    def kill_a_worker_once_training_started() -> None:
+        while not killed:
+            workers = multiprocessing.active_children()
+            if workers and any((tmp_path / "runs").glob("*/checkpoint-1")):
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.02)
+
+    threading.Thread(target=kill_a_worker_once_training_started, daemon=True).start()
+    with pytest.raises(SpectrumError, match="ended abruptly .* unfinished; .* the same command resumes"):
+        train_suite(load_manifest(path), device="cpu", progress=False, workers=2)
+    assert killed
+    plan = plan_suite(load_manifest(path))
+    assert any(run_status(plan, r) == "todo" for r in plan.runs)
+    train_suite(load_manifest(path), device="cpu", progress=False, workers=2)
+    assert all(run_status(plan, r) == "complete" for r in plan.runs)
