@@ -28,9 +28,10 @@ the initialization and the order of the training sequences). Its ``tokens`` (D) 
 of ``tokens_per_step``: the run trains ``tokens / tokens_per_step`` steps of
 ``tokens_per_step / context`` sequences. D counts every training token seen, repeats included:
 while D is at most the train split's size no sequence repeats; beyond, the sequences are reshuffled
-for each further pass. Its ``warmup_steps`` must equal ``suite.warmup_steps`` (the analysis leaves the checkpoints at or
-before it out of the scored range). Its ``params`` (M) must equal the size's non-embedding parameter count
-(all parameters except the input embedding and the output projection, Pythia's convention).
+for each further pass. Its ``warmup_steps`` must equal ``suite.warmup_steps`` (the analysis leaves
+the checkpoints at or before it out of the scored range). Its ``params`` (M) must equal the size's
+non-embedding parameter count (all parameters except the input embedding and the output
+projection, Pythia's convention).
 """
 
 from __future__ import annotations
