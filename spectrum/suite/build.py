@@ -343,18 +343,19 @@ def _train_in_pool(plan: SuitePlan, todo: list[RunPlan], n: int, device: str,
     try:
         pending = {executor.submit(_train_in_worker, plan, index[r.run.name], device, progress): r.run.name
                    for r in todo}
-        wait(pending, return_when=FIRST_EXCEPTION)
-        records = {}
-        for future, name in pending.items():
-            try:
-                records[name] = future.result()
-            except BrokenProcessPool:
+        done, _ = wait(pending, return_when=FIRST_EXCEPTION)  # all done, or the first failure
+        for future in done:
+            error = future.exception()
+            if isinstance(error, BrokenProcessPool):
                 unfinished = sorted(name for f, name in pending.items()
                                     if not f.done() or f.exception() is not None)
                 raise SpectrumError(
                     f"suite: a training process ended abruptly (killed, perhaps for memory) with "
                     f"runs {', '.join(unfinished)} unfinished; their checkpoints so far are kept "
                     f"and the same command resumes them") from None
+            if error is not None:
+                raise error
+        records = {name: future.result() for future, name in pending.items()}
     except BaseException:
         _stop(executor)
         raise
