@@ -13,12 +13,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from pipelines.options import device_option, force_option, option
 from spectrum import console
+from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest
 from spectrum.suite.build import SuiteData, prepare_data, train_in_process, train_run, train_suite
 from spectrum.suite.config import RunPlan, SuitePlan
@@ -80,6 +83,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(plan: SuitePlan, threads: int, slots: Any, verbosity: str) -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     console.set_verbosity(verbosity)
     torch.set_num_threads(threads)
     with slots.get_lock():
@@ -93,28 +97,47 @@ def _train_in_worker(plan: SuitePlan, index: int, device: str, progress: bool) -
                      position=_WORKER["slot"])
 
 
+def _stop(executor: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now (their runs resume later)."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+
+
 def _train_in_pool(plan: SuitePlan, todo: list[RunPlan], n: int, device: str,
                    progress: bool) -> dict[str, dict[str, Any]]:
     """Train ``todo`` in ``n`` spawned processes. The workers ignore Ctrl-C; on an interrupt
-    (or a failed run) the parent terminates them, and each run resumes on the next call."""
+    (or a failed run) the parent ends them, and each run resumes on the next call. A worker that
+    dies (killed by the system, for instance for memory) fails the call with the runs it left
+    unfinished instead of leaving it waiting for them."""
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // n)
     index = {r.run.name: i for i, r in enumerate(plan.runs)}
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
+    executor = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(plan, threads, ctx.Value("i", 0),
+                                             console.verbosity()))
     try:
-        pool = ctx.Pool(n, initializer=_init_worker,
-                        initargs=(plan, threads, ctx.Value("i", 0), console.verbosity()))
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    try:
-        pending = {r.run.name: pool.apply_async(_train_in_worker,
-                                                (plan, index[r.run.name], device, progress))
-                   for r in todo}
-        records = {name: result.get() for name, result in pending.items()}
-        pool.close()
+        pending = {executor.submit(_train_in_worker, plan, index[r.run.name], device, progress):
+                   r.run.name for r in todo}
+        done, _ = wait(pending, return_when=FIRST_EXCEPTION)  # all done, or the first failure
+        for future in done:
+            error = future.exception()
+            if isinstance(error, BrokenProcessPool):
+                unfinished = sorted(name for f, name in pending.items()
+                                    if not f.done() or f.exception() is not None)
+                raise SpectrumError(
+                    f"suite: a training process ended abruptly (killed, perhaps for memory) with "
+                    f"runs {', '.join(unfinished)} unfinished; their checkpoints so far are kept "
+                    f"and the same command resumes them") from None
+            if error is not None:
+                raise error
+        records = {name: future.result() for future, name in pending.items()}
     except BaseException:
-        pool.terminate()
+        _stop(executor)
         raise
-    finally:
-        pool.join()
+    executor.shutdown(wait=True)
     return records

@@ -73,8 +73,8 @@ def _write_micro_manifest(folder: Path, runs: list[tuple[str, str, int, int, str
         params = non_embedding_params(ModelSize(size, s["width"], s["layers"], s["heads"],
                                                 s.get("intermediate", 4 * s["width"])))
         entries.append({"name": name, "params": params, "tokens": steps * tokens_per_step,
-                        "tokens_per_step": tokens_per_step, "role": role,
-                        "checkpoints": f"runs/{name}", "train": {"size": size, "seed": seed}})
+                        "tokens_per_step": tokens_per_step, "warmup_steps": section["warmup_steps"],
+                        "role": role, "checkpoints": f"runs/{name}", "train": {"size": size, "seed": seed}})
     manifest = {"out": "artifacts",
                 "evalset": {"corpus": corpus, "split": "validation", "tokenizer": None,
                             "sequences": 16, "context": 32, "seed": 0},

@@ -13,17 +13,25 @@ Keys of ``suite:`` (defaults in brackets)::
     betas: [0.9, 0.95]
     grad_clip: 1.0             # max gradient norm (null: no clipping)
     log_checkpoints: 24        # log-spaced checkpoint steps in [1, steps] (before deduplication)
+    checkpoints_per_doubling:  # instead of log_checkpoints: the same log-time grid for every run,
+                               # warmup_steps * 2^(k / n) for k = 0, 1, ... up to the last step
     eval_sequences: 64         # validation sequences for the final loss in the summary
     sizes:                     # model sizes (GPT-NeoX, Pythia's architecture)
       m1: {width: 32, layers: 2, heads: 2}      # intermediate: 4 * width unless given
+
+Checkpoints: step 0 and either ``log_checkpoints`` steps log-spaced over the whole run, or (with
+``checkpoints_per_doubling``) a grid shared by all runs that starts at the end of the warmup, so
+that checkpoints lie after the warmup, evenly in log-time, at the same steps in every run.
 
 Each run that the suite trains has ``train: {size: m1, seed: 0}`` in ``runs:`` (``seed`` fixes
 the initialization and the order of the training sequences). Its ``tokens`` (D) must be a multiple
 of ``tokens_per_step``: the run trains ``tokens / tokens_per_step`` steps of
 ``tokens_per_step / context`` sequences. D counts every training token seen, repeats included:
 while D is at most the train split's size no sequence repeats; beyond, the sequences are reshuffled
-for each further pass. Its ``params`` (M) must equal the size's non-embedding parameter count
-(all parameters except the input embedding and the output projection, Pythia's convention).
+for each further pass. Its ``warmup_steps`` must equal ``suite.warmup_steps`` (the analysis leaves
+the checkpoints at or before it out of the scored range). Its ``params`` (M) must equal the size's
+non-embedding parameter count (all parameters except the input embedding and the output
+projection, Pythia's convention).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from spectrum.suite.train import OptimConfig
 
 _SUITE_KEYS = {"root", "corpus", "vocab_size", "context", "learning_rate", "min_lr_ratio",
                "warmup_steps", "weight_decay", "betas", "grad_clip", "log_checkpoints",
-               "eval_sequences", "sizes"}
+               "eval_sequences", "sizes", "checkpoints_per_doubling"}
 _SIZE_KEYS = {"width", "layers", "heads", "intermediate"}
 _TRAIN_KEYS = {"size", "seed"}
 
@@ -70,6 +78,7 @@ class SuiteConfig:
     context: int = 128
     optim: OptimConfig = OptimConfig()  # learning_rate, min_lr_ratio, warmup_steps, ...
     log_checkpoints: int = 24
+    checkpoints_per_doubling: int | None = None  # if set, the shared log-time grid from the warmup
     eval_sequences: int = 64
     sizes: dict[str, ModelSize] = field(default_factory=dict)
 
@@ -117,6 +126,16 @@ def log_checkpoint_steps(steps: int, n: int) -> tuple[int, ...]:
         raise ValueError(f"steps must be >= 1, got {steps}")
     grid = np.unique(np.rint(np.geomspace(1, steps, max(n, 2))).astype(int))
     return tuple(sorted({0, steps, *grid.tolist()}))
+
+
+def doubling_checkpoint_steps(steps: int, start: int, per_doubling: int) -> tuple[int, ...]:
+    """Step 0, the grid ``start * 2^(k / per_doubling)`` (k = 0, 1, ...; rounded, deduplicated)
+    up to ``steps``, and ``steps``. Runs with the same ``start`` share every grid step they reach."""
+    if steps < 1 or start < 1 or per_doubling < 1:
+        raise ValueError(f"steps, start and per_doubling must be >= 1, got {steps}, {start}, {per_doubling}")
+    k = np.arange(math.floor(per_doubling * math.log2(max(steps / start, 1.0)) + 1e-9) + 1)
+    grid = np.rint(start * 2.0 ** (k / per_doubling)).astype(int)
+    return tuple(sorted({0, steps, *(int(s) for s in grid if s <= steps)}))
 
 
 def gpt_neox_config(size: ModelSize, vocab_size: int, context: int, eos_token_id: int = 0):
@@ -203,6 +222,12 @@ def _config(raw: dict, manifest: Manifest, pr: _Problems) -> SuiteConfig:
     ints = {k: pr.integer(f"suite.{k}", raw.get(k, getattr(defaults, k)), minimum=lo)
             for k, lo in (("vocab_size", 257), ("context", 2), ("log_checkpoints", 2),
                           ("eval_sequences", 1))}
+    if raw.get("checkpoints_per_doubling") is not None:
+        if "log_checkpoints" in raw:
+            pr.add("suite.checkpoints_per_doubling", "give either log_checkpoints or "
+                                                     "checkpoints_per_doubling, not both")
+        ints["checkpoints_per_doubling"] = pr.integer(
+            "suite.checkpoints_per_doubling", raw["checkpoints_per_doubling"], minimum=1)
     o = defaults.optim
     optim = {
         "learning_rate": _number(pr, "suite.learning_rate", raw.get("learning_rate", o.learning_rate),
@@ -260,6 +285,11 @@ def _plan_run(run: RunSpec, i: int, config: SuiteConfig, counts: dict[str, int],
         pr.add(f"{where}.tokens", f"{int(steps)} steps do not exceed suite.warmup_steps "
                                   f"{config.optim.warmup_steps}")
         ok = False
+    if run.warmup_steps != config.optim.warmup_steps:
+        pr.add(f"{where}.warmup_steps", f"{run.warmup_steps} but the suite warms up for "
+                                        f"{config.optim.warmup_steps} steps (suite.warmup_steps); "
+                                        f"write warmup_steps: {config.optim.warmup_steps}")
+        ok = False
     if size is not None:
         if size.name not in counts:  # not setdefault: its default would build the model every time
             counts[size.name] = non_embedding_params(size)
@@ -272,7 +302,15 @@ def _plan_run(run: RunSpec, i: int, config: SuiteConfig, counts: dict[str, int],
         return None
     steps = int(steps)
     return RunPlan(run=run, size=size, seed=seed, steps=steps, batch_size=tps // config.context,
-                   checkpoint_steps=log_checkpoint_steps(steps, config.log_checkpoints))
+                   checkpoint_steps=checkpoint_schedule(config, steps))
+
+
+def checkpoint_schedule(config: SuiteConfig, steps: int) -> tuple[int, ...]:
+    """The checkpoint steps of a run of ``steps`` steps (see the module doc)."""
+    if config.checkpoints_per_doubling is None:
+        return log_checkpoint_steps(steps, config.log_checkpoints)
+    return doubling_checkpoint_steps(steps, max(config.optim.warmup_steps, 1),
+                                     config.checkpoints_per_doubling)
 
 
 def plan_suite(manifest: Manifest) -> SuitePlan | None:

@@ -15,7 +15,8 @@ from pipelines.cli import main as cli_main
 from spectrum.errors import ManifestError, SpectrumError
 from spectrum.manifest import load_manifest
 from spectrum.suite.build import checkpoint_steps_in, prepare_data, run_status, train_suite, unigram_loss
-from spectrum.suite.config import ModelSize, gpt_neox_config, log_checkpoint_steps, plan_suite
+from spectrum.suite.config import (ModelSize, doubling_checkpoint_steps, gpt_neox_config,
+                                   log_checkpoint_steps, plan_suite)
 from spectrum.suite.train import PARTIAL_PREFIX, save_checkpoint, train_model, trainer_state
 
 ONE_RUN = [("m1-d1", "s1", 8, 0, "fit")]
@@ -36,6 +37,39 @@ def test_log_checkpoint_schedule():
     assert list(steps) == sorted(set(steps))
     ratios = [b / a for a, b in zip(steps[1:], steps[2:])]
     assert max(ratios) <= 2.0 and ratios[-1] == pytest.approx(1000 ** (1 / 19), rel=0.05)
+
+
+def test_doubling_checkpoint_grid():
+    # 16 * 2^(k/4): 16, 19.03, 22.63, 26.91, 32, 38.05, 45.25, 53.82, 64, 76.1, 90.5, 107.6, 128
+    assert doubling_checkpoint_steps(128, 16, 4) == (0, 16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91,
+                                                     108, 128)
+    assert doubling_checkpoint_steps(100, 16, 4) == (0, 16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91, 100)
+    assert doubling_checkpoint_steps(10, 1, 1) == (0, 1, 2, 4, 8, 10)
+    assert doubling_checkpoint_steps(16, 16, 4) == (0, 16)
+    short, long = doubling_checkpoint_steps(256, 16, 3), doubling_checkpoint_steps(4096, 16, 3)
+    assert set(short) <= set(long)  # runs of any length share the grid's steps
+    with pytest.raises(ValueError):
+        doubling_checkpoint_steps(10, 0, 4)
+
+
+def test_suite_schedule_starts_at_the_warmup(tmp_path, write_micro_manifest):
+    path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 24, 0, "fit")], checkpoints_per_doubling=2,
+                                warmup_steps=3)
+    _edit(path, lambda d: d["suite"].pop("log_checkpoints"))
+    (run,) = plan_suite(load_manifest(path)).runs
+    assert run.checkpoint_steps == (0, 3, 4, 6, 8, 12, 17, 24)  # 3 * 2^(k/2), rounded
+    _edit(path, lambda d: d["suite"].update(log_checkpoints=8))
+    with pytest.raises(ManifestError, match="suite.checkpoints_per_doubling: give either log_checkpoints"):
+        plan_suite(load_manifest(path))
+
+
+def test_run_warmup_must_be_the_suites(tmp_path, write_micro_manifest):
+    path = write_micro_manifest(tmp_path, ONE_RUN)
+    _edit(path, lambda d: d["runs"][0].pop("warmup_steps"))
+    with pytest.raises(ManifestError) as e:
+        plan_suite(load_manifest(path))
+    assert e.value.problems == [f"{path}: runs[0] (m1-d1).warmup_steps: 0 but the suite warms up for 2 "
+                                f"steps (suite.warmup_steps); write warmup_steps: 2"]
 
 
 def test_params_mismatch_names_the_right_number(tmp_path, write_micro_manifest):
@@ -284,3 +318,34 @@ def test_default_suite_learns(tmp_path):
     assert all(r["final_val_loss"] < r["unigram_val_loss"] for r in runs.values())
     largest = max(runs.values(), key=lambda r: (r["params"], r["tokens"]))
     assert largest["final_val_loss"] < largest["unigram_val_loss"] - 1.0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_call_and_the_same_command_resumes(tmp_path, write_micro_manifest):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from pipelines.suite import train_suite_in_processes
+
+    path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 48, 0, "fit"), ("m2-d1", "s2", 48, 0, "fit")])
+    killed: list[int] = []
+
+    def kill_a_worker_once_training_started() -> None:
+        while not killed:
+            workers = multiprocessing.active_children()
+            if workers and any((tmp_path / "runs").glob("*/checkpoint-1")):
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.02)
+
+    threading.Thread(target=kill_a_worker_once_training_started, daemon=True).start()
+    with pytest.raises(SpectrumError, match="ended abruptly .* unfinished; .* the same command resumes"):
+        train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
+    assert killed
+    plan = plan_suite(load_manifest(path))
+    assert any(run_status(plan, r) == "todo" for r in plan.runs)
+    train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
+    assert all(run_status(plan, r) == "complete" for r in plan.runs)
