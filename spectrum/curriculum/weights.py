@@ -3,7 +3,8 @@
 Three steps, each a pure function of tables:
 
 1. :func:`phase_schedule` cuts a target run into ``P`` phases: equal bins of ``x = ln T``
-   (``T`` = tokens seen = step x tokens per step) between step 1 and the last step. Phase ``p``
+   (``T`` = tokens seen = step x tokens per step) between step 1 (or the end of the warmup) and
+   the last step. Phase ``p``
    covers the optimizer steps ``[step_start[p], step_end[p])``; phase 0 starts at step 0.
 2. :func:`learnability` aggregates per-token sigmoid fits (``lo, hi, tau, k`` of
    ``l(x) = lo + (hi - lo) * sigmoid(-k (x - tau))``, measured on sequences of the *training*
@@ -101,10 +102,13 @@ class Phases:
                    tuple(float(v) for v in d["x_edges"]), tuple(int(v) for v in d["step_edges"]))
 
 
-def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int) -> Phases:
+def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int,
+                   first_step: int = 1) -> Phases:
     """Cut a run of ``target_steps`` steps into ``n_phases`` equal bins of ln T (see the module doc).
 
-    Step edges are rounded to whole steps; where rounding would leave a phase empty (short runs)
+    The bins span ``ln T`` from step ``first_step`` (default 1; the end of the learning-rate
+    warmup keeps the early phases out of it) to the last step; phase 0 also holds the steps before
+    ``first_step``. Step edges are rounded to whole steps; where rounding would leave a phase empty (short runs)
     the edges are pushed apart so that every phase holds at least one step.
     """
     if target_steps < 1 or tokens_per_step < 1:
@@ -113,7 +117,11 @@ def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int) -> Ph
     if not 1 <= n_phases <= target_steps:
         raise SpectrumError(f"--phases must be between 1 and the target steps ({target_steps}), "
                             f"got {n_phases}")
-    x_edges = np.linspace(math.log(tokens_per_step), math.log(target_steps * tokens_per_step),
+    if not 1 <= first_step < target_steps and n_phases > 1:
+        raise SpectrumError(f"the first phase edge step must be between 1 and the target steps "
+                            f"({target_steps}), got {first_step}")
+    x_edges = np.linspace(math.log(first_step * tokens_per_step),
+                          math.log(target_steps * tokens_per_step),
                           n_phases + 1)
     steps = np.rint(np.exp(x_edges) / tokens_per_step).astype(np.int64)
     steps[0], steps[-1] = 0, target_steps

@@ -1,0 +1,189 @@
+"""Training the arms of the controlled curriculum test, and writing its results.
+
+:class:`TrialSettings` holds the test's options; :func:`run_arms` trains every (arm, seed) at the
+arms' compute and the uniform arm at the other budgets, each a fresh model on the same pool with
+the same optimizer and schedule, its batches drawn by one
+:class:`~spectrum.curriculum.sampling.PhaseSampler` whose random numbers depend only on the seed
+(so within a seed the arms differ only in their weights). A finished run is stored in
+``runs/<arm>[-x<budget>]-seed<seed>.json`` with the fingerprint of the setup and reused when the
+same command runs again. :func:`write_results` scores the curves
+(:func:`spectrum.curriculum.trial.summarise`) and writes ``results.json``, ``results.md`` and the
+figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from spectrum.curriculum.arms import ARMS, arm_weights
+from spectrum.curriculum.trial import (FIGURE, RESULTS_JSON, RESULTS_MD, Curve, curve_record,
+                                       markdown_table, comparison_table, plot, results_markdown,
+                                       summarise)
+from spectrum.store import write_json, write_text
+
+#: test seeds start here, far from the seeds of the runs that measure learnability (0, 1, ...)
+SEED_BASE = 1000
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Options of the controlled test (``spectrum curriculum-test``).
+
+    ``size``: the suite size to train (None: the smallest size of a fit run); ``seeds``: seeds per
+    arm, numbered from ``seed_base``; ``steps``: training steps (None: the shortest fit run of that
+    size); ``epochs``: passes over the pool the default pool size allows; ``buckets``: frequency
+    buckets of the frequency-matched control; ``eval_sequences``: validation sequences;
+    ``arms``; ``budgets``: compute of the uniform calibration runs as fractions of the arms'
+    (1 is the uniform arm itself); ``phases``, ``floor``: the curriculum's phases and weight
+    floor; phases are equal bins of ln T from the end of the warmup to the last step.
+    """
+
+    size: str | None = None
+    seeds: int = 8
+    seed_base: int = SEED_BASE
+    steps: int | None = None
+    epochs: float = 2.0
+    buckets: int = 8
+    eval_sequences: int = 128
+    arms: tuple[str, ...] = ARMS
+    budgets: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4)
+    phases: int = 4
+    floor: float = 0.25
+
+    @property
+    def seed_ids(self) -> list[int]:
+        return list(range(self.seed_base, self.seed_base + self.seeds))
+
+
+def pool_size(split_windows: int, steps: int, batch_size: int, epochs: float) -> int:
+    """Training sequences in the pool: what ``steps`` batches consume in ``epochs`` passes,
+    capped by the windows the training split holds."""
+    return int(min(split_windows, math.ceil(steps * batch_size / epochs)))
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """A short hash of everything that determines the runs (a changed setup retrains them)."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_schedule(steps: int, n_log: int = 6, n_late: int = 4) -> list[int]:
+    """Log-spaced evaluation steps, densified linearly over the second half of training."""
+    grid = np.geomspace(1, steps, n_log)
+    late = np.linspace(steps / 2, steps, n_late + 1)
+    return sorted({0, steps, *np.rint(grid).astype(int).tolist(), *np.rint(late).astype(int).tolist()})
+
+
+def budget_steps(steps: int, budget: float) -> int:
+    return max(1, int(round(steps * budget)))
+
+
+def run_name(arm: str, seed: int, budget: float = 1.0) -> str:
+    return f"{arm}-seed{seed}" if abs(budget - 1) < 1e-9 else f"{arm}-x{budget:g}-seed{seed}"
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _plan(arms: Sequence[str], seeds: Sequence[int], budgets: Sequence[float]
+          ) -> list[tuple[str, int, float]]:
+    """(arm, seed, budget) of every run: all arms at budget 1, the uniform arm at every budget."""
+    runs = [(a, s, 1.0) for s in seeds for a in arms]
+    runs += [("uniform", s, b) for s in seeds for b in budgets if abs(b - 1) > 1e-9]
+    return runs
+
+
+def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
+             buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
+             out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
+             force: bool = False) -> list[Curve]:
+    """Train every (arm, seed) and the uniform budget runs; reuse runs whose record in
+    ``out/runs`` carries ``fingerprint``."""
+    from spectrum.curriculum.sampling import PhaseSampler
+    from spectrum.suite import train as st
+
+    steps, tps = phases.target_steps, phases.tokens_per_step
+    batch = tps // pool.shape[1]
+    phase_steps = np.diff(phases.step_edges)
+    curves: list[Curve] = []
+    weights: dict[int, dict[str, np.ndarray]] = {}
+    for arm, seed, budget in _plan(arms, seeds, budgets):
+        path = out / "runs" / f"{run_name(arm, seed, budget)}.json"
+        if not force and path.is_file():
+            rec = json.loads(path.read_text())
+            if rec.get("setup") == fingerprint:
+                curves.append(Curve(**rec["curve"]))
+                continue
+        if abs(budget - 1) < 1e-9:
+            w = weights.setdefault(seed, arm_weights(w_curr, buckets, seed, phase_steps))[arm]
+            sampler = PhaseSampler(w, phases.step_starts, batch_size=batch, num_steps=steps, seed=seed)
+            n_steps, at = steps, eval_schedule(steps)
+        else:  # a uniform run on its own full schedule: only its final loss is used
+            n_steps = budget_steps(steps, budget)
+            sampler = PhaseSampler(np.ones(len(pool)), [0], batch_size=batch, num_steps=n_steps,
+                                   seed=seed)
+            at = [n_steps]
+        res = st.train_model(model_config, pool, steps=n_steps, tokens_per_step=tps, seed=seed,
+                             optim=optim, sampler=sampler, eval_sequences=eval_sequences,
+                             eval_steps=at, device=device, progress=run_name(arm, seed, budget))
+        curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
+                      [float(v) for _, v in res.eval_curve], float(budget))
+        write_json({"setup": fingerprint, "curve": curve_record(curve), "seconds": res.seconds}, path)
+        curves.append(curve)
+    return curves
+
+
+def write_results(curves: list[Curve], setup: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Score the curves, write results.json, results.md and the figure; return the summary."""
+    # step 0 has no place on a log axis of tokens: scores and figure use T > 0
+    scored = [Curve(c.arm, c.seed, c.tokens[1:], c.losses[1:], c.budget) if c.tokens[0] == 0 else c
+              for c in curves]
+    summary = summarise(scored)
+    write_json({"setup": setup, "summary": summary, "curves": [curve_record(c) for c in curves]},
+               out / RESULTS_JSON)
+    plot(scored, summary, out / FIGURE)
+    write_text(results_markdown(summary, setup), out / RESULTS_MD)
+    print(markdown_table(summary), file=sys.stderr)
+    print(comparison_table(summary), file=sys.stderr)
+    for v in summary["verdicts"]:
+        print(f"curriculum-test: {v}", file=sys.stderr)
+    print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
+    return summary
+
+
+def learnability_cost(runs: Sequence[Any], checkpoints: dict[str, int], tokens_evaluated: int,
+                      arm_params: int, arm_tokens: int) -> dict[str, float]:
+    """Compute spent on measuring learnability: the training of its runs (6 N D FLOPs) and the
+    evaluation of ``tokens_evaluated`` tokens at every checkpoint (2 N FLOPs each), with N the
+    runs' non-embedding parameters; beside one arm's training run (6 N D)."""
+    train_tokens = float(sum(r.tokens for r in runs))
+    evals = float(sum(checkpoints.get(r.name, 0) * tokens_evaluated for r in runs))
+    flops = float(sum(6 * r.params * r.tokens + 2 * r.params * checkpoints.get(r.name, 0)
+                      * tokens_evaluated for r in runs))
+    arm_flops = 6.0 * arm_params * arm_tokens
+    return {"runs": [r.name for r in runs], "train_tokens": train_tokens,
+            "token_evaluations": evals, "flops": flops, "arm_run_flops": arm_flops,
+            "arm_runs_equivalent": flops / arm_flops if arm_flops else float("nan")}
+
+
+@dataclass
+class Stopwatch:
+    """Wall and CPU seconds since creation (for the record of what a run of the test cost)."""
+
+    wall0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=cpu_seconds)
+
+    def read(self) -> dict[str, float]:
+        return {"wall_seconds": time.perf_counter() - self.wall0, "cpu_seconds": cpu_seconds() - self.cpu0}
