@@ -153,7 +153,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     size, base, runs = _choose(plan, settings.size, args.runs, manifest)
     _check_seeds(plan, runs, settings)
     if any(run_status(plan, r) == "todo" for r in plan.runs if r.run.name in {x.name for x in runs}):
-        train_suite(manifest, device=args.device)  # the checkpoints to measure learnability with
+        # the checkpoints to measure learnability with: only those runs are trained here
+        train_suite(dataclasses.replace(manifest, runs=runs), device=args.device)
     steps = settings.steps or base.steps
     tps = base.run.tokens_per_step
     out = layout.curriculum_test_dir(manifest.out)

@@ -182,15 +182,11 @@ def weight_columns(n: int) -> list[str]:
     return [f"w_phase{p}" for p in range(n)]
 
 
-def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
-                 usable_kinds: Sequence[str] = USABLE_KINDS) -> Learnability:
-    """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
-
-    ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
-    (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
-    per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
-    still count in ``n_tokens``, so sequences are compared per token).
-    """
+def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
+               usable_kinds: Sequence[str] = USABLE_KINDS) -> pl.DataFrame:
+    """Per token (in ``token_idx`` order): ``seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
+    ``beyond``, ``delta``, ``dtau`` (delta * tau) and ``fitted`` (runs with a usable fit), each
+    averaged over the runs of ``fits`` (see :func:`learnability`)."""
     if not fits:
         raise SpectrumError("curriculum: no fitted runs to measure learnability from")
     tokens = tokens.select("token_idx", "seq_id", "doc_id").sort("token_idx")
@@ -220,7 +216,20 @@ def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Ph
             "dtau": pl.Series(dtau_sum / R), "beyond": pl.Series(beyond_sum / R)}
     for p in range(P):
         cols[f"s{p}"] = pl.Series(shed_sum[:, p] / R)
-    per_token = pl.DataFrame(cols)
+    return pl.DataFrame(cols)
+
+
+def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
+                 usable_kinds: Sequence[str] = USABLE_KINDS) -> Learnability:
+    """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
+
+    ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
+    (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
+    per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
+    still count in ``n_tokens``, so sequences are compared per token).
+    """
+    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds)
+    P = phases.n
     seq = _aggregate(per_token, ["seq_id", "doc_id"], P).sort("seq_id")
     doc = _aggregate(per_token, ["doc_id"], P).sort("doc_id")
     doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id",
