@@ -208,9 +208,13 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
                                    eos_token_id=data.tokenizer.eos_token_id)
     watch = Stopwatch()
+
+    def interim(curves):  # results of the seeds finished so far, rewritten after every seed
+        write_results(curves, {**setup, **watch.read()}, out, quiet=True)
+
     curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
                       seeds=settings.seed_ids, arms=settings.arms, budgets=settings.budgets, out=out,
-                      fingerprint=fp, device=args.device, force=args.force)
+                      fingerprint=fp, device=args.device, force=args.force, on_seed=interim)
     write_results(curves, {**setup, **watch.read()}, out)
 
 

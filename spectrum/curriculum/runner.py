@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -97,20 +97,20 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _plan(arms: Sequence[str], seeds: Sequence[int], budgets: Sequence[float]
-          ) -> list[tuple[str, int, float]]:
-    """(arm, seed, budget) of every run: all arms at budget 1, the uniform arm at every budget."""
-    runs = [(a, s, 1.0) for s in seeds for a in arms]
-    runs += [("uniform", s, b) for s in seeds for b in budgets if abs(b - 1) > 1e-9]
-    return runs
+def _plan(arms: Sequence[str], seed: int, budgets: Sequence[float]) -> list[tuple[str, int, float]]:
+    """(arm, seed, budget) of every run of one seed: all arms at budget 1, the uniform arm at
+    every other budget."""
+    return [(a, seed, 1.0) for a in arms] + [("uniform", seed, b) for b in budgets if abs(b - 1) > 1e-9]
 
 
 def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
              buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
              out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
-             force: bool = False) -> list[Curve]:
-    """Train every (arm, seed) and the uniform budget runs; reuse runs whose record in
-    ``out/runs`` carries ``fingerprint``."""
+             force: bool = False,
+             on_seed: Callable[[list[Curve]], None] | None = None) -> list[Curve]:
+    """Train every (arm, seed) and the uniform budget runs, seed after seed; reuse runs whose
+    record in ``out/runs`` carries ``fingerprint``. ``on_seed(curves so far)`` is called after each
+    seed's runs are complete (to write interim results of the seeds finished so far)."""
     from spectrum.curriculum.sampling import PhaseSampler
     from spectrum.suite import train as st
 
@@ -119,12 +119,19 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
     phase_steps = np.diff(phases.step_edges)
     curves: list[Curve] = []
     weights: dict[int, dict[str, np.ndarray]] = {}
-    for arm, seed, budget in _plan(arms, seeds, budgets):
+    per_seed = len(_plan(arms, 0, budgets))
+
+    def _after(done: list[Curve], seed: int) -> None:
+        if on_seed is not None and _seed_complete(done, seed, per_seed):
+            on_seed(list(done))
+
+    for arm, seed, budget in (run for s in seeds for run in _plan(arms, s, budgets)):
         path = out / "runs" / f"{run_name(arm, seed, budget)}.json"
         if not force and path.is_file():
             rec = json.loads(path.read_text())
             if rec.get("setup") == fingerprint:
                 curves.append(Curve(**rec["curve"]))
+                _after(curves, seed)
                 continue
         if abs(budget - 1) < 1e-9:
             w = weights.setdefault(seed, arm_weights(w_curr, buckets, seed, phase_steps))[arm]
@@ -142,11 +149,19 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
                       [float(v) for _, v in res.eval_curve], float(budget))
         write_json({"setup": fingerprint, "curve": curve_record(curve), "seconds": res.seconds}, path)
         curves.append(curve)
+        _after(curves, seed)
     return curves
 
 
-def write_results(curves: list[Curve], setup: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Score the curves, write results.json, results.md and the figure; return the summary."""
+def _seed_complete(curves: list[Curve], seed: int, n_runs: int) -> bool:
+    return sum(c.seed == seed for c in curves) == n_runs
+
+
+def write_results(curves: list[Curve], setup: dict[str, Any], out: Path, *,
+                  quiet: bool = False) -> dict[str, Any]:
+    """Score the curves, write results.json, results.md and the figure; return the summary.
+    ``setup["seeds"]`` is narrowed to the seeds the curves hold (interim results)."""
+    setup = {**setup, "seeds": sorted({c.seed for c in curves})}
     # step 0 has no place on a log axis of tokens: scores and figure use T > 0
     scored = [Curve(c.arm, c.seed, c.tokens[1:], c.losses[1:], c.budget) if c.tokens[0] == 0 else c
               for c in curves]
@@ -155,6 +170,10 @@ def write_results(curves: list[Curve], setup: dict[str, Any], out: Path) -> dict
                out / RESULTS_JSON)
     plot(scored, summary, out / FIGURE)
     write_text(results_markdown(summary, setup), out / RESULTS_MD)
+    if quiet:
+        print(f"curriculum-test: interim results of {len(setup['seeds'])} seed(s) in "
+              f"{out / RESULTS_MD}", file=sys.stderr)
+        return summary
     print(markdown_table(summary), file=sys.stderr)
     print(comparison_table(summary), file=sys.stderr)
     for v in summary["verdicts"]:

@@ -400,7 +400,9 @@ def _fmt_x(x: float | None) -> str:
     return "-inf" if x is None else f"{x:.3f}"
 
 
-def readme_text(learn: Learnability, floor: float) -> str:
+def readme_text(learn: Learnability, floor: float, extra: str = "") -> str:
+    """The export's README; ``extra`` is a section on how items outside the scored sample were
+    weighted (empty when only the sample is exported)."""
     ph = learn.phases
     rows = "\n".join(
         f"| {r['phase']} | {r['step_start']} | {r['step_end']} | {r['tokens_start']:.3g} | "
@@ -432,7 +434,7 @@ tokens each, cut into {ph.n} phases of equal width in ln T (T = tokens seen):
 3. Weights: `w = {floor} + (1 - {floor}) * shed / mean(shed)` per phase, i.e. a mixture of the
    learnability profile with uniform sampling. **Every phase's weights have mean 1** over the
    items of the table; every weight is finite and at least {floor}.
-
+{extra}
 ## Files
 
 - `weights.parquet`: one row per sequence, keyed by `doc_id` and `seq_id`, columns {cols}
