@@ -38,7 +38,8 @@ from pipelines.curriculum_export import (add_learnability_arguments, learnabilit
                                          read_fits, run_learnability_stages)
 from spectrum import layout
 from spectrum.curriculum.arms import ARMS, arm_weights, frequency_buckets, weight_diagnostics
-from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, fingerprint,
+from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, default_workers,
+                                        fingerprint,
                                         learnability_cost, pool_size, run_arms, write_results)
 from spectrum.curriculum.weights import learnability, phase_schedule, phase_weights, weight_columns
 from spectrum.data.evalset import vocab_hash
@@ -70,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=",".join(f"{b:g}" for b in d.budgets),
                    help="compute of the uniform calibration runs as fractions of the arms' "
                         f"(default {','.join(f'{b:g}' for b in d.budgets)}; at least 3)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained at once, each in its own process (default: one per CPU core "
+                        "on the CPU, 1 on a GPU)")
     add_learnability_arguments(p, "what the run consumes in --epochs passes, at most the split's "
                                   "windows")
 
@@ -93,7 +97,7 @@ def settings_from(args: argparse.Namespace) -> TrialSettings:
     return TrialSettings(size=args.size, seeds=args.seeds, seed_base=args.seed_base, steps=args.steps,
                          epochs=args.epochs, buckets=args.buckets, eval_sequences=args.eval_sequences,
                          arms=tuple(arms), budgets=tuple(budgets), phases=args.phases,
-                         floor=args.floor)
+                         floor=args.floor, workers=args.workers)
 
 
 def _suite(manifest: Manifest):
@@ -214,7 +218,8 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
 
     curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
                       seeds=settings.seed_ids, arms=settings.arms, budgets=settings.budgets, out=out,
-                      fingerprint=fp, device=args.device, force=args.force, on_seed=interim)
+                      fingerprint=fp, device=args.device, force=args.force, on_seed=interim,
+                      workers=settings.workers or default_workers(args.device))
     write_results(curves, {**setup, **watch.read()}, out)
 
 

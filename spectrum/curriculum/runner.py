@@ -59,6 +59,7 @@ class TrialSettings:
     budgets: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4)
     phases: int = 4
     floor: float = 0.25
+    workers: int | None = None  # runs trained at once (None: one per core on the CPU, 1 on a GPU)
 
     @property
     def seed_ids(self) -> list[int]:
@@ -103,58 +104,115 @@ def _plan(arms: Sequence[str], seed: int, budgets: Sequence[float]) -> list[tupl
     return [(a, seed, 1.0) for a in arms] + [("uniform", seed, b) for b in budgets if abs(b - 1) > 1e-9]
 
 
-def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
-             buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
-             out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
-             force: bool = False,
-             on_seed: Callable[[list[Curve]], None] | None = None) -> list[Curve]:
-    """Train every (arm, seed) and the uniform budget runs, seed after seed; reuse runs whose
-    record in ``out/runs`` carries ``fingerprint``. ``on_seed(curves so far)`` is called after each
-    seed's runs are complete (to write interim results of the seeds finished so far)."""
+_WORKER: dict[str, Any] = {}  # what every training task shares, set once per worker process
+
+
+def _init_worker(shared: dict[str, Any], threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER.clear()
+    _WORKER.update(shared)
+
+
+def _train_one(task: tuple[str, int, float, np.ndarray | None]) -> dict[str, Any]:
+    """Train one (arm, seed, budget) run with the shared pool, model and schedule."""
     from spectrum.curriculum.sampling import PhaseSampler
     from spectrum.suite import train as st
 
+    arm, seed, budget, w = task
+    sh = _WORKER
+    phases, pool = sh["phases"], sh["pool"]
     steps, tps = phases.target_steps, phases.tokens_per_step
     batch = tps // pool.shape[1]
+    if w is not None:
+        sampler = PhaseSampler(w, phases.step_starts, batch_size=batch, num_steps=steps, seed=seed)
+        n_steps, at = steps, eval_schedule(steps)
+    else:  # a uniform run on its own full schedule: only its final loss is used
+        n_steps = budget_steps(steps, budget)
+        sampler = PhaseSampler(np.ones(len(pool)), [0], batch_size=batch, num_steps=n_steps, seed=seed)
+        at = [n_steps]
+    res = st.train_model(sh["model_config"], pool, steps=n_steps, tokens_per_step=tps, seed=seed,
+                         optim=sh["optim"], sampler=sampler, eval_sequences=sh["eval_sequences"],
+                         eval_steps=at, device=sh["device"], progress=run_name(arm, seed, budget))
+    curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
+                  [float(v) for _, v in res.eval_curve], float(budget))
+    write_json({"setup": sh["fingerprint"], "curve": curve_record(curve), "seconds": res.seconds},
+               sh["out"] / "runs" / f"{run_name(arm, seed, budget)}.json")
+    return curve_record(curve)
+
+
+def default_workers(device: str) -> int:
+    """Runs trained at once: one single-threaded process per core on the CPU (tiny models gain
+    little from intra-op threads), one on a GPU."""
+    import os
+
+    return 1 if device not in ("cpu",) and _has_cuda() else max(1, min(2, os.cpu_count() or 1))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
+             buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
+             out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
+             force: bool = False, workers: int = 1,
+             on_seed: Callable[[list[Curve]], None] | None = None) -> list[Curve]:
+    """Train every (arm, seed) and the uniform budget runs, seed after seed, ``workers`` runs at
+    once (each in its own process when more than 1); reuse runs whose record in ``out/runs``
+    carries ``fingerprint``. ``on_seed(curves so far)`` is called whenever all runs of the first
+    seeds are complete (to write interim results of the seeds finished so far)."""
     phase_steps = np.diff(phases.step_edges)
-    curves: list[Curve] = []
-    weights: dict[int, dict[str, np.ndarray]] = {}
-    per_seed = len(_plan(arms, 0, budgets))
-
-    def _after(done: list[Curve], seed: int) -> None:
-        if on_seed is not None and _seed_complete(done, seed, per_seed):
-            on_seed(list(done))
-
-    for arm, seed, budget in (run for s in seeds for run in _plan(arms, s, budgets)):
+    plan = [run for s in seeds for run in _plan(arms, s, budgets)]
+    done: dict[tuple[str, int, float], Curve] = {}
+    todo = []
+    for arm, seed, budget in plan:
         path = out / "runs" / f"{run_name(arm, seed, budget)}.json"
         if not force and path.is_file():
             rec = json.loads(path.read_text())
             if rec.get("setup") == fingerprint:
-                curves.append(Curve(**rec["curve"]))
-                _after(curves, seed)
+                done[(arm, seed, budget)] = Curve(**rec["curve"])
                 continue
-        if abs(budget - 1) < 1e-9:
-            w = weights.setdefault(seed, arm_weights(w_curr, buckets, seed, phase_steps))[arm]
-            sampler = PhaseSampler(w, phases.step_starts, batch_size=batch, num_steps=steps, seed=seed)
-            n_steps, at = steps, eval_schedule(steps)
-        else:  # a uniform run on its own full schedule: only its final loss is used
-            n_steps = budget_steps(steps, budget)
-            sampler = PhaseSampler(np.ones(len(pool)), [0], batch_size=batch, num_steps=n_steps,
-                                   seed=seed)
-            at = [n_steps]
-        res = st.train_model(model_config, pool, steps=n_steps, tokens_per_step=tps, seed=seed,
-                             optim=optim, sampler=sampler, eval_sequences=eval_sequences,
-                             eval_steps=at, device=device, progress=run_name(arm, seed, budget))
-        curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
-                      [float(v) for _, v in res.eval_curve], float(budget))
-        write_json({"setup": fingerprint, "curve": curve_record(curve), "seconds": res.seconds}, path)
-        curves.append(curve)
-        _after(curves, seed)
-    return curves
+        w = arm_weights(w_curr, buckets, seed, phase_steps)[arm] if abs(budget - 1) < 1e-9 else None
+        todo.append((arm, seed, budget, w))
+    shared = {"phases": phases, "pool": pool, "model_config": model_config, "optim": optim,
+              "eval_sequences": eval_sequences, "device": device, "fingerprint": fingerprint,
+              "out": Path(out)}
+    reported = 0
 
+    def finished(key, rec) -> None:
+        nonlocal reported
+        done[key] = Curve(**rec)
+        n = 0  # seeds complete from the first one on
+        for s in seeds:
+            if all((a, s2, b) in done for a, s2, b in plan if s2 == s):
+                n += 1
+            else:
+                break
+        if on_seed is not None and n > reported:
+            reported = n
+            on_seed([done[k] for k in plan if k[1] in set(seeds[:n])])
 
-def _seed_complete(curves: list[Curve], seed: int, n_runs: int) -> bool:
-    return sum(c.seed == seed for c in curves) == n_runs
+    if workers <= 1 or len(todo) <= 1:
+        _init_worker(shared, None)
+        for task in todo:
+            finished(task[:3], _train_one(task))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(shared, 1)) as ex:
+            futures = {ex.submit(_train_one, t): t[:3] for t in todo}
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
+    if not todo and on_seed is not None and done:
+        on_seed([done[k] for k in plan])
+    return [done[k] for k in plan]
 
 
 def write_results(curves: list[Curve], setup: dict[str, Any], out: Path, *,

@@ -219,8 +219,11 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
     buckets = frequency_buckets(np.arange(40.0), 4)
     kw = dict(seeds=[1000, 1001], arms=list(ARMS), out=tmp_path, fingerprint="f1", device="cpu",
               budgets=(0.5, 1.0, 1.5))
+    interim = []
     curves = run_arms(_tiny_config(), OptimConfig(learning_rate=1e-2, warmup_steps=2), pool, evals,
-                      w, buckets, phases, **kw)
+                      w, buckets, phases, workers=2, on_seed=interim.append, **kw)
+    # interim results after the first seed, then after both, each with whole seeds only
+    assert [sorted({c.seed for c in cs}) for cs in interim] == [[1000], [1000, 1001]]
     assert len(curves) == 2 * len(ARMS) + 2 * 2
     main = [c for c in curves if c.budget == 1.0]
     for c in main:  # same compute and the same evaluation schedule in every arm
