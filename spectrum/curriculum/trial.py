@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, CONTROLS, arm_order
+from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, arm_order
 from spectrum.curriculum.stats import (LEVEL, PAPER_MULTIPLIER, compute_curve, mean_interval,
                                        multiplier_interval, verdict)
 
