@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,6 +80,8 @@ def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
     curve = compute_curve([c.seed for c in uniform_all],
                           [math.log(c.total_tokens) for c in uniform_all],
                           [c.final for c in uniform_all])
+    if curve is not None:  # budgets as fractions of the arms' compute
+        curve = replace(curve, budgets=tuple(sorted({float(c.budget) for c in uniform_all})))
     arms: dict[str, Any] = {}
     per_run = []
     for arm in arm_order({c.arm for c in main}):
