@@ -40,7 +40,8 @@ from spectrum import layout
 from spectrum.curriculum.arms import ARMS, arm_weights, frequency_buckets, weight_diagnostics
 from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, default_workers,
                                         fingerprint,
-                                        learnability_cost, pool_size, run_arms, write_results)
+                                        learnability_cost, pool_size, run_arms, training_cost,
+                                        write_results)
 from spectrum.curriculum.weights import learnability, phase_schedule, phase_weights, weight_columns
 from spectrum.data.evalset import vocab_hash
 from spectrum.errors import SpectrumError
@@ -214,13 +215,14 @@ def main(manifest: Manifest, args: argparse.Namespace) -> None:
     watch = Stopwatch()
 
     def interim(curves):  # results of the seeds finished so far, rewritten after every seed
-        write_results(curves, {**setup, **watch.read()}, out, quiet=True)
+        write_results(curves, {**setup, **watch.read(), "training": training_cost(out, curves)},
+                      out, quiet=True)
 
     curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
                       seeds=settings.seed_ids, arms=settings.arms, budgets=settings.budgets, out=out,
                       fingerprint=fp, device=args.device, force=args.force, on_seed=interim,
                       workers=settings.workers or default_workers(args.device))
-    write_results(curves, {**setup, **watch.read()}, out)
+    write_results(curves, {**setup, **watch.read(), "training": training_cost(out, curves)}, out)
 
 
 def _write_weights(out: Path, fp: str, learn, mean_log_freq, buckets, w_curr, phases,

@@ -133,12 +133,14 @@ def _train_one(task: tuple[str, int, float, np.ndarray | None]) -> dict[str, Any
         n_steps = budget_steps(steps, budget)
         sampler = PhaseSampler(np.ones(len(pool)), [0], batch_size=batch, num_steps=n_steps, seed=seed)
         at = [n_steps]
+    cpu0 = cpu_seconds()
     res = st.train_model(sh["model_config"], pool, steps=n_steps, tokens_per_step=tps, seed=seed,
                          optim=sh["optim"], sampler=sampler, eval_sequences=sh["eval_sequences"],
                          eval_steps=at, device=sh["device"], progress=run_name(arm, seed, budget))
     curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
                   [float(v) for _, v in res.eval_curve], float(budget))
-    write_json({"setup": sh["fingerprint"], "curve": curve_record(curve), "seconds": res.seconds},
+    write_json({"setup": sh["fingerprint"], "curve": curve_record(curve), "seconds": res.seconds,
+                "cpu_seconds": cpu_seconds() - cpu0},
                sh["out"] / "runs" / f"{run_name(arm, seed, budget)}.json")
     return curve_record(curve)
 
@@ -238,6 +240,22 @@ def write_results(curves: list[Curve], setup: dict[str, Any], out: Path, *,
         print(f"curriculum-test: {v}", file=sys.stderr)
     print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
     return summary
+
+
+def training_cost(out: Path, curves: Sequence[Curve]) -> dict[str, float]:
+    """Wall and CPU seconds the training of ``curves`` took, summed over their run records (CPU
+    time measured in the process that trained each run; records without it count as missing)."""
+    wall, cpu, missing = 0.0, 0.0, 0
+    for c in curves:
+        path = Path(out) / "runs" / f"{run_name(c.arm, c.seed, c.budget)}.json"
+        rec = json.loads(path.read_text()) if path.is_file() else {}
+        wall += float(rec.get("seconds", 0.0))
+        if "cpu_seconds" in rec:
+            cpu += float(rec["cpu_seconds"])
+        else:
+            missing += 1
+    return {"runs": len(curves), "run_wall_seconds": wall, "run_cpu_seconds": cpu,
+            "runs_without_cpu_record": missing}
 
 
 def learnability_cost(runs: Sequence[Any], checkpoints: dict[str, int], tokens_evaluated: int,

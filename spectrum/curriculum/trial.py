@@ -264,11 +264,22 @@ correlation with the sequence's mean log token frequency:
 
 {_diagnostics_table(s.get('curriculum_weights', []))}
 
-Training time: {s.get('wall_seconds', float('nan')):.0f} s wall, {s.get('cpu_seconds', float('nan')):.0f}
-CPU-seconds for the runs trained by this command (process and children, from `resource.getrusage`).
+{_cost_text(s)}
 
 ![validation loss per arm]({FIGURE})
 """
+
+
+def _cost_text(s: dict[str, Any]) -> str:
+    t = s.get("training")
+    if not t:
+        return ""
+    cpu = (f"{t['run_cpu_seconds']:.0f} CPU-seconds" if not t["runs_without_cpu_record"]
+           else f"CPU time recorded for {t['runs'] - t['runs_without_cpu_record']} of them: "
+                f"{t['run_cpu_seconds']:.0f} CPU-seconds")
+    return (f"Training cost: {t['runs']} runs, {t['run_wall_seconds']:.0f} s of wall time summed over "
+            f"runs ({cpu}; each run's CPU time measured with `resource.getrusage` in the process "
+            f"that trained it); this command's wall time {s.get('wall_seconds', float('nan')):.0f} s.")
 
 
 def _seed_text(seeds: Sequence[int]) -> str:
