@@ -4,10 +4,15 @@
    derived manifest whose evalset is drawn from the training split (``split: train``), written
    under ``<out>/curriculum/learnability/`` (each stage skips what is already current, so the
    command resumes). The runs measured are the manifest's ``fit`` runs, or ``--runs``.
-2. Per training sequence and document: the loss shed in each phase of the target run
-   (:mod:`spectrum.curriculum.weights`), turned into per-phase weights (mean 1 per phase, floor
-   ``--floor``), written to ``<out>/curriculum/`` with a README.
-3. The target dataset's ids: by default the documents of the manifest corpus's training split,
+2. A learnability model (:mod:`spectrum.curriculum.predict`) fitted on the scored sample, with
+   its R^2 on held-out documents printed and written in the export's README.
+3. Every sequence (window of the context, tail included) and every document of the corpus
+   (``--corpus``, default the manifest's; ``--split``, default train), streamed
+   (:mod:`spectrum.curriculum.corpus_export`): the loss shed in each phase of the target run,
+   measured for scored windows and predicted for the others, turned into per-phase weights (mean 1
+   per phase, floor ``--floor``), written to ``<out>/curriculum/`` with a README and
+   ``coverage.json``.
+4. The target dataset's ids: by default the documents of the manifest corpus's training split,
    or ``--target-ids`` (a text file with one ``doc_id`` per line, or a Parquet/JSONL file with a
    ``doc_id`` column). Exported ids the target lacks are counted, logged with examples and
    written to ``<out>/curriculum/missing_ids.json``.
@@ -21,18 +26,22 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from pipelines.options import (device_option, executor_option, force_option, num_gpus_option,
                                option, ray_address_option, shared_with)
 
-from spectrum.data.corpus import documents
-from spectrum.curriculum.weights import (CurriculumWeights, Learnability, learnability, phase_schedule,
-                                 write_export)
+from spectrum.curriculum.corpus_export import coverage_paragraph, export_corpus, window_key
+from spectrum.curriculum.predict import fit_shed_model
+from spectrum.curriculum.weights import (PHASES_FILE, WEIGHTS_FILE, CurriculumWeights, Learnability,
+                                         learnability, phase_schedule, readme_text, token_shed)
+from spectrum.data.corpus import documents, iter_documents
+from spectrum.data.evalset import load_tokenizer
 from spectrum import layout
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
-from spectrum.store import write_json
+from spectrum.store import write_json, write_text
 
 HELP = "export curriculum weights for a target run (reweights training data by learnability)"
 LEARNABILITY_STAGES = ("evalset", "losses", "fit")
@@ -64,6 +73,12 @@ class CurriculumExportOptions(LearnabilityOptions):
     target_ids: str | None = option(None, "the target dataset's doc ids: a text file (one per "
                                           "line), or Parquet/JSONL with a doc_id column "
                                           "(default: the manifest corpus's training split)")
+    corpus: str | None = option(None, "the corpus to weight, KIND[:GLOB] with KIND python-stdlib, "
+                                      "text, jsonl or parquet (default: the manifest's corpus)")
+    text_field: str | None = option(None, "the text field (jsonl) or column (parquet) of --corpus "
+                                          "(default: text)")
+    split: str = option("train", "documents of the corpus to weight (default: train)",
+                        choices=("train", "validation", "all"))
 
 
 OPTIONS = CurriculumExportOptions
@@ -148,30 +163,80 @@ def read_target_ids(path: str | Path) -> list[str]:
     return df["doc_id"].cast(pl.String).to_list()
 
 
+def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int):
+    """The learnability model fitted on the scored sample, and the measured shed of each scored
+    window keyed by :func:`~spectrum.curriculum.corpus_export.window_key`."""
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
+                             columns=["token_idx", "seq_id", "doc_id", "target_id"]).sort("token_idx")
+    per_token = token_shed(tokens, read_learnability_fits(lm), learn.phases)
+    n_phases = learn.phases.n
+    seq_ids = learn.sequences["seq_id"].to_numpy()
+    index = np.searchsorted(seq_ids, tokens["seq_id"].to_numpy())
+    model = fit_shed_model(tokens["target_id"].to_numpy(), index,
+                           per_token.select([f"s{p}" for p in range(n_phases)]).to_numpy(),
+                           learn.sequences["doc_id"].cast(pl.String).to_list(), vocab)
+    shed = learn.shed()
+    measured = {window_key(d, np.asarray(ids)): (int(sid), shed[i]) for i, (sid, d, ids) in enumerate(
+        learn.sequences.select("seq_id", "doc_id", "input_ids").iter_rows())}
+    return model, measured
+
+
+def corpus_of(manifest: Manifest, options: CurriculumExportOptions):
+    """The corpus to weight: ``--corpus KIND[:GLOB]`` or the manifest's, and its split."""
+    spec = manifest.evalset.corpus
+    if options.corpus:
+        kind, _, path = options.corpus.partition(":")
+        if kind not in ("python-stdlib", "text", "jsonl", "parquet"):
+            raise SpectrumError(f"--corpus: unknown kind {kind!r} (python-stdlib, text, jsonl, "
+                                "parquet)")
+        spec = dataclasses.replace(spec, kind=kind, path=path or None,
+                                   field=options.text_field or spec.field,
+                                   column=options.text_field or spec.column)
+    split = None if options.split == "all" else options.split
+    return spec, split
+
+
 def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
     runs = learnability_runs(manifest, options.runs)
     tps = options.tokens_per_step or runs[0].tokens_per_step
     lm, learn = measure_learnability(manifest, options, runs, options.target_steps, tps)
     folder = layout.curriculum_dir(manifest.out)
     evalset_meta = json.loads(layout.evalset_meta(lm.out).read_text())
-    paths = write_export(learn, folder, floor=options.floor,
-                         provenance={"evalset_hash": evalset_meta.get("hash"),
-                                     "learnability_dir": str(lm.out)})
+    tokenizer = load_tokenizer(evalset_meta["tokenizer"]["source"])
+    model, measured = shed_model_and_measured(lm, learn, len(tokenizer))
+    spec, split = corpus_of(manifest, options)
+    source = (f"the {split or 'whole'} split of the {spec.kind} corpus"
+              f"{' ' + spec.path if spec.path else ''}")
+    counts = export_corpus(iter_documents(spec, split), tokenizer, int(evalset_meta["context"]),
+                           model, measured, folder, floor=options.floor,
+                           provenance={"phases": learn.phases.to_dict(), "runs": list(learn.runs),
+                                       "evalset_hash": evalset_meta.get("hash"),
+                                       "learnability_dir": str(lm.out), "corpus": source,
+                                       "shed_model": model.report()})
+    write_json(learn.phases.to_dict(), folder / PHASES_FILE)
+    write_json({"corpus": source, **counts.to_dict(), "shed_model": model.report()},
+               folder / "coverage.json")
+    write_text(readme_text(learn, options.floor, extra=coverage_paragraph(counts, model, source)),
+               folder / "README.md")
     if options.target_ids:
-        target, source = read_target_ids(options.target_ids), str(options.target_ids)
+        target, tsource = read_target_ids(options.target_ids), str(options.target_ids)
     else:
         target = [d.doc_id for d in documents(manifest.evalset.corpus, "train")]
-        source = f"the training split of {manifest.evalset.corpus.kind} corpus"
+        tsource = f"the training split of {manifest.evalset.corpus.kind} corpus"
     al = CurriculumWeights.read(folder).align(target)
-    write_json({"target": source, **al.report(examples=50)}, folder / "missing_ids.json")
+    write_json({"target": tsource, **al.report(examples=50)}, folder / "missing_ids.json")
     ph = learn.phases
-    log.info(f"curriculum: {learn.sequences.height} sequences / {learn.documents.height} "
-             f"documents, {ph.n} phases over {ph.target_steps} steps (starting at steps "
-             f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {paths['sequences']}")
-    log.info(f"curriculum: target dataset ({source}): {al.summary()}")
-    measured = max(r.tokens for r in runs)
-    if ph.target_steps * ph.tokens_per_step > measured:
+    log.info(f"curriculum: {counts.sequences} sequences / {counts.documents} documents of "
+             f"{source} ({counts.sequences_measured} sequences measured, the rest predicted); "
+             f"{ph.n} phases over {ph.target_steps} steps (starting at steps "
+             f"{', '.join(map(str, ph.step_edges[:-1]))}); weights in {folder / WEIGHTS_FILE}")
+    log.info(f"curriculum: learnability model on held-out documents: R^2 per phase "
+             f"{', '.join(f'{v:.3f}' for v in model.cv_r2)} (uncalibrated "
+             f"{', '.join(f'{v:.3f}' for v in model.cv_r2_raw)})")
+    log.info(f"curriculum: target dataset ({tsource}): {al.summary()}")
+    measured_tokens = max(r.tokens for r in runs)
+    if ph.target_steps * ph.tokens_per_step > measured_tokens:
         log.warning(f"curriculum: the target run reaches T = "
                     f"{ph.target_steps * ph.tokens_per_step:.3g} tokens, beyond the longest "
-                    f"measured run ({measured:.3g}); the later phases rest on sigmoids "
+                    f"measured run ({measured_tokens:.3g}); the later phases rest on sigmoids "
                     "extrapolated past the last checkpoint")

@@ -1,164 +1,163 @@
-"""The controlled test of a curriculum: the arms, their controls, and how the result is scored.
+"""The controlled test of a curriculum: its scores, their summary in words, tables and a figure.
 
-Four arms train the same model with the same compute and the same seeds, and differ only in the
-per-phase sampling weights of the training sequences (all drawn by the same
-:class:`~spectrum.curriculum.sampling.PhaseSampler`):
+The arms (:mod:`spectrum.curriculum.arms`) are trained by :mod:`spectrum.curriculum.runner`; each
+(arm, seed, budget) run leaves a :class:`Curve` of validation loss against tokens. The statistics
+(:mod:`spectrum.curriculum.stats`) use the final validation loss of every run: the paired
+difference to the uniform run of the same seed and the compute multiplier read off uniform runs
+at several budgets, each with a 95% interval across seeds, and for each control a verdict on
+whether the curriculum beats it beyond the interval.
 
-- ``uniform``: every weight 1;
-- ``curriculum``: the learnability weights of :mod:`spectrum.curriculum.weights`;
-- ``freq_shuffled``: the curriculum's weight rows shuffled among sequences with a similar
-  token-frequency profile (sequences bucketed by the mean log unigram frequency of their tokens,
-  rows permuted within each bucket): same weights, same frequency profile of what is upweighted,
-  but no link to learnability. If the curriculum only helps by favouring frequent (or rare)
-  tokens, this control helps as much;
-- ``random``: the weight rows permuted across all sequences: the same weight distribution (the
-  same concentration of sampling, hence the same repetition of data) with no link to anything.
-
-The score of every (arm, seed) is read off its validation-loss curve: the tokens needed to reach
-the final validation loss of the ``uniform`` run *with the same seed* (linear interpolation in
-ln T between evaluations; ``None`` = not reached), and the final validation loss. The summary
-gives mean and standard deviation across seeds, and the speed-up ``T_uniform / T_arm`` where
-``T_uniform`` is the uniform run's own tokens to its final loss.
+``results.json`` (written by the runner) holds ``setup``, ``summary`` (below) and ``curves``.
+``summary.arms.<arm>`` has ``seeds`` (how many), ``final_loss``, ``final_minus_uniform`` and
+``compute_multiplier``, each with ``mean`` and ``ci`` ([low, high], 95%); the uniform arm's
+multiplier is 1. ``summary.comparisons.<control>`` scores the curriculum against each control the
+same way with a ``verdict`` sentence; ``summary.budgets`` the uniform runs per budget;
+``summary.compute_curve`` the line of uniform loss on ln compute; ``summary.paper`` the published
+speed-up in the same units; ``summary.verdicts`` all verdict sentences.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-ARMS = ("uniform", "curriculum", "freq_shuffled", "random")
+from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, arm_order
+from spectrum.curriculum.stats import (LEVEL, PAPER_MULTIPLIER, compute_curve, mean_interval,
+                                       multiplier_interval, verdict)
+
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 FIGURE = "curriculum_test.png"
-
-
-def frequency_buckets(mean_log_freq: np.ndarray, n_buckets: int) -> np.ndarray:
-    """Bucket ids (0..B-1) of equal-count quantile bins of each sequence's mean log frequency."""
-    v = np.asarray(mean_log_freq, dtype=np.float64)
-    n_buckets = max(1, min(int(n_buckets), len(v)))
-    rank = np.argsort(np.argsort(v, kind="stable"), kind="stable")
-    return (rank * n_buckets // len(v)).astype(np.int64)
-
-
-def shuffle_within(weights: np.ndarray, buckets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``weights`` (n, P) with whole rows permuted among the items of each bucket."""
-    out = np.array(weights, copy=True)
-    for b in np.unique(buckets):
-        rows = np.flatnonzero(buckets == b)
-        out[rows] = weights[rng.permutation(rows)]
-    return out
-
-
-def arm_weights(curriculum: np.ndarray, buckets: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The (n, P) sampling weights of every arm for one seed (controls use a seeded permutation)."""
-    rng = np.random.default_rng([seed, 7919])
-    return {"uniform": np.ones_like(curriculum),
-            "curriculum": curriculum,
-            "freq_shuffled": shuffle_within(curriculum, buckets, rng),
-            "random": curriculum[rng.permutation(len(curriculum))]}
-
-
-def weight_diagnostics(weights: np.ndarray, mean_log_freq: np.ndarray) -> list[dict[str, float]]:
-    """Per phase: the weights' range, their effective sample size as a fraction of the items
-    (``(sum w)^2 / (n sum w^2)``: 1 = uniform), and their Spearman correlation with each
-    sequence's mean log token frequency (how much of the weighting is a frequency preference)."""
-    from scipy.stats import spearmanr
-
-    out = []
-    for p in range(weights.shape[1]):
-        w = weights[:, p]
-        rho = spearmanr(w, mean_log_freq)[0] if np.ptp(w) > 0 and np.ptp(mean_log_freq) > 0 else 0.0
-        out.append({"phase": p, "min": float(w.min()), "max": float(w.max()),
-                    "ess_fraction": float(w.sum() ** 2 / (len(w) * (w ** 2).sum())),
-                    "spearman_freq": float(rho)})
-    return out
-
-
-def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: float) -> float | None:
-    """Tokens at which the curve first reaches ``target`` (interpolated in ln T), or None."""
-    t, l = np.asarray(tokens, dtype=np.float64), np.asarray(losses, dtype=np.float64)
-    ok = np.isfinite(l) & (t > 0)
-    t, l = t[ok], l[ok]
-    hit = np.flatnonzero(l <= target)
-    if len(hit) == 0:
-        return None
-    i = int(hit[0])
-    if i == 0:
-        return float(t[0])
-    x0, x1, l0, l1 = math.log(t[i - 1]), math.log(t[i]), l[i - 1], l[i]
-    x = x1 if l0 == l1 else x0 + (l0 - target) * (x1 - x0) / (l0 - l1)
-    return float(math.exp(x))
+__all__ = ["ARMS", "Curve", "summarise", "report_section", "results_markdown", "plot"]
 
 
 @dataclass
 class Curve:
-    """The validation-loss curve of one (arm, seed) training run."""
+    """The validation-loss curve of one (arm, seed) training run; ``budget`` is its compute as a
+    fraction of the arms' (uniform runs at other budgets calibrate the compute multiplier)."""
 
     arm: str
     seed: int
     tokens: list[float]
     losses: list[float]
+    budget: float = 1.0
 
     @property
     def final(self) -> float:
         return float(self.losses[-1])
 
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    if len(v) == 0:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    if std <= 1e-9 * abs(float(v.mean())):  # equal values up to rounding
-        std = 0.0
-    return {"mean": float(v.mean()), "std": std,
-            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+    @property
+    def total_tokens(self) -> float:
+        return float(self.tokens[-1])
 
 
-def summarise(curves: list[Curve]) -> dict[str, Any]:
-    """Per-seed scores and per-arm statistics across seeds (see the module doc)."""
-    uniform = {c.seed: c for c in curves if c.arm == "uniform"}
-    per_run, arms = [], {}
-    for c in curves:
-        u = uniform.get(c.seed)
-        target = u.final if u else None
-        reach = tokens_to_reach(c.tokens, c.losses, target) if target is not None else None
-        u_reach = tokens_to_reach(u.tokens, u.losses, target) if u else None
-        per_run.append({"arm": c.arm, "seed": c.seed, "final_loss": c.final, "target_loss": target,
-                        "final_minus_uniform": (c.final - target) if target is not None else None,
-                        "tokens_to_target": reach, "total_tokens": float(c.tokens[-1]),
-                        "speedup": (u_reach / reach) if reach and u_reach else None})
-    for arm in arm_order({r["arm"] for r in per_run}):
-        rows = [r for r in per_run if r["arm"] == arm]
-        arms[arm] = {"seeds": len(rows),
-                     "reached": sum(r["tokens_to_target"] is not None for r in rows),
-                     "final_loss": _stats([r["final_loss"] for r in rows]),
-                     "final_minus_uniform": _stats([r["final_minus_uniform"] for r in rows]),
-                     "tokens_to_target": _stats([r["tokens_to_target"] for r in rows]),
-                     "speedup": _stats([r["speedup"] for r in rows])}
-    return {"runs": per_run, "arms": arms}
+def curve_record(c: Curve) -> dict[str, Any]:
+    return asdict(c)
 
 
-def arm_order(names) -> list[str]:
-    """The arms in the canonical order (``ARMS``), others after them alphabetically."""
-    names = list(names)
-    return [a for a in ARMS if a in names] + sorted(set(names) - set(ARMS))
+def _is_main(c: Curve) -> bool:
+    return abs(c.budget - 1.0) < 1e-9
 
 
-def _pm(s: dict[str, Any], fmt: str, missing: str = "not reached") -> str:
-    if s["mean"] is None:
-        return missing
-    return f"{s['mean']:{fmt}} ± {s['std']:{fmt.lstrip('+')}}"
+def _diffs(curves: list[Curve], arm: str, reference: str) -> tuple[list[int], list[float]]:
+    """Per seed of ``arm``: its final loss minus ``reference``'s with the same seed (NaN if that
+    run is missing, which makes the statistic undefined rather than dropping the seed)."""
+    ref = {c.seed: c.final for c in curves if c.arm == reference}
+    seeds = sorted(c.seed for c in curves if c.arm == arm)
+    mine = {c.seed: c.final for c in curves if c.arm == arm}
+    return seeds, [mine[s] - ref.get(s, math.nan) for s in seeds]
 
 
-TABLE_HEADER = ("arm", "final val. loss", "final loss - uniform's (paired)",
-                "tokens to uniform's final loss", "reached",
-                "speed-up vs uniform (seeds that reached)")
+def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
+    """Per-run scores, per-arm statistics, curriculum-vs-control comparisons and verdicts."""
+    main = [c for c in curves if _is_main(c)]
+    uniform_all = [c for c in curves if c.arm == "uniform"]
+    curve = compute_curve([c.seed for c in uniform_all],
+                          [math.log(c.total_tokens) for c in uniform_all],
+                          [c.final for c in uniform_all])
+    if curve is not None:  # budgets as fractions of the arms' compute
+        curve = replace(curve, budgets=tuple(sorted({float(c.budget) for c in uniform_all})))
+    arms: dict[str, Any] = {}
+    per_run = []
+    for arm in arm_order({c.arm for c in main}):
+        seeds, d = _diffs(main, arm, "uniform")
+        finals = [c.final for c in sorted((c for c in main if c.arm == arm), key=lambda c: c.seed)]
+        diff = mean_interval(d, level)
+        mult = ({"mean": 1.0, "ci": [1.0, 1.0], "n": len(d)} if arm == "uniform"
+                else multiplier_interval(d, curve, level))
+        arms[arm] = {"seeds": len(seeds), "seed_ids": seeds, "final_loss": mean_interval(finals, level),
+                     "final_minus_uniform": diff, "compute_multiplier": mult}
+        for s, f, x in zip(seeds, finals, d):
+            per_run.append({"arm": arm, "seed": s, "budget": 1.0, "final_loss": f,
+                            "final_minus_uniform": x if math.isfinite(x) else None,
+                            "compute_multiplier": (math.exp(x / curve.slope)
+                                                   if curve and curve.slope < 0 and math.isfinite(x)
+                                                   else None)})
+    comparisons = {}
+    if "curriculum" in arms:
+        for ctrl in [a for a in arm_order(arms) if a != "curriculum"]:
+            _, d = _diffs(main, "curriculum", ctrl)
+            diff = mean_interval(d, level)
+            mult = multiplier_interval(d, curve, level)
+            comparisons[ctrl] = {"difference": diff, "compute_multiplier": mult,
+                                 "verdict": verdict("the curriculum", ctrl, diff, mult)}
+    budgets = []
+    for b in sorted({c.budget for c in uniform_all}):
+        cs = [c for c in uniform_all if abs(c.budget - b) < 1e-9]
+        budgets.append({"budget": b, "tokens": cs[0].total_tokens, "seeds": len(cs),
+                        "final_loss": mean_interval([c.final for c in cs], level)})
+    return {"level": level, "runs": per_run, "arms": arms, "comparisons": comparisons,
+            "budgets": budgets, "compute_curve": curve.to_dict() if curve else None,
+            "paper": _paper(curve), "noise": _noise(arms, curve),
+            "verdicts": [c["verdict"] for c in comparisons.values()]}
+
+
+def _paper(curve) -> dict[str, Any]:
+    out: dict[str, Any] = {"claim": "11% faster validation-loss reduction",
+                           "compute_multiplier": PAPER_MULTIPLIER}
+    if curve is not None and curve.slope < 0:
+        out["final_minus_uniform"] = curve.slope * math.log(PAPER_MULTIPLIER)
+    return out
+
+
+def _noise(arms: dict[str, Any], curve) -> dict[str, Any]:
+    """The seed-to-seed spread of the uniform runs and the smallest multiplier the curriculum's
+    interval can resolve (its half-width carried through the compute curve)."""
+    out: dict[str, Any] = {}
+    if "uniform" in arms:
+        out["uniform_final_sd"] = arms["uniform"]["final_loss"]["sd"]
+    cur = arms.get("curriculum", {}).get("final_minus_uniform")
+    if cur and cur["ci"][0] is not None and curve is not None and curve.slope < 0:
+        half = (cur["ci"][1] - cur["ci"][0]) / 2
+        out["resolvable_multiplier"] = math.exp(half / abs(curve.slope))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tables and text
+
+
+def _ci(s: dict[str, Any], fmt: str) -> str:
+    if s.get("mean") is None:
+        return "undefined" if s.get("nonfinite") or s.get("undefined") else "-"
+    if s["ci"][0] is None:
+        return f"{s['mean']:{fmt}} (no interval)"
+    return f"{s['mean']:{fmt}} [{s['ci'][0]:{fmt}}, {s['ci'][1]:{fmt}}]"
+
+
+def _p(s: dict[str, Any]) -> str:
+    return "-" if s.get("p") is None else f"{s['p']:.3g}"
+
+
+TABLE_HEADER = ("arm", "seeds", "final val. loss", "final - uniform (nats, 95% CI)",
+                "paired p", "compute multiplier (95% CI)")
+COMPARISON_HEADER = ("curriculum vs", "curriculum - control (nats, 95% CI)", "paired p",
+                     "compute multiplier (95% CI)", "verdict")
 
 
 def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -166,45 +165,128 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
-        delta = a.get("final_minus_uniform") or {"mean": None}
-        rows.append((arm, _pm(a["final_loss"], ".4f"), _pm(delta, "+.4f", "-"),
-                     _pm(a["tokens_to_target"], ".3g"), f"{a['reached']}/{a['seeds']}",
-                     _pm(a["speedup"], ".3f")))
+        rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"),
+                     _ci(a["final_minus_uniform"], "+.4f"), _p(a["final_minus_uniform"]),
+                     _ci(a["compute_multiplier"], ".3f")))
     return rows
 
 
+def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for ctrl, c in summary.get("comparisons", {}).items():
+        d = c["difference"]
+        lo, hi = d["ci"]
+        word = ("-" if lo is None else "curriculum better" if hi < 0
+                else "curriculum worse" if lo > 0 else "no difference resolved")
+        rows.append((ctrl, _ci(d, "+.4f"), _p(d), _ci(c["compute_multiplier"], ".3f"), word))
+    return rows
+
+
+def _md_table(header: Sequence[str], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
-    return "\n".join(lines)
+    return _md_table(TABLE_HEADER, table_rows(summary))
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    return _md_table(COMPARISON_HEADER, comparison_rows(summary))
+
+
+def context_sentences(summary: dict[str, Any], setup: dict[str, Any]) -> str:
+    """The compute curve, the paper's claim in the same units, the noise, and the cost of
+    measuring learnability, in a few sentences."""
+    parts = []
+    cc = summary.get("compute_curve")
+    if cc:
+        parts.append(f"Uniform runs at budgets {', '.join(f'{b:g}x' for b in cc['budgets'])} give "
+                     f"a slope of {cc['slope']:+.4f} ± {cc['slope_se']:.4f} nats per unit of ln "
+                     f"compute (within-seed R^2 {cc['r2_within']:.3f}).")
+    paper = summary.get("paper", {})
+    if "final_minus_uniform" in paper:
+        parts.append(f"The published \"11% faster\" is a compute multiplier of "
+                     f"{paper['compute_multiplier']:.2f}, here a final-loss difference of "
+                     f"{paper['final_minus_uniform']:+.4f} nats.")
+    noise = summary.get("noise", {})
+    if noise.get("uniform_final_sd") is not None:
+        parts.append(f"Seed-to-seed sd of the uniform final loss: {noise['uniform_final_sd']:.4f} "
+                     "nats.")
+    if "resolvable_multiplier" in noise:
+        parts.append(f"With these seeds the curriculum's interval has a half-width equivalent to a "
+                     f"multiplier of {noise['resolvable_multiplier']:.3f}: effects smaller than "
+                     "that cannot be resolved.")
+    cost = setup.get("learnability_cost")
+    if cost:
+        parts.append(f"Measuring learnability cost {cost['train_tokens']:.3g} training tokens and "
+                     f"{cost['token_evaluations']:.3g} token-evaluations "
+                     f"(about {cost['flops']:.3g} FLOPs, {cost['arm_runs_equivalent']:.2f} times the "
+                     "compute of one arm's training run).")
+    return " ".join(parts)
 
 
 def results_markdown(summary: dict[str, Any], setup: dict[str, Any]) -> str:
     s = setup
+    arms = "; ".join(f"`{a}`: {ARM_DESCRIPTIONS.get(a, a)}" for a in arm_order(summary["arms"]))
+    verdicts = "\n".join(f"- {v}" for v in summary.get("verdicts", [])) or "- (no curriculum arm)"
     return f"""# Controlled test of the learnability curriculum
 
 Model `{s.get('size')}` trained {s.get('steps')} steps x {s.get('tokens_per_step')} tokens
 ({s.get('steps', 0) * s.get('tokens_per_step', 0):.3g} tokens) from a pool of
-{s.get('pool_sequences')} training sequences, {s.get('phases')} curriculum phases (weight floor
-{s.get('floor')}), seeds {', '.join(map(str, s.get('seeds', [])))}. Every arm samples batches with
-the same phase-aware sampler; only the weights differ (`uniform`: all 1; `curriculum`:
-learnability; `freq_shuffled`: curriculum weights shuffled within {s.get('buckets')} buckets of
-mean log token frequency; `random`: curriculum weights permuted across all sequences).
-Validation loss on {s.get('eval_sequences')} validation sequences. Mean ± standard deviation across
-seeds; the target is the final loss of the uniform run with the same seed, and "tokens to"
-interpolates the validation curve in ln T. Speed-up = uniform's tokens to its final loss / the
-arm's.
+{s.get('pool_sequences')} training sequences, {s.get('phases')} curriculum phases starting at steps
+{', '.join(map(str, s.get('phase_steps', [])[:-1]))} (weight floor {s.get('floor')}), seeds
+{_seed_text(s.get('seeds', []))}. Every arm samples batches with the same phase-aware sampler and
+the same random numbers per seed; only the weights differ ({arms}). Uniform runs at
+{', '.join(f'{b:g}x' for b in s.get('budgets', []))} the steps (each a full schedule) calibrate the
+compute multiplier. Validation loss on {s.get('eval_sequences')} validation sequences. Every
+statistic uses every seed: the mean with its 95% Student-t interval across seeds; paired p from a
+t-test on the per-seed differences.
+
+## Verdicts
+
+{verdicts}
+
+{context_sentences(summary, s)}
+
+## Arms against uniform
 
 {markdown_table(summary)}
 
-Curriculum weights per phase (steps {', '.join(map(str, s.get('phase_steps', [])))}): range, effective
-sample size as a fraction of the pool (1 = uniform), and Spearman correlation with the sequence's
-mean log token frequency:
+## The curriculum against each control
+
+{comparison_table(summary)}
+
+## Curriculum weights
+
+Per phase: range, effective sample size as a fraction of the pool (1 = uniform), and Spearman
+correlation with the sequence's mean log token frequency:
 
 {_diagnostics_table(s.get('curriculum_weights', []))}
 
+{_cost_text(s)}
+
 ![validation loss per arm]({FIGURE})
 """
+
+
+def _cost_text(s: dict[str, Any]) -> str:
+    t = s.get("training")
+    if not t:
+        return ""
+    cpu = (f"{t['run_cpu_seconds']:.0f} CPU-seconds" if not t["runs_without_cpu_record"]
+           else f"CPU time recorded for {t['runs'] - t['runs_without_cpu_record']} of them: "
+                f"{t['run_cpu_seconds']:.0f} CPU-seconds")
+    return (f"Training cost: {t['runs']} runs, {t['run_wall_seconds']:.0f} s of wall time summed over "
+            f"runs ({cpu}; each run's CPU time measured with `resource.getrusage` in the process "
+            f"that trained it); this command's wall time {s.get('wall_seconds', float('nan')):.0f} s.")
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}..{seeds[-1]} ({len(seeds)})"
+    return ", ".join(map(str, seeds))
 
 
 def _diagnostics_table(rows: list[dict[str, float]]) -> str:
@@ -214,60 +296,92 @@ def _diagnostics_table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------
+# figure
+
+
 def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path:
-    """Validation loss against tokens per arm (mean over seeds, seeds faint) and the final losses."""
+    """Validation loss per arm (mean over seeds), the paired difference to uniform over training
+    (mean and 95% t-band), and the compute curve with each arm's final loss placed on it."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(ARMS, ("black", "tab:red", "tab:blue", "tab:gray")))
-    fig, (ax, dx, bx) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [3, 3, 2]})
-    uniform = {c.seed: c for c in curves if c.arm == "uniform"}
-    order = arm_order(summary["arms"])
+    colors = dict(zip(ARMS, ("black", "tab:red", "tab:blue", "tab:gray", "tab:green")))
+    fig, (ax, dx, bx) = plt.subplots(1, 3, figsize=(16, 4.4))
+    main = [c for c in curves if _is_main(c)]
+    uniform = {c.seed: c for c in main if c.arm == "uniform"}
+    order = arm_order({c.arm for c in main})
     for i, arm in enumerate(order):
-        cs = [c for c in curves if c.arm == arm]
+        cs = [c for c in main if c.arm == arm]
         col = colors.get(arm, f"C{i}")
-        for c in cs:
-            ax.plot(c.tokens, c.losses, color=col, alpha=0.25, lw=0.8)
         n = min(len(c.tokens) for c in cs)
-        ax.plot(cs[0].tokens[:n], np.mean([c.losses[:n] for c in cs], axis=0), color=col, lw=2,
+        ax.plot(cs[0].tokens[:n], np.mean([c.losses[:n] for c in cs], axis=0), color=col, lw=1.5,
                 label=arm)
         paired = [(c, uniform[c.seed]) for c in cs if c.seed in uniform
                   and len(uniform[c.seed].losses) == len(c.losses)]
-        if paired:
+        if len(paired) > 1 and arm != "uniform":
             diff = np.array([np.subtract(c.losses, u.losses) for c, u in paired])
             t = np.asarray(paired[0][0].tokens)
             m = diff.mean(0)
-            sd = diff.std(0, ddof=1) if len(diff) > 1 else np.zeros_like(m)
-            dx.plot(t, m, color=col, lw=2, label=arm)
-            dx.fill_between(t, m - sd, m + sd, color=col, alpha=0.15)
-        finals = [c.final for c in cs]
-        bx.scatter([i] * len(finals), finals, color=col, alpha=0.6)
-        bx.errorbar([i], [np.mean(finals)], yerr=[np.std(finals, ddof=1) if len(finals) > 1 else 0],
-                    color=col, fmt="_", markersize=20, capsize=5)
+            half = _tq(len(diff)) * diff.std(0, ddof=1) / math.sqrt(len(diff))
+            dx.plot(t, m, color=col, lw=1.5, label=arm)
+            dx.fill_between(t, m - half, m + half, color=col, alpha=0.12)
     ax.set_xscale("log")
     ax.set_xlabel("training tokens T")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("validation loss (mean over seeds; seeds faint)")
-    ax.legend()
+    ax.set_title("validation loss (mean over seeds)")
+    ax.legend(fontsize=8)
     dx.set_xscale("log")
     dx.axhline(0, color="black", lw=0.8)
     dx.set_xlabel("training tokens T")
     dx.set_ylabel("loss - uniform's loss (same seed)")
-    dx.set_title("difference to uniform (mean ± sd over seeds)")
+    dx.set_title("paired difference to uniform (mean, 95% band)")
     for a in (ax, dx):
         a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    bx.set_xticks(range(len(order)), order, rotation=20)
-    bx.set_ylabel("final validation loss")
-    bx.set_title("final loss per seed, mean ± sd")
+    _plot_compute(bx, curves, summary, colors)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _tq(n: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
+
+
+def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict[str, str]) -> None:
+    uni = [c for c in curves if c.arm == "uniform"]
+    if not uni:
+        return
+    bx.scatter([c.total_tokens for c in uni], [c.final for c in uni], s=10, color="black", alpha=0.4,
+               label="uniform runs (seeds x budgets)")
+    cc = summary.get("compute_curve")
+    ref = [b for b in summary.get("budgets", []) if abs(b["budget"] - 1) < 1e-9]
+    if cc and ref and ref[0]["final_loss"]["mean"] is not None:
+        t1, l1 = ref[0]["tokens"], ref[0]["final_loss"]["mean"]
+        tt = np.geomspace(min(c.total_tokens for c in uni) * 0.8, max(c.total_tokens for c in uni) * 1.25)
+        bx.plot(tt, l1 + cc["slope"] * np.log(tt / t1), color="black", lw=1, label="fitted line")
+        for arm, a in summary["arms"].items():
+            m = a["final_loss"]["mean"]
+            if arm == "uniform" or m is None:
+                continue
+            bx.axhline(m, color=colors.get(arm, "C0"), lw=1, ls="--", label=f"{arm} (mean final)")
+    bx.set_xscale("log")
+    bx.set_xlabel("training tokens (compute) of the uniform run")
+    bx.set_ylabel("final validation loss")
+    bx.set_title("compute curve: arms' final losses on it")
+    bx.legend(fontsize=7)
+
+
+# --------------------------------------------------------------------------------------------
+# the report's section
 
 
 def report_section(test_dir: str | Path) -> dict[str, Any] | None:
@@ -275,9 +389,11 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "intro" (a paragraph), "header" and "rows" (the table), "markdown" (both
-    as Markdown), "figure" (Path of the PNG or None), "summary" (the results.json record)}``; the Markdown refers to no file, so it can be placed
-    anywhere; the report embeds the figure itself.
+    Returns ``{"title", "intro" (a paragraph ending with the verdicts), "verdicts" (sentences),
+    "header" and "rows" (the per-arm table), "comparison_header" and "comparison_rows" (the
+    curriculum against each control), "markdown" (all of it as Markdown), "figure" (Path of the
+    PNG or None), "summary" (the results.json record)}``; the Markdown refers to no file, so it can
+    be placed anywhere; the report embeds the figure itself.
     """
     test_dir = Path(test_dir)
     if not (test_dir / RESULTS_JSON).is_file() and (test_dir / "curriculum" / "test").is_dir():
@@ -286,19 +402,21 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
-    s = rec["setup"]
+    s, summary = rec["setup"], rec["summary"]
     intro = (f"Model {s['size']}, {s['steps']} steps x {s['tokens_per_step']} tokens, "
              f"{len(s['seeds'])} seeds, {s['pool_sequences']} training sequences, "
              f"{s['phases']} phases. Each arm differs from uniform only in its sampling weights; "
-             "freq_shuffled and random are the controls for token frequency and for the weight "
-             "distribution itself. Mean ± sd across seeds; the target is the uniform run's final "
-             "validation loss (same seed).")
+             "freq_shuffled, random and timing_flat control for token frequency, for the weight "
+             "distribution itself and for the timing of the weights. Final validation loss, "
+             "paired by seed, mean with its 95% interval across seeds; the compute multiplier "
+             "comes from uniform runs at several budgets. "
+             + context_sentences(summary, s))
+    verdicts = list(summary.get("verdicts", []))
     fig = test_dir / FIGURE
-    return {"title": "Controlled test of the learnability curriculum", "intro": intro,
-            "header": TABLE_HEADER, "rows": table_rows(rec["summary"]),
-            "markdown": intro + "\n\n" + markdown_table(rec["summary"]),
-            "figure": fig if fig.is_file() else None, "summary": rec["summary"]}
-
-
-def curve_record(c: Curve) -> dict[str, Any]:
-    return asdict(c)
+    markdown = "\n\n".join([intro, "\n".join(f"- {v}" for v in verdicts), markdown_table(summary),
+                            comparison_table(summary)])
+    return {"title": "Controlled test of the learnability curriculum",
+            "intro": intro + (" Verdicts: " + " ".join(verdicts) if verdicts else ""),
+            "verdicts": verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
+            "comparison_header": COMPARISON_HEADER, "comparison_rows": comparison_rows(summary),
+            "markdown": markdown, "figure": fig if fig.is_file() else None, "summary": summary}

@@ -3,7 +3,8 @@
 Three steps, each a pure function of tables:
 
 1. :func:`phase_schedule` cuts a target run into ``P`` phases: equal bins of ``x = ln T``
-   (``T`` = tokens seen = step x tokens per step) between step 1 and the last step. Phase ``p``
+   (``T`` = tokens seen = step x tokens per step) between step 1 (or the end of the warmup) and
+   the last step. Phase ``p``
    covers the optimizer steps ``[step_start[p], step_end[p])``; phase 0 starts at step 0.
 2. :func:`learnability` aggregates per-token sigmoid fits (``lo, hi, tau, k`` of
    ``l(x) = lo + (hi - lo) * sigmoid(-k (x - tau))``, measured on sequences of the *training*
@@ -101,10 +102,13 @@ class Phases:
                    tuple(float(v) for v in d["x_edges"]), tuple(int(v) for v in d["step_edges"]))
 
 
-def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int) -> Phases:
+def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int,
+                   first_step: int = 1) -> Phases:
     """Cut a run of ``target_steps`` steps into ``n_phases`` equal bins of ln T (see the module doc).
 
-    Step edges are rounded to whole steps; where rounding would leave a phase empty (short runs)
+    The bins span ``ln T`` from step ``first_step`` (default 1; the end of the learning-rate
+    warmup keeps the early phases out of it) to the last step; phase 0 also holds the steps before
+    ``first_step``. Step edges are rounded to whole steps; where rounding would leave a phase empty (short runs)
     the edges are pushed apart so that every phase holds at least one step.
     """
     if target_steps < 1 or tokens_per_step < 1:
@@ -113,7 +117,11 @@ def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int) -> Ph
     if not 1 <= n_phases <= target_steps:
         raise SpectrumError(f"--phases must be between 1 and the target steps ({target_steps}), "
                             f"got {n_phases}")
-    x_edges = np.linspace(math.log(tokens_per_step), math.log(target_steps * tokens_per_step),
+    if not 1 <= first_step < target_steps and n_phases > 1:
+        raise SpectrumError(f"the first phase edge step must be between 1 and the target steps "
+                            f"({target_steps}), got {first_step}")
+    x_edges = np.linspace(math.log(first_step * tokens_per_step),
+                          math.log(target_steps * tokens_per_step),
                           n_phases + 1)
     steps = np.rint(np.exp(x_edges) / tokens_per_step).astype(np.int64)
     steps[0], steps[-1] = 0, target_steps
@@ -174,15 +182,11 @@ def weight_columns(n: int) -> list[str]:
     return [f"w_phase{p}" for p in range(n)]
 
 
-def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
-                 usable_kinds: Sequence[str] = USABLE_KINDS) -> Learnability:
-    """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
-
-    ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
-    (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
-    per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
-    still count in ``n_tokens``, so sequences are compared per token).
-    """
+def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
+               usable_kinds: Sequence[str] = USABLE_KINDS) -> pl.DataFrame:
+    """Per token (in ``token_idx`` order): ``seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
+    ``beyond``, ``delta``, ``dtau`` (delta * tau) and ``fitted`` (runs with a usable fit), each
+    averaged over the runs of ``fits`` (see :func:`learnability`)."""
     if not fits:
         raise SpectrumError("curriculum: no fitted runs to measure learnability from")
     tokens = tokens.select("token_idx", "seq_id", "doc_id").sort("token_idx")
@@ -212,7 +216,20 @@ def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Ph
             "dtau": pl.Series(dtau_sum / R), "beyond": pl.Series(beyond_sum / R)}
     for p in range(P):
         cols[f"s{p}"] = pl.Series(shed_sum[:, p] / R)
-    per_token = pl.DataFrame(cols)
+    return pl.DataFrame(cols)
+
+
+def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
+                 usable_kinds: Sequence[str] = USABLE_KINDS) -> Learnability:
+    """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
+
+    ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
+    (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
+    per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
+    still count in ``n_tokens``, so sequences are compared per token).
+    """
+    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds)
+    P = phases.n
     seq = _aggregate(per_token, ["seq_id", "doc_id"], P).sort("seq_id")
     doc = _aggregate(per_token, ["doc_id"], P).sort("doc_id")
     doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id",
@@ -383,7 +400,9 @@ def _fmt_x(x: float | None) -> str:
     return "-inf" if x is None else f"{x:.3f}"
 
 
-def readme_text(learn: Learnability, floor: float) -> str:
+def readme_text(learn: Learnability, floor: float, extra: str = "") -> str:
+    """The export's README; ``extra`` is a section on how items outside the scored sample were
+    weighted (empty when only the sample is exported)."""
     ph = learn.phases
     rows = "\n".join(
         f"| {r['phase']} | {r['step_start']} | {r['step_end']} | {r['tokens_start']:.3g} | "
@@ -415,7 +434,7 @@ tokens each, cut into {ph.n} phases of equal width in ln T (T = tokens seen):
 3. Weights: `w = {floor} + (1 - {floor}) * shed / mean(shed)` per phase, i.e. a mixture of the
    learnability profile with uniform sampling. **Every phase's weights have mean 1** over the
    items of the table; every weight is finite and at least {floor}.
-
+{extra}
 ## Files
 
 - `weights.parquet`: one row per sequence, keyed by `doc_id` and `seq_id`, columns {cols}

@@ -93,6 +93,25 @@ def split_documents(spec: CorpusSpec) -> dict[Split, list[Document]]:
             for split in ("train", "validation")}
 
 
+def iter_documents(spec: CorpusSpec, split: Split | None) -> Iterator[Document]:
+    """The non-empty documents of one split (``None``: both), one at a time in file order, so that
+    memory does not grow with the corpus. The split is the hash rule of :func:`split_of` without
+    its fallback for corpora that the rule puts on one side entirely; ids are not checked for
+    uniqueness (:func:`documents` does both)."""
+    if spec.kind == "python-stdlib":
+        docs: Iterator[Document] = _python_stdlib()
+    else:
+        readers = {"text": _text, "jsonl": _jsonl, "parquet": _parquet}
+        if spec.kind not in readers:
+            raise SpectrumError(f"evalset.corpus.kind: unknown corpus kind {spec.kind!r}")
+        docs = (d for f in _files(spec) for d in readers[spec.kind](f, spec))
+    for d in docs:
+        if not d.text.strip():
+            continue
+        if split is None or (split_score(d.doc_id) < spec.validation_fraction) == (split == "validation"):
+            yield d
+
+
 def all_documents(spec: CorpusSpec) -> list[Document]:
     """Every document of the corpus (both splits), sorted by ``doc_id``; ids are unique."""
     if spec.kind == "python-stdlib":

@@ -253,13 +253,17 @@ def test_export_command_on_the_micro_suite(micro_suite, tmp_path, capsys):
             "--executor", "local", "--device", "cpu", "--sequences", "24"]
     assert main(args) == 0
     cw = CurriculumWeights.read(out)
-    assert cw.sequences.height == 24 and cw.phases.target_steps == 40
+    # every window of the training split is weighted: the 24 scored ones with their measured shed
+    assert cw.sequences.height > 24 and cw.phases.target_steps == 40
+    assert (cw.sequences["source"] == "measured").sum() == 24
+    coverage = json.loads((out / "coverage.json").read_text())
+    assert coverage["documents_weighted"] == coverage["documents"] == cw.documents.height
+    assert len(coverage["shed_model"]["cv_r2"]) == 3
     assert cw.phases.tokens_per_step == 256  # the first fit run's
     w = cw.weight_matrix()
     assert np.isfinite(w).all() and (w > 0).all()
     np.testing.assert_allclose(w.mean(0), 1.0)
     assert set(cw.meta["runs"]) == {"m1-d1", "m2-d1"}  # the manifest's fit runs
-    assert cw.sequences["input_ids"].list.len().to_list() == [32] * 24  # the sequences' tokens
     report = json.loads((out / "missing_ids.json").read_text())
     assert report["missing_ids"] == 0  # the default target: the same corpus's training split
     # a target dataset that lacks one exported document: counted, named, written

@@ -1,4 +1,5 @@
-"""The controlled curriculum test: its arms and controls, its scores, and the command end to end."""
+"""The controlled curriculum test: its arms and controls, statistics that cannot flatter (checked on
+simulated loss curves with a planted truth, including "no effect"), and the command end to end."""
 
 from __future__ import annotations
 
@@ -6,21 +7,34 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from spectrum.curriculum.trial import (Curve, arm_weights, frequency_buckets, markdown_table,
-                                       shuffle_within, summarise, tokens_to_reach)
+from spectrum.curriculum.arms import (ARMS, arm_weights, frequency_buckets, shuffle_within,
+                                      timing_control)
+from spectrum.curriculum.stats import compute_curve, mean_interval, multiplier_interval
+from spectrum.curriculum.trial import Curve, markdown_table, summarise
+
+SLOPE = -0.30  # simulated nats per unit of ln compute
 
 
-def test_tokens_to_reach_interpolates_in_log_tokens():
-    t, l = [10, 100, 1000, 10000], [5.0, 4.0, 3.0, 2.5]
-    assert tokens_to_reach(t, l, 3.0) == pytest.approx(1000)
-    # halfway between 4.0 and 3.0 in loss is halfway between 100 and 1000 in ln T
-    assert tokens_to_reach(t, l, 3.5) == pytest.approx(math.sqrt(100 * 1000))
-    assert tokens_to_reach(t, l, 6.0) == 10
-    assert tokens_to_reach(t, l, 2.0) is None
-    # the first crossing counts, even if the curve rises again
-    assert tokens_to_reach([1, 2, 4], [3.0, 1.0, 5.0], 2.0) == pytest.approx(math.exp(math.log(2) / 2))
-    assert tokens_to_reach([1, 2, 4], [np.nan, 3.0, 1.0], 2.0) == pytest.approx(math.sqrt(8))
+def simulated_curves(rng: np.random.Generator, effects: dict[str, float], *, seeds: int = 8,
+                     budgets=(0.5, 0.7, 1.0, 1.4), seed_sd: float = 0.03,
+                     run_sd: float = 0.01) -> list[Curve]:
+    """Loss curves of a planted world: an arm with effect ``e`` ends ``e`` nats from uniform;
+    uniform runs at budget b end at ``SLOPE * ln b`` from the 1x run; every run adds noise."""
+    tokens = [1e3, 1e4, 1e5, 1e6]
+    shape = np.array([2.0, 1.0, 0.4, 0.0])
+    out = []
+    for s in range(seeds):
+        base = 3.0 + rng.normal(0, seed_sd)
+        for arm, e in effects.items():
+            final = base + e + rng.normal(0, run_sd)
+            out.append(Curve(arm, 1000 + s, tokens, (final + shape).tolist()))
+        for b in budgets:
+            if b != 1.0:
+                final = base + SLOPE * math.log(b) + rng.normal(0, run_sd)
+                out.append(Curve("uniform", 1000 + s, [t * b for t in tokens], (final + shape).tolist(), b))
+    return out
 
 
 def test_frequency_buckets_are_equal_count_quantiles():
@@ -37,8 +51,8 @@ def test_controls_keep_the_weights_and_break_their_link():
     w /= w.mean(0)
     freq = rng.normal(size=60)
     buckets = frequency_buckets(freq, 6)
-    arms = arm_weights(w, buckets, seed=3)
-    assert set(arms) == {"uniform", "curriculum", "freq_shuffled", "random"}
+    arms = arm_weights(w, buckets, seed=3, phase_steps=[5, 10, 20])
+    assert set(arms) == set(ARMS)
     assert (arms["uniform"] == 1).all() and arms["curriculum"] is w
     for name in ("freq_shuffled", "random"):
         a = arms[name]
@@ -51,35 +65,127 @@ def test_controls_keep_the_weights_and_break_their_link():
         rows = buckets == b
         assert sorted(map(tuple, arms["freq_shuffled"][rows])) == sorted(map(tuple, w[rows]))
     # seeded: the same seed gives the same controls, another seed others
-    again = arm_weights(w, buckets, seed=3)
+    again = arm_weights(w, buckets, seed=3, phase_steps=[5, 10, 20])
     np.testing.assert_array_equal(again["random"], arms["random"])
     assert not np.array_equal(arm_weights(w, buckets, seed=4)["random"], arms["random"])
     one = shuffle_within(w, np.zeros(60, dtype=int), np.random.default_rng(0))
     assert sorted(map(tuple, one)) == sorted(map(tuple, w))
 
 
-def test_summary_scores_each_seed_against_its_own_uniform_run():
-    t = [100, 1000, 10000]
-    curves = [Curve("uniform", 0, t, [5.0, 4.0, 3.0]), Curve("uniform", 1, t, [5.0, 4.2, 3.2]),
-              Curve("curriculum", 0, t, [5.0, 3.0, 2.8]), Curve("curriculum", 1, t, [5.0, 3.6, 3.1]),
-              Curve("random", 0, t, [5.0, 4.5, 3.5]), Curve("random", 1, t, [5.0, 4.5, 3.1])]
+def test_timing_control_draws_every_item_as_often_as_the_curriculum_only_at_other_times():
+    from spectrum.curriculum.sampling import PhaseSampler
+
+    rng = np.random.default_rng(2)
+    w = rng.gamma(1.0, size=(30, 3))
+    w /= w.mean(0)
+    steps = [4, 12, 48]
+    flat = timing_control(w, steps)
+    assert (flat == flat[:, :1]).all()  # constant over phases
+    np.testing.assert_allclose(flat.mean(0), 1.0)
+    # expected draws of each item over the run: sum over phases of steps * batch * w / sum(w)
+    draws = lambda m: (m / m.sum(0)) @ np.asarray(steps, float)  # noqa: E731
+    np.testing.assert_allclose(draws(flat), draws(w))
+    # and the sampler realises it: item frequencies over a long run agree
+    starts = np.cumsum([0] + steps[:-1])
+    n = {name: np.bincount(np.concatenate([PhaseSampler(m, starts, batch_size=64, num_steps=64,
+                                                        seed=s).batch(t).numpy()
+                                           for s in range(60) for t in range(64)]), minlength=30)
+         for name, m in (("curriculum", w), ("timing", flat))}
+    assert stats.pearsonr(n["curriculum"], n["timing"])[0] > 0.95
+    with pytest.raises(ValueError):
+        timing_control(w, [1, 2])
+
+
+def test_mean_interval_is_the_student_t_interval_and_the_paired_test():
+    d = np.array([0.01, -0.02, 0.03, 0.015, -0.005, 0.02])
+    s = mean_interval(d)
+    ref = stats.ttest_1samp(d, 0.0)
+    lo, hi = ref.confidence_interval(0.95)
+    assert s["ci"] == pytest.approx([lo, hi]) and s["p"] == pytest.approx(ref.pvalue)
+    assert s["p_wilcoxon"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    one = mean_interval([0.3])
+    assert one["mean"] == 0.3 and one["ci"] == [None, None]  # one seed: no interval, not a spread of 0
+    bad = mean_interval([0.1, float("nan"), 0.2])
+    assert bad["mean"] is None and bad["nonfinite"] == 1 and bad["n"] == 3
+
+
+def test_compute_curve_recovers_a_planted_slope_with_seed_offsets():
+    rng = np.random.default_rng(3)
+    seeds = np.repeat(np.arange(6), 4)
+    x = np.tile(np.log([0.5, 0.7, 1.0, 1.4]) + 12, 6)
+    y = 3 + rng.normal(0, 0.2, 6)[seeds] - 0.25 * x + rng.normal(0, 0.002, len(x))
+    c = compute_curve(seeds, x, y)
+    assert c.slope == pytest.approx(-0.25, abs=0.01) and c.r2_within > 0.99 and c.n_seeds == 6
+    assert c.budgets == pytest.approx((0.357143, 0.5, 0.714286, 1.0), rel=1e-4)
+    assert compute_curve([0, 0], [1.0, 1.0], [2.0, 2.1]) is None  # one budget: no slope
+
+
+def test_a_planted_gain_and_a_planted_loss_are_measured_on_both_sides_of_one():
+    """The statistic is not censored: a harmful arm comes out below 1, a helpful one above."""
+    gain = SLOPE * math.log(1.2)  # reaching what 1.2x the compute reaches
+    curves = simulated_curves(np.random.default_rng(4), {"uniform": 0.0, "curriculum": gain,
+                                                         "random": -gain}, run_sd=0.002)
     s = summarise(curves)
-    runs = {(r["arm"], r["seed"]): r for r in s["runs"]}
-    assert runs[("curriculum", 0)]["tokens_to_target"] == pytest.approx(1000)
-    assert runs[("curriculum", 0)]["speedup"] == pytest.approx(10.0)
-    # seed 1: target 3.2, curriculum crosses between 3.6 @1e3 and 3.1 @1e4: 4/5 of the way in ln T
-    assert runs[("curriculum", 1)]["tokens_to_target"] == pytest.approx(10 ** (3 + 0.8))
-    assert runs[("random", 0)]["tokens_to_target"] is None
-    assert runs[("uniform", 1)]["speedup"] == pytest.approx(1.0)
-    a = s["arms"]
-    assert list(a) == ["uniform", "curriculum", "random"]
-    assert a["random"]["reached"] == 1 and a["random"]["seeds"] == 2
-    assert a["curriculum"]["final_loss"]["mean"] == pytest.approx(2.95)
-    assert a["curriculum"]["final_loss"]["std"] == pytest.approx(np.std([2.8, 3.1], ddof=1))
-    assert a["curriculum"]["final_minus_uniform"]["mean"] == pytest.approx(((2.8 - 3.0) + (3.1 - 3.2)) / 2)
-    table = markdown_table(s)
-    assert "| -0.1500 ± 0.0707 |" in table
-    assert "| random |" in table and "1/2" in table
+    cur, rnd = s["arms"]["curriculum"], s["arms"]["random"]
+    assert cur["compute_multiplier"]["mean"] == pytest.approx(1.2, rel=0.03)
+    assert cur["compute_multiplier"]["ci"][0] > 1.0 and cur["final_minus_uniform"]["ci"][1] < 0
+    assert rnd["compute_multiplier"]["mean"] == pytest.approx(1 / 1.2, rel=0.03)
+    assert rnd["compute_multiplier"]["ci"][1] < 1.0 and rnd["final_minus_uniform"]["ci"][0] > 0
+    assert s["arms"]["uniform"]["compute_multiplier"] == {"mean": 1.0, "ci": [1.0, 1.0], "n": 8}
+    assert s["compute_curve"]["slope"] == pytest.approx(SLOPE, abs=0.02)
+    assert list(s["compute_curve"]["budgets"]) == [0.5, 0.7, 1.0, 1.4]
+    assert s["paper"]["final_minus_uniform"] == pytest.approx(s["compute_curve"]["slope"] * math.log(1.11))
+    v = {k: c["verdict"] for k, c in s["comparisons"].items()}
+    assert v["uniform"].startswith("the curriculum beats uniform beyond the 95% interval")
+    assert v["random"].startswith("the curriculum beats random")
+    assert "| random | 8 |" in markdown_table(s)
+
+
+def test_identical_arms_give_intervals_that_cover_no_effect():
+    """Unbiased under the null: arms with identical weights (here: the same distribution of final
+    losses) give intervals covering 0 (differences) and 1 (multipliers) in >= 90% of repetitions,
+    and the mean difference is centred on 0."""
+    rng = np.random.default_rng(5)
+    reps, cover_d, cover_m, means = 300, 0, 0, []
+    for _ in range(reps):
+        s = summarise(simulated_curves(rng, {"uniform": 0.0, "curriculum": 0.0}))
+        d = s["arms"]["curriculum"]["final_minus_uniform"]
+        m = s["arms"]["curriculum"]["compute_multiplier"]
+        cover_d += d["ci"][0] <= 0 <= d["ci"][1]
+        cover_m += m["ci"][0] <= 1 <= m["ci"][1]
+        means.append(d["mean"])
+    assert cover_d / reps >= 0.90 and cover_m / reps >= 0.90
+    assert cover_d / reps <= 0.99  # an interval that always covers would prove nothing
+    assert abs(np.mean(means)) < 3 * np.std(means) / math.sqrt(reps)
+
+
+def test_no_statistic_drops_a_seed():
+    curves = simulated_curves(np.random.default_rng(6), {"uniform": 0.0, "curriculum": -0.01},
+                              seeds=4)
+    diverged = next(c for c in curves if c.arm == "curriculum" and c.seed == 1002)
+    diverged.losses[-1] = float("nan")
+    s = summarise(curves)
+    cur = s["arms"]["curriculum"]
+    assert cur["seeds"] == 4 and cur["final_minus_uniform"]["mean"] is None
+    assert cur["compute_multiplier"]["mean"] is None
+    assert "undefined" in s["comparisons"]["uniform"]["verdict"]
+    # a missing uniform run: no pair, hence no statistic, rather than a mean over the rest
+    curves = [c for c in simulated_curves(np.random.default_rng(7), {"uniform": 0.0, "curriculum": 0.0})
+              if not (c.arm == "uniform" and c.seed == 1003 and c.budget == 1.0)]
+    assert summarise(curves)["arms"]["curriculum"]["final_minus_uniform"]["mean"] is None
+
+
+def test_multiplier_interval_widens_with_an_uncertain_slope():
+    from spectrum.curriculum.stats import ComputeCurve
+
+    d = [-0.02, -0.03, -0.01, -0.025]
+    sharp = ComputeCurve(-0.3, 1e-6, 0.01, 0.99, 32, 8, (0.5, 1.0))
+    vague = ComputeCurve(-0.3, 0.1, 0.01, 0.5, 32, 8, (0.5, 1.0))
+    a, b = multiplier_interval(d, sharp), multiplier_interval(d, vague)
+    assert a["mean"] == pytest.approx(math.exp(np.mean(d) / -0.3)) == b["mean"]
+    assert b["ci"][0] < a["ci"][0] < a["ci"][1] < b["ci"][1]
+    flat = ComputeCurve(0.01, 0.01, 0.01, 0.0, 32, 8, (0.5, 1.0))
+    assert multiplier_interval(d, flat)["mean"] is None
 
 
 def _tiny_config(vocab: int = 64, context: int = 16):
@@ -96,9 +202,9 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
 
     import torch
 
-    from pipelines.curriculum_test import run_arms, write_results
-    from spectrum.curriculum.weights import phase_schedule
+    from spectrum.curriculum.runner import run_arms, write_results
     from spectrum.curriculum.trial import report_section
+    from spectrum.curriculum.weights import phase_schedule
     from spectrum.suite.train import OptimConfig
 
     torch.set_num_threads(1)
@@ -107,32 +213,45 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
     base = (torch.arange(16)[None, :] + torch.randint(0, 64, (40, 1), generator=g)) % 64
     pool = torch.cat([base[:20], torch.randint(0, 64, (20, 16), generator=g)]).to(torch.int32)
     evals = ((torch.arange(16)[None, :] + torch.arange(8)[:, None] * 7) % 64).to(torch.int32)
-    phases = phase_schedule(12, 4 * 16, 2)
+    phases = phase_schedule(12, 4 * 16, 2, first_step=2)
     w = np.ones((40, 2))
-    w[:20] = 1.8
-    w[20:] = 0.2
+    w[:20] = [1.8, 0.2]
+    w[20:] = [0.2, 1.8]
     buckets = frequency_buckets(np.arange(40.0), 4)
-    kw = dict(seeds=2, arms=["uniform", "curriculum", "freq_shuffled", "random"], out=tmp_path,
-              fingerprint="f1", device="cpu")
+    kw = dict(seeds=[1000, 1001], arms=list(ARMS), out=tmp_path, fingerprint="f1", device="cpu",
+              budgets=(0.5, 1.0, 1.5))
+    interim = []
     curves = run_arms(_tiny_config(), OptimConfig(learning_rate=1e-2, warmup_steps=2), pool, evals,
-                      w, buckets, phases, **kw)
-    assert len(curves) == 8
-    for c in curves:  # same compute and the same evaluation schedule in every arm
-        assert c.tokens[-1] == 12 * 64 and c.tokens == curves[0].tokens
+                      w, buckets, phases, workers=2, on_seed=interim.append, **kw)
+    # interim results after the first seed, then after both, each with whole seeds only
+    assert [sorted({c.seed for c in cs}) for cs in interim] == [[1000], [1000, 1001]]
+    assert len(curves) == 2 * len(ARMS) + 2 * 2
+    main = [c for c in curves if c.budget == 1.0]
+    for c in main:  # same compute and the same evaluation schedule in every arm
+        assert c.tokens[-1] == 12 * 64 and c.tokens == main[0].tokens
         assert all(np.isfinite(c.losses))
-    by = {(c.arm, c.seed): c for c in curves}
-    # the arms really differ (other weights), and a seed is reproducible
-    assert by[("uniform", 0)].losses != by[("curriculum", 0)].losses
+    assert sorted(c.tokens[-1] for c in curves if c.budget != 1.0) == [6 * 64, 6 * 64, 18 * 64, 18 * 64]
+    by = {(c.arm, c.seed): c for c in main}
+    # the arms really differ (other weights); timing_flat differs from the curriculum too
+    assert by[("uniform", 1000)].losses != by[("curriculum", 1000)].losses
+    assert by[("timing_flat", 1000)].losses != by[("curriculum", 1000)].losses
     summary = write_results(curves, {"size": "tiny", "steps": 12, "tokens_per_step": 64,
                                      "pool_sequences": 40, "phases": 2, "floor": 0.25,
-                                     "seeds": [0, 1], "buckets": 4, "eval_sequences": 8}, tmp_path)
-    assert set(summary["arms"]) == set(kw["arms"])
-    assert summary["arms"]["uniform"]["reached"] == 2
+                                     "seeds": [1000, 1001], "buckets": 4, "eval_sequences": 8,
+                                     "budgets": [0.5, 1.0, 1.5]}, tmp_path)
+    assert set(summary["arms"]) == set(ARMS)
+    rec = json.loads((tmp_path / "results.json").read_text())
+    for arm, a in rec["summary"]["arms"].items():  # the contract others read
+        assert a["seeds"] == 2
+        for key in ("final_minus_uniform", "compute_multiplier"):
+            assert set(a[key]) >= {"mean", "ci"} and len(a[key]["ci"]) == 2
+    assert any("timing" in a for a in rec["summary"]["arms"])
     for name in ("results.json", "results.md", "curriculum_test.png"):
         assert (tmp_path / name).stat().st_size > 0
     section = report_section(tmp_path)
     assert section is not None and "| curriculum |" in section["markdown"]
-    assert [row[0] for row in section["rows"]] == ["uniform", "curriculum", "freq_shuffled", "random"]
+    assert [row[0] for row in section["rows"]] == list(ARMS)
+    assert len(section["verdicts"]) == len(ARMS) - 1
     assert section["figure"] == tmp_path / "curriculum_test.png"
     assert report_section(tmp_path / "nothing") is None
     # a repeated command reuses finished runs instead of training them again
@@ -141,8 +260,19 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(st, "train_model", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = run_arms(_tiny_config(), OptimConfig(), pool, evals, w, buckets, phases, **kw)
     assert [c.losses for c in again] == [c.losses for c in curves]
-    rec = json.loads((tmp_path / "runs" / "random-seed1.json").read_text())
-    assert rec["setup"] == "f1"
+    assert json.loads((tmp_path / "runs" / "random-seed1001.json").read_text())["setup"] == "f1"
+
+
+def test_settings_reject_too_few_budgets_and_unknown_arms():
+    from pipelines.curriculum_test import CurriculumTestOptions, settings_from
+    from spectrum.errors import SpectrumError
+
+    s = settings_from(CurriculumTestOptions())
+    assert s.seeds >= 8 and min(s.seed_ids) >= 1000 and len(s.budgets) >= 3 and "timing_flat" in s.arms
+    with pytest.raises(SpectrumError, match="--budgets"):
+        settings_from(CurriculumTestOptions(budgets="0.5"))
+    with pytest.raises(SpectrumError, match="--arms"):
+        settings_from(CurriculumTestOptions(arms="uniform,nope"))
 
 
 @pytest.mark.slow
@@ -154,28 +284,20 @@ def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_
 
     shutil.copytree(micro_suite.parent, tmp_path / "suite")
     config = tmp_path / "suite" / micro_suite.name
-    assert main(["curriculum-test", "--config", str(config), "--seeds", "2", "--size", "s1",
-                 "--executor", "local", "--device", "cpu", "--eval-sequences", "16",
-                 "--phases", "3"]) == 0
+    args = ["curriculum-test", "--config", str(config), "--seeds", "2", "--size", "s1",
+            "--executor", "local", "--device", "cpu", "--eval-sequences", "16", "--phases", "3"]
+    # a test seed that trained a learnability run is refused
+    assert main(args + ["--seed-base", "0"]) != 0
+    assert main(args) == 0
     out = tmp_path / "suite" / "artifacts" / "curriculum" / "test"
     rec = json.loads((out / "results.json").read_text())
-    assert rec["setup"]["size"] == "s1" and rec["setup"]["seeds"] == [0, 1]
-    assert set(rec["summary"]["arms"]) == {"uniform", "curriculum", "freq_shuffled", "random"}
+    assert rec["setup"]["size"] == "s1" and rec["setup"]["seeds"] == [1000, 1001]
+    assert set(rec["summary"]["arms"]) == set(ARMS)
     assert all(a["seeds"] == 2 for a in rec["summary"]["arms"].values())
+    assert rec["summary"]["compute_curve"] is not None
+    assert rec["setup"]["learnability_cost"]["token_evaluations"] > 0
     assert (out / "curriculum_test.png").is_file() and (out / "results.md").is_file()
     # the learnability of the pool came from the fit stage over the training split
     assert (out / "learnability" / "fits" / "run=m1-d1" / "part-0.parquet").is_file()
     meta = json.loads((out / "learnability" / "evalset" / "meta.json").read_text())
     assert meta["source"]["split"] == "train"
-
-
-def test_weight_diagnostics_measure_concentration_and_frequency_preference():
-    from spectrum.curriculum.trial import weight_diagnostics
-
-    freq = np.linspace(-8, -2, 10)
-    w = np.stack([np.ones(10), np.exp(freq) / np.exp(freq).mean(), np.r_[np.full(5, 2.0), np.zeros(5)]], 1)
-    d = weight_diagnostics(w, freq)
-    assert d[0]["ess_fraction"] == pytest.approx(1.0) and d[0]["spearman_freq"] == 0.0
-    assert d[1]["spearman_freq"] == pytest.approx(1.0)
-    assert d[2]["ess_fraction"] == pytest.approx(0.5)  # half the pool carries all the weight
-    assert d[2]["spearman_freq"] < 0

@@ -30,10 +30,12 @@ LEARNABILITY = {"--runs": None, "--sequences": None, "--phases": 4, "--floor": 0
                 "--device": "auto", "--executor": "ray", "--ray-address": None,
                 "--num-gpus": None, "--force": False}
 FLAGS["export-curriculum"] = {"--target-steps": None, "--tokens-per-step": None,
-                              "--target-ids": None, **LEARNABILITY}
-FLAGS["curriculum-test"] = {"--size": None, "--seeds": 3, "--steps": None, "--epochs": 2.0,
-                            "--buckets": 8, "--eval-sequences": 128,
-                            "--arms": "uniform,curriculum,freq_shuffled,random", **LEARNABILITY}
+                              "--target-ids": None, "--corpus": None, "--text-field": None,
+                              "--split": "train", **LEARNABILITY}
+FLAGS["curriculum-test"] = {"--size": None, "--seeds": 8, "--seed-base": 1000, "--steps": None,
+                            "--epochs": 2.0, "--buckets": 8, "--eval-sequences": 128,
+                            "--arms": "uniform,curriculum,freq_shuffled,random,timing_flat",
+                            "--budgets": "0.5,0.7,1,1.4", "--workers": None, **LEARNABILITY}
 FLAGS["run"] = {k: v for name in cli.RUN_ORDER for k, v in FLAGS[name].items()}
 
 

@@ -1,0 +1,246 @@
+"""Curriculum weights for every sequence and document of a training corpus, streamed.
+
+The corpus is read document by document (:func:`spectrum.data.corpus.iter_documents`), each
+document tokenized on its own and cut into windows of ``context`` tokens from its first token
+(as the evalset cuts them), the shorter tail included when it holds a target (2 tokens or more).
+Each window gets its shed per phase: measured where the window was scored (it is a sequence of
+the learnability sample: same document, same tokens), else predicted from its target tokens by a
+:class:`~spectrum.curriculum.predict.ShedModel`. A document's shed is the token-weighted mean of
+its windows'. Weights follow :func:`spectrum.curriculum.weights.phase_weights`:
+``floor + (1 - floor) * shed / mean(shed)`` per phase, mean 1 over the exported items.
+
+Two streaming passes keep memory independent of the corpus: the first writes the shed of every
+window and document to temporary Parquet files (row groups of ``batch_rows``) and accumulates the
+per-phase means; the second reads them back batch by batch and writes ``weights.parquet`` and
+``documents.parquet`` with the weights. Files appear atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spectrum.curriculum.predict import ShedModel
+from spectrum.curriculum.weights import DOCUMENTS_FILE, WEIGHTS_FILE, shed_columns, weight_columns
+from spectrum.store import PROVENANCE_KEY
+
+
+def window_key(doc_id: str, ids: np.ndarray) -> bytes:
+    """Identity of a window: its document and its token ids."""
+    return hashlib.sha1(str(doc_id).encode() + b"\0" + np.asarray(ids, dtype="<i4").tobytes()).digest()
+
+
+@dataclass
+class ExportCounts:
+    """What an export wrote: items and how their shed was obtained."""
+
+    documents: int = 0
+    documents_weighted: int = 0  # with at least one target token (the rest get weight 1)
+    sequences: int = 0
+    sequences_measured: int = 0
+    tokens: int = 0
+    phase_mean_shed: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _windows(ids: np.ndarray, context: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(ids), context):
+        w = ids[start:start + context]
+        if len(w) >= 2:
+            yield start, w
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [np.asarray(i, dtype=np.int32) for i in ids]
+
+
+class _Spool:
+    """Rows buffered and written to a Parquet file a row group at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int) -> None:
+        self.path, self.schema, self.batch_rows = path, schema, batch_rows
+        self.rows: dict[str, list] = {n: [] for n in schema.names}
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def add(self, **cols: Any) -> None:
+        for k, v in cols.items():
+            self.rows[k].append(v)
+        if len(self.rows[self.schema.names[0]]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows[self.schema.names[0]]:
+            self.writer.write_table(pa.table(self.rows, schema=self.schema))
+            self.rows = {n: [] for n in self.schema.names}
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _schemas(P: int) -> tuple[pa.Schema, pa.Schema]:
+    shed = [pa.field(c, pa.float64()) for c in shed_columns(P)]
+    seq = pa.schema([pa.field("seq_id", pa.int64()), pa.field("doc_id", pa.string()),
+                     pa.field("window", pa.int32()), pa.field("token_start", pa.int64()),
+                     pa.field("n_tokens", pa.int32()), pa.field("source", pa.string()),
+                     pa.field("scored_seq_id", pa.int64()), *shed])
+    doc = pa.schema([pa.field("doc_id", pa.string()), pa.field("n_sequences", pa.int32()),
+                     pa.field("n_tokens", pa.int64()), pa.field("n_measured", pa.int32()), *shed])
+    return seq, doc
+
+
+def _shed_pass(docs: Iterable[Any], tokenizer: Any, context: int, model: ShedModel,
+               measured: dict[bytes, tuple[int, np.ndarray]], seq_spool: _Spool, doc_spool: _Spool,
+               batch_docs: int, progress: bool) -> ExportCounts:
+    from tqdm.auto import tqdm
+
+    P = model.n_phases
+    counts = ExportCounts()
+    sums = np.zeros(P)
+    bar = tqdm(unit="doc", desc="curriculum weights", disable=not progress, dynamic_ncols=True)
+
+    def flush(batch: list[Any]) -> None:
+        nonlocal sums
+        windows = []  # (doc index, window index, start, ids)
+        for d, ids in enumerate(_encode(tokenizer, [doc.text for doc in batch])):
+            windows += [(d, i, s, w) for i, (s, w) in enumerate(_windows(ids, context))]
+        targets = [w[1:] for *_, w in windows]
+        n_t = np.array([len(t) for t in targets], dtype=np.int64)
+        pred = model.predict(np.concatenate(targets) if targets else np.zeros(0, np.int64),
+                             np.repeat(np.arange(len(windows)), n_t), len(windows))
+        doc_shed, doc_tok = np.zeros((len(batch), P)), np.zeros(len(batch), dtype=np.int64)
+        doc_nseq, doc_meas = np.zeros(len(batch), dtype=np.int64), np.zeros(len(batch), dtype=np.int64)
+        for j, (d, i, start, w) in enumerate(windows):
+            hit = measured.get(window_key(batch[d].doc_id, w))
+            shed = hit[1] if hit is not None else pred[j]
+            seq_spool.add(seq_id=counts.sequences, doc_id=batch[d].doc_id, window=i,
+                          token_start=start, n_tokens=len(w),
+                          source="measured" if hit is not None else "predicted",
+                          scored_seq_id=hit[0] if hit is not None else None,
+                          **{c: float(v) for c, v in zip(shed_columns(P), shed)})
+            counts.sequences += 1
+            counts.sequences_measured += hit is not None
+            sums += shed
+            doc_shed[d] += shed * n_t[j]
+            doc_tok[d] += n_t[j]
+            doc_nseq[d] += 1
+            doc_meas[d] += hit is not None
+        for d, doc in enumerate(batch):
+            mean = doc_shed[d] / doc_tok[d] if doc_tok[d] else np.full(P, np.nan)
+            doc_spool.add(doc_id=doc.doc_id, n_sequences=int(doc_nseq[d]), n_tokens=int(doc_tok[d]),
+                          n_measured=int(doc_meas[d]),
+                          **{c: (float(v) if np.isfinite(v) else None)
+                             for c, v in zip(shed_columns(P), mean)})
+            counts.documents += 1
+            counts.documents_weighted += bool(doc_tok[d])
+            counts.tokens += int(doc_tok[d])
+        bar.update(len(batch))
+
+    batch: list[Any] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= batch_docs:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    bar.close()
+    counts.phase_mean_shed = (sums / max(counts.sequences, 1)).tolist()
+    return counts
+
+
+def _doc_means(path: Path, P: int) -> np.ndarray:
+    """Per-phase mean shed over the documents that have one (nulls: documents without targets)."""
+    total, n = np.zeros(P), 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=shed_columns(P)):
+        arr = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(P)])
+        arr = arr.astype(np.float64)
+        ok = np.isfinite(arr).all(1)
+        total += arr[ok].sum(0)
+        n += int(ok.sum())
+    return total / max(n, 1)
+
+
+def _weigh(src: Path, dst: Path, P: int, mean: np.ndarray, floor: float, meta: dict[bytes, bytes]) -> None:
+    """Second pass: ``src`` batch by batch, with the weight columns, into ``dst`` (atomically)."""
+    reader = pq.ParquetFile(src)
+    schema = reader.schema_arrow
+    for c in weight_columns(P):
+        schema = schema.append(pa.field(c, pa.float64()))
+    schema = schema.with_metadata(meta)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for g in range(reader.num_row_groups):  # one row group at a time, as written
+            batch = reader.read_row_group(g)
+            shed = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False)
+                                    for c in shed_columns(P)]).astype(np.float64)
+            rel = np.divide(shed, mean, out=np.ones_like(shed), where=mean > 0)
+            w = np.where(np.isfinite(rel), floor + (1.0 - floor) * rel, 1.0)
+            cols = list(batch.columns) + [pa.array(w[:, p]) for p in range(P)]
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=len(shed))
+    os.replace(tmp, dst)
+
+
+def export_corpus(docs: Iterable[Any], tokenizer: Any, context: int, model: ShedModel,
+                  measured: dict[bytes, tuple[int, np.ndarray]], folder: str | Path, *,
+                  floor: float = 0.25, provenance: dict[str, Any] | None = None,
+                  batch_docs: int = 256, batch_rows: int = 8192, progress: bool = True) -> ExportCounts:
+    """Write ``weights.parquet`` and ``documents.parquet`` for every window and document of ``docs``.
+
+    ``measured`` maps :func:`window_key` of each scored window to ``(seq_id, shed (P,))``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    P = model.n_phases
+    seq_schema, doc_schema = _schemas(P)
+    tmp_seq, tmp_doc = folder / ".sequences-shed.partial", folder / ".documents-shed.partial"
+    try:
+        seq_spool = _Spool(tmp_seq, seq_schema, batch_rows)
+        doc_spool = _Spool(tmp_doc, doc_schema, batch_rows)
+        try:
+            counts = _shed_pass(docs, tokenizer, context, model, measured, seq_spool, doc_spool,
+                                batch_docs, progress)
+        finally:
+            seq_spool.close()
+            doc_spool.close()
+        meta = {PROVENANCE_KEY: json.dumps({**(provenance or {}), "floor": floor,
+                                            "counts": counts.to_dict()},
+                                           sort_keys=True, default=str).encode()}
+        _weigh(tmp_seq, folder / WEIGHTS_FILE, P, np.asarray(counts.phase_mean_shed), floor, meta)
+        _weigh(tmp_doc, folder / DOCUMENTS_FILE, P, _doc_means(tmp_doc, P), floor, meta)
+    finally:
+        tmp_seq.unlink(missing_ok=True)
+        tmp_doc.unlink(missing_ok=True)
+    return counts
+
+
+def coverage_paragraph(counts: ExportCounts, model: ShedModel, source: str) -> str:
+    """The README section on the whole corpus: coverage and the learnability model's accuracy."""
+    r2 = ", ".join(f"{v:.3f}" for v in model.cv_r2)
+    raw = ", ".join(f"{v:.3f}" for v in model.cv_r2_raw)
+    return f"""
+## Every sequence of the corpus
+
+The table covers {source}: {counts.documents} documents ({counts.documents_weighted} with at least
+one target token; the others get weight 1), {counts.sequences} sequences (windows of the context
+from each document's first token, the shorter tail included) and {counts.tokens} target tokens.
+{counts.sequences_measured} sequences were scored (`source = measured`, `scored_seq_id`); the
+others (`source = predicted`) get the shed predicted from their target tokens: the mean shed of
+each target type over the scored tokens, shrunk towards the mean with a prior of {model.prior:g}
+tokens, averaged over the sequence and calibrated by a line per phase. Accuracy on held-out
+documents ({model.folds}-fold, {model.n_sequences} scored sequences from {model.n_documents}
+documents), R^2 of predicted against measured shed per sequence, per phase: **{r2}**
+(uncalibrated: {raw}). Where R^2 is low, the predicted weights are close to uniform in that phase
+and reweight little. A document's shed is the token-weighted mean of its sequences'.
+"""
