@@ -178,3 +178,38 @@ def test_real_trajectories_of_the_micro_suite_against_scipy(micro_suite, tmp_pat
             total += 1
             ok += fits["rss"][i] <= theirs * (1 + 1e-6) + 1e-20 * np.sum(y[i] ** 2)
     assert total >= 1000 and ok / total >= 0.999
+
+
+def test_units_on_a_local_ray_with_two_workers_equal_a_local_run(setup, tmp_path, capsys):
+    """(run, token chunk) units fitted by two Ray workers give the fits of a run in this process,
+    for two runs whose chunks interleave between the workers."""
+    pytest.importorskip("ray")
+    import shutil
+
+    manifest, _, _ = setup
+    shutil.copytree(manifest.out / "losses" / "run=a", manifest.out / "losses" / "run=b")
+    manifest = write_manifest(manifest.path.parent, ["a", "b"])
+    stage.main(manifest, args(chunk_size=16))
+    local = {r: pl.read_parquet(fits_file(manifest.out, r)) for r in ("a", "b")}
+    stage.main(manifest, args(chunk_size=16, force=True, ray_address="local", workers=2,
+                              cpus_per_worker=1))
+    assert "2 run(s) fitted" in capsys.readouterr().out
+    for r in ("a", "b"):
+        ray_fits = pl.read_parquet(fits_file(manifest.out, r))
+        assert ray_fits["token_idx"].to_list() == local[r]["token_idx"].to_list()
+        assert ray_fits["status"].to_list() == local[r]["status"].to_list()
+        for col in ("lo", "hi", "tau", "k", "rss", "tau_se"):
+            np.testing.assert_allclose(ray_fits[col].to_numpy(), local[r][col].to_numpy(),
+                                       rtol=1e-9, atol=1e-12)
+
+
+def test_a_shard_out_of_order_fails_its_run_and_names_the_file(setup):
+    manifest, _, token_idx = setup
+    bad = loss_shard(manifest.out, "a", 64)
+    table = pa.table({"token_idx": pa.array(token_idx[::-1].copy(), pa.int64()),
+                      "loss": pa.array(np.ones(len(token_idx), np.float32))})
+    write_parquet(table, bad, {"run": "a", "step": 64})
+    with pytest.raises(SpectrumError) as e:
+        stage.main(manifest, args())
+    assert str(bad) in str(e.value) and "not sorted" in str(e.value)
+    assert not fits_file(manifest.out, "a").exists()
