@@ -315,8 +315,8 @@ def _two_rows(*args):
     Compiled graphs specialise on sizes 0 and 1 however dynamic they are, so a single row (a
     restart of one poor fit, a batch of one token) would compile second graphs; it is fitted
     as two identical rows instead, and the first row of the results kept (:func:`_first_row`)."""
-    return [a.expand(2, *a.shape[1:]) if isinstance(a, torch.Tensor) and a.dim() >= 1
-            and a.shape[0] == 1 else a for a in args]
+    return [a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor)
+            and a.dim() >= 1 and a.shape[0] == 1 else a for a in args]
 
 
 def _first_row(out):
@@ -463,7 +463,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
     dt, dev = losses.dtype, losses.device
     n, kk = losses.shape
     if compiled and n == 1:
-        return _first_row(_fit_batch(losses.expand(2, kk), x, lb, ub, opts, compiled, fused))
+        return _first_row(_fit_batch(*_two_rows(losses), x, lb, ub, opts, compiled, fused))
     finite = torch.isfinite(losses)  # infinite losses count as missing points
     complete = bool(finite.all())
     count = torch.full((n,), kk, device=dev) if complete else finite.sum(1)
