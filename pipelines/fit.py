@@ -170,6 +170,7 @@ class FitWorker:
         self.readers: dict[str, RunLosses] = {}  # used by the reader thread alone
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-reader")
         self.pending: dict[FitUnit, Future] = {}
+        self.upcoming: FitUnit | None = None
 
     def _read(self, unit: FitUnit) -> Trajectories:
         if unit.run not in self.readers:
@@ -178,11 +179,18 @@ class FitWorker:
         return self.readers[unit.run].read(unit.start, unit.stop)
 
     def prefetch(self, unit: FitUnit) -> None:
+        """The unit after the next :meth:`process`: read once that one's own read is queued."""
+        self.upcoming = unit
+
+    def _submit(self, unit: FitUnit) -> None:
         if unit not in self.pending:
             self.pending[unit] = self.reader.submit(self._read, unit)
 
     def process(self, unit: FitUnit) -> FitPart:
-        self.prefetch(unit)
+        self._submit(unit)
+        if self.upcoming is not None:  # read while this unit is fitted
+            self._submit(self.upcoming)
+            self.upcoming = None
         chunk = self.pending.pop(unit).result()
         if not len(chunk):
             return FitPart(chunk.token_idx, None)

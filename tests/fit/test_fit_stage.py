@@ -213,3 +213,32 @@ def test_a_shard_out_of_order_fails_its_run_and_names_the_file(setup):
         stage.main(manifest, args())
     assert str(bad) in str(e.value) and "not sorted" in str(e.value)
     assert not fits_file(manifest.out, "a").exists()
+
+
+def test_the_worker_reads_the_next_unit_while_it_fits_this_one(setup, monkeypatch):
+    """Reads happen in order on the reader thread, the next unit's before this one's fit ends."""
+    import threading
+
+    manifest, _, _ = setup
+    plan = stage.check_runs(manifest)
+    settings = stage.FitSettings(str(manifest.out), plan, {"a": log_tokens(plan["a"], TPS).tolist()},
+                                 "cpu", "float64", stage.FitOptions(), stage.KindThresholds())
+    worker = stage.FitWorker(settings)
+    events, real_read, real_fit = [], worker._read, stage.fit_chunk
+
+    def read(unit):
+        events.append(("read", unit.start, threading.current_thread() is threading.main_thread()))
+        return real_read(unit)
+
+    def fit(chunk, *a):
+        worker.pending[units[1]].result()  # the next unit's read is under way: it finishes
+        events.append(("fit", int(chunk.token_idx[0]), True))
+        return real_fit(chunk, *a)
+
+    monkeypatch.setattr(worker, "_read", read)
+    monkeypatch.setattr(stage, "fit_chunk", fit)
+    units = [stage.FitUnit("a", 0, 50), stage.FitUnit("a", 50, 100)]
+    worker.prefetch(units[1])
+    part = worker.process(units[0])
+    assert events == [("read", 0, False), ("read", 50, False), ("fit", 0, True)]
+    assert part.token_idx.tolist() == list(range(0, 50, 2))
