@@ -8,7 +8,8 @@ separate processes and records each one's wall time and peak resident memory (``
 command that starts Ray, its workers are not counted). The peer, timed in the same run on the
 same data: ``fit_sigmoids`` alone on the first run's trajectories already in memory, warm (a
 first call compiles), with the same torch threads. ``--code DIR`` runs the stages from another
-checkout (a before/after comparison in one run).
+checkout (a before/after comparison in one run). ``read`` times the reading side alone: the
+first run's shards read into (tokens x checkpoints) chunks by ``--code``'s reader.
 
     python benchmarks/bench_scale.py --tokens 250000 1000000 --checkpoints 100 --runs 2
     python benchmarks/bench_scale.py --tokens 1000000 --code /tmp/before --skip-peer
@@ -110,6 +111,28 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
             "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1)}
 
 
+READ = """
+import json, sys, time
+from spectrum.losses.trajectories import iter_trajectories
+from spectrum.manifest import load_manifest
+m = load_manifest(sys.argv[1]); run = m.runs[0]
+t0 = time.perf_counter(); n = 0
+for chunk in iter_trajectories(m.out, run.name, chunk_size=int(sys.argv[2])):
+    n += chunk.losses.size
+print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "values": n}))
+"""
+
+
+def read_rate(manifest: Path, env: dict[str, str], chunk: int) -> dict:
+    """The shards of the first run read into (tokens x checkpoints) chunks, nothing else: the
+    reading side of the fit stage, in a process of its own (``--code``'s reader)."""
+    load = os.getloadavg()[0]
+    out = subprocess.run([sys.executable, "-c", READ, str(manifest), str(chunk)], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    r = json.loads(out[-1])
+    return {**r, "values_per_s": round(r["values"] / r["seconds"]), "load": round(load, 1)}
+
+
 def peer_rate(manifest: Path, max_tokens: int) -> dict:
     """fit_sigmoids alone, warm, on the first run's first ``max_tokens`` trajectories."""
     from pipelines.fit import fit_steps
@@ -140,7 +163,9 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.1)
     ap.add_argument("--work", default="/tmp/bench_scale", help="where the shards are written")
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose stages are timed")
+    ap.add_argument("--chunk-size", type=int, default=1 << 20, help="of the read measurement")
     ap.add_argument("--skip-report", action="store_true")
+    ap.add_argument("--read-only", action="store_true", help="only the read measurement")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--peer-tokens", type=int, default=1 << 20)
     ap.add_argument("--fit-args", default="--device cpu", help="extra options of spectrum fit")
@@ -157,6 +182,11 @@ def main() -> None:
         manifest = write_world(folder, n, args.checkpoints, args.runs, args.noise)
         row = {"tokens": n, "checkpoints": args.checkpoints, "runs": args.runs,
                "code": str(args.code), "write_s": round(time.perf_counter() - t0, 1)}
+        row["read"] = read_rate(manifest, env, args.chunk_size)
+        if args.read_only:
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         base = [sys.executable, "-m", "pipelines.cli"]
         row["fit"] = timed(base + ["fit", "--config", str(manifest), "--force",
                                    *args.fit_args.split()], env, folder / "fit.log")

@@ -10,7 +10,7 @@ How a range is read: only the row groups that overlap it (from the Parquet stati
 ``token_idx``). A row group whose statistics show it complete (``max - min + 1`` rows, no nulls)
 holds ``token_idx = min, ..., max`` in order, by the shard contract (sorted, unique), so only its
 ``loss`` column is decoded and copied into the block as one row; the losses stage writes every
-shard this way. (The order of the first such row group read from each shard is verified once.) Other row groups (gaps, no statistics) are read with their ``token_idx`` and
+shard this way. (The order of the first rows read from each shard is verified, once.) Other row groups (gaps, no statistics) are read with their ``token_idx`` and
 placed by position. Each shard is one row of a (checkpoints x tokens) buffer, transposed once
 into the (tokens x checkpoints) block, so the memory of a read is set by the range's length.
 
@@ -34,6 +34,7 @@ from spectrum.errors import SpectrumError
 from spectrum.layout import loss_run_dir, loss_shard, shard_steps
 
 TOKEN, LOSS = "token_idx", "loss"
+CHECKED_ROWS = 1 << 14  # rows of each shard whose order is verified
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,17 @@ class LossShard:
         return max((g[1] for g in self.groups if g[2]), default=-1)
 
     def _check_order(self, group: int) -> None:
-        """Once per shard: a complete row group's token_idx is in order (min, ..., max), so a
-        shard written out of order is caught instead of read into the wrong rows."""
-        lo, hi, _, _ = self.groups[group]
-        tok = self._read([group], [TOKEN]).column(0).to_numpy()
-        if not np.array_equal(tok, np.arange(lo, hi + 1)):
+        """Once per shard: the first rows of a complete row group are ``min, min + 1, ...``, so
+        a shard written out of order is caught instead of read into the wrong rows. (Only the
+        first batch is decoded: decoding a whole ``token_idx`` costs twice the losses' read.)"""
+        lo = self.groups[group][0]
+        try:
+            batch = next(self.file.iter_batches(CHECKED_ROWS, row_groups=[group],
+                                                columns=[TOKEN], use_threads=False))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SpectrumError(f"{self.path}: cannot read the loss shard ({e})") from None
+        tok = batch.column(0).to_numpy()
+        if not np.array_equal(tok, np.arange(lo, lo + len(tok))):
             raise SpectrumError(f"{self.path}: token_idx is not sorted and unique, as a loss "
                                 "shard's must be")
         self.checked = True
