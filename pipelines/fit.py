@@ -1,33 +1,49 @@
 """`spectrum fit`: a sigmoid for every token's loss trajectory of every run.
 
 For each run of the manifest, the loss shards (``losses/run=<run>/step=<step>/part-0.parquet``)
-are read as a (tokens x checkpoints) matrix in chunks of ``--chunk-size`` tokens, on the time
-axis ``x = ln(step * tokens_per_step)`` (step 0 has no place on it and is left out), and fitted
-by :func:`spectrum.fit.fit_sigmoids` on ``--device``. The fits go to
+are read as a (tokens x checkpoints) float32 matrix in chunks of ``--chunk-size`` tokens, on the
+time axis ``x = ln(step * tokens_per_step)`` (step 0 has no place on it and is left out), and
+fitted by :func:`spectrum.fit.fit_sigmoids` on ``--device``. The fits go to
 ``fits/run=<run>/part-0.parquet`` (one row per token: token_idx, lo, hi, tau, k, their standard
 errors, rss, r2, n_iter, status, kind), written atomically. Its provenance records the steps, the
 x grid, a digest of the loss shards' own provenance, the dtype, the solver options and the kind
 thresholds (:mod:`spectrum.fit.runs`); a run whose fits record the same is skipped (``--force``
-refits it).
+refits it). A run whose loss shards break their contract fails alone, naming them; the others
+are fitted, and the command ends with a summary and exit status 1.
+
+Units of work are (run, token chunk). A worker reads its next unit's chunk in a background
+thread while it fits the current one (reading and fitting overlap), with torch using every core
+it is given. By default one worker runs in this process; with ``--ray-address`` the units go to
+Ray workers (``local`` starts a local Ray, ``auto`` or ``ip:port`` joins a cluster) through the
+same executor as the losses stage, and each run's fits are written as soon as its last unit is
+back. Memory is set by the chunk size: about three chunks of ``4 x checkpoints`` bytes per token
+in a worker, plus the fits of the runs in progress in this process.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipelines.options import device_option, force_option, option
+from pipelines.options import (cpus_per_worker_option, device_option, force_option, option,
+                               ray_address_option, workers_option)
+from spectrum.console import progress
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.fit import smooth
 from spectrum.fit.kinds import KindThresholds
-from spectrum.fit.runs import check_runs, fit_run, provenance
-from spectrum.fit.solver import FitOptions, solver_name
-from spectrum.layout import fits_file
+from spectrum.fit.runs import check_runs, provenance
+from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
+from spectrum.layout import fits_file, loss_run_dir
+from spectrum.losses.shards import check_run_shards
+from spectrum.losses.trajectories import RunLosses, Trajectories
 from spectrum.manifest import Manifest
 from spectrum.store import is_current, write_parquet
 
@@ -47,56 +63,225 @@ class FitStageOptions:
                                      "auto: the kernel on CUDA when Triton is installed "
                                      "(default auto)", choices=("auto", "triton", "torch"))
     force: bool = force_option()
+    ray_address: str | None = ray_address_option()
+    workers: int | None = workers_option()
+    cpus_per_worker: int = cpus_per_worker_option()
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise SpectrumError(f"--chunk-size must be positive, got {self.chunk_size}")
+        problems = []
+        for name, value in (("--chunk-size", self.chunk_size),
+                            ("--cpus-per-worker", self.cpus_per_worker),
+                            ("--workers", self.workers)):
+            if value is not None and value < 1:
+                problems.append(f"{name} must be positive, got {value}")
+        if problems:
+            raise SpectrumError(*problems)
 
 
 OPTIONS = FitStageOptions
 
 
+# ---- units of work: (run, token chunk), fitted by a worker that reads ahead ---------------------
+
+@dataclass(frozen=True)
+class FitUnit:
+    """The tokens ``start <= token_idx < stop`` of one run."""
+
+    run: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What a worker needs (picklable): where the shards are, each run's steps and x grid, and
+    how to fit."""
+
+    out: str
+    steps: dict[str, list[int]]
+    x: dict[str, list[float]]
+    device: str
+    dtype: str
+    options: FitOptions
+    thresholds: KindThresholds
+    threads: int | None = None  # torch threads; None: torch's default (every core)
+
+
+@dataclass
+class FitPart:
+    """The fits of one unit's tokens (none when its range held no token), and the smooth
+    alternatives of the step fitted to the same rows."""
+
+    token_idx: np.ndarray
+    fits: SigmoidFit | None
+    smooth: dict[str, np.ndarray] | None = None
+
+
+def fit_chunk(chunk: Trajectories, x: np.ndarray, settings: FitSettings,
+              device: torch.device) -> tuple[SigmoidFit, dict[str, np.ndarray]]:
+    """The sigmoid fits of one chunk's trajectories, and (is it a step at all?) the smooth
+    alternatives with their BICs on the same rows."""
+    fits = fit_sigmoids(chunk.losses, x, device=device, dtype=DTYPES[settings.dtype],
+                        options=settings.options, thresholds=settings.thresholds)
+    return fits, smooth.smooth_fits(chunk.losses, x, fits.rss, device=device)
+
+
+class FitWorker:
+    """Fits units; one background thread reads the next unit's chunk while this one is fitted."""
+
+    def __init__(self, settings: FitSettings) -> None:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.readers: dict[str, RunLosses] = {}  # used by the reader thread alone
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-reader")
+        self.pending: dict[FitUnit, Future] = {}
+        self.upcoming: FitUnit | None = None
+
+    def _read(self, unit: FitUnit) -> Trajectories:
+        if unit.run not in self.readers:
+            self.readers[unit.run] = RunLosses(Path(self.settings.out), unit.run,
+                                               self.settings.steps[unit.run], checked=True)
+        return self.readers[unit.run].read(unit.start, unit.stop)
+
+    def prefetch(self, unit: FitUnit) -> None:
+        """The unit after the next :meth:`process`: read once that one's own read is queued."""
+        self.upcoming = unit
+
+    def _submit(self, unit: FitUnit) -> None:
+        if unit not in self.pending:
+            self.pending[unit] = self.reader.submit(self._read, unit)
+
+    def process(self, unit: FitUnit) -> FitPart:
+        self._submit(unit)
+        if self.upcoming is not None:  # read while this unit is fitted
+            self._submit(self.upcoming)
+            self.upcoming = None
+        chunk = self.pending.pop(unit).result()
+        if not len(chunk):
+            return FitPart(chunk.token_idx, None)
+        x = np.asarray(self.settings.x[unit.run])
+        return FitPart(chunk.token_idx, *fit_chunk(chunk, x, self.settings, self.device))
+
+
+def _make_worker(settings: FitSettings) -> FitWorker:
+    return FitWorker(settings)
+
+
+def make_executor(options: FitStageOptions) -> tuple[Any, str, int | None]:
+    """(executor, device for the workers, torch threads per worker): this process without
+    ``--ray-address``; Ray workers with it (``local`` starts a local Ray)."""
+    from pipelines.executor import LocalExecutor, RayExecutor
+
+    device, address = options.device, options.ray_address
+    if address is None:
+        return LocalExecutor(retries=0), device, None
+    ex = RayExecutor(None if address == "local" else address, workers=options.workers,
+                     cpus_per_worker=options.cpus_per_worker, retries=1)
+    if device.startswith("cuda"):
+        ex.gpus_per_worker = 1
+    elif device == "auto":
+        if address == "local":
+            ex.gpus_per_worker = 1 if torch.cuda.is_available() else 0
+        else:
+            ex.gpus_per_worker = 1 if ex.cluster_resources().get("GPU", 0) >= 1 else 0
+    if device == "auto":
+        device = "cuda" if ex.gpus_per_worker else "cpu"
+    return ex, device, options.cpus_per_worker
+
+
+def run_units(units: list[FitUnit], executor: Any, settings: FitSettings,
+              on_run_done: Any) -> tuple[list[str], set[str]]:
+    """Fit every unit; ``on_run_done(run, token_idx, fits, smooth columns)`` as soon as a run's units are all
+    back (in token order). Returns the failures (one line each) and the runs they belong to."""
+    from functools import partial
+
+    left = {u.run: 0 for u in units}
+    for u in units:
+        left[u.run] += 1
+    parts: dict[str, list[tuple[int, FitPart]]] = {run: [] for run in left}
+    failed: set[str] = set()
+    failures: list[str] = []
+    total = sum(u.stop - u.start for u in units)
+    with progress(total=total, unit="tok", desc="fit", smoothing=0.1, dynamic_ncols=True) as bar:
+        for outcome in executor.map(partial(_make_worker, settings), units):
+            unit: FitUnit = outcome.unit
+            left[unit.run] -= 1
+            if outcome.ok:
+                parts[unit.run].append((unit.start, outcome.result))
+            else:
+                failed.add(unit.run)
+                failures.append(f"run {unit.run}, tokens {unit.start}-{unit.stop - 1}: "
+                                f"{outcome.error}")
+                log.error(failures[-1])
+            bar.update(unit.stop - unit.start)
+            if left[unit.run] == 0 and unit.run not in failed:
+                done = [p for _, p in sorted(parts.pop(unit.run), key=lambda t: t[0])
+                        if p.fits is not None]
+                if not done:
+                    failed.add(unit.run)
+                    failures.append(f"run {unit.run}: the loss shards under "
+                                    f"{loss_run_dir(settings.out, unit.run)} hold no tokens")
+                    continue
+                on_run_done(unit.run, np.concatenate([p.token_idx for p in done]),
+                            SigmoidFit.concat([p.fits for p in done]),
+                            smooth.concat_columns([p.smooth for p in done]))
+    return failures, failed
+
+
 def main(manifest: Manifest, options: FitStageOptions) -> None:
-    device = resolve_device(options.device)
     solver_options = FitOptions(kernel=options.fit_kernel)
     thresholds = KindThresholds()
+    executor, device_name, threads = make_executor(options)
+    device = resolve_device(device_name)
     try:
         solver = solver_name(solver_options, device)
     except ValueError as e:
         raise SpectrumError(f"--fit-kernel {options.fit_kernel}: {e}") from None
     plan = check_runs(manifest)
-    done = skipped = 0
-    failed: list[str] = []
-    failed_runs = 0
+    todo, provs, skipped, failures, bad_runs = [], {}, 0, [], 0
     for run in manifest.runs:
-        steps = plan[run.name]
         path = fits_file(manifest.out, run.name)
-        prov = provenance(manifest.out, run, steps, options.fit_dtype, solver_options, thresholds)
-        if not options.force and is_current(path, prov):
+        provs[run.name] = provenance(manifest.out, run, plan[run.name], options.fit_dtype,
+                                     solver_options, thresholds)
+        if not options.force and is_current(path, provs[run.name]):
             log.debug(f"fit: run {run.name}: {path} is current")
             skipped += 1
             continue
+        try:  # a run with a bad loss shard fails alone; the others are fitted
+            check_run_shards(manifest.out, run.name, plan[run.name])
+        except SpectrumError as e:
+            failures += e.problems
+            bad_runs += 1
+            continue
         if path.exists() and not options.force:
             log.info(f"fit: {path} is stale: refitting")
-        t0 = time.perf_counter()
-        try:  # a run with a bad loss shard fails alone; the others are fitted
-            token_idx, fits, smooth_columns = fit_run(manifest.out, run, steps, device=device,
-                                      dtype=DTYPES[options.fit_dtype],
-                                      chunk_size=options.chunk_size, options=solver_options,
-                                      thresholds=thresholds)
-        except SpectrumError as e:
-            failed += e.problems
-            failed_runs += 1
-            continue
-        write_parquet(smooth.with_columns(fits.to_arrow(token_idx), smooth_columns), path, prov)
-        done += 1
+        todo.append(run.name)
+    units = [FitUnit(name, a, b) for name in todo
+             for a, b in RunLosses(manifest.out, name, plan[name], checked=True)
+             .ranges(options.chunk_size)]
+    settings = FitSettings(str(manifest.out), {n: plan[n] for n in todo},
+                           {n: provs[n]["x"] for n in todo}, device_name, options.fit_dtype,
+                           solver_options, thresholds, threads)
+    t0 = time.perf_counter()
+
+    def write(name: str, token_idx: np.ndarray, fits: SigmoidFit,
+              smooth_columns: dict[str, np.ndarray]) -> None:
+        path = fits_file(manifest.out, name)
+        write_parquet(smooth.with_columns(fits.to_arrow(token_idx), smooth_columns), path,
+                      provs[name])
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
-        log.info(f"fit: run {run.name}: {len(fits)} tokens in {time.perf_counter() - t0:.1f} s "
-                 f"on {device}, {solver} ({summary}) -> {path}")
+        log.info(f"fit: run {name}: {len(fits)} tokens ({time.perf_counter() - t0:.1f} s since "
+                 f"the start) on {device_name}, {solver} ({summary}) -> {path}")
+
+    unit_failures, failed = run_units(units, executor, settings, write) if units else ([], set())
+    failures += unit_failures
+    done = len(todo) - len(failed)
     summary = (f"fit: {done} run(s) fitted, {skipped} current run(s) skipped"
-               + (f", {failed_runs} run(s) failed" if failed else "")
+               + (f", {bad_runs + len(failed)} run(s) failed" if failures else "")
                + f" (kinds: {thresholds.describe()})")
-    if failed:
-        raise StageFailed(*failed, summary)
+    if failures:
+        raise StageFailed(*failures, summary)
     log.info(summary)

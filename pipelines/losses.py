@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.options import (device_option, executor_option, force_option, num_gpus_option,
-                               option, ray_address_option)
+from pipelines.options import (cpus_per_worker_option, device_option, executor_option,
+                               force_option, num_gpus_option, option, ray_address_option,
+                               workers_option)
 from spectrum.console import progress
 from spectrum.data.checkpoints import validate_checkpoint_sources
 from spectrum.errors import SpectrumError, StageFailed
@@ -49,9 +50,8 @@ class LossesOptions:
     ray_address: str | None = ray_address_option()
     num_gpus: float | None = num_gpus_option()
     force: bool = force_option()
-    workers: int | None = option(None, "Ray workers (default: one per GPU, or one per "
-                                       "--cpus-per-worker CPUs)")
-    cpus_per_worker: int = option(1, "CPUs (and torch threads) per CPU worker (default 1)")
+    workers: int | None = workers_option()
+    cpus_per_worker: int = cpus_per_worker_option()
     dtype: str = option("auto", "weights and activations: auto = bfloat16 on GPUs, float32 on "
                                 "CPUs", choices=("auto", "float32", "bfloat16"))
     batch_size: int | None = option(None, "sequences per forward pass (default: automatic)")

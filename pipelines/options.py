@@ -7,7 +7,7 @@ type comes from the annotation (``int``, ``float``, ``str``, optionally ``| None
 field is a switch that defaults to off), and a field without a default is a required option.
 
 Options that several stages understand (``--device``, ``--force``, ``--executor``,
-``--ray-address``, ``--num-gpus``) are declared here once and reused by every stage that takes
+``--ray-address``, ``--num-gpus``, ``--workers``, ``--cpus-per-worker``) are declared here once and reused by every stage that takes
 them, so a command that composes stages (``spectrum run``, or a stage that runs others) adds each
 such flag once and hands the same value to every stage that declares it.
 """
@@ -51,6 +51,14 @@ def ray_address_option() -> Any:
 
 def num_gpus_option() -> Any:
     return option(None, "GPUs per Ray worker (default: 1 if GPUs exist, else 0)")
+
+
+def workers_option() -> Any:
+    return option(None, "Ray workers (default: one per GPU, or one per --cpus-per-worker CPUs)")
+
+
+def cpus_per_worker_option() -> Any:
+    return option(1, "CPUs (and torch threads) per CPU worker of Ray (default 1)")
 
 
 SHARED = ("device", "force", "executor", "ray_address", "num_gpus")

@@ -1,4 +1,4 @@
-"""Fitting a run: its loss shards, in chunks of tokens, to one fits file with its provenance.
+"""Fitting a run: which of its checkpoints are fitted, and the provenance its fits file records.
 
 The fits' provenance records the steps, the x grid, a digest of the loss shards' own provenance,
 the dtype, the solver options and the kind thresholds; fits that record the same are current.
@@ -11,16 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from spectrum.console import progress
 from spectrum.errors import SpectrumError
 from spectrum.fit import smooth
 from spectrum.fit.kinds import KindThresholds
-from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids
+from spectrum.fit.solver import FitOptions
 from spectrum.layout import loss_run_dir, loss_shard, shard_steps
-from spectrum.losses.trajectories import iter_trajectories, log_tokens, token_count
+from spectrum.losses.trajectories import log_tokens
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import hash_files, read_provenance
 
@@ -78,24 +74,3 @@ def provenance(out: Path, run: RunSpec, steps: list[int], dtype: str, options: F
             "losses": losses_digest(out, run.name, steps), "dtype": dtype,
             "options": options.to_dict(), "thresholds": thresholds.to_dict(),
             "min_checkpoints": MIN_CHECKPOINTS, "smooth": smooth.settings()}
-
-
-def fit_run(out: Path, run: RunSpec, steps: list[int], *, device: torch.device,
-            dtype: torch.dtype, chunk_size: int, options: FitOptions,
-            thresholds: KindThresholds) -> tuple[np.ndarray, SigmoidFit, dict[str, np.ndarray]]:
-    """Fit every token of ``run`` in chunks; returns (token_idx, fits, smooth alternatives)."""
-    x = log_tokens(steps, run.tokens_per_step)
-    total = token_count(out, run.name, steps)
-    tokens, parts, smooth_parts = [], [], []
-    with progress(total=total, unit="tok", desc=f"fit {run.name}", smoothing=0.1) as bar:
-        for chunk in iter_trajectories(out, run.name, chunk_size=chunk_size, steps=steps):
-            parts.append(fit_sigmoids(chunk.losses, x, device=device, dtype=dtype,
-                                      options=options, thresholds=thresholds))
-            # is it a step at all: smooth alternatives and BICs on the same rows
-            smooth_parts.append(smooth.smooth_fits(chunk.losses, x, parts[-1].rss, device=device))
-            tokens.append(chunk.token_idx)
-            bar.update(int(chunk.token_idx[-1]) + 1 - bar.n)
-    if not parts:
-        raise SpectrumError(f"run {run.name}: the loss shards under "
-                            f"{loss_run_dir(out, run.name)} hold no tokens")
-    return np.concatenate(tokens), SigmoidFit.concat(parts), smooth.concat_columns(smooth_parts)

@@ -44,6 +44,7 @@ bounded by host memory only; :mod:`spectrum.losses.trajectories` streams larger 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -292,17 +293,38 @@ def _advance(y, mask, x, p, rss, jtj, jtr, lam, nu, boost, step, ok, small_g, li
     return p, rss, jtj, jtr, lam, nu, boost, done
 
 
-_COMPILED: dict[str, Callable] = {}
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once per process, shape-generic (``dynamic=True``): one graph serves
+    every batch size (rows >= 2; one-row batches are padded, see :func:`_at_least_two`), so a
+    new size costs no compilation. Inductor's on-disk caches (FX graphs and AOT autograd, on by
+    default, under ``TORCHINDUCTOR_CACHE_DIR``) let a new process skip code generation."""
+    return torch.compile(fn, dynamic=True)
 
 
 def _steps(compiled: bool) -> tuple[Callable, Callable, Callable]:
     """(normal_equations, _propose, _advance), compiled with torch.compile or not."""
     if not compiled:
         return normal_equations, _propose, _advance
-    if "ne" not in _COMPILED:
-        for name, fn in (("ne", normal_equations), ("propose", _propose), ("advance", _advance)):
-            _COMPILED[name] = torch.compile(fn, dynamic=True)
-    return _COMPILED["ne"], _COMPILED["propose"], _COMPILED["advance"]
+    return _compiled(normal_equations), _compiled(_propose), _compiled(_advance)
+
+
+def _two_rows(*args):
+    """Per-row tensors of one row as two identical rows (others unchanged).
+
+    Compiled graphs specialise on sizes 0 and 1 however dynamic they are, so a single row (a
+    restart of one poor fit, a batch of one token) would compile second graphs; it is fitted
+    as two identical rows instead, and the first row of the results kept (:func:`_first_row`)."""
+    return [a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor)
+            and a.dim() >= 1 and a.shape[0] == 1 else a for a in args]
+
+
+def _first_row(out):
+    if isinstance(out, torch.Tensor):
+        return out[:1].clone()
+    if isinstance(out, dict):
+        return {k: _first_row(v) for k, v in out.items()}
+    return type(out)(_first_row(v) for v in out)
 
 
 def _rss_floor(y: torch.Tensor) -> torch.Tensor:
@@ -348,6 +370,7 @@ def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Te
     idx = torch.arange(n, device=dev)
     p = torch.minimum(torch.maximum(p, lb), ub)
     rss, jtj, jtr = ne(y, mask, x, p)
+    rss = rss.contiguous()  # a view of the sums: one stride for every call of the steps
     lam = torch.full((n,), opts.lambda0, dtype=dt, device=dev)
     nu = torch.full((n,), 2.0, dtype=dt, device=dev)
     boost = torch.ones(n, dtype=dt, device=dev)
@@ -376,6 +399,9 @@ def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Te
         if n_live < 0.8 * live.numel():  # compaction: finished fits leave the batch
             flush(~live)
             keep = live
+            if compiled and n_live == 1:  # one finished (frozen) row stays beside the last live
+                keep = live.clone()  # one: a batch of one row would compile graphs of its own
+                keep[(~live).nonzero()[0, 0]] = True
             idx, y, p, rss, jtj, jtr = idx[keep], y[keep], p[keep], rss[keep], jtj[keep], jtr[keep]
             lam, nu, boost, dscale = lam[keep], nu[keep], boost[keep], dscale[keep]
             floor, live, n_iter, conv = floor[keep], live[keep], n_iter[keep], conv[keep]
@@ -404,11 +430,15 @@ def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, sta
     scan costs one model evaluation per point; one LM fit then starts from the best.
     """
     n = y.shape[0]
+    if compiled and n == 1:
+        y, mask, p, rss, jtj, n_iter, status, floor = _two_rows(y, mask, p, rss, jtj, n_iter,
+                                                                status, floor)
+        return _first_row(_restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj,
+                                   n_iter, status, floor))
     m = mask if mask is not None else torch.ones_like(y)
     best_rss = torch.full((n,), torch.inf, dtype=y.dtype, device=y.device)
     best = torch.zeros(n, 4, dtype=y.dtype, device=y.device)
-    profile = _COMPILED.setdefault("lohi", torch.compile(linear_lohi, dynamic=True)) \
-        if compiled else linear_lohi
+    profile = _compiled(linear_lohi) if compiled else linear_lohi
     for tau_k in _scan_grid(x, lb, ub, opts.restart_starts):
         tau = tau_k[0].expand(n)
         k = tau_k[1].expand(n)
@@ -432,13 +462,14 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
     """Fit one batch of rows (already on the device, in the fitting dtype)."""
     dt, dev = losses.dtype, losses.device
     n, kk = losses.shape
+    if compiled and n == 1:
+        return _first_row(_fit_batch(*_two_rows(losses), x, lb, ub, opts, compiled, fused))
     finite = torch.isfinite(losses)  # infinite losses count as missing points
     complete = bool(finite.all())
     count = torch.full((n,), kk, device=dev) if complete else finite.sum(1)
     if complete and n:
         y, fm = losses, None
-        prepare = _COMPILED.setdefault("prepare", torch.compile(_prepare_complete, dynamic=True)) \
-            if compiled else _prepare_complete
+        prepare = _compiled(_prepare_complete) if compiled else _prepare_complete
         mean, tss, noise_all, floor_all, guess_all = prepare(y, x)
     else:
         y = torch.where(finite, losses, 0)
@@ -483,8 +514,7 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
         p0 = torch.minimum(torch.maximum(p0, lb), ub)
         p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
                                                        floor, fused)
-        errors = _COMPILED.setdefault("se", torch.compile(_standard_errors, dynamic=True)) \
-            if compiled else _standard_errors
+        errors = _compiled(_standard_errors) if compiled else _standard_errors
         se, singular = errors(jtj, rss, count[rows])
         if opts.restarts:
             resid = rss / (count[rows] - 4).clamp_min(1)

@@ -25,6 +25,8 @@ precision matters more than speed.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import logging
 from pathlib import Path
@@ -202,13 +204,13 @@ def _logsumexp_minus_target(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return torch.logsumexp(lf, dim=-1) - lf.gather(-1, targets[:, None])[:, 0]
 
 
-_FUSED: dict[str, Any] = {}
+_FUSED: dict[str, Any] = {}  # "broken": compiling failed once in this process
 
 
+@functools.cache
 def _fused_cross_entropy() -> Any:
-    if "fn" not in _FUSED:
-        _FUSED["fn"] = torch.compile(_logsumexp_minus_target, dynamic=False)
-    return _FUSED["fn"]
+    """The compiled cross-entropy, built once per process."""
+    return torch.compile(_logsumexp_minus_target, dynamic=False)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,

@@ -1,17 +1,26 @@
 """Per-token loss trajectories: a run's loss shards read as a (tokens x checkpoints) matrix.
 
 The losses stage writes one shard per checkpoint, ``losses/run=<run>/step=<step>/part-0.parquet``
-with columns ``token_idx`` (int64) and ``loss`` (float32, nats). This module reads a run's shards
-through :mod:`pyarrow.dataset` (hive partitioning gives the ``step`` column) and pivots them into
-``losses[i, j]`` = loss of token ``token_idx[i]`` at checkpoint ``steps[j]``. Every shard read is
-first checked against the shard contract (:func:`spectrum.losses.shards.check_run_shards`: columns,
-types, token count against the evalset, ``token_idx`` complete and unique, content checksum), so
-a bad shard is refused by path instead of read as missing values; a token absent from a shard
-(possible only where the evalset's size is unknown) is NaN. For evaluation sets too large for
-memory, :func:`iter_trajectories` yields the same matrix for consecutive ranges of ``token_idx``.
+with columns ``token_idx`` (int64) and ``loss`` (float32, nats), sorted by ``token_idx``.
+:class:`RunLosses` opens a run's shards once and reads any range of token indices straight into
+``losses[i, j]`` = loss of token ``token_idx[i]`` at checkpoint ``steps[j]`` (float32); a token
+missing from a shard is NaN.
+
+How a range is read: only the row groups that overlap it (from the Parquet statistics of
+``token_idx``). A row group whose statistics show it complete (``max - min + 1`` rows, no nulls)
+holds ``token_idx = min, ..., max`` in order, by the shard contract (sorted, unique), so only its
+``loss`` column is decoded and copied into the block as one row; the losses stage writes every
+shard this way. (The order of the first rows read from each shard is verified, once.) Other row groups (gaps, no statistics) are read with their ``token_idx`` and
+placed by position. Each shard is one row of a (checkpoints x tokens) buffer, transposed once
+into the (tokens x checkpoints) block, so the memory of a read is set by the range's length.
 
 Time axis: ``x = ln T`` with ``T = step * tokens_per_step`` training tokens; step 0 (the initial
 model) has no place on the log axis and is left out by :func:`log_tokens`.
+
+Opening a run's shards first checks them against the shard contract
+(:func:`spectrum.losses.shards.check_run_shards`: columns, types, token count against the
+evalset, ``token_idx`` complete and unique, content checksum), naming every bad shard; a shard
+already verified in this process is not read again.
 """
 
 from __future__ import annotations
@@ -23,12 +32,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import torch
 
 from spectrum.errors import SpectrumError
-from spectrum.layout import loss_run_dir, loss_shard, losses_dir, shard_steps
+from spectrum.layout import loss_run_dir, loss_shard, shard_steps
 from spectrum.losses.shards import check_run_shards
+
+TOKEN, LOSS = "token_idx", "loss"
+CHECKED_ROWS = 1 << 14  # rows of each shard whose order is verified
+
 
 @dataclass(frozen=True)
 class Trajectories:
@@ -49,23 +62,107 @@ def log_tokens(steps: Sequence[int] | np.ndarray, tokens_per_step: int) -> np.nd
     return np.log(steps.astype(np.float64) * float(tokens_per_step))
 
 
-def _dataset(out: Path, run: str, steps: Sequence[int]) -> ds.Dataset:
-    files = [str(loss_shard(out, run, s)) for s in steps]
-    try:
-        return ds.dataset(files, format="parquet", partitioning="hive",
-                          partition_base_dir=str(losses_dir(out)))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SpectrumError(f"{loss_run_dir(out, run)}: cannot read the loss shards ({e})") from None
+@dataclass(frozen=True)
+class ShardSlice:
+    """The losses of one shard over a token range: tokens ``first, first + 1, ...`` when
+    ``token_idx`` is None (a complete range), else the tokens ``token_idx`` (ascending)."""
+
+    loss: np.ndarray  # float32
+    first: int = 0
+    token_idx: np.ndarray | None = None
+
+    def tokens(self) -> np.ndarray:
+        if self.token_idx is not None:
+            return self.token_idx
+        return np.arange(self.first, self.first + len(self.loss), dtype=np.int64)
 
 
-def _pivot(table: pa.Table, steps: np.ndarray) -> Trajectories:
-    tok = table.column("token_idx").to_numpy().astype(np.int64, copy=False)
-    step = table.column("step").to_numpy().astype(np.int64, copy=False)
-    loss = table.column("loss").to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    token_idx = np.unique(tok)
-    losses = np.full((len(token_idx), len(steps)), np.nan, dtype=np.float32)
-    losses[np.searchsorted(token_idx, tok), np.searchsorted(steps, step)] = loss
-    return Trajectories(token_idx=token_idx, steps=steps, losses=losses)
+class LossShard:
+    """One loss shard, opened once: its row groups' token ranges from the Parquet statistics."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.file = pq.ParquetFile(self.path)
+            meta = self.file.metadata
+            names = meta.schema.to_arrow_schema().names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SpectrumError(f"{self.path}: not a readable loss shard ({e})") from None
+        missing = [c for c in (TOKEN, LOSS) if c not in names]
+        if missing:
+            raise SpectrumError(f"{self.path}: not a loss shard (no column "
+                                f"{', '.join(missing)})")
+        col = names.index(TOKEN)
+        self.checked = False  # whether a complete row group's order was verified
+        # per row group: (first token, last token, rows, complete); first = -1: no statistics
+        self.groups: list[tuple[int, int, int, bool]] = []
+        for g in range(meta.num_row_groups):
+            rows = meta.row_group(g).num_rows
+            stats = meta.row_group(g).column(col).statistics
+            if stats is None or not stats.has_min_max or rows == 0:
+                self.groups.append((-1, -1, rows, False))
+                continue
+            lo, hi = int(stats.min), int(stats.max)
+            complete = stats.null_count == 0 and hi - lo + 1 == rows
+            self.groups.append((lo, hi, rows, complete))
+
+    def top(self) -> int:
+        """The largest token index in the shard (-1 if empty)."""
+        if any(g[0] < 0 and g[2] for g in self.groups):
+            tok = self.file.read(columns=[TOKEN]).column(0)
+            return int(pc.max(tok).as_py() if len(tok) else -1)
+        return max((g[1] for g in self.groups if g[2]), default=-1)
+
+    def _check_order(self, group: int) -> None:
+        """Once per shard: the first rows of a complete row group are ``min, min + 1, ...``, so
+        a shard written out of order is caught instead of read into the wrong rows. (Only the
+        first batch is decoded: decoding a whole ``token_idx`` costs twice the losses' read.)"""
+        lo = self.groups[group][0]
+        try:
+            batch = next(self.file.iter_batches(CHECKED_ROWS, row_groups=[group],
+                                                columns=[TOKEN], use_threads=False))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SpectrumError(f"{self.path}: cannot read the loss shard ({e})") from None
+        tok = batch.column(0).to_numpy()
+        if not np.array_equal(tok, np.arange(lo, lo + len(tok))):
+            raise SpectrumError(f"{self.path}: token_idx is not sorted and unique, as a loss "
+                                "shard's must be")
+        self.checked = True
+
+    def _read(self, groups: list[int], columns: list[str]) -> pa.Table:
+        try:
+            return self.file.read_row_groups(groups, columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SpectrumError(f"{self.path}: cannot read the loss shard ({e})") from None
+
+    def read(self, start: int, stop: int) -> ShardSlice:
+        """The losses of the tokens ``start <= token_idx < stop`` held by this shard."""
+        chosen = [g for g, (lo, hi, rows, _) in enumerate(self.groups)
+                  if rows and (lo < 0 or (hi >= start and lo < stop))]
+        if not chosen:
+            return ShardSlice(np.empty(0, np.float32), start)
+        complete = all(self.groups[g][3] for g in chosen) and all(
+            self.groups[b][0] == self.groups[a][1] + 1 for a, b in zip(chosen, chosen[1:]))
+        if complete:  # token_idx = first, first + 1, ...: decode the losses alone
+            first = self.groups[chosen[0]][0]
+            if not self.checked:
+                self._check_order(chosen[0])
+            a, b = max(start, first) - first, min(stop, self.groups[chosen[-1]][1] + 1) - first
+            loss = self._read(chosen, [LOSS]).column(0).slice(a, max(0, b - a))
+            return ShardSlice(_float32(loss, self.path), first + a)
+        table = self._read(chosen, [TOKEN, LOSS])
+        tok = table.column(0).to_numpy().astype(np.int64, copy=False)
+        if len(tok) > 1 and not bool(np.all(tok[1:] > tok[:-1])):
+            raise SpectrumError(f"{self.path}: token_idx is not sorted and unique, as a loss "
+                                "shard's must be")
+        a, b = np.searchsorted(tok, [start, stop])
+        return ShardSlice(_float32(table.column(1).slice(a, b - a), self.path), start, tok[a:b])
+
+
+def _float32(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    if not (pa.types.is_floating(column.type)):
+        raise SpectrumError(f"{path}: column loss is {column.type}, not float32")
+    return column.to_numpy().astype(np.float32, copy=False)
 
 
 def _resolve_steps(out: Path, run: str, steps: Sequence[int] | None) -> np.ndarray:
@@ -83,6 +180,60 @@ def _resolve_steps(out: Path, run: str, steps: Sequence[int] | None) -> np.ndarr
     return np.asarray(chosen, dtype=np.int64)
 
 
+class RunLosses:
+    """A run's loss shards (``steps``: default every step with a shard, step 0 included), opened
+    once and read by token range."""
+
+    def __init__(self, out: Path, run: str, steps: Sequence[int] | None = None, *,
+                 checked: bool = False) -> None:
+        """``checked``: the shards were already checked against their contract by the caller."""
+        self.run = run
+        self.steps = _resolve_steps(Path(out), run, steps)
+        if not checked:
+            check_run_shards(out, run, self.steps.tolist())
+        self.shards = [LossShard(loss_shard(Path(out), run, s)) for s in self.steps.tolist()]
+
+    def token_count(self) -> int:
+        """One past the largest ``token_idx`` in any shard."""
+        return max(s.top() for s in self.shards) + 1
+
+    def read(self, start: int, stop: int) -> Trajectories:
+        """The tokens ``start <= token_idx < stop`` present in any shard, as a matrix."""
+        slices = [shard.read(start, stop) for shard in self.shards]
+        first = {s.first for s in slices if s.token_idx is None and len(s.loss)}
+        lengths = {len(s.loss) for s in slices}
+        if len(first) == 1 and len(lengths) == 1 and all(s.token_idx is None for s in slices):
+            first_tok = first.pop()
+            token_idx = np.arange(first_tok, first_tok + lengths.pop(), dtype=np.int64)
+            rows = np.empty((len(slices), len(token_idx)), np.float32)
+            for j, s in enumerate(slices):
+                rows[j] = s.loss
+        else:  # gaps: the union of the shards' tokens, each shard's placed by position
+            token_idx = _union([s.tokens() for s in slices])
+            rows = np.full((len(slices), len(token_idx)), np.nan, np.float32)
+            for j, s in enumerate(slices):
+                rows[j, np.searchsorted(token_idx, s.tokens())] = s.loss
+        losses = torch.from_numpy(rows).t().contiguous().numpy()
+        return Trajectories(token_idx=token_idx, steps=self.steps, losses=losses)
+
+    def ranges(self, chunk_size: int) -> list[tuple[int, int]]:
+        """Consecutive ranges of ``chunk_size`` token indices covering every shard."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        n = self.token_count()
+        return [(a, min(n, a + chunk_size)) for a in range(0, n, chunk_size)]
+
+
+def _union(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.empty(0, np.int64)
+    out = parts[0]
+    for p in parts[1:]:
+        if not np.array_equal(out, p):
+            out = np.union1d(out, p)
+    return out.astype(np.int64, copy=False)
+
+
 def load_losses(out: Path, run: str, *, steps: Sequence[int] | None = None,
                 token_range: tuple[int, int] | None = None) -> Trajectories:
     """The losses of ``run`` as a (tokens x steps) matrix.
@@ -90,43 +241,14 @@ def load_losses(out: Path, run: str, *, steps: Sequence[int] | None = None,
     ``steps`` selects checkpoints (default: every step with a shard, step 0 included);
     ``token_range = (start, stop)`` keeps tokens with ``start <= token_idx < stop``.
     """
-    chosen = _resolve_steps(Path(out), run, steps)
-    check_run_shards(out, run, chosen.tolist())
-    dataset = _dataset(Path(out), run, chosen.tolist())
-    flt = None
-    if token_range is not None:
-        lo, hi = token_range
-        flt = (pc.field("token_idx") >= lo) & (pc.field("token_idx") < hi)
-    try:
-        table = dataset.to_table(columns=["token_idx", "loss", "step"], filter=flt)
-    except (pa.ArrowInvalid, OSError, KeyError) as e:
-        raise SpectrumError(f"{loss_run_dir(out, run)}: cannot read the loss shards ({e})") from None
-    return _pivot(table, chosen)
+    reader = RunLosses(out, run, steps)
+    start, stop = token_range if token_range is not None else (0, reader.token_count())
+    return reader.read(start, stop)
 
 
 def token_count(out: Path, run: str, steps: Sequence[int] | None = None) -> int:
-    """The evalset's token count, once the shards of ``run`` are checked against it; where it is
-    unknown, one past the largest ``token_idx`` in any shard (from the Parquet statistics)."""
-    chosen = _resolve_steps(Path(out), run, steps)
-    n = check_run_shards(out, run, chosen.tolist())
-    if n is not None:
-        return n
-    top = -1
-    for s in chosen.tolist():
-        path = loss_shard(Path(out), run, s)
-        try:
-            meta = pq.read_metadata(path)
-            col = meta.schema.to_arrow_schema().get_field_index("token_idx")
-            for g in range(meta.num_row_groups):
-                stats = meta.row_group(g).column(col).statistics
-                if stats is None or not stats.has_min_max:
-                    top = max(top, int(pc.max(pq.read_table(path, columns=["token_idx"])
-                                              .column(0)).as_py() or -1))
-                    break
-                top = max(top, int(stats.max))
-        except (pa.ArrowInvalid, OSError) as e:
-            raise SpectrumError(f"{path}: not a readable loss shard ({e})") from None
-    return top + 1
+    """One past the largest ``token_idx`` in any shard of ``run`` (from the Parquet statistics)."""
+    return RunLosses(out, run, steps).token_count()
 
 
 def iter_trajectories(out: Path, run: str, *, chunk_size: int,
@@ -137,9 +259,8 @@ def iter_trajectories(out: Path, run: str, *, chunk_size: int,
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
-    chosen = _resolve_steps(Path(out), run, steps).tolist()
-    n = token_count(out, run, chosen)
-    for start in range(0, n, chunk_size):
-        chunk = load_losses(out, run, steps=chosen, token_range=(start, min(n, start + chunk_size)))
+    reader = RunLosses(out, run, steps)
+    for start, stop in reader.ranges(chunk_size):
+        chunk = reader.read(start, stop)
         if len(chunk):
             yield chunk

@@ -190,3 +190,66 @@ def test_messages_go_to_stderr_and_follow_quiet_and_verbose(setup, capsys):
     assert "fit: run a: " in capsys.readouterr().err  # the debug line of the skipped run
     assert cli(["fit", *base, "--chunk-size", "0", "-q"]) == 2  # errors are said even when quiet
     assert capsys.readouterr().err.startswith("error: --chunk-size")
+
+def test_units_on_a_local_ray_with_two_workers_equal_a_local_run(setup, tmp_path, capsys):
+    """(run, token chunk) units fitted by two Ray workers give the fits of a run in this process,
+    for two runs whose chunks interleave between the workers."""
+    pytest.importorskip("ray")
+    import shutil
+
+    manifest, _, _ = setup
+    shutil.copytree(manifest.out / "losses" / "run=a", manifest.out / "losses" / "run=b")
+    manifest = write_manifest(manifest.path.parent, ["a", "b"])
+    stage.main(manifest, args(chunk_size=16))
+    local = {r: pl.read_parquet(fits_file(manifest.out, r)) for r in ("a", "b")}
+    stage.main(manifest, args(chunk_size=16, force=True, ray_address="local", workers=2,
+                              cpus_per_worker=1))
+    assert "2 run(s) fitted" in capsys.readouterr().err
+    for r in ("a", "b"):
+        ray_fits = pl.read_parquet(fits_file(manifest.out, r))
+        assert ray_fits["token_idx"].to_list() == local[r]["token_idx"].to_list()
+        assert ray_fits["status"].to_list() == local[r]["status"].to_list()
+        for col in ("lo", "hi", "tau", "k", "rss", "tau_se"):
+            np.testing.assert_allclose(ray_fits[col].to_numpy(), local[r][col].to_numpy(),
+                                       rtol=1e-9, atol=1e-12)
+
+
+def test_a_shard_out_of_order_fails_its_run_and_names_the_file(setup):
+    manifest, _, token_idx = setup
+    bad = loss_shard(manifest.out, "a", 64)
+    table = pa.table({"token_idx": pa.array(token_idx[::-1].copy(), pa.int64()),
+                      "loss": pa.array(np.ones(len(token_idx), np.float32))})
+    write_parquet(table, bad, {"run": "a", "step": 64})
+    with pytest.raises(SpectrumError) as e:
+        stage.main(manifest, args())
+    assert str(bad) in str(e.value) and "not sorted" in str(e.value)
+    assert not fits_file(manifest.out, "a").exists()
+
+
+def test_the_worker_reads_the_next_unit_while_it_fits_this_one(setup, monkeypatch):
+    """Reads happen in order on the reader thread, the next unit's before this one's fit ends."""
+    import threading
+
+    manifest, _, _ = setup
+    plan = stage.check_runs(manifest)
+    settings = stage.FitSettings(str(manifest.out), plan, {"a": log_tokens(plan["a"], TPS).tolist()},
+                                 "cpu", "float64", stage.FitOptions(), stage.KindThresholds())
+    worker = stage.FitWorker(settings)
+    events, real_read, real_fit = [], worker._read, stage.fit_chunk
+
+    def read(unit):
+        events.append(("read", unit.start, threading.current_thread() is threading.main_thread()))
+        return real_read(unit)
+
+    def fit(chunk, *a):
+        worker.pending[units[1]].result()  # the next unit's read is under way: it finishes
+        events.append(("fit", int(chunk.token_idx[0]), True))
+        return real_fit(chunk, *a)
+
+    monkeypatch.setattr(worker, "_read", read)
+    monkeypatch.setattr(stage, "fit_chunk", fit)
+    units = [stage.FitUnit("a", 0, 50), stage.FitUnit("a", 50, 100)]
+    worker.prefetch(units[1])
+    part = worker.process(units[0])
+    assert events == [("read", 0, False), ("read", 50, False), ("fit", 0, True)]
+    assert part.token_idx.tolist() == list(range(0, 50, 2))

@@ -131,3 +131,103 @@ def test_checksum_catches_values_changed_after_writing(tmp_path):
     pq.write_table(changed.replace_schema_metadata(table.schema.metadata), path)
     with pytest.raises(SpectrumError, match="does not match the checksum"):
         check_shard(path, 5)
+
+# ---- range reads: row groups, gaps, and the shard contract --------------------------------------
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import pyarrow.parquet as pq
+
+from spectrum.losses.trajectories import LossShard, RunLosses
+
+
+def write_raw(out, run, step, token_idx, loss, *, row_group_size=None, statistics=True):
+    """A shard written by pyarrow directly, with chosen row groups (and statistics or none)."""
+    path = loss_shard(out, run, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"token_idx": pa.array(token_idx, pa.int64()),
+                      "loss": pa.array(loss, pa.float32())})
+    pq.write_table(table, path, row_group_size=row_group_size, write_statistics=statistics)
+    return path
+
+
+def naive(tokens_by_step):
+    """The expected matrix by plain dictionaries: {step: {token: loss}} -> (token_idx, losses)."""
+    steps = sorted(tokens_by_step)
+    toks = sorted(set().union(*[set(d) for d in tokens_by_step.values()]))
+    m = np.full((len(toks), len(steps)), np.nan, np.float32)
+    for j, s in enumerate(steps):
+        for i, t in enumerate(toks):
+            if t in tokens_by_step[s]:
+                m[i, j] = tokens_by_step[s][t]
+    return np.array(toks, dtype=np.int64), m
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_range_reads_match_a_plain_pivot(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("shards")
+    n = data.draw(st.integers(1, 60))
+    truth = {}
+    for step in data.draw(st.lists(st.integers(0, 50), min_size=1, max_size=4, unique=True)):
+        if data.draw(st.booleans()):
+            toks = np.arange(n)  # complete, as the losses stage writes them
+        else:
+            # gaps, never empty: an empty shard breaks the shard contract and is refused
+            toks = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1,
+                                                     max_size=n))), dtype=np.int64)
+        loss = np.arange(len(toks), dtype=np.float32) + 1000 * step
+        write_raw(out, "r", step, toks, loss, row_group_size=data.draw(st.integers(1, 25)),
+                  statistics=data.draw(st.booleans()))
+        truth[step] = dict(zip(toks.tolist(), loss.tolist()))
+    expect_tok, expect = naive(truth)
+    reader = RunLosses(out, "r")
+    start = data.draw(st.integers(0, n))
+    stop = data.draw(st.integers(start, n + 3))
+    got = reader.read(start, stop)
+    keep = (expect_tok >= start) & (expect_tok < stop)
+    np.testing.assert_array_equal(got.token_idx, expect_tok[keep])
+    np.testing.assert_array_equal(got.losses, expect[keep])
+    assert got.losses.dtype == np.float32 and got.losses.flags.c_contiguous
+    chunk = data.draw(st.integers(1, 30))
+    parts = list(iter_trajectories(out, "r", chunk_size=chunk))
+    joined = (np.concatenate([p.token_idx for p in parts]) if parts else np.empty(0, np.int64))
+    np.testing.assert_array_equal(joined, expect_tok)
+
+
+def test_complete_row_groups_are_read_without_decoding_token_idx(tmp_path, monkeypatch):
+    """A complete shard's range read decodes only the loss column of the overlapping groups."""
+    write_raw(tmp_path, "r", 1, np.arange(100), np.arange(100, dtype=np.float32),
+              row_group_size=10)
+    shard = LossShard(loss_shard(tmp_path, "r", 1))
+    calls = []
+    real = shard.file.read_row_groups
+
+    def spy(groups, columns=None, **kw):
+        calls.append((list(groups), list(columns)))
+        return real(groups, columns=columns, **kw)
+
+    monkeypatch.setattr(shard.file, "read_row_groups", spy)
+    got = shard.read(25, 47)
+    assert got.token_idx is None and got.first == 25
+    np.testing.assert_array_equal(got.loss, np.arange(25, 47, dtype=np.float32))
+    assert calls == [([2, 3, 4], ["loss"])] and shard.checked  # order verified once, apart
+    calls.clear()
+    np.testing.assert_array_equal(shard.read(60, 70).loss, np.arange(60, 70, dtype=np.float32))
+    assert calls == [([6], ["loss"])]
+
+
+def test_a_shard_out_of_order_or_without_columns_is_named(tmp_path):
+    write_raw(tmp_path, "r", 1, np.array([0, 2, 1, 3]), np.ones(4, np.float32))
+    with pytest.raises(SpectrumError, match=r"step=1.*not sorted"):
+        load_losses(tmp_path, "r")
+    path = loss_shard(tmp_path, "s", 1)
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"token_idx": pa.array([0, 1], pa.int64())}), path)
+    with pytest.raises(SpectrumError, match=r"step=1.*no column 'loss'"):
+        load_losses(tmp_path, "s")
+    path = loss_shard(tmp_path, "t", 1)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not parquet")
+    with pytest.raises(SpectrumError, match=r"step=1.*not a readable Parquet file"):
+        load_losses(tmp_path, "t")
