@@ -24,7 +24,7 @@ from spectrum.fit.kinds import KINDS, KindThresholds
 from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
-from spectrum.report.sections import Inputs, build_blocks
+from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
 from spectrum.analysis.run_data import load_run, read_tokens
 from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
@@ -163,5 +163,8 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     log.info(f"report: {layout.report_index(out)} ({len(runs)} runs; "
              f"{n_null} prediction score(s) null with a reason in scores.json)")
     log.info(f"report: {scores['stepwise']['verdict']}")
+    coverage = heldout_coverage(scores)
+    if coverage:
+        log.info(f"report: {coverage}")
     for lines in scores["tests"]["heldout_runs"].get("verdicts", {}).values():
         log.info(f"report: held-out runs, {lines[0]}")

@@ -76,9 +76,26 @@ def overview(d: Inputs) -> list[Block]:
     ]
 
 
+def heldout_coverage(scores: dict) -> str | None:
+    """How many of the manifest's held-out runs the held-out scores rest on, named when short."""
+    listed = [r["name"] for r in scores.get("runs", []) if r.get("role") == "heldout"]
+    scored = {r["name"] for r in scores["tests"]["heldout_runs"].get("runs", [])}
+    if not listed:
+        return None
+    missing = [name for name in listed if name not in scored]
+    if not missing:
+        return f"The held-out scores rest on all {len(listed)} held-out runs of the manifest."
+    return (f"The held-out scores rest on {len(listed) - len(missing)} of the {len(listed)} "
+            f"held-out runs of the manifest; not scored (no measured losses or fits): "
+            f"{', '.join(missing)}.")
+
+
 def headline(d: Inputs) -> list[Block]:
     """The verdicts, first: is learning stepwise, and does the spectrum predict held-out runs."""
     out = [Block("h2", "Results in words"), Block("p", d.scores["stepwise"]["verdict"])]
+    coverage = heldout_coverage(d.scores)
+    if coverage:
+        out.append(Block("p", coverage))
     for target, lines in d.scores["tests"]["heldout_runs"].get("verdicts", {}).items():
         out.append(Block("p", "Held-out runs, " + lines[0]))
     reason = d.scores["tests"]["heldout_runs"].get("reason")
