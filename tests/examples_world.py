@@ -56,3 +56,13 @@ def explorer_world(root: Path, tokenizer: Path | None, **kw) -> Path:
     manifest = make_synthetic_artifacts(root, **kw)
     complete_evalset(Path(root) / "artifacts", tokenizer)
     return manifest
+
+
+def loaded_explorer_world(root: Path, **kw):
+    """An explorer world with a real tokenizer under ``root``, loaded: (manifest, tokens, runs)."""
+    from spectrum.analysis.run_data import load_runs
+    from spectrum.manifest import load_manifest
+
+    manifest = load_manifest(explorer_world(root, tokenizer_folder(root / "tokenizer"), **kw))
+    tokens, runs = load_runs(manifest)
+    return manifest, tokens, runs

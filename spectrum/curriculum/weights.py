@@ -40,7 +40,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spectrum.errors import SpectrumError

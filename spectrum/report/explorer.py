@@ -19,7 +19,6 @@ too much, keeping a seeded share of the examples; the page says when that happen
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass, replace

@@ -10,8 +10,7 @@ from spectrum.analysis.examples import (KINDS, Sampling, band_of, draw_examples,
                                         examples_for, frequency_quartile)
 from spectrum.analysis.run_data import load_runs
 from spectrum.errors import SpectrumError
-from spectrum.manifest import load_manifest
-from tests.examples_world import explorer_world, tokenizer_folder
+from tests.examples_world import loaded_explorer_world
 from tests.synthetic import DEFAULT_RUNS, TOKENS_PER_STEP
 
 RUNS = [r for r in DEFAULT_RUNS if r[0] in ("m1-d1", "m3-d3", "m2-d2")]
@@ -19,12 +18,8 @@ RUNS = [r for r in DEFAULT_RUNS if r[0] in ("m1-d1", "m3-d3", "m2-d2")]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("examples")
-    tok = tokenizer_folder(root / "tokenizer")
-    manifest = load_manifest(explorer_world(root, tok, n_seq=16, context=24, n_steps=12,
-                                            runs=RUNS))
-    tokens, runs = load_runs(manifest)
-    return manifest, tokens, runs
+    return loaded_explorer_world(tmp_path_factory.mktemp("examples"), n_seq=16, context=24,
+                                 n_steps=12, runs=RUNS)
 
 
 def _band_truth(tau, steps):

@@ -3,11 +3,9 @@ token types carry the learnability, one where nothing does) and the streaming ex
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from spectrum.curriculum.corpus_export import export_corpus, window_key
 from spectrum.curriculum.predict import fit_shed_model

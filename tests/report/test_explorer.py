@@ -9,11 +9,9 @@ import polars as pl
 import pytest
 
 from spectrum.analysis.examples import Sampling, draw_examples
-from spectrum.analysis.run_data import load_runs
-from spectrum.manifest import load_manifest
 from spectrum.report.explorer import (Decoding, decoding_for, explorer_blocks, fit_to_budget,
                                       render)
-from tests.examples_world import explorer_world, tokenizer_folder
+from tests.examples_world import loaded_explorer_world
 from tests.synthetic import DEFAULT_RUNS
 
 RUNS = [r for r in DEFAULT_RUNS if r[0] in ("m1-d1", "m3-d3")]
@@ -21,12 +19,8 @@ RUNS = [r for r in DEFAULT_RUNS if r[0] in ("m1-d1", "m3-d3")]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explorer")
-    tok = tokenizer_folder(root / "tokenizer")
-    manifest = load_manifest(explorer_world(root, tok, n_seq=12, context=20, n_steps=10,
-                                            runs=RUNS))
-    tokens, runs = load_runs(manifest)
-    return manifest, tokens, runs
+    return loaded_explorer_world(tmp_path_factory.mktemp("explorer"), n_seq=12, context=20,
+                                 n_steps=10, runs=RUNS)
 
 
 def _data(fragment: str) -> dict:
