@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from spectrum.analysis.spectra import Comparison
 
@@ -235,6 +236,7 @@ def stepwise(shares: dict) -> Figure:
             if pts:
                 ax.plot(*zip(*pts), "o-", color=f"C{i}", label=f"D = {D:.3g}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis collide
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(0.5, color="k", lw=0.5, ls=":")
         ax.set_xlabel("M (parameters)")
