@@ -1,10 +1,10 @@
 """`spectrum fit`: a sigmoid for every token's loss trajectory of every run.
 
-For each run of the manifest, the loss shards (``losses/run=<run>/step=<step>/part-0.parquet``)
+For each run of the manifest, the loss shards (:func:`spectrum.layout.loss_shard`)
 are read as a (tokens x checkpoints) float32 matrix in chunks of ``--chunk-size`` tokens, on the
 time axis ``x = ln(step * tokens_per_step)`` (step 0 has no place on it and is left out), and
 fitted by :func:`spectrum.fit.fit_sigmoids` on ``--device``. The fits go to
-``fits/run=<run>/part-0.parquet`` (one row per token: token_idx, lo, hi, tau, k, their standard
+:func:`spectrum.layout.fits_file` (one row per token: token_idx, lo, hi, tau, k, their standard
 errors, rss, r2, n_iter, status, kind), written atomically. Its provenance records the steps, the
 x grid, a digest of the loss shards' own provenance, the dtype, the solver options and the kind
 thresholds (:mod:`spectrum.fit.runs`); a run whose fits record the same is skipped (``--force``

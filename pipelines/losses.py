@@ -1,7 +1,7 @@
 """``spectrum losses``: the loss of every evalset token at every checkpoint of every run.
 
-One unit of work per (run, checkpoint); each writes ``<out>/losses/run=<run>/step=<step>/
-part-0.parquet`` (``token_idx`` int64, ``loss`` float32 nats, sorted by ``token_idx``) with its
+One unit of work per (run, checkpoint); each writes its shard
+(:func:`spectrum.layout.loss_shard`: ``token_idx`` int64, ``loss`` float32 nats, sorted by ``token_idx``) with its
 provenance; a current shard is skipped, a stale one recomputed with a warning (see
 :mod:`spectrum.losses.plan`).
 

@@ -1,6 +1,6 @@
 """The loss shards to compute: one unit per checkpoint, with the provenance its shard records.
 
-A shard (``losses/run=<run>/step=<step>/part-0.parquet``: ``token_idx`` int64, ``loss`` float32
+A shard (:func:`spectrum.layout.loss_shard`: ``token_idx`` int64, ``loss`` float32
 nats, sorted by ``token_idx``) records the run, the step, the tokens seen (step *
 tokens_per_step), the checkpoint's path and content hash, the evalset's hash, the dtype and the
 code version and its content checksum. One whose checkpoint hash, evalset hash, dtype, run, step

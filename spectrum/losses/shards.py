@@ -1,6 +1,6 @@
 """The loss-shard contract, checked on every read.
 
-A loss shard (``losses/run=<run>/step=<step>/part-0.parquet``) holds one checkpoint's losses over
+A loss shard (:func:`spectrum.layout.loss_shard`) holds one checkpoint's losses over
 the whole evalset: a column ``token_idx`` (int64) holding every index ``0..N-1`` exactly once,
 ``N`` being the evalset's token count, in ascending order, and a column ``loss`` (float32, nats;
 NaN or infinite where the checkpoint diverged). Its provenance records ``content_sha256``: the

@@ -1,7 +1,7 @@
 """Per-token loss trajectories: a run's loss shards read as a (tokens x checkpoints) matrix.
 
-The losses stage writes one shard per checkpoint, ``losses/run=<run>/step=<step>/part-0.parquet``
-with columns ``token_idx`` (int64) and ``loss`` (float32, nats), sorted by ``token_idx``.
+The losses stage writes one shard per checkpoint (:func:`spectrum.layout.loss_shard`) with
+columns ``token_idx`` (int64) and ``loss`` (float32, nats), sorted by ``token_idx``.
 :class:`RunLosses` opens a run's shards once and reads any range of token indices straight into
 ``losses[i, j]`` = loss of token ``token_idx[i]`` at checkpoint ``steps[j]`` (float32); a token
 missing from a shard is NaN.
