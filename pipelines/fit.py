@@ -274,7 +274,7 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
         log.info(f"fit: run {name}: {len(fits)} tokens ({time.perf_counter() - t0:.1f} s since "
-                 f"the start) on {device_name}, {solver} ({summary}) -> {path}")
+                 f"the start) on {device}, {solver} ({summary}) -> {path}")
 
     unit_failures, failed = run_units(units, executor, settings, write) if units else ([], set())
     failures += unit_failures
