@@ -73,6 +73,10 @@ class CurriculumExportOptions(LearnabilityOptions):
     target_ids: str | None = option(None, "the target dataset's doc ids: a text file (one per "
                                           "line), or Parquet/JSONL with a doc_id column "
                                           "(default: the manifest corpus's training split)")
+    target_warmup_steps: int | None = option(None, "learning-rate warmup steps of the target run; "
+                                                   "the phases are bins of ln T from its end "
+                                                   "(default: the first measured run's "
+                                                   "warmup_steps)")
     corpus: str | None = option(None, "the corpus to weight, KIND[:GLOB] with KIND python-stdlib, "
                                       "text, jsonl or parquet (default: the manifest's corpus)")
     text_field: str | None = option(None, "the text field (jsonl) or column (parquet) of --corpus "
@@ -132,14 +136,16 @@ def read_learnability_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
 
 
 def measure_learnability(manifest: Manifest, options: LearnabilityOptions,
-                         runs: tuple[RunSpec, ...], target_steps: int, tokens_per_step: int
-                         ) -> tuple[Manifest, Learnability]:
-    """Run the stages (resuming) and aggregate the fits over the phases of the target run."""
+                         runs: tuple[RunSpec, ...], target_steps: int, tokens_per_step: int,
+                         warmup_steps: int = 0) -> tuple[Manifest, Learnability]:
+    """Run the stages (resuming) and aggregate the fits over the phases of the target run, whose
+    ln T bins start at the end of its warmup."""
     lm = learnability_manifest(manifest, runs, options.sequences)
     run_learnability_stages(lm, options)
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id"])
-    phases = phase_schedule(target_steps, tokens_per_step, options.phases)
+    phases = phase_schedule(target_steps, tokens_per_step, options.phases,
+                            first_step=min(max(warmup_steps, 1), target_steps - 1) or 1)
     learn = learnability(tokens, read_learnability_fits(lm), phases)
     # the token ids of each sequence, so that the table is usable without the evalset folder
     ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
@@ -199,7 +205,9 @@ def corpus_of(manifest: Manifest, options: CurriculumExportOptions):
 def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
     runs = learnability_runs(manifest, options.runs)
     tps = options.tokens_per_step or runs[0].tokens_per_step
-    lm, learn = measure_learnability(manifest, options, runs, options.target_steps, tps)
+    warmup = (options.target_warmup_steps if options.target_warmup_steps is not None
+              else runs[0].warmup_steps)
+    lm, learn = measure_learnability(manifest, options, runs, options.target_steps, tps, warmup)
     folder = layout.curriculum_dir(manifest.out)
     evalset_meta = json.loads(layout.evalset_meta(lm.out).read_text())
     tokenizer = load_tokenizer(evalset_meta["tokenizer"]["source"])

@@ -31,7 +31,7 @@ LEARNABILITY = {"--runs": None, "--sequences": None, "--phases": 4, "--floor": 0
                 "--device": "auto", "--executor": "ray", "--ray-address": None,
                 "--num-gpus": None, "--force": False}
 FLAGS["export-curriculum"] = {"--target-steps": None, "--tokens-per-step": None,
-                              "--target-ids": None, "--corpus": None, "--text-field": None,
+                              "--target-ids": None, "--target-warmup-steps": None, "--corpus": None, "--text-field": None,
                               "--split": "train", **LEARNABILITY}
 FLAGS["curriculum-test"] = {"--size": None, "--seeds": 8, "--seed-base": 1000, "--steps": None,
                             "--epochs": 2.0, "--buckets": 8, "--eval-sequences": 128,
