@@ -144,7 +144,7 @@ def sweep(shape: Shape, device: torch.device, n: int, threads: int | None) -> di
     """Evaluate ``n`` saved checkpoints with the stage's worker; wall time vs pure eval time."""
     from pipelines.executor import LocalExecutor
     from pipelines.losses import LossWorker
-    from spectrum.losses.shards import Unit
+    from spectrum.losses.plan import Unit
     from spectrum.devices import default_dtype, dtype_name
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_losses_"))

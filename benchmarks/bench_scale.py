@@ -135,7 +135,7 @@ def read_rate(manifest: Path, env: dict[str, str], chunk: int) -> dict:
 
 def peer_rate(manifest: Path, max_tokens: int) -> dict:
     """fit_sigmoids alone, warm, on the first run's first ``max_tokens`` trajectories."""
-    from pipelines.fit import fit_steps
+    from spectrum.fit.runs import fit_steps
     from spectrum.fit.solver import fit_sigmoids
     from spectrum.losses.trajectories import load_losses, log_tokens
     from spectrum.manifest import load_manifest
