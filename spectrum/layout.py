@@ -30,7 +30,7 @@ DOC_ID = "doc_id"
 INPUT_IDS = "input_ids"
 STEP = "step"
 RUN = "run"
-STEP_PREFERRED = "step_preferred"  # fits: the step is preferred over smooth alternatives
+STEP_PREFERRED = "step_preferred"  # per token: the step is preferred over smooth alternatives
 
 _STEP_DIR = re.compile(r"^step=(\d+)$")
 

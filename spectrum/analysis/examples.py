@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from spectrum import layout
+from spectrum.analysis import stepwise
 from spectrum.analysis.run_data import RunData, load_run, read_tokens
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
@@ -218,9 +219,12 @@ def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
         if not mine.height:
             continue
         assert r.tokens is not None
+        source = r.tokens
+        if set(stepwise.COLUMNS) <= set(source.columns):  # the stepwise test's per-token verdict
+            source = source.with_columns(stepwise.step_preferred())
         fit_cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2",
-                                layout.STEP_PREFERRED) if c in r.tokens.columns]
-        fits = r.tokens.select(layout.TOKEN_IDX, *fit_cols)
+                                layout.STEP_PREFERRED) if c in source.columns]
+        fits = source.select(layout.TOKEN_IDX, *fit_cols)
         traj = _trajectories(out, r, mine[layout.TOKEN_IDX].to_numpy())
         frames.append(mine.join(fits, on=layout.TOKEN_IDX, how="left")
                       .join(traj, on=layout.TOKEN_IDX, how="left")

@@ -15,12 +15,23 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from spectrum import layout
+
 MARGIN = 2.0
 CRITERION = (f"BIC = n ln(rss/n) + p ln n per token (p = 4 sigmoid, 3 power law in T, 2 line in "
              f"ln T; noise variance estimated per token and model); step preferred when its BIC "
              f"is below both smooth alternatives' by more than {MARGIN:g}; shares over tokens "
              f"that change (kind not flat or unfit)")
 COLUMNS = ("bic_step", "bic_power", "bic_line")
+
+
+def step_preferred() -> pl.Expr:
+    """Per token, the rule of :func:`run_shares`: the step's BIC below both smooth alternatives'
+    by more than :data:`MARGIN` (null where a BIC is not finite)."""
+    step, power, line = (pl.col(c) for c in COLUMNS)
+    finite = step.is_finite() & power.is_finite() & line.is_finite()
+    return (pl.when(finite).then(step < pl.min_horizontal(power, line) - MARGIN)
+            .otherwise(None).alias(layout.STEP_PREFERRED))
 
 
 def run_shares(fits: pl.DataFrame) -> dict:
