@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,6 @@ from spectrum.store import write_json, write_text
 
 #: test seeds start here, far from the seeds of the runs that measure learnability (0, 1, ...)
 SEED_BASE = 1000
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -233,14 +231,14 @@ def write_results(curves: list[Curve], setup: dict[str, Any], out: Path, *,
     plot(scored, summary, out / FIGURE)
     write_text(results_markdown(summary, setup), out / RESULTS_MD)
     if quiet:
-        log.info(f"curriculum-test: interim results of {len(setup['seeds'])} seed(s) in "
-                 f"{out / RESULTS_MD}")
+        print(f"curriculum-test: interim results of {len(setup['seeds'])} seed(s) in "
+              f"{out / RESULTS_MD}", file=sys.stderr)
         return summary
-    print(markdown_table(summary))  # the results tables: stdout, for a user to pipe
-    print(comparison_table(summary))
+    print(markdown_table(summary), file=sys.stderr)
+    print(comparison_table(summary), file=sys.stderr)
     for v in summary["verdicts"]:
-        log.info(f"curriculum-test: {v}")
-    log.info(f"curriculum-test: results in {out / RESULTS_MD}")
+        print(f"curriculum-test: {v}", file=sys.stderr)
+    print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
     return summary
 
 
