@@ -9,8 +9,12 @@ parameters), each trajectory ``y(x)``, ``x = ln T``, is fitted by two smooth for
 - a line in ln T, ``a + c * x`` (2 parameters).
 
 For a fixed ``beta`` the power law is linear in ``(e, b)``, so it is fitted exactly by profiling:
-the residual sum of squares is computed in closed form on a grid of ``beta`` for all rows at once
-(one matrix product), and the best grid point is refined by golden-section search in its bracket.
+the residual sum of squares is computed in closed form on a grid of ``beta`` for all rows at once,
+then on finer grids centred on each row's best point (:data:`ZOOMS`), and the last grid's best
+point is refined by the vertex of the parabola through it and its neighbours. Each grid is a few
+matrix products: with ``a`` a row's lowest grid value, ``exp(-(a + u) dx) = exp(-a dx) exp(-u dx)``,
+so the masked moments at the grid's offsets ``u`` are the row's ``exp(-a dx)``-scaled data times
+one (K x J) basis shared by every row.
 Missing points (NaN) are masked.
 
 The criterion is the Bayesian information criterion with the noise variance profiled out,
@@ -22,6 +26,7 @@ estimated per token and per model). Which form the data prefer is decided downst
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +34,12 @@ import torch
 
 BETA_MAX = 4.0
 GRID = 48
-GOLDEN_STEPS = 24
+ZOOMS = (17,)  # points of the finer grids, each spanning two steps of the one before
+ZERO_ZOOMS = 12  # at most this many grids towards beta = 0 (each a quarter of the one before)
 PARAMS = {"step": 4, "power": 3, "line": 2}
 COLUMNS = ("rss_power", "rss_line", "power_e", "power_b", "power_beta", "power_x0",
            "bic_step", "bic_power", "bic_line")
-_ROWS = 4096  # rows per batch (bounds the (rows x grid x K) tensor of the grid search)
+_ROWS = 1 << 15  # rows per batch (bounds the (rows x K) temporaries)
 
 
 def bic(rss: torch.Tensor, n: torch.Tensor, n_params: int) -> torch.Tensor:
@@ -44,66 +50,173 @@ def bic(rss: torch.Tensor, n: torch.Tensor, n_params: int) -> torch.Tensor:
     return torch.where(n > n_params, value, torch.full_like(value, float("nan")))
 
 
+@dataclass(frozen=True)
 class _Sums:
-    """Masked moments of one batch of rows, centred on each row's mean."""
+    """Masked moments of one batch of rows, centred on each row's mean. ``w`` is the mask of
+    finite points, None when the batch has no missing point (the usual case: no mask to apply)."""
 
-    def __init__(self, y: torch.Tensor, x: torch.Tensor) -> None:
-        self.w = torch.isfinite(y).to(y.dtype)
-        self.n = self.w.sum(1)
-        y0 = torch.where(self.w > 0, y, torch.zeros_like(y))
-        self.mean = y0.sum(1) / self.n.clamp(min=1)
-        self.yc = (y0 - self.mean[:, None]) * self.w
-        self.syy = (self.yc ** 2).sum(1)
-        self.x = x
+    w: torch.Tensor | None
+    n: torch.Tensor
+    mean: torch.Tensor
+    yc: torch.Tensor
+    syy: torch.Tensor
+    x: torch.Tensor
+
+    @classmethod
+    def of(cls, y: torch.Tensor, x: torch.Tensor, *, complete: bool | None = None) -> "_Sums":
+        """The moments of the rows ``y``; ``complete``: whether every value is finite, if known."""
+        finite = None if complete else torch.isfinite(y)
+        if complete or bool(finite.all()):
+            w = None
+            n = torch.full((y.shape[0],), float(y.shape[1]), dtype=y.dtype, device=y.device)
+            mean = y.mean(1)
+            yc = y - mean[:, None]
+        else:
+            w = finite.to(y.dtype)
+            n = w.sum(1)
+            y0 = torch.where(finite, y, torch.zeros_like(y))
+            mean = y0.sum(1) / n.clamp(min=1)
+            yc = (y0 - mean[:, None]) * w
+        return cls(w, n, mean, yc, (yc * yc).sum(1), x)
+
+    def rows(self, idx: torch.Tensor) -> "_Sums":
+        return _Sums(None if self.w is None else self.w[idx], self.n[idx], self.mean[idx],
+                     self.yc[idx], self.syy[idx], self.x)
+
+    def _masked(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.w is None else self.w * t
+
+    def _count(self, basis: torch.Tensor) -> torch.Tensor:
+        """(rows, J) masked sums of the rows of a shared (J, K) basis."""
+        return basis.sum(1)[None, :] if self.w is None else self.w @ basis.T
 
     def line_rss(self) -> torch.Tensor:
-        xbar = (self.w * self.x).sum(1) / self.n.clamp(min=1)
-        xc = (self.x[None, :] - xbar[:, None]) * self.w
-        sxx, sxy = (xc ** 2).sum(1), (xc * self.yc).sum(1)
+        if self.w is None:
+            xc = self.x - self.x.mean()
+            sxx, sxy = (xc * xc).sum().expand_as(self.n), self.yc @ xc
+        else:
+            xbar = (self.w @ self.x) / self.n.clamp(min=1)
+            xc = (self.x[None, :] - xbar[:, None]) * self.w
+            sxx, sxy = (xc * xc).sum(1), (xc * self.yc).sum(1)
         return torch.where(sxx > 0, self.syy - sxy ** 2 / sxx.clamp(min=1e-300), self.syy)
 
-    def power_fit(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rss, e, b) of ``e + b f`` where ``f`` is (rows, K) or, for a grid, (rows, G, K)."""
-        w = self.w if f.dim() == 2 else self.w[:, None, :]
-        yc = self.yc if f.dim() == 2 else self.yc[:, None, :]
-        n = self.n if f.dim() == 2 else self.n[:, None]
-        sf, sff, sfy = (w * f).sum(-1), (w * f * f).sum(-1), (yc * f).sum(-1)
+    def moments(self, base: torch.Tensor | None,
+                basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sf, sff, sfy), each (rows, J), of ``f = base * basis[j]``: ``base`` (rows, K) per
+        row (None: ones), ``basis`` (J, K) shared by every row; three matrix products."""
+        if base is None:
+            return self._count(basis), self._count(basis * basis), self.yc @ basis.T
+        wb = self._masked(base)
+        return wb @ basis.T, (wb * base) @ (basis * basis).T, (self.yc * base) @ basis.T
+
+    def _det(self, sf: torch.Tensor, sff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.n.reshape(-1, *(1,) * (sf.dim() - 1))
         det = n * sff - sf ** 2
         ok = det > 1e-12 * (n * sff).clamp(min=1e-300)
-        safe = torch.where(ok, det, torch.ones_like(det))
-        syy = self.syy if f.dim() == 2 else self.syy[:, None]
-        rss = torch.where(ok, syy - sfy ** 2 * n / safe, syy)
-        b = torch.where(ok, n * sfy / safe, torch.zeros_like(det))
-        mean = self.mean if f.dim() == 2 else self.mean[:, None]
-        e = mean + torch.where(ok, -sf * sfy / safe, torch.zeros_like(det))
-        return rss.clamp(min=0), e, b
+        return torch.where(ok, det, torch.full_like(det, float("nan"))), n
+
+    def rss(self, sf: torch.Tensor, sff: torch.Tensor, sfy: torch.Tensor) -> torch.Tensor:
+        """The least residual sum of squares of ``e + b f`` from the moments of ``f`` (any shape
+        (rows, ...)); ``inf`` where ``f`` is (nearly) constant on the row's points."""
+        det, n = self._det(sf, sff)
+        syy = self.syy.reshape(n.shape)
+        return torch.nan_to_num((syy - sfy ** 2 * n / det).clamp(min=0), nan=math.inf)
+
+    def solve(self, sf: torch.Tensor, sff: torch.Tensor,
+              sfy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rss, e, b) of ``e + b f`` from the moments of ``f``, each (rows,)."""
+        det, n = self._det(sf, sff)
+        return self.rss(sf, sff, sfy), self.mean - sf * sfy / det, n * sfy / det
+
+    def power_fit(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rss, e, b) of ``e + b f`` with ``f`` (rows, K) per row."""
+        wf = self._masked(f)
+        return self.solve(wf.sum(1), (wf * f).sum(1), (self.yc * f).sum(1))
+
+
+def _basis(offsets: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-offsets[:, None] * dx[None, :])
+
+
+class _Grid:
+    """The moments and RSS at ``beta = low + offsets`` for every row (``low`` per row; None: 0)."""
+
+    def __init__(self, s: _Sums, dx: torch.Tensor, low: torch.Tensor | None,
+                 offsets: torch.Tensor) -> None:
+        self.low = torch.zeros_like(s.n) if low is None else low
+        self.offsets = offsets
+        self.moments = s.moments(None if low is None else _basis(low, dx), _basis(offsets, dx))
+        self.rss = s.rss(*self.moments)
+        self.j = self.rss.argmin(1)
+
+    def at(self, j: torch.Tensor) -> torch.Tensor:
+        return self.rss.gather(1, j[:, None])[:, 0]
+
+    def best(self, s: _Sums) -> tuple[torch.Tensor, ...]:
+        """(rss, e, b, beta) at each row's best point."""
+        rss, e, b = s.solve(*(m.expand(len(self.j), -1).gather(1, self.j[:, None])[:, 0]
+                              for m in self.moments))
+        return rss, e, b, self.low + self.offsets[self.j]
+
+
+def _zoom(s: _Sums, dx: torch.Tensor, beta: torch.Tensor, step: float, points: int) -> _Grid:
+    """The grid of ``points`` spanning ``beta +- step`` within ``[0, BETA_MAX]``."""
+    offsets = torch.linspace(0.0, 2 * step, points, dtype=dx.dtype, device=dx.device)
+    return _Grid(s, dx, (beta - step).clamp(0.0, BETA_MAX - 2 * step), offsets)
+
+
+def _vertex(grid: _Grid, step: float) -> torch.Tensor:
+    """Per row, the vertex of the parabola through the grid's best point and its neighbours
+    (within one step of that point)."""
+    inner = grid.j.clamp(1, grid.offsets.numel() - 2)
+    f0, f1, f2 = (grid.at(inner + d) for d in (-1, 0, 1))
+    curv = f0 - 2 * f1 + f2
+    convex = torch.isfinite(curv) & (curv > 0)
+    shift = torch.where(convex, 0.5 * (f0 - f2) / torch.where(convex, curv, torch.ones_like(curv)),
+                        torch.zeros_like(curv)).clamp(-1.0, 1.0)
+    return (grid.low + grid.offsets[inner] + shift * step).clamp(0.0, BETA_MAX)
 
 
 def _power_law(s: _Sums, dx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Profile over beta: a grid, then golden-section search in the best point's bracket."""
-    grid = torch.linspace(0.0, BETA_MAX, GRID, dtype=dx.dtype, device=dx.device)
-    rss_grid, _, _ = s.power_fit(torch.exp(-grid[None, :, None] * dx[None, None, :])
-                                 .expand(s.yc.shape[0], -1, -1))
-    best = torch.nan_to_num(rss_grid, nan=math.inf).argmin(1)
-    step = grid[1] - grid[0]
-    lo = (grid[best] - step).clamp(min=0.0)
-    hi = (grid[best] + step).clamp(max=BETA_MAX)
-    ratio = (math.sqrt(5) - 1) / 2
-
-    def rss_at(beta: torch.Tensor) -> torch.Tensor:
-        return s.power_fit(torch.exp(-beta[:, None] * dx[None, :]))[0]
-
-    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fc, fd = rss_at(c), rss_at(d)
-    for _ in range(GOLDEN_STEPS):
-        left = fc < fd
-        hi = torch.where(left, d, hi)
-        lo = torch.where(left, lo, c)
-        c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        fc, fd = rss_at(c), rss_at(d)
-    beta = 0.5 * (lo + hi)
-    rss, e, b = s.power_fit(torch.exp(-beta[:, None] * dx[None, :]))
+    """The power law of least RSS per row, (rss, e, b, beta): the grid, finer grids around each
+    row's best point, then the vertex of the parabola through the last grid's best point and its
+    neighbours (kept where it lowers the RSS). Rows whose best point is the smallest positive
+    ``beta`` tried (the power law tends to a line in ln T as ``beta -> 0``) zoom on towards 0
+    while the RSS falls."""
+    grid = _Grid(s, dx, None, torch.linspace(0.0, BETA_MAX, GRID, dtype=dx.dtype, device=dx.device))
+    step = BETA_MAX / (GRID - 1)
+    for points in ZOOMS:
+        grid = _zoom(s, dx, grid.low + grid.offsets[grid.j], step, points)
+        step = 2 * step / (points - 1)
+    rss, e, b, beta = grid.best(s)
+    vertex = _vertex(grid, step)
+    at_vertex = s.power_fit(_basis(vertex, dx))
+    better = at_vertex[0] < rss
+    rss, e, b = (torch.where(better, v, w) for v, w in zip(at_vertex, (rss, e, b)))
+    beta = torch.where(better, vertex, beta)
+    _towards_zero(s, dx, (rss, e, b, beta), step)
     return rss, e, b, beta
+
+
+def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...], step: float) -> None:
+    """Rows whose best ``beta`` is the last grid's smallest positive value keep zooming towards 0
+    on grids ``(0, 2 step]``, ``step`` divided by 4 each time, while the RSS falls (``fit``, the
+    tensors (rss, e, b, beta), is updated in place)."""
+    rss, e, b, beta = fit
+    rows = torch.nonzero(beta <= step * (1 + 1e-9)).flatten()
+    sub = s.rows(rows)
+    for _ in range(ZERO_ZOOMS):
+        if rows.numel() == 0:
+            break
+        offsets = torch.linspace(0.0, 2 * step, 9, dtype=dx.dtype, device=dx.device)[1:]
+        grid = _Grid(sub, dx, None, offsets)
+        r, ee, bb, bt = grid.best(sub)
+        better = r < rss[rows]
+        keep = rows[better]
+        rss[keep], e[keep], b[keep], beta[keep] = r[better], ee[better], bb[better], bt[better]
+        go_on = better & (grid.j == 0)  # still at the grid's smallest value
+        rows, sub = rows[go_on], sub.rows(torch.nonzero(go_on).flatten())
+        step = step / 4
 
 
 def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
@@ -116,9 +229,9 @@ def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
     dx = xt - xt.min()
     out: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     for a in range(0, len(losses), _ROWS):
-        y = torch.as_tensor(np.asarray(losses[a:a + _ROWS], np.float64), device=dev)
-        y = torch.where(torch.isfinite(y), y, torch.full_like(y, float("nan")))
-        s = _Sums(y, xt)
+        block = np.asarray(losses[a:a + _ROWS])
+        y = torch.as_tensor(np.asarray(block, np.float64), device=dev)
+        s = _Sums.of(y, xt, complete=bool(np.isfinite(block).all()))
         rss_line = s.line_rss()
         rss_power, e, b, beta = _power_law(s, dx)
         rss_step = torch.as_tensor(np.asarray(sigmoid_rss[a:a + _ROWS], np.float64), device=dev)
@@ -154,5 +267,5 @@ def with_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
 
 def settings() -> dict:
     """What the fit stage records in its provenance about the comparison."""
-    return {"beta_max": BETA_MAX, "grid": GRID, "golden_steps": GOLDEN_STEPS, "params": PARAMS,
+    return {"beta_max": BETA_MAX, "grid": GRID, "zooms": list(ZOOMS), "params": PARAMS,
             "criterion": "BIC = n ln(rss/n) + p ln n"}

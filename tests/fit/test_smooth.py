@@ -67,3 +67,23 @@ def test_steps_prefer_the_sigmoid_and_power_laws_do_not():
     rss_step = ((step - sigmoid_loss(X[None, :], 1.0, 3.0, tau[:, None], k[:, None])) ** 2).sum(1)
     got = smooth_fits(step, X, rss_step)
     assert (got["bic_step"] < np.minimum(got["bic_power"], got["bic_line"]) - 2).mean() > 0.95
+
+
+def test_complete_and_masked_batches_agree_and_lines_are_the_limit():
+    """A batch without missing points takes the unmasked path: the same rows fitted beside a row
+    with a missing point give the same fits. A trajectory linear in ln T is the power law's limit
+    as beta -> 0: the fitted power law comes within a hair of the line's RSS."""
+    rng = np.random.default_rng(2)
+    n = 50
+    y = 2.0 + rng.uniform(0.5, 3, (n, 1)) * np.exp(-rng.uniform(0.1, 1.5, (n, 1)) * (X - X.min())) \
+        + rng.normal(0, 0.05, (n, len(X)))
+    y[-5:] = 3.0 - 0.1 * (X - X.min()) + rng.normal(0, 0.05, (5, len(X)))  # lines in ln T
+    alone = smooth_fits(y, X, np.ones(n))
+    masked = np.vstack([y, np.where(np.arange(len(X)) == 2, np.nan, y[:1])])
+    beside = smooth_fits(masked, X, np.ones(n + 1))
+    for c in ("rss_power", "rss_line", "power_beta", "bic_power"):
+        assert np.allclose(alone[c][:-5], beside[c][:n - 5], rtol=1e-9, atol=1e-12), c
+    # near beta = 0 the power law is ill-conditioned (e and b cancel): the same RSS to 1e-4
+    assert np.allclose(alone["rss_power"][-5:], beside["rss_power"][n - 5:n], rtol=1e-4)
+    assert np.all(alone["rss_power"][-5:] <= alone["rss_line"][-5:] * (1 + 1e-3))
+    assert np.all(alone["power_beta"][-5:] < 1e-2)
