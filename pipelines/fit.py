@@ -40,7 +40,8 @@ from spectrum.errors import SpectrumError, StageFailed
 from spectrum.fit import smooth
 from spectrum.fit.kinds import KindThresholds
 from spectrum.fit.runs import check_runs, provenance
-from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
+from spectrum.fit.solver import (COMPILE_MIN_ROWS, FitOptions, SigmoidFit, fit_sigmoids,
+                                 solver_name, warm_up)
 from spectrum.layout import fits_file, loss_run_dir
 from spectrum.losses.shards import check_run_shards
 from spectrum.losses.trajectories import RunLosses, Trajectories
@@ -138,6 +139,7 @@ class FitWorker:
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-reader")
         self.pending: dict[FitUnit, Future] = {}
         self.upcoming: FitUnit | None = None
+        self.warm = False  # whether the solver's compiled steps were built (warm_up)
 
     def _read(self, unit: FitUnit) -> Trajectories:
         if unit.run not in self.readers:
@@ -158,6 +160,11 @@ class FitWorker:
         if self.upcoming is not None:  # read while this unit is fitted
             self._submit(self.upcoming)
             self.upcoming = None
+        if not self.warm:  # compile while the first chunk is read
+            self.warm = True
+            if unit.stop - unit.start >= COMPILE_MIN_ROWS:
+                warm_up(np.asarray(self.settings.x[unit.run]), device=self.device,
+                        dtype=DTYPES[self.settings.dtype], options=self.settings.options)
         chunk = self.pending.pop(unit).result()
         if not len(chunk):
             return FitPart(chunk.token_idx, None)

@@ -80,7 +80,7 @@ class FitOptions:
     restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
     lambda0: float = 1e-3
     batch_size: int | None = None  # rows per solver batch; None: see _default_batch
-    compile: bool | None = None  # torch.compile the iteration; None: when N >= 100,000
+    compile: bool | None = None  # torch.compile the iteration; None: N >= COMPILE_MIN_ROWS
     kernel: str = "auto"  # "triton": fused kernel (spectrum.fit.triton_kernel); "torch"; "auto": triton
     #                       on CUDA where Triton is installed, else torch
 
@@ -568,7 +568,32 @@ def _standard_errors(jtj: torch.Tensor, rss: torch.Tensor, count: torch.Tensor):
     return se, ~ok
 
 
+COMPILE_MIN_ROWS = 100_000  # fit_sigmoids compiles its iteration from this many rows (by default)
+
+
+def warm_up(x: np.ndarray, *, device: str | torch.device = "cpu",
+            dtype: torch.dtype = torch.float32, options: FitOptions | None = None) -> None:
+    """Compile what :func:`fit_sigmoids` compiles for ``COMPILE_MIN_ROWS`` rows or more on the
+    grid ``x``, by fitting a few complete synthetic trajectories (steps and flat noise), so
+    that the compilation can overlap other work, e.g. reading the first rows to fit. The graphs
+    are shape-generic: the real batches reuse them."""
+    opts = options or FitOptions()
+    if opts.compile is False:
+        return
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(0)
+    n = 64
+    tau = rng.uniform(x.min(), x.max(), n)
+    y = 1.0 + 2.0 / (1.0 + np.exp(3.0 * (x[None, :] - tau[:, None])))
+    y[n // 2:] = 2.0  # flat rows: restarts
+    y = y + rng.normal(0.0, 0.1, y.shape)
+    fit_sigmoids(y.astype(np.float32), x, device=device, dtype=dtype,
+                 options=replace(opts, compile=True))
+
+
 _COMPILER_OK: dict[str, bool] = {}
+
+
 
 
 def _compiler_works(device: torch.device) -> bool:
@@ -636,7 +661,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     xt = torch.as_tensor(x_np, dtype=dtype, device=dev)
     lb = torch.as_tensor(lb_np, dtype=dtype, device=dev)
     ub = torch.as_tensor(ub_np, dtype=dtype, device=dev)
-    compiled = opts.compile if opts.compile is not None else n >= 100_000
+    compiled = opts.compile if opts.compile is not None else n >= COMPILE_MIN_ROWS
     if compiled and not _compiler_works(dev):
         compiled = False
     fused = _use_kernel(opts.kernel, dev)
@@ -671,4 +696,4 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     return SigmoidFit(**out, x=x_np, options=opts, thresholds=thresholds)
 
 
-__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "solver_name"]
+__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "solver_name", "warm_up"]

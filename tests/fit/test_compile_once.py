@@ -37,3 +37,20 @@ def test_new_batch_sizes_reuse_the_compiled_graphs():
     np.testing.assert_allclose(one.params[0], eager.params[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(masked_one.params[0], eager.params[1], rtol=1e-6, atol=1e-6)
     assert len(fits) == 275 and (fits.status == "converged").mean() > 0.9
+
+
+@pytest.mark.slow
+def test_warm_up_builds_the_graphs_a_large_fit_uses():
+    """The fit stage compiles while it reads its first chunk: after ``warm_up`` on the grid, a
+    compiled fit of complete trajectories adds no graph."""
+    from spectrum.fit.solver import warm_up
+
+    torch._dynamo.reset()
+    warm_up(X, device="cpu", dtype=torch.float32)
+    before = _graphs()
+    assert before > 0
+    rng = np.random.default_rng(4)
+    y = curves(truth(300, rng)) + 0.1 * rng.standard_normal((300, len(X)))
+    fits = fit_sigmoids(y, X, device="cpu", options=FitOptions(compile=True))
+    assert _graphs() == before, "the warm-up missed a graph of the fit"
+    assert (fits.status == "converged").mean() > 0.9
