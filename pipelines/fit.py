@@ -124,7 +124,8 @@ def fit_chunk(chunk: Trajectories, x: np.ndarray, settings: FitSettings,
     alternatives with their BICs on the same rows."""
     fits = fit_sigmoids(chunk.losses, x, device=device, dtype=DTYPES[settings.dtype],
                         options=settings.options, thresholds=settings.thresholds)
-    return fits, smooth.smooth_fits(chunk.losses, x, fits.rss, device=device)
+    columns = smooth.smooth_fits(chunk.losses, x, fits.rss, device=device)
+    return fits, {name: v.astype(np.float32) for name, v in columns.items()}  # as stored
 
 
 class FitWorker:

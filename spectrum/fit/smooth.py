@@ -35,7 +35,10 @@ import torch
 BETA_MAX = 4.0
 GRID = 48
 ZOOMS = (17,)  # points of the finer grids, each spanning two steps of the one before
-ZERO_ZOOMS = 12  # at most this many grids towards beta = 0 (each a quarter of the one before)
+# n sum(f^2) - sum(f)^2 below this share of n sum(f^2): f is constant on the row's points to
+# rounding (beta near 0); such a beta is not taken
+DEGENERATE = 1e-12
+ZERO_STEPS, ZERO_RATIO = 24, 1.5  # values of beta tried towards 0 below the grids' smallest
 PARAMS = {"step": 4, "power": 3, "line": 2}
 COLUMNS = ("rss_power", "rss_line", "power_e", "power_b", "power_beta", "power_x0",
            "bic_step", "bic_power", "bic_line")
@@ -112,7 +115,7 @@ class _Sums:
     def _det(self, sf: torch.Tensor, sff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.n.reshape(-1, *(1,) * (sf.dim() - 1))
         det = n * sff - sf ** 2
-        ok = det > 1e-12 * (n * sff).clamp(min=1e-300)
+        ok = det > DEGENERATE * (n * sff).clamp(min=1e-300)
         return torch.where(ok, det, torch.full_like(det, float("nan"))), n
 
     def rss(self, sf: torch.Tensor, sff: torch.Tensor, sfy: torch.Tensor) -> torch.Tensor:
@@ -168,7 +171,10 @@ def _zoom(s: _Sums, dx: torch.Tensor, beta: torch.Tensor, step: float, points: i
 def _vertex(grid: _Grid, step: float) -> torch.Tensor:
     """Per row, the vertex of the parabola through the grid's best point and its neighbours
     (within one step of that point)."""
-    inner = grid.j.clamp(1, grid.offsets.numel() - 2)
+    last = grid.offsets.numel() - 2
+    inner = grid.j.clamp(1, last)
+    # beta = 0 itself has no power law (a constant basis): then the parabola through the next three
+    inner = torch.where(torch.isinf(grid.at(inner - 1)), (inner + 1).clamp(max=last), inner)
     f0, f1, f2 = (grid.at(inner + d) for d in (-1, 0, 1))
     curv = f0 - 2 * f1 + f2
     convex = torch.isfinite(curv) & (curv > 0)
@@ -180,9 +186,8 @@ def _vertex(grid: _Grid, step: float) -> torch.Tensor:
 def _power_law(s: _Sums, dx: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The power law of least RSS per row, (rss, e, b, beta): the grid, finer grids around each
     row's best point, then the vertex of the parabola through the last grid's best point and its
-    neighbours (kept where it lowers the RSS). Rows whose best point is the smallest positive
-    ``beta`` tried (the power law tends to a line in ln T as ``beta -> 0``) zoom on towards 0
-    while the RSS falls."""
+    neighbours (kept where it lowers the RSS); rows whose best point is the smallest positive
+    ``beta`` tried then try smaller ones (:func:`_towards_zero`)."""
     grid = _Grid(s, dx, None, torch.linspace(0.0, BETA_MAX, GRID, dtype=dx.dtype, device=dx.device))
     step = BETA_MAX / (GRID - 1)
     for points in ZOOMS:
@@ -199,24 +204,20 @@ def _power_law(s: _Sums, dx: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...], step: float) -> None:
-    """Rows whose best ``beta`` is the last grid's smallest positive value keep zooming towards 0
-    on grids ``(0, 2 step]``, ``step`` divided by 4 each time, while the RSS falls (``fit``, the
-    tensors (rss, e, b, beta), is updated in place)."""
+    """Rows whose best ``beta`` is the last grid's smallest positive value try ``beta = step /
+    r, step / r^2, ...`` (:data:`ZERO_STEPS` values, ratio :data:`ZERO_RATIO`, one matrix
+    product): the power law tends to a line in ln T as ``beta -> 0``. ``fit``, the tensors (rss, e, b, beta), is updated in place
+    where one of them lowers the RSS."""
     rss, e, b, beta = fit
     rows = torch.nonzero(beta <= step * (1 + 1e-9)).flatten()
+    if rows.numel() == 0:
+        return
     sub = s.rows(rows)
-    for _ in range(ZERO_ZOOMS):
-        if rows.numel() == 0:
-            break
-        offsets = torch.linspace(0.0, 2 * step, 9, dtype=dx.dtype, device=dx.device)[1:]
-        grid = _Grid(sub, dx, None, offsets)
-        r, ee, bb, bt = grid.best(sub)
-        better = r < rss[rows]
-        keep = rows[better]
-        rss[keep], e[keep], b[keep], beta[keep] = r[better], ee[better], bb[better], bt[better]
-        go_on = better & (grid.j == 0)  # still at the grid's smallest value
-        rows, sub = rows[go_on], sub.rows(torch.nonzero(go_on).flatten())
-        step = step / 4
+    offsets = step * ZERO_RATIO ** -torch.arange(1, ZERO_STEPS + 1, dtype=dx.dtype, device=dx.device)
+    r, ee, bb, bt = _Grid(sub, dx, None, offsets).best(sub)
+    better = r < rss[rows]
+    keep = rows[better]
+    rss[keep], e[keep], b[keep], beta[keep] = r[better], ee[better], bb[better], bt[better]
 
 
 def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
