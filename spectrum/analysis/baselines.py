@@ -143,14 +143,14 @@ def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel 
     linearly in (ln M, ln D). Returns the model and the anchors (None when the fits lack the
     power-law columns)."""
     cols = ("power_e", "power_b", "power_beta", "power_x0")
-    if not fit or any(r.tokens is None or not set(cols) <= set(r.tokens.columns) for r in fit):
+    if not fit or any(not r.has_fits or not set(cols) <= r.columns() for r in fit):
         return None, np.zeros(0)
     first = float(np.mean([r.x.min() for r in fit]))
     anchors = np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
     obs: dict[str, tuple[list, list]] = {f"v{j}": ([], []) for j in range(3)}
     for r in fit:
-        t = r.tokens
-        e, b, beta, x0 = (t[c].to_numpy().astype(float) for c in cols)
+        t = r.token_arrays(cols)
+        e, b, beta, x0 = (t[c].astype(float) for c in cols)
         values = power_curve(e, b, beta, x0, anchors)
         ok = np.isfinite(values).all(1)
         for j in range(3):

@@ -35,14 +35,14 @@ BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power
 
 
 def run_params(run: RunData) -> RunParams:
-    t = run.tokens
     se_cols = [f"{q}_se" for q in ("lo", "hi", "tau", "k")]
-    se = {c[:-3]: t[c].to_numpy().astype(float) for c in se_cols} \
-        if all(c in t.columns for c in se_cols) else None
+    has_se = set(se_cols) <= run.columns()
+    t = run.token_arrays(["lo", "hi", "tau", "k", "kind", *(se_cols if has_se else [])])
+    se = {c[:-3]: t[c].astype(float) for c in se_cols} if has_se else None
     return RunParams(name=run.name, lnM=float(np.log(run.M)), lnD=float(np.log(run.D)),
-                     lo=t["lo"].to_numpy().astype(float), hi=t["hi"].to_numpy().astype(float),
-                     tau=t["tau"].to_numpy().astype(float), k=t["k"].to_numpy().astype(float),
-                     kind=t["kind"].fill_null("missing").to_numpy().astype(str),
+                     lo=t["lo"].astype(float), hi=t["hi"].astype(float),
+                     tau=t["tau"].astype(float), k=t["k"].astype(float),
+                     kind=t["kind"].astype(str),
                      x_first=float(run.x.min()), x_last=float(run.x.max()), se=se)
 
 
@@ -113,7 +113,7 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     R = weights.shape[0]
     model, smooth, anchors = _token_models(fit, ridge, pred)
     ref = fit[0]
-    seq_code = ref.seq_code(ref.tokens["seq_id"].to_numpy())
+    seq_code = ref.token_arrays(["seq_code"])["seq_code"]
     law = None
     if chinchilla_refits is not None:
         law, pred.fitted["chinchilla"] = baselines.fit_chinchilla(fit, weights, chinchilla_refits)
