@@ -136,27 +136,39 @@ def aggregate_curve(fit: list[RunData]) -> Curve:
     return curve
 
 
+POWER_COLUMNS = ("power_e", "power_b", "power_beta", "power_x0")
+
+
+def power_law_anchors(fit: list[RunData]) -> np.ndarray:
+    """Three anchor times equally spaced in ln T: the fit runs' mean first checkpoint, mean last
+    checkpoint and their midpoint."""
+    first = float(np.mean([r.x.min() for r in fit]))
+    return np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
+
+
+def power_law_observations(cols: dict[str, np.ndarray], anchors: np.ndarray
+                           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per anchor ``v<j>``: each token's power law read there (0 where not finite) and its weight
+    (1 where the law is finite at every anchor, else 0)."""
+    e, b, beta, x0 = (np.asarray(cols[c], float) for c in POWER_COLUMNS)
+    values = power_curve(e, b, beta, x0, anchors)
+    ok = np.isfinite(values).all(1)
+    return {f"v{j}": (np.where(ok, values[:, j], 0.0), ok.astype(float)) for j in range(3)}
+
+
 def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel | None, np.ndarray]:
     """The per-token power laws of the fit runs, each represented by its values at three anchor
     times equally spaced in ln T (the fit runs' mean first checkpoint, mean last checkpoint and
     their midpoint): well-determined quantities even where ``e`` and ``b`` trade off, modelled
     linearly in (ln M, ln D). Returns the model and the anchors (None when the fits lack the
-    power-law columns)."""
-    cols = ("power_e", "power_b", "power_beta", "power_x0")
-    if not fit or any(not r.has_fits or not set(cols) <= r.columns() for r in fit):
+    power-law columns). Holds every token: :mod:`spectrum.analysis.token_model` does the same
+    chunk by chunk."""
+    if not fit or any(not r.has_fits or not set(POWER_COLUMNS) <= r.columns() for r in fit):
         return None, np.zeros(0)
-    first = float(np.mean([r.x.min() for r in fit]))
-    anchors = np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
-    obs: dict[str, tuple[list, list]] = {f"v{j}": ([], []) for j in range(3)}
-    for r in fit:
-        t = r.token_arrays(cols)
-        e, b, beta, x0 = (t[c].astype(float) for c in cols)
-        values = power_curve(e, b, beta, x0, anchors)
-        ok = np.isfinite(values).all(1)
-        for j in range(3):
-            obs[f"v{j}"][0].append(np.where(ok, values[:, j], 0.0))
-            obs[f"v{j}"][1].append(ok.astype(float))
-    stacked = {q: (np.stack(v, 1), np.stack(w, 1)) for q, (v, w) in obs.items()}
+    anchors = power_law_anchors(fit)
+    per_run = [power_law_observations(r.token_arrays(POWER_COLUMNS), anchors) for r in fit]
+    stacked = {q: (np.stack([o[q][0] for o in per_run], 1), np.stack([o[q][1] for o in per_run], 1))
+               for q in per_run[0]}
     model = fit_linear_model(np.array([np.log(r.M) for r in fit]),
                              np.array([np.log(r.D) for r in fit]), stacked, ridge=ridge)
     return model, anchors

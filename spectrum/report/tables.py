@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from spectrum.analysis.fit_summary import FitSummary
 from spectrum.analysis.run_data import RunData
