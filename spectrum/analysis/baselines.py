@@ -11,7 +11,8 @@ same operator, as the spectrum's prediction):
 - ``aggregate_curve``: at each T, the fit runs' measured mean losses (interpolated in ln T, within
   each run's scored range) fitted by a plane in (ln M, ln D) and read at the held-out run: no
   tokens at all;
-- ``token_power_law``: per token, the power law in T of the fit stage (:mod:`spectrum.fit.smooth`)
+- ``token_power_law``: per token, the power law in T of the fit stage (:mod:`spectrum.fit.smooth`),
+  read at three anchor times (:func:`power_law_anchors`, :func:`power_law_observations`) and
   put through the same per-token parameter model as the sigmoids: the per-token smooth null;
 - ``zero``: no change (derivative targets only).
 """
@@ -22,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 
-from spectrum.analysis.param_model import ParamModel, fit_linear_model
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scaling import PowerLaw, fit_power_law
 from spectrum.errors import SpectrumError
@@ -154,24 +154,6 @@ def power_law_observations(cols: dict[str, np.ndarray], anchors: np.ndarray
     values = power_curve(e, b, beta, x0, anchors)
     ok = np.isfinite(values).all(1)
     return {f"v{j}": (np.where(ok, values[:, j], 0.0), ok.astype(float)) for j in range(3)}
-
-
-def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel | None, np.ndarray]:
-    """The per-token power laws of the fit runs, each represented by its values at three anchor
-    times equally spaced in ln T (the fit runs' mean first checkpoint, mean last checkpoint and
-    their midpoint): well-determined quantities even where ``e`` and ``b`` trade off, modelled
-    linearly in (ln M, ln D). Returns the model and the anchors (None when the fits lack the
-    power-law columns). Holds every token: :mod:`spectrum.analysis.token_model` does the same
-    chunk by chunk."""
-    if not fit or any(not r.has_fits or not set(POWER_COLUMNS) <= r.columns() for r in fit):
-        return None, np.zeros(0)
-    anchors = power_law_anchors(fit)
-    per_run = [power_law_observations(r.token_arrays(POWER_COLUMNS), anchors) for r in fit]
-    stacked = {q: (np.stack([o[q][0] for o in per_run], 1), np.stack([o[q][1] for o in per_run], 1))
-               for q in per_run[0]}
-    model = fit_linear_model(np.array([np.log(r.M) for r in fit]),
-                             np.array([np.log(r.D) for r in fit]), stacked, ridge=ridge)
-    return model, anchors
 
 
 def token_power_law_values(q: dict[str, np.ndarray], anchors: np.ndarray,

@@ -104,15 +104,6 @@ class RunData:
         names = set(_schema(evalset_tokens(self.out)))
         return names | (set(_schema(self.fits_path)) if self.fits_path is not None else set())
 
-    def token_arrays(self, columns: Sequence[str], *, population: bool = False) -> dict[str, np.ndarray]:
-        """Whole columns (``token_chunks`` concatenated): for the few analyses that need every
-        token's value at once."""
-        parts: dict[str, list] = {c: [] for c in columns}
-        for ch in self.token_chunks(columns, population=population):
-            for c in columns:
-                parts[c].append(ch[c].to_numpy())
-        return {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
-
     def token_chunks(self, columns: Sequence[str], *, population: bool = False,
                      chunk: int | None = None) -> Iterator[pl.DataFrame]:
         """The run's tokens in order, ``chunk`` at a time, as frames with ``token_idx``, the
