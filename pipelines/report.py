@@ -25,7 +25,7 @@ from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
 from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
-from spectrum.analysis.run_data import load_run, read_tokens
+from spectrum.analysis.run_data import load_run
 from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
@@ -122,10 +122,9 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
         log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
-    tokens = read_tokens(out)
     runs = []
     for spec in progress(manifest.runs, desc="report: load runs", unit="run"):
-        r = load_run(out, spec, tokens, half_seed=opts.seed)
+        r = load_run(out, spec, half_seed=opts.seed)
         if r is not None:
             runs.append(r)
     if not runs:
@@ -149,12 +148,12 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
                        "tokens_per_step": r.tokens_per_step, "role": r.role,
                        "warmup_steps": r.warmup_steps} for r in manifest.runs]
     write_json(scores, layout.scores_file(out))
-    fits = {r.name: r.fits for r in runs if r.fits is not None}
+    fits = {r.name: r.summary for r in runs if r.summary is not None}
     blocks = build_blocks(Inputs(manifest_path=str(manifest.path), runs=runs, spectra=spectra,
                                  scores=scores, preds=preds, fits=fits,
                                  fit_settings=_fit_settings(manifest), edges=edges,
                                  curriculum=report_section(out)))
-    blocks += explorer_blocks(out, runs, tokens)  # the token explorer, last in the report
+    blocks += explorer_blocks(out, runs)  # the token explorer, last in the report
     write_report(layout.report_dir(out), blocks)
     # written last: its provenance marks the whole stage as current
     write_parquet(preds.to_arrow(), pred_path, prov)

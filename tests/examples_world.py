@@ -60,9 +60,10 @@ def explorer_world(root: Path, tokenizer: Path | None, **kw) -> Path:
 
 def loaded_explorer_world(root: Path, **kw):
     """An explorer world with a real tokenizer under ``root``, loaded: (manifest, tokens, runs)."""
-    from spectrum.analysis.run_data import load_runs
+    from spectrum.analysis.run_data import load_runs, read_tokens
     from spectrum.manifest import load_manifest
 
     manifest = load_manifest(explorer_world(root, tokenizer_folder(root / "tokenizer"), **kw))
-    tokens, runs = load_runs(manifest)
+    runs = load_runs(manifest)
+    tokens = read_tokens(manifest.out)
     return manifest, tokens, runs

@@ -11,7 +11,8 @@ same operator, as the spectrum's prediction):
 - ``aggregate_curve``: at each T, the fit runs' measured mean losses (interpolated in ln T, within
   each run's scored range) fitted by a plane in (ln M, ln D) and read at the held-out run: no
   tokens at all;
-- ``token_power_law``: per token, the power law in T of the fit stage (:mod:`spectrum.fit.smooth`)
+- ``token_power_law``: per token, the power law in T of the fit stage (:mod:`spectrum.fit.smooth`),
+  read at three anchor times (:func:`power_law_anchors`, :func:`power_law_observations`) and
   put through the same per-token parameter model as the sigmoids: the per-token smooth null;
 - ``zero``: no change (derivative targets only).
 """
@@ -22,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 
-from spectrum.analysis.param_model import ParamModel, fit_linear_model
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scaling import PowerLaw, fit_power_law
 from spectrum.errors import SpectrumError
@@ -136,30 +136,24 @@ def aggregate_curve(fit: list[RunData]) -> Curve:
     return curve
 
 
-def token_power_law_model(fit: list[RunData], ridge: float) -> tuple[ParamModel | None, np.ndarray]:
-    """The per-token power laws of the fit runs, each represented by its values at three anchor
-    times equally spaced in ln T (the fit runs' mean first checkpoint, mean last checkpoint and
-    their midpoint): well-determined quantities even where ``e`` and ``b`` trade off, modelled
-    linearly in (ln M, ln D). Returns the model and the anchors (None when the fits lack the
-    power-law columns)."""
-    cols = ("power_e", "power_b", "power_beta", "power_x0")
-    if not fit or any(r.tokens is None or not set(cols) <= set(r.tokens.columns) for r in fit):
-        return None, np.zeros(0)
+POWER_COLUMNS = ("power_e", "power_b", "power_beta", "power_x0")
+
+
+def power_law_anchors(fit: list[RunData]) -> np.ndarray:
+    """Three anchor times equally spaced in ln T: the fit runs' mean first checkpoint, mean last
+    checkpoint and their midpoint."""
     first = float(np.mean([r.x.min() for r in fit]))
-    anchors = np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
-    obs: dict[str, tuple[list, list]] = {f"v{j}": ([], []) for j in range(3)}
-    for r in fit:
-        t = r.tokens
-        e, b, beta, x0 = (t[c].to_numpy().astype(float) for c in cols)
-        values = power_curve(e, b, beta, x0, anchors)
-        ok = np.isfinite(values).all(1)
-        for j in range(3):
-            obs[f"v{j}"][0].append(np.where(ok, values[:, j], 0.0))
-            obs[f"v{j}"][1].append(ok.astype(float))
-    stacked = {q: (np.stack(v, 1), np.stack(w, 1)) for q, (v, w) in obs.items()}
-    model = fit_linear_model(np.array([np.log(r.M) for r in fit]),
-                             np.array([np.log(r.D) for r in fit]), stacked, ridge=ridge)
-    return model, anchors
+    return np.linspace(first, max(float(np.mean([r.x.max() for r in fit])), first + 1.0), 3)
+
+
+def power_law_observations(cols: dict[str, np.ndarray], anchors: np.ndarray
+                           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per anchor ``v<j>``: each token's power law read there (0 where not finite) and its weight
+    (1 where the law is finite at every anchor, else 0)."""
+    e, b, beta, x0 = (np.asarray(cols[c], float) for c in POWER_COLUMNS)
+    values = power_curve(e, b, beta, x0, anchors)
+    ok = np.isfinite(values).all(1)
+    return {f"v{j}": (np.where(ok, values[:, j], 0.0), ok.astype(float)) for j in range(3)}
 
 
 def token_power_law_values(q: dict[str, np.ndarray], anchors: np.ndarray,

@@ -17,8 +17,10 @@ at the same points, so their errors of discretisation are the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
+import polars as pl
 from scipy import sparse
 
 from spectrum.analysis.spectra import bootstrap_weights
@@ -70,6 +72,23 @@ def token_curve(values_of, n_tokens: int, seq_code: np.ndarray, n_seq: int, *,
         s, c = ind @ np.where(ok, v, 0.0), ind @ ok.astype(float)
         sums = s if sums is None else sums + s
         counts = c if counts is None else counts + c
+    return SeqCurve(np.asarray(sums), np.asarray(counts))
+
+
+def chunk_curve(chunks: Iterable[pl.DataFrame], values_of: Callable[[pl.DataFrame], np.ndarray],
+                n_seq: int) -> SeqCurve:
+    """:func:`token_curve` over token chunks (frames with ``seq_code``): ``values_of(chunk)``
+    returns the (n, K) values of the chunk's tokens."""
+    sums = counts = None
+    for ch in chunks:
+        v = np.asarray(values_of(ch), float)
+        ok = np.isfinite(v)
+        ind = sequence_indicator(ch["seq_code"].to_numpy(), n_seq)
+        s, c = ind @ np.where(ok, v, 0.0), ind @ ok.astype(float)
+        sums = s if sums is None else sums + s
+        counts = c if counts is None else counts + c
+    if sums is None:
+        return SeqCurve(np.zeros((n_seq, 0)), np.zeros((n_seq, 0)))
     return SeqCurve(np.asarray(sums), np.asarray(counts))
 
 

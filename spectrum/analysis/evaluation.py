@@ -28,18 +28,18 @@ import numpy as np
 import polars as pl
 
 from spectrum.errors import SpectrumError
-from spectrum.analysis.curves import (SeqCurve, finite_difference, midpoints, replicate_weights,
-                                      token_curve)
+from spectrum.analysis.curves import (SeqCurve, chunk_curve, finite_difference, midpoints,
+                                      replicate_weights)
 from spectrum.analysis.baselines import run_power_laws
 from spectrum.analysis.heldout import heldout_runs_test, leave_one_run_out_test
 from spectrum.analysis.reconstruct import kernel_derivative, mean_kernel, sharp_derivative, token_curves
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.run_data import PARAMS, RunData
 from spectrum.analysis.scaling import PowerLaw, fit_power_law
 from spectrum.analysis.scores import null_score, score
 from spectrum.analysis.stepwise import stepwise_summary
-from spectrum.analysis.spectra import (DEFAULT_KINDS, Comparison, Spectrum, annotation_slices,
-                              bootstrap_weights, compute_spectrum, slice_comparisons,
-                              spectrum_rows)
+from spectrum.analysis.spectra import (DEFAULT_KINDS, SLICE_COLUMNS, Comparison, SliceRule,
+                                       Spectrum, SpectrumSums, TauSums, compare_sums,
+                                       compared_pairs, slice_rules, spectrum_rows)
 
 SMOOTHING = ("two-point finite differences between neighbouring scored checkpoints, placed at "
              "their midpoints in ln T, no further smoothing; predicted curves go through the same "
@@ -74,32 +74,81 @@ class SpectraResult:
 def _arrays(df: pl.DataFrame) -> dict[str, np.ndarray]:
     lo, hi = df["lo"].to_numpy().astype(float), df["hi"].to_numpy().astype(float)
     return {"lo": lo, "hi": hi, "delta": hi - lo, "tau": df["tau"].to_numpy().astype(float),
-            "k": df["k"].to_numpy().astype(float), "seq": df["seq_id"].to_numpy(),
+            "k": df["k"].to_numpy().astype(float),
             "kind": df["kind"].fill_null("missing").to_numpy().astype(str)}
 
 
+def _slice_rules(run: RunData, opts: Options) -> list[SliceRule]:
+    """The run's annotation slices; the frequency buckets' edges and the largest position come
+    from a first pass over the population's annotations."""
+    cols = run.columns() & set(SLICE_COLUMNS)
+    first = [c for c in ("target_freq", "pos") if c in cols]
+    freqs, pos_max = [], None
+    if first:
+        for ch in run.token_chunks(first, population=True):
+            if "target_freq" in first:
+                freqs.append(ch["target_freq"].to_numpy().astype(float))
+            if "pos" in first and ch.height:
+                top = int(ch["pos"].max())
+                pos_max = top if pos_max is None else max(pos_max, top)
+    return slice_rules(cols, target_freq=np.concatenate(freqs) if freqs else None,
+                       pos_max=pos_max, freq_buckets=opts.freq_buckets)
+
+
+@dataclass
+class _SliceSums:
+    rule: SliceRule
+    spectrum: SpectrumSums
+    tau: TauSums
+
+    @property
+    def axis(self) -> str:
+        return self.rule.axis
+
+    @property
+    def order(self) -> int:
+        return self.rule.order
+
+
+def _spectra_sums(run: RunData, edges: np.ndarray, opts: Options) -> tuple[SpectrumSums,
+                                                                           list[_SliceSums]]:
+    """One pass over the run's population: the spectrum's sums, and each slice's."""
+    rules = _slice_rules(run, opts)
+    n_seq = len(run.seq_ids)
+    total = SpectrumSums(n_seq, edges)
+    slices = [_SliceSums(r, SpectrumSums(n_seq, edges), TauSums(n_seq)) for r in rules]
+    for ch in run.token_chunks(["lo", "hi", "tau", "k", "kind", *{r.column for r in rules}],
+                               population=True):
+        a = _arrays(ch)
+        codes = ch["seq_code"].to_numpy()
+        inc = np.isin(a["kind"], opts.kinds)
+        learned = a["kind"] == "learned"
+        total.add(a["tau"], a["delta"], codes, inc)
+        for s in slices:
+            m = s.rule.mask(ch)
+            s.spectrum.add(a["tau"][m], a["delta"][m], codes[m], inc[m])
+            s.tau.add(a["tau"], a["delta"], codes, learned & m)
+    return total, [s for s in slices if s.spectrum.n > 0]
+
+
 def run_spectra(runs: list[RunData], edges: np.ndarray, opts: Options) -> SpectraResult:
-    """Spectra (all tokens and every annotation slice) with bands, and the slice comparisons."""
+    """Spectra (all tokens and every annotation slice) with bands, and the slice comparisons;
+    each run in one pass over its tokens."""
     rows, spectra, comps = [], {}, {}
     for run in runs:
         if not run.has_fits:
             continue
-        pop = run.population()
-        a = _arrays(pop)
-        inc = np.isin(a["kind"], opts.kinds)
-        ng = len(np.unique(a["seq"]))
-        W = bootstrap_weights(ng, opts.n_boot, opts.seed) if ng else None
-        sp = compute_spectrum(a["tau"], a["delta"], a["seq"], edges, include=inc, weights=W)
+        total, slices = _spectra_sums(run, edges, opts)
+        sp = total.spectrum(n_boot=opts.n_boot, seed=opts.seed)
         spectra[run.name] = sp
         rows.append(spectrum_rows(run.name, "all", "all", sp))
-        slices = annotation_slices(pop, freq_buckets=opts.freq_buckets)
         for s in slices:
-            m = s.mask
-            ssp = compute_spectrum(a["tau"][m], a["delta"][m], a["seq"][m], edges,
-                                   include=inc[m], n_boot=opts.n_boot, seed=opts.seed)
-            rows.append(spectrum_rows(run.name, s.axis, s.name, ssp))
-        comps[run.name] = slice_comparisons(a["tau"], a["delta"], a["seq"], a["kind"] == "learned",
-                                            slices, n_boot=opts.n_boot, seed=opts.seed)
+            rows.append(spectrum_rows(run.name, s.rule.axis, s.rule.name,
+                                      s.spectrum.spectrum(n_boot=opts.n_boot, seed=opts.seed)))
+        present = total.per_group > 0
+        comps[run.name] = [compare_sums(sa.tau, sb.tau, present, question=q, a=sa.rule.name,
+                                        b=sb.rule.name, n_boot=opts.n_boot, seed=opts.seed)
+                           for q, sa, sb in compared_pairs(slices)]
     table = pl.concat(rows) if rows else pl.DataFrame()
     return SpectraResult(table=table, spectra=spectra, comparisons=comps)
 
@@ -156,12 +205,10 @@ def _test_in_sample(runs: list[RunData], W: np.ndarray, c: _Collector) -> None:
     for run in runs:
         if not run.has_fits:
             continue
-        pop = run.population()
-        a = _arrays(pop)
         sc = run.scored
-        Lh = token_curve(lambda sl: token_curves(a["lo"][sl], a["hi"][sl], a["tau"][sl],
-                                                 a["k"][sl], run.x[sc]),
-                         len(a["lo"]), run.seq_code(a["seq"]), len(run.seq_ids)).draw(W)
+        Lh = chunk_curve(run.token_chunks(PARAMS, population=True),
+                         lambda ch: token_curves(*(ch[p].to_numpy().astype(float) for p in PARAMS),
+                                                 run.x[sc]), len(run.seq_ids)).draw(W)
         L = _population_curve(run, W)[:, sc]
         c.add("in_sample", "L", "fitted_sigmoids", "prediction", run.name, run.x[sc], Lh, L)
         if sc.sum() >= 2:
@@ -170,18 +217,46 @@ def _test_in_sample(runs: list[RunData], W: np.ndarray, c: _Collector) -> None:
                   finite_difference(L, run.x[sc]))
 
 
+@dataclass
+class _RunKernels:
+    """The mean sigmoid kernels of a run's included tokens (``None``: all; 0, 1: each half) and
+    the spectrum of each half of its sequences (no bands)."""
+
+    kernels: dict
+    halves: dict
+
+
+def _run_kernels(run: RunData, edges: np.ndarray, opts: Options) -> _RunKernels:
+    """One pass over the run's population. The kernels are weighted quantiles of k, so the
+    included tokens' k and delta are gathered (16 bytes a token, one run at a time)."""
+    halves = {h: SpectrumSums(1, edges, by_seq=False) for h in (0, 1)}
+    ks, ds, hs = [], [], []
+    for ch in run.token_chunks(["lo", "hi", "tau", "k", "kind"], population=True):
+        a = _arrays(ch)
+        half = ch["half"].to_numpy()
+        inc = np.isin(a["kind"], opts.kinds)
+        for h in (0, 1):
+            m = half == h
+            halves[h].add(a["tau"][m], a["delta"][m], None, inc[m])
+        ks.append(a["k"][inc])
+        ds.append(a["delta"][inc])
+        hs.append(half[inc])
+    k, d, h = (np.concatenate(v) for v in (ks, ds, hs))
+    kernels = {None: mean_kernel(d, k), 0: mean_kernel(d[h == 0], k[h == 0]),
+               1: mean_kernel(d[h == 1], k[h == 1])}
+    return _RunKernels(kernels, halves)
+
+
 def _test_spectrum_only(runs: list[RunData], spectra: dict[str, Spectrum], W: np.ndarray,
-                        opts: Options, c: _Collector) -> None:
+                        kernels: dict[str, _RunKernels], c: _Collector) -> None:
     for run in runs:
         sc = run.scored
         if run.name not in spectra or sc.sum() < 2:
             continue
-        a = _arrays(run.population())
-        inc = np.isin(a["kind"], opts.kinds)
         xm = midpoints(run.x[sc])
         dL = finite_difference(_population_curve(run, W)[:, sc], run.x[sc])
         sp = spectra[run.name]
-        kern = mean_kernel(a["delta"][inc], a["k"][inc])
+        kern = kernels[run.name].kernels[None]
         c.add("spectrum_only", "dL/dlnT", "spectrum_sharp", "prediction", run.name, xm,
               sharp_derivative(sp, xm), dL)
         c.add("spectrum_only", "dL/dlnT", "spectrum_kernel", "prediction", run.name, xm,
@@ -192,24 +267,19 @@ def _test_spectrum_only(runs: list[RunData], spectra: dict[str, Spectrum], W: np
                   law.dlnX(1.0, np.exp(xm)), dL)
 
 
-def _test_heldout_tokens(runs: list[RunData], edges: np.ndarray, W: np.ndarray, opts: Options,
+def _test_heldout_tokens(runs: list[RunData], W: np.ndarray, kernels: dict[str, _RunKernels],
                          c: _Collector) -> None:
     for run in runs:
         sc = run.scored
         if not run.has_fits or sc.sum() < 2:
             continue
-        pop = run.population()
-        a = _arrays(pop)
-        half = pop["half"].to_numpy()
-        inc = np.isin(a["kind"], opts.kinds)
+        k = kernels[run.name]
         xm = midpoints(run.x[sc])
         for src in (0, 1):
-            m = half == src
-            if not m.any() or not (~m).any():
+            if not k.halves[src].n or not k.halves[1 - src].n:
                 continue
-            sp = compute_spectrum(a["tau"][m], a["delta"][m], a["seq"][m], edges,
-                                  include=inc[m], n_boot=0)
-            kern = mean_kernel(a["delta"][m & inc], a["k"][m & inc])
+            sp = k.halves[src].spectrum(n_boot=0)
+            kern = k.kernels[src]
             dL = finite_difference(_population_curve(run, W, 1 - src)[:, sc], run.x[sc])
             tag = f"{run.name}/half{src}->half{1 - src}"
             c.add("heldout_tokens", "dL/dlnT", "spectrum_sharp", "prediction", tag, xm,
@@ -267,9 +337,11 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
     c = _Collector()
     has_fits = any(r.has_fits for r in runs)
     W = replicate_weights(len(runs[0].seq_ids), opts.n_boot, opts.seed) if runs else np.ones((1, 0))
+    kernels = {r.name: _run_kernels(r, edges, opts) for r in runs
+               if r.has_fits and r.scored.sum() >= 2}
     _test_in_sample(runs, W, c)
-    _test_spectrum_only(runs, spectra, W, opts, c)
-    _test_heldout_tokens(runs, edges, W, opts, c)
+    _test_spectrum_only(runs, spectra, W, kernels, c)
+    _test_heldout_tokens(runs, W, kernels, c)
     laws = run_power_laws([r for r in runs if r.role == "fit"])
     tests = {
         "in_sample": _simple_entry("in_sample", c, None if has_fits else "no run has fits"),

@@ -34,10 +34,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from spectrum import layout
 from spectrum.analysis import stepwise
-from spectrum.analysis.run_data import RunData, load_run, read_tokens
+from spectrum.analysis.run_data import RunData, load_run, read_token_column
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 
@@ -107,25 +108,57 @@ def frequency_quartile(freq: np.ndarray) -> np.ndarray:
     return (np.searchsorted(edges, freq, side="right") + 1).astype(np.int8)
 
 
-def _annotations(tokens: pl.DataFrame) -> pl.DataFrame:
-    """token_idx, seq_id, pos, target_id and the slice columns (null where not annotated)."""
-    cols = [pl.col(c) for c in (layout.TOKEN_IDX, layout.SEQ_ID, layout.POS, layout.TARGET_ID)
-            if c in tokens.columns]
-    freq = (pl.Series("freq_quartile", frequency_quartile(tokens["target_freq"].to_numpy()))
-            if "target_freq" in tokens.columns
-            else pl.Series("freq_quartile", [None] * tokens.height, pl.Int8))
-    ws = (tokens["word_start"].cast(pl.Boolean) if "word_start" in tokens.columns
-          else pl.Series("word_start", [None] * tokens.height, pl.Boolean))
-    return tokens.select(cols).with_columns(freq.alias("freq_quartile"), ws.alias("word_start"))
+def _annotation_columns(chunk: pl.DataFrame, quartiles: np.ndarray | None) -> list[pl.Series]:
+    """seq_id, pos, target_id and the slice columns of a chunk (null where not annotated)."""
+    cols = [chunk[c] for c in (layout.SEQ_ID, layout.POS, layout.TARGET_ID) if c in chunk.columns]
+    if quartiles is not None:
+        f = chunk["target_freq"].to_numpy().astype(np.float64)
+        fq = pl.Series("freq_quartile", (np.searchsorted(quartiles, f, side="right") + 1)
+                       .astype(np.int8))
+    else:
+        fq = pl.Series("freq_quartile", [None] * chunk.height, pl.Int8)
+    ws = (chunk["word_start"].cast(pl.Boolean).alias("word_start") if "word_start" in chunk.columns
+          else pl.Series("word_start", [None] * chunk.height, pl.Boolean))
+    return [*cols, fq, ws]
 
 
-def _cells(run: RunData, n_bands: int) -> pl.DataFrame:
-    """Every token of the run with a finite fit and a drawable kind, with its band."""
-    assert run.tokens is not None
-    t = run.tokens.filter(pl.col("in_pop") & pl.col("kind").is_in(KINDS))
-    band = band_of(t["tau"].to_numpy(), run.x, n_bands)
-    return t.select(layout.TOKEN_IDX, "kind").with_columns(
-        run=pl.lit(run.name), band=pl.Series(band))
+def _candidates(run: RunData, sampling: Sampling, quartiles: np.ndarray | None,
+                annotations: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One pass over the run's tokens: the ``per_cell`` tokens of smallest key in every cell, and
+    every cell's size. The key of token i is the i-th draw of ``default_rng(seed).random``, the
+    same in every run."""
+    rng = np.random.default_rng(sampling.seed)
+    keep = pl.DataFrame()
+    sizes = []
+    for ch in run.token_chunks(["kind", "tau", *annotations]):
+        key = rng.random(ch.height)
+        mask = (ch["in_pop"] & ch["kind"].is_in(KINDS)).to_numpy()
+        t = ch.filter(pl.Series(mask))
+        band = band_of(t["tau"].to_numpy(), run.x, sampling.bands)
+        cells = pl.DataFrame([t[layout.TOKEN_IDX], t["kind"]]).with_columns(
+            run=pl.lit(run.name), band=pl.Series(band), *_annotation_columns(t, quartiles),
+            key=pl.Series(key[mask]))
+        sizes.append(cells.group_by(CELL).len())
+        keep = pl.concat([keep, cells], how="vertical") if keep.height else cells
+        keep = (keep.sort("key").with_columns(rank=pl.int_range(pl.len()).over(CELL))
+                .filter(pl.col("rank") < sampling.per_cell).drop("rank"))
+    size = (pl.concat(sizes).group_by(CELL).agg(cell_size=pl.col("len").sum().cast(pl.UInt32))
+            if sizes else pl.DataFrame())
+    return keep, size
+
+
+def _picked_fits(run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
+    """The fits of the given tokens (one pass, the rows of those tokens kept): the parameters,
+    their standard errors, r2, the step-versus-smooth verdict where computable, ``in_pop``."""
+    names = run.columns()
+    cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2", "kind",
+                        layout.STEP_PREFERRED, *stepwise.COLUMNS) if c in names]
+    wanted = pl.Series(np.asarray(token_idx, np.int64))
+    parts = [ch.filter(pl.col(layout.TOKEN_IDX).is_in(wanted)) for ch in run.token_chunks(cols)]
+    source = pl.concat(parts)
+    if set(stepwise.COLUMNS) <= set(source.columns):  # the stepwise test's per-token verdict
+        source = source.with_columns(stepwise.step_preferred())
+    return source
 
 
 def _trajectories(out: Path, run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
@@ -172,14 +205,13 @@ def read_contexts(out: Path, picks: pl.DataFrame, n_before: int) -> pl.Series | 
     return pl.Series("context_ids", out_ctx, dtype=pl.List(pl.Int32))
 
 
-def _other_runs(runs: list[RunData]) -> pl.DataFrame:
+def _other_runs(picked: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """token_idx, others: list of {run, tau, tau_se, kind} over every run with fits."""
     parts = []
-    for r in runs:
-        assert r.tokens is not None
-        se = pl.col("tau_se") if "tau_se" in r.tokens.columns else pl.lit(None, pl.Float64)
-        parts.append(r.tokens.select(
-            layout.TOKEN_IDX, run=pl.lit(r.name),
+    for name, f in picked.items():
+        se = pl.col("tau_se") if "tau_se" in f.columns else pl.lit(None, pl.Float64)
+        parts.append(f.select(
+            layout.TOKEN_IDX, run=pl.lit(name),
             tau=pl.when(pl.col("in_pop")).then(pl.col("tau").cast(pl.Float64)),
             tau_se=pl.when(pl.col("in_pop")).then(se.cast(pl.Float64)),
             kind=pl.col("kind")))
@@ -188,12 +220,21 @@ def _other_runs(runs: list[RunData]) -> pl.DataFrame:
         others=pl.struct("run", "tau", "tau_se", "kind"))
 
 
-def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
+def _quartiles(out: Path) -> np.ndarray | None:
+    """The frequency quartiles' edges over every token (None: no ``target_freq``)."""
+    if "target_freq" not in pq.read_schema(layout.evalset_tokens(out)).names:
+        return None
+    freq = np.asarray(read_token_column(out, "target_freq"), dtype=np.float64)
+    return np.nanquantile(freq, [0.25, 0.5, 0.75])
+
+
+def draw_examples(out: str | Path, runs: list[RunData],
                   sampling: Sampling = Sampling()) -> pl.DataFrame:
     """The stratified, seeded examples of every run with fits, one row per (run, token).
 
-    ``tokens`` is ``evalset/tokens.parquet``; ``runs`` as loaded by
-    :func:`spectrum.analysis.run_data.load_run`. Columns: the cell (``run``, ``band`` index into
+    ``runs`` as loaded by :func:`spectrum.analysis.run_data.load_run`; each run's tokens are read
+    in chunks, keeping each cell's candidates only, then the fits of the drawn tokens and their
+    trajectories. Columns: the cell (``run``, ``band`` index into
     :func:`band_names`, ``band_name``, ``kind``, ``freq_quartile``, ``word_start``), ``rank`` (the
     draw's order within its cell, 0-based), ``cell_size`` (tokens in the cell), ``token_idx``,
     ``seq_id``, ``pos``, ``target_id``, ``context_ids`` (null without ``sequences.parquet``),
@@ -205,23 +246,24 @@ def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
     runs = [r for r in runs if r.has_fits]
     if not runs:
         return pl.DataFrame()
-    rng = np.random.default_rng(sampling.seed)
-    ann = _annotations(tokens).with_columns(key=pl.Series(rng.random(tokens.height)))
-    cells = pl.concat([_cells(r, sampling.bands) for r in runs]).join(ann, on=layout.TOKEN_IDX)
-    cells = cells.with_columns(cell_size=pl.len().over(CELL))
-    picks = (cells.sort("key")
-             .with_columns(rank=pl.int_range(pl.len()).over(CELL).cast(pl.Int32))
-             .filter(pl.col("rank") < sampling.per_cell))
-    names = band_names(sampling.bands)
+    quartiles = _quartiles(out)
+    names = set(pq.read_schema(layout.evalset_tokens(out)).names)
+    annotations = [c for c in (layout.SEQ_ID, layout.POS, layout.TARGET_ID, "target_freq",
+                               "word_start") if c in names]
+    drawn = [_candidates(r, sampling, quartiles, annotations) for r in runs]
+    cells = pl.concat([c for c, _ in drawn], how="vertical_relaxed")
+    sizes = pl.concat([s for _, s in drawn if s.height], how="vertical_relaxed")
+    picks = (cells.join(sizes, on=CELL, how="left", nulls_equal=True).sort("key")
+             .with_columns(rank=pl.int_range(pl.len()).over(CELL).cast(pl.Int32)))
+    wanted = np.unique(picks[layout.TOKEN_IDX].to_numpy())
+    picked = {r.name: _picked_fits(r, wanted) for r in runs}
+    names_b = band_names(sampling.bands)
     frames = []
     for r in runs:
         mine = picks.filter(pl.col("run") == r.name)
         if not mine.height:
             continue
-        assert r.tokens is not None
-        source = r.tokens
-        if set(stepwise.COLUMNS) <= set(source.columns):  # the stepwise test's per-token verdict
-            source = source.with_columns(stepwise.step_preferred())
+        source = picked[r.name]
         fit_cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2",
                                 layout.STEP_PREFERRED) if c in source.columns]
         fits = source.select(layout.TOKEN_IDX, *fit_cols)
@@ -238,9 +280,9 @@ def draw_examples(out: str | Path, runs: list[RunData], tokens: pl.DataFrame,
     ctx = read_contexts(out, ex, sampling.context) if layout.POS in ex.columns else None
     ex = ex.with_columns(ctx if ctx is not None
                          else pl.lit(None, pl.List(pl.Int32)).alias("context_ids"))
-    ex = ex.join(_other_runs(runs), on=layout.TOKEN_IDX, how="left", maintain_order="left")
+    ex = ex.join(_other_runs(picked), on=layout.TOKEN_IDX, how="left", maintain_order="left")
     ex = ex.with_columns(band_name=pl.col("band").replace_strict(
-        dict(enumerate(names)), return_dtype=pl.String))
+        dict(enumerate(names_b)), return_dtype=pl.String))
     first = ["run", "band", "band_name", "kind", "freq_quartile", "word_start", "rank",
              "cell_size", layout.TOKEN_IDX]
     return ex.select(*first, pl.exclude(*first, "key"))
@@ -283,9 +325,8 @@ def with_text(examples: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
 
 
 def _examples(out: Path, specs: list[RunSpec], sampling: Sampling, decode: bool) -> pl.DataFrame:
-    tokens = read_tokens(out)
-    runs = [r for r in (load_run(out, spec, tokens) for spec in specs) if r is not None]
-    ex = draw_examples(out, runs, tokens, sampling)
+    runs = [r for r in (load_run(out, spec) for spec in specs) if r is not None]
+    ex = draw_examples(out, runs, sampling)
     if decode and ex.height:
         tokenizer, _ = load_evalset_tokenizer(out)
         if tokenizer is not None:

@@ -18,32 +18,17 @@ import numpy as np
 import polars as pl
 
 from spectrum.analysis import baselines
-from spectrum.analysis.curves import SeqCurve, fixed, midpoints, token_curve
-from spectrum.analysis.param_model import ParamModel, RunParams, fit_param_model
-from spectrum.analysis.reconstruct import token_curves
+from spectrum.analysis.curves import SeqCurve, fixed
+from spectrum.analysis.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
+                                           token_model_predictions)
 from spectrum.analysis.run_data import RunData
 from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
                                       r2_words, score)
 from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
                                        replica_pairs, run_targets)
-from spectrum.errors import SpectrumError
 
-PREDICTION = "param_model"
-ANALYTIC = "param_model_analytic"
 CEILING = "seed_replicas"
 BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power_law", "zero")
-
-
-def run_params(run: RunData) -> RunParams:
-    t = run.tokens
-    se_cols = [f"{q}_se" for q in ("lo", "hi", "tau", "k")]
-    se = {c[:-3]: t[c].to_numpy().astype(float) for c in se_cols} \
-        if all(c in t.columns for c in se_cols) else None
-    return RunParams(name=run.name, lnM=float(np.log(run.M)), lnD=float(np.log(run.D)),
-                     lo=t["lo"].to_numpy().astype(float), hi=t["hi"].to_numpy().astype(float),
-                     tau=t["tau"].to_numpy().astype(float), k=t["k"].to_numpy().astype(float),
-                     kind=t["kind"].fill_null("missing").to_numpy().astype(str),
-                     x_first=float(run.x.min()), x_last=float(run.x.max()), se=se)
 
 
 @dataclass
@@ -59,68 +44,25 @@ class Predictions:
         self.curves.setdefault(model, {})[run] = curve
 
 
-def _token_models(fit: list[RunData], ridge: float, pred: Predictions) -> tuple:
-    model = fit_param_model([run_params(r) for r in fit], ridge=ridge)
-    pred.fitted["param_model"] = {
-        "axes": list(model.axes), "center": model.center,
-        "fixed": {k: float(np.exp(v)) for k, v in model.fixed_values.items()},
-        "population_coefficients": {q: [float(v) for v in b] for q, b in model.population.items()},
-        "fit_runs": [r.name for r in fit]}
-    smooth, anchors = baselines.token_power_law_model(fit, ridge)
-    if smooth is None:
-        pred.fitted["token_power_law"] = {"reason": "the fits lack the power-law columns "
-                                                    "(refit with `spectrum fit --force`)"}
-    return model, smooth, anchors
-
-
-def _token_predictions(h: RunData, model: ParamModel, smooth: ParamModel | None, anchors: np.ndarray,
-                       seq_code: np.ndarray, n_seq: int, weights: np.ndarray,
-                       pred: Predictions) -> None:
-    try:
-        p = model.predict(np.log(h.M), np.log(h.D), h.name)
-    except SpectrumError as e:
-        pred.reasons.append(str(e))
-        return
-    n = len(p["lo"])
-    pred.put(PREDICTION, h.name, token_curve(
-        lambda sl: token_curves(p["lo"][sl], p["hi"][sl], p["tau"][sl], p["k"][sl], h.x),
-        n, seq_code, n_seq).draw(weights))
-    xm = midpoints(h.x[h.scored])
-    if len(xm):
-        pred.analytic[h.name] = token_curve(
-            lambda sl: _rows_derivative(p["lo"][sl], p["hi"][sl], p["tau"][sl], p["k"][sl], xm),
-            n, seq_code, n_seq).draw(weights)
-    if smooth is not None:
-        q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
-        pred.put("token_power_law", h.name, token_curve(
-            lambda sl: baselines.token_power_law_values({k: v[sl] for k, v in q.items()},
-                                                        anchors, h.x),
-            n, seq_code, n_seq).draw(weights))
-
-
-def _rows_derivative(lo, hi, tau, k, x) -> np.ndarray:
-    """(n, K) per-token analytic dl/dx (their mean is dL/dx of :mod:`.reconstruct`)."""
-    s = 0.5 * (1.0 + np.tanh(-0.5 * k[:, None] * (x[None, :] - tau[:, None])))
-    return -((hi - lo)[:, None] * k[:, None] * s * (1 - s))
-
-
 def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray, *,
-                 ridge: float, laws: dict, chinchilla_refits: int | None = 100) -> Predictions:
-    """Every model's curves for the ``targets`` runs, fitted on ``fit`` only (``laws``: the runs'
-    own power laws in T, :func:`baselines.run_power_laws`; ``chinchilla_refits`` None: no
-    Chinchilla baseline)."""
-    pred = Predictions()
+                 tokens: TokenPredictions, laws: dict,
+                 chinchilla_refits: int | None = 100) -> Predictions:
+    """Every model's curves for the ``targets`` runs, fitted on ``fit`` only: the per-token
+    models' (``tokens``, :func:`token_model_predictions` of the same fit runs and targets) and the
+    baselines' (``laws``: the runs' own power laws in T, :func:`baselines.run_power_laws`;
+    ``chinchilla_refits`` None: no Chinchilla baseline)."""
+    pred = Predictions(analytic=dict(tokens.analytic), fitted=dict(tokens.fitted),
+                       reasons=list(tokens.reasons))
+    for model, by_run in tokens.curves.items():
+        for run, curve in by_run.items():
+            pred.put(model, run, curve)
     R = weights.shape[0]
-    model, smooth, anchors = _token_models(fit, ridge, pred)
-    ref = fit[0]
-    seq_code = ref.seq_code(ref.tokens["seq_id"].to_numpy())
     law = None
     if chinchilla_refits is not None:
         law, pred.fitted["chinchilla"] = baselines.fit_chinchilla(fit, weights, chinchilla_refits)
     interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws)
     aggregate = baselines.aggregate_curve(fit)
     for h in targets:
-        _token_predictions(h, model, smooth, anchors, seq_code, len(ref.seq_ids), weights, pred)
         if law is not None:
             pred.put("chinchilla", h.name, fixed(baselines.chinchilla_curve(law)(h), R))
         if interp is not None:
@@ -317,7 +259,9 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights) for r in held}
     targets = heldout_targets(held, fit)
     groups = points(held)
-    pred = predict_runs(fit, [p[0] for p in groups], weights, ridge=ridge, laws=laws,
+    firsts = [p[0] for p in groups]
+    tokens = token_model_predictions([Job(fit, firsts)], weights, ridge)[0]
+    pred = predict_runs(fit, firsts, weights, tokens=tokens, laws=laws,
                         chinchilla_refits=min(weights.shape[0] - 1, 100))
     pooled = pool_targets(targets, measured, pred, rows, "heldout_runs")
     reason = "; ".join(dict.fromkeys(pred.reasons)) or None
@@ -345,9 +289,10 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
                 "reason": "fewer than 3 fit runs", "verdicts": {}}
     pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
     reasons = []
-    for r in fit:
-        others = [o for o in fit if o.name != r.name]
-        pred = predict_runs(others, [r], weights, ridge=ridge, laws=laws, chinchilla_refits=None)
+    jobs = [Job([o for o in fit if o.name != r.name], [r]) for r in fit]
+    for job, tokens in zip(jobs, token_model_predictions(jobs, weights, ridge)):
+        r, others = job.targets[0], job.fit
+        pred = predict_runs(others, [r], weights, tokens=tokens, laws=laws, chinchilla_refits=None)
         reasons += pred.reasons
         measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights)}
         models = (PREDICTION, ANALYTIC, *(b for b in BASELINES if b != "chinchilla"))

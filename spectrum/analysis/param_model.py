@@ -97,7 +97,7 @@ def _weights(se: np.ndarray | None, floor: float) -> np.ndarray | float:
     return np.where(np.isfinite(se), floor ** 2 / (se ** 2 + floor ** 2), 0.0)
 
 
-def _observations(runs: list[RunParams], step_kinds: tuple[str, ...]) -> dict[str, tuple]:
+def observations(runs: list[RunParams], step_kinds: tuple[str, ...] = STEP_KINDS) -> dict[str, tuple]:
     """(values, weights), each (N, R), per quantity."""
     vals: dict[str, list] = {q: [] for q in QUANTITIES}
     wts: dict[str, list] = {q: [] for q in QUANTITIES}
@@ -120,11 +120,17 @@ def _observations(runs: list[RunParams], step_kinds: tuple[str, ...]) -> dict[st
     return {q: (np.stack(vals[q], 1), np.stack(wts[q], 1)) for q in QUANTITIES}
 
 
-def fit_linear_model(lnM: np.ndarray, lnD: np.ndarray, obs: dict[str, tuple[np.ndarray, np.ndarray]],
-                     *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
-                     k_range: tuple[float, float] = (np.nan, np.nan)) -> ParamModel:
-    """Per-token linear model in (ln M, ln D) of every quantity in ``obs`` (values and weights,
-    each tokens x runs), shrunk towards the pooled population regression (module docstring)."""
+@dataclass(frozen=True)
+class Design:
+    """The regressors of a set of runs: 1 and the centred axes that vary among them."""
+
+    axes: tuple[str, ...]
+    center: dict[str, float]
+    fixed: dict[str, float]
+    X: np.ndarray  # (R, p)
+
+
+def design(lnM: np.ndarray, lnD: np.ndarray) -> Design:
     lnM, lnD = np.asarray(lnM, float), np.asarray(lnD, float)
     axes, center, fixed = [], {}, {}
     for name, v in (("lnM", lnM), ("lnD", lnD)):
@@ -134,25 +140,83 @@ def fit_linear_model(lnM: np.ndarray, lnD: np.ndarray, obs: dict[str, tuple[np.n
         else:
             fixed[name] = float(v[0])
     X = np.stack([np.ones_like(lnM)] + [{"lnM": lnM, "lnD": lnD}[a] - center[a] for a in axes], 1)
+    return Design(tuple(axes), center, fixed, X)
+
+
+def penalty(p: int, ridge: float, ridge_intercept: float) -> np.ndarray:
+    return np.diag([ridge_intercept] + [ridge] * (p - 1))
+
+
+def population_beta(X: np.ndarray, sw: np.ndarray, swy: np.ndarray) -> np.ndarray:
+    """The pooled regression over every observation, from each run's summed weights ``sw`` (R,)
+    and summed weighted values ``swy`` (R,): the normal equations need nothing more."""
     p = X.shape[1]
-    pen = np.diag([ridge_intercept] + [ridge] * (p - 1))
+    A_pop = np.einsum("r,rp,rq->pq", sw, X, X)
+    b_pop = np.einsum("r,rp->p", swy, X)
+    if np.linalg.matrix_rank(A_pop) < p:
+        return np.linalg.lstsq(A_pop + 1e-9 * np.eye(p), b_pop, rcond=None)[0]
+    return np.linalg.solve(A_pop, b_pop)
+
+
+def token_coef(X: np.ndarray, y: np.ndarray, w: np.ndarray, pen: np.ndarray,
+               beta_pop: np.ndarray) -> np.ndarray:
+    """(n, p) per-token coefficients, each shrunk towards ``beta_pop`` (values, weights: (n, R))."""
+    Xw = X[None, :, :] * w[:, :, None]  # (n, R, p)
+    A = np.einsum("nrp,rq->npq", Xw, X) + pen
+    b = np.einsum("nrp,nr->np", Xw, y) + pen @ beta_pop
+    return np.linalg.solve(A, b[..., None])[..., 0]
+
+
+def fit_linear_model(lnM: np.ndarray, lnD: np.ndarray, obs: dict[str, tuple[np.ndarray, np.ndarray]],
+                     *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
+                     k_range: tuple[float, float] = (np.nan, np.nan)) -> ParamModel:
+    """Per-token linear model in (ln M, ln D) of every quantity in ``obs`` (values and weights,
+    each tokens x runs), shrunk towards the pooled population regression (module docstring)."""
+    d = design(lnM, lnD)
+    pen = penalty(d.X.shape[1], ridge, ridge_intercept)
     coef, pop, n_obs = {}, {}, {}
     for q, (y, w) in obs.items():
-        # pooled population regression over every observation
-        Xw = X[None, :, :] * w[:, :, None]  # (N, R, p)
-        A_pop = np.einsum("nrp,rq->pq", Xw, X)
-        b_pop = np.einsum("nrp,nr->p", Xw, y)
-        if np.linalg.matrix_rank(A_pop) < p:
-            beta_pop = np.linalg.lstsq(A_pop + 1e-9 * np.eye(p), b_pop, rcond=None)[0]
-        else:
-            beta_pop = np.linalg.solve(A_pop, b_pop)
-        A = np.einsum("nrp,rq->npq", Xw, X) + pen
-        b = np.einsum("nrp,nr->np", Xw, y) + pen @ beta_pop
-        coef[q] = np.linalg.solve(A, b[..., None])[..., 0]
-        pop[q] = beta_pop
+        pop[q] = population_beta(d.X, w.sum(0), (w * y).sum(0))
+        coef[q] = token_coef(d.X, y, w, pen, pop[q])
         n_obs[q] = (w > 0).sum(1).astype(np.int64)
-    return ParamModel(axes=tuple(axes), center=center, fixed_values=fixed, coef=coef,
+    return ParamModel(axes=d.axes, center=d.center, fixed_values=d.fixed, coef=coef,
                       population=pop, k_range=k_range, n_obs=n_obs)
+
+
+@dataclass(frozen=True)
+class PopulationModel:
+    """The per-token linear model of a set of fit runs without its per-token coefficients: those
+    are solved chunk by chunk (:meth:`coef`), each token independent of the others."""
+
+    design: Design
+    pen: np.ndarray
+    population: dict[str, np.ndarray]  # quantity -> (p,)
+    k_range: tuple[float, float] = (np.nan, np.nan)
+
+    @classmethod
+    def from_sums(cls, lnM: np.ndarray, lnD: np.ndarray, sums: dict[str, tuple[np.ndarray, np.ndarray]],
+                  *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
+                  k_range: tuple[float, float] = (np.nan, np.nan)) -> "PopulationModel":
+        """``sums``: quantity -> (summed weights, summed weighted values), each (R,)."""
+        d = design(lnM, lnD)
+        pop = {q: population_beta(d.X, sw, swy) for q, (sw, swy) in sums.items()}
+        return cls(d, penalty(d.X.shape[1], ridge, ridge_intercept), pop, k_range)
+
+    def model(self, obs: dict[str, tuple[np.ndarray, np.ndarray]]) -> ParamModel:
+        """The model of a chunk of tokens (``obs`` as :func:`fit_linear_model`'s)."""
+        coef = {q: token_coef(self.design.X, y, w, self.pen, self.population[q])
+                for q, (y, w) in obs.items()}
+        return ParamModel(axes=self.design.axes, center=self.design.center,
+                          fixed_values=self.design.fixed, coef=coef, population=self.population,
+                          k_range=self.k_range,
+                          n_obs={q: (w > 0).sum(1).astype(np.int64) for q, (_, w) in obs.items()})
+
+
+def step_k_range(runs: list[RunParams], step_kinds: tuple[str, ...] = STEP_KINDS) -> tuple[float, float] | None:
+    """Smallest and largest k of the step kinds' fits (None: none)."""
+    ks = np.concatenate([r.k[np.isin(r.kind, step_kinds) & np.isfinite(r.k) & (r.k > 0)]
+                         for r in runs]) if runs else np.zeros(0)
+    return (float(ks.min()), float(ks.max())) if ks.size else None
 
 
 def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercept: float = 1e-3,
@@ -160,9 +224,7 @@ def fit_param_model(runs: list[RunParams], *, ridge: float = 0.5, ridge_intercep
     """Fit the per-token linear model on ``runs`` (the fit runs). See the module docstring."""
     if not runs:
         raise SpectrumError("no fit runs to model token parameters on")
-    ks = np.concatenate([r.k[np.isin(r.kind, step_kinds) & np.isfinite(r.k) & (r.k > 0)]
-                         for r in runs])
-    k_range = (float(ks.min()), float(ks.max())) if ks.size else (1e-3, 1e3)
+    k_range = step_k_range(runs, step_kinds) or (1e-3, 1e3)
     return fit_linear_model(np.array([r.lnM for r in runs]), np.array([r.lnD for r in runs]),
-                            _observations(runs, step_kinds), ridge=ridge,
+                            observations(runs, step_kinds), ridge=ridge,
                             ridge_intercept=ridge_intercept, k_range=k_range)

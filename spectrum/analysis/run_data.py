@@ -1,32 +1,47 @@
-"""What the spectra, reconstruction and report stages read of one run: its per-token fits joined
-with the evalset's annotations, and its measured losses summed per sequence and checkpoint.
+"""What the spectra, reconstruction and report stages read of one run: its measured losses summed
+per sequence and checkpoint, a few per-run aggregates of its fits, and a reader of its per-token
+columns in token chunks.
 
 Losses are kept as per-sequence sums and counts (``seq_sums``, ``seq_counts``: sequences x
 checkpoints), over every token with a finite loss and over the run's *population* (the tokens whose
 fit has finite parameters). Any mean curve is a ratio of sums over sequences, so a bootstrap over
-sequences draws it without rereading a shard (:mod:`spectrum.analysis.curves`). The in-sample and
+sequences draws it without rereading a shard (:mod:`spectrum.analysis.curves`). The sums are made
+shard by shard: a shard holds every ``token_idx`` 0..N-1 in order (its contract, checked before it
+is read), so its ``loss`` column alone is summed by sequence with ``np.bincount``. The in-sample and
 spectrum tests compare against the population's mean loss; the held-out-run tests against the
 mean over every token with a finite loss. Tokens are also split in two halves by sequence
 (``half``: a seeded random half of the sequence ids) for the held-out-tokens test. Step 0 is not on
 the log axis and is dropped; checkpoints at or before the run's warmup are not *scored*
 (``scored``), though they stay in the fits.
+
+Nothing per token is held: :meth:`RunData.token_chunks` reads the evalset's annotations and the
+run's fits (both one row per ``token_idx`` 0..N-1, in order) in chunks of ``chunk`` tokens, with
+the columns asked for, so every analysis accumulates over chunks and its memory is set by the chunk
+size, not by the number of tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
-from spectrum.layout import evalset_tokens, fits_file, loss_run_dir, loss_shard, shard_steps
+from spectrum.layout import LOSS, evalset_tokens, fits_file, loss_shard, shard_steps
 from spectrum.losses.shards import check_run_shards
 from spectrum.losses.trajectories import log_tokens
 
 FIT_COLUMNS = ("lo", "hi", "tau", "k", "kind")
+PARAMS = ("lo", "hi", "tau", "k")
+CHUNK = 1 << 16  # tokens per chunk read by :meth:`RunData.token_chunks` (a chunk of
+# per-token curves, tokens x checkpoints in float64, stays near 50 MB at 100 checkpoints)
+DERIVED = ("seq_code", "half", "in_pop")  # columns the reader adds
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,15 @@ class RunData:
     seq_counts: np.ndarray  # (S, K) how many
     pop_sums: np.ndarray  # (S, K) ... of the population tokens only
     pop_counts: np.ndarray  # (S, K)
-    tokens: pl.DataFrame | None  # fits joined with annotations, one row per token_idx; None: no fits
-    fits: pl.DataFrame | None = None  # the run's fits file as read; None: no fits
+    out: Path | None = None  # the output folder (its evalset is read by the chunk reader)
+    fits_path: Path | None = None  # the run's fits file; None: no fits
+    summary: object | None = None  # :class:`spectrum.analysis.fit_summary.FitSummary`
+    n_tokens: int = 0  # N: the evalset's tokens
+    chunk: int = CHUNK  # tokens per chunk of :meth:`token_chunks`
 
     @property
     def has_fits(self) -> bool:
-        return self.tokens is not None
+        return self.fits_path is not None
 
     @property
     def scored(self) -> np.ndarray:
@@ -80,9 +98,21 @@ class RunData:
         """Row of ``seq_sums`` of each given sequence id."""
         return np.searchsorted(self.seq_ids, np.asarray(seq_id))
 
-    def population(self) -> pl.DataFrame:
-        assert self.tokens is not None
-        return self.tokens.filter(pl.col("in_pop"))
+    def columns(self) -> set[str]:
+        """The per-token columns :meth:`token_chunks` can read (annotations and fits)."""
+        assert self.out is not None
+        names = set(_schema(evalset_tokens(self.out)))
+        return names | (set(_schema(self.fits_path)) if self.fits_path is not None else set())
+
+    def token_chunks(self, columns: Sequence[str], *, population: bool = False,
+                     chunk: int | None = None) -> Iterator[pl.DataFrame]:
+        """The run's tokens in order, ``chunk`` at a time, as frames with ``token_idx``, the
+        ``columns`` asked for (from the evalset's annotations, else from the fits) and the derived
+        ``seq_code`` (row of ``seq_sums``), ``half`` and ``in_pop``; ``population``: the
+        population's tokens only. A fits ``kind`` that is null reads ``missing``."""
+        assert self.out is not None, "a run built without its output folder has no token reader"
+        yield from read_token_chunks(self.out, self.fits_path, columns, self.seq_ids,
+                                     self.seq_half, chunk or self.chunk, population=population)
 
 
 def sequence_halves(seq_id: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -93,83 +123,215 @@ def sequence_halves(seq_id: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.isin(seq_id, ones).astype(np.int8)
 
 
-def read_tokens(out: Path) -> pl.DataFrame:
+def _schema(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise SpectrumError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def check_tokens(out: Path) -> Path:
+    """The evalset's tokens file, checked to exist with ``token_idx`` and ``seq_id``."""
     path = evalset_tokens(out)
     if not path.is_file():
         raise SpectrumError(f"{path}: the evaluation set is missing; run `spectrum evalset` first")
-    try:
-        tokens = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise SpectrumError(f"{path}: not a readable Parquet file ({e})") from None
-    missing = {"token_idx", "seq_id"} - set(tokens.columns)
+    missing = {"token_idx", "seq_id"} - set(_schema(path))
     if missing:
         raise SpectrumError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return path
+
+
+def read_token_column(out: Path, column: str) -> np.ndarray:
+    """One column of the evalset's tokens, whole (in token order)."""
+    path = check_tokens(out)
+    try:
+        return pq.read_table(path, columns=[column]).column(0).to_numpy(zero_copy_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise SpectrumError(f"{path}: cannot read column {column} ({e})") from None
+
+
+def read_tokens(out: Path) -> pl.DataFrame:
+    """The whole evalset tokens file (small evalsets, tests and notebooks; the report streams)."""
+    path = check_tokens(out)
+    try:
+        tokens = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001
+        raise SpectrumError(f"{path}: not a readable Parquet file ({e})") from None
     return tokens.sort("token_idx")
 
 
-def read_fits(out: Path, run: str) -> pl.DataFrame | None:
+def check_fits(out: Path, run: str) -> Path | None:
+    """The run's fits file checked for the fit columns, or None if it has none."""
     path = fits_file(out, run)
     if not path.is_file():
         return None
-    try:
-        fits = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001
-        raise SpectrumError(f"{path}: not a readable Parquet file ({e})") from None
-    missing = {"token_idx", *FIT_COLUMNS} - set(fits.columns)
+    missing = {"token_idx", *FIT_COLUMNS} - set(_schema(path))
     if missing:
         raise SpectrumError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return fits
+    return path
 
 
-def load_run(out: Path, spec: RunSpec, tokens: pl.DataFrame, *, half_seed: int = 0) -> RunData | None:
-    """The run's data, or None if it has no loss shards with T > 0."""
+def _batches(path: Path, columns: list[str], chunk: int) -> Iterator[pa.Table]:
+    """The file's ``columns`` in consecutive tables of exactly ``chunk`` rows (the last shorter)."""
+    try:
+        reader = pq.ParquetFile(path).iter_batches(batch_size=chunk, columns=columns,
+                                                   use_threads=False)
+        held: list[pa.RecordBatch] = []
+        n = 0
+        for batch in reader:
+            held.append(batch)
+            n += batch.num_rows
+            while n >= chunk:
+                table = pa.Table.from_batches(held)
+                yield table.slice(0, chunk)
+                rest = table.slice(chunk)
+                held, n = rest.to_batches(), rest.num_rows
+        if n:
+            yield pa.Table.from_batches(held)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SpectrumError(f"{path}: cannot be read ({e})") from None
+
+
+def _ordered(table: pa.Table, start: int, path: Path) -> None:
+    tok = table.column("token_idx").to_numpy()
+    if not np.array_equal(tok, np.arange(start, start + len(tok))):
+        raise SpectrumError(f"{path}: token_idx is not 0..N-1 in order (one row per evaluated "
+                            "token, sorted); rewrite it")
+
+
+def read_token_chunks(out: Path, fits_path: Path | None, columns: Sequence[str],
+                      seq_ids: np.ndarray, seq_half: np.ndarray, chunk: int, *,
+                      population: bool = False) -> Iterator[pl.DataFrame]:
+    """See :meth:`RunData.token_chunks`."""
+    tok_path = check_tokens(out)
+    tok_names = set(_schema(tok_path))
+    fit_names = set(_schema(fits_path)) if fits_path is not None else set()
+    want = [c for c in dict.fromkeys(columns) if c not in ("token_idx", *DERIVED)]
+    from_tok = ["token_idx", "seq_id", *(c for c in want if c in tok_names and c != "seq_id")]
+    from_fit = [c for c in want if c not in tok_names and c in fit_names]
+    pop_cols = [c for c in PARAMS if c not in from_fit] if fits_path is not None else []
+    missing = [c for c in want if c not in tok_names and c not in fit_names]
+    if missing:
+        raise SpectrumError(f"{fits_path or tok_path}: missing column(s) {', '.join(missing)}")
+    fit_iter = (_batches(fits_path, ["token_idx", *from_fit, *pop_cols], chunk)
+                if fits_path is not None else None)
+    start = 0
+    for tok in _batches(tok_path, from_tok, chunk):
+        _ordered(tok, start, tok_path)
+        frame = pl.from_arrow(tok)
+        assert isinstance(frame, pl.DataFrame)
+        code = np.searchsorted(seq_ids, frame["seq_id"].to_numpy())
+        frame = frame.with_columns(seq_code=pl.Series(code), half=pl.Series(seq_half[code]))
+        if fit_iter is not None:
+            fit = next(fit_iter, None)
+            if fit is None or fit.num_rows != tok.num_rows:
+                raise SpectrumError(f"{fits_path}: holds another number of tokens than "
+                                    f"{tok_path}; rerun `spectrum fit --force`")
+            _ordered(fit, start, fits_path)
+            f = pl.from_arrow(fit.drop_columns(["token_idx"]))
+            assert isinstance(f, pl.DataFrame)
+            if "kind" in f.columns:
+                f = f.with_columns(pl.col("kind").fill_null("missing"))
+            frame = pl.concat([frame, f], how="horizontal").with_columns(in_pop=pl.all_horizontal(
+                [pl.col(c).is_not_null() & pl.col(c).is_finite() for c in PARAMS]))
+            frame = frame.drop([c for c in pop_cols if c not in want])
+        else:
+            frame = frame.with_columns(in_pop=pl.lit(True))
+        if "seq_id" not in want:
+            frame = frame.drop("seq_id")
+        if population:
+            frame = frame.filter(pl.col("in_pop"))
+        start += tok.num_rows
+        yield frame
+    if fit_iter is not None and next(fit_iter, None) is not None:
+        raise SpectrumError(f"{fits_path}: holds another number of tokens than {tok_path}; "
+                            "rerun `spectrum fit --force`")
+
+
+def _population_mask(out: Path, fits_path: Path | None, n: int, chunk: int) -> np.ndarray:
+    """(N,) bool: the tokens whose fit has finite lo, hi, tau and k (all when no fits)."""
+    if fits_path is None:
+        return np.ones(n, bool)
+    parts = []
+    for start, table in enumerate(_batches(fits_path, ["token_idx", *PARAMS], chunk)):
+        _ordered(table, start * chunk, fits_path)
+        ok = np.ones(table.num_rows, bool)
+        for c in PARAMS:
+            v = table.column(c).to_numpy(zero_copy_only=False)
+            ok &= np.isfinite(np.asarray(v, float))
+        parts.append(ok)
+    mask = np.concatenate(parts) if parts else np.zeros(0, bool)
+    if len(mask) != n:
+        raise SpectrumError(f"{fits_path}: holds {len(mask)} tokens, the evalset {n}; rerun "
+                            "`spectrum fit --force`")
+    return mask
+
+
+def shard_sums(path: Path, seq_code: np.ndarray, n_seq: int,
+               masks: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per sequence, the summed finite losses of one shard and how many, for each token mask
+    (None: every token). The shard holds ``token_idx`` 0..N-1 in order (checked beforehand), so
+    its ``loss`` column alone is read."""
+    try:
+        loss = pq.read_table(path, columns=[LOSS]).column(0).to_numpy(zero_copy_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise SpectrumError(f"{path}: unreadable loss shard ({e})") from None
+    loss = np.asarray(loss, np.float64)
+    finite = np.isfinite(loss)
+    out = []
+    for mask in masks:
+        ok = finite if mask is None else finite & mask
+        out.append((np.bincount(seq_code[ok], weights=loss[ok], minlength=n_seq),
+                    np.bincount(seq_code[ok], minlength=n_seq).astype(float)))
+    return out
+
+
+def load_run(out: Path, spec: RunSpec, *, half_seed: int = 0, chunk: int = CHUNK,
+             summarize: bool = True) -> RunData | None:
+    """The run's data, or None if it has no loss shards with T > 0. ``summarize``: also compute
+    the per-run aggregates of its fits (:mod:`spectrum.analysis.fit_summary`) in one pass."""
     out = Path(out)
     shards = [(s, loss_shard(out, spec.name, s)) for s in shard_steps(out, spec.name) if s > 0]
     if not shards:
         return None
-    check_run_shards(out, spec.name, [s for s, _ in shards], n_tokens=tokens.height)
-    fits = read_fits(out, spec.name)
-    tok = tokens.with_columns(half=pl.Series(sequence_halves(tokens["seq_id"].to_numpy(),
-                                                             half_seed)))
-    if fits is not None:
-        tok = tok.join(fits.drop([c for c in fits.columns if c in tok.columns and c != "token_idx"]),
-                       on="token_idx", how="left")
-        tok = tok.with_columns(in_pop=pl.all_horizontal(
-            [pl.col(c).is_not_null() & pl.col(c).is_finite() for c in ("lo", "hi", "tau", "k")]))
-    else:
-        tok = tok.with_columns(in_pop=pl.lit(True))
-    frames = [pl.scan_parquet(p).select("token_idx", "loss").with_columns(step=pl.lit(s, pl.Int64))
-              for s, p in shards]
-    key = tok.lazy().select("token_idx", "seq_id", "in_pop")
-    try:
-        agg = (pl.concat(frames).filter(pl.col("loss").is_finite())
-               .join(key, on="token_idx", how="inner")
-               .group_by("step", "seq_id", "in_pop")
-               .agg(s=pl.col("loss").cast(pl.Float64).sum(), n=pl.len())
-               .collect())
-    except Exception as e:  # noqa: BLE001
-        raise SpectrumError(f"{loss_run_dir(out, spec.name)}: unreadable loss shards ({e})") from None
+    seq_id = read_token_column(out, "seq_id")
+    n = len(seq_id)
+    check_run_shards(out, spec.name, [s for s, _ in shards], n_tokens=n)
+    fits_path = check_fits(out, spec.name)
+    seq_ids, seq_code = np.unique(seq_id, return_inverse=True)
+    seq_code = seq_code.ravel().astype(np.int64)
+    halves = sequence_halves(seq_ids, half_seed)  # each id once: its half
+    del seq_id
+    pop = _population_mask(out, fits_path, n, chunk)
     steps = np.array([s for s, _ in shards], dtype=np.int64)
-    seq_ids = np.unique(tokens["seq_id"].to_numpy())
-    sums = np.zeros((2, len(seq_ids), len(steps)))
-    counts = np.zeros_like(sums)
-    col = np.searchsorted(steps, agg["step"].to_numpy())
-    row = np.searchsorted(seq_ids, agg["seq_id"].to_numpy())
-    pop = agg["in_pop"].to_numpy().astype(int)
-    np.add.at(sums, (pop, row, col), agg["s"].to_numpy())
-    np.add.at(counts, (pop, row, col), agg["n"].to_numpy().astype(float))
-    halves = tok.group_by("seq_id").agg(pl.col("half").first()).sort("seq_id")
-    return RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens,
-                   tokens_per_step=spec.tokens_per_step,
-                   warmup_steps=int(getattr(spec, "warmup_steps", 0) or 0), steps=steps,
-                   x=log_tokens(steps, spec.tokens_per_step), seq_ids=seq_ids,
-                   seq_half=halves["half"].to_numpy().astype(np.int8),
-                   seq_sums=sums.sum(0), seq_counts=counts.sum(0), pop_sums=sums[1],
-                   pop_counts=counts[1], tokens=tok if fits is not None else None, fits=fits)
+    S, K = len(seq_ids), len(steps)
+    sums, counts = np.zeros((2, S, K)), np.zeros((2, S, K))
+    for j, (_, path) in enumerate(shards):
+        for i, (s, c) in enumerate(shard_sums(path, seq_code, S, [None, pop])):
+            sums[i, :, j], counts[i, :, j] = s, c
+    del seq_code, pop
+    run = RunData(name=spec.name, role=spec.role, M=spec.params, D=spec.tokens,
+                  tokens_per_step=spec.tokens_per_step,
+                  warmup_steps=int(getattr(spec, "warmup_steps", 0) or 0), steps=steps,
+                  x=log_tokens(steps, spec.tokens_per_step), seq_ids=seq_ids,
+                  seq_half=halves.astype(np.int8), seq_sums=sums[0], seq_counts=counts[0],
+                  pop_sums=sums[1], pop_counts=counts[1], out=out, fits_path=fits_path,
+                  n_tokens=n, chunk=chunk)
+    if summarize and fits_path is not None:
+        from spectrum.analysis.fit_summary import summarize_fits
+
+        run = _with_summary(run, summarize_fits(run))
+    return run
 
 
-def load_runs(manifest: Manifest, *, half_seed: int = 0) -> tuple[pl.DataFrame, list[RunData]]:
-    """The evalset tokens and every manifest run that has loss shards."""
-    tokens = read_tokens(manifest.out)
-    runs = [load_run(manifest.out, spec, tokens, half_seed=half_seed) for spec in manifest.runs]
-    return tokens, [r for r in runs if r is not None]
+def _with_summary(run: RunData, summary: object) -> RunData:
+    from dataclasses import replace
+
+    return replace(run, summary=summary)
+
+
+def load_runs(manifest: Manifest, *, half_seed: int = 0, chunk: int = CHUNK) -> list[RunData]:
+    """Every manifest run that has loss shards."""
+    runs = [load_run(manifest.out, spec, half_seed=half_seed, chunk=chunk)
+            for spec in manifest.runs]
+    return [r for r in runs if r is not None]

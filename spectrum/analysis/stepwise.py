@@ -34,37 +34,64 @@ def step_preferred() -> pl.Expr:
             .otherwise(None).alias(layout.STEP_PREFERRED))
 
 
+NO_COLUMNS = "the fits lack the smooth alternatives; refit with `spectrum fit --force`"
+
+
+class ShareCounts:
+    """The counts and sums behind :func:`run_shares`, accumulated over token chunks."""
+
+    def __init__(self) -> None:
+        self.n = self.n_step = self.n_smooth = self.n_flat = 0
+        self.n_power = self.n_line = 0
+        self.shed = self.shed_step = 0.0
+
+    def add(self, fits: pl.DataFrame) -> None:
+        """One chunk of a run's fits (``kind``, ``lo``, ``hi`` and :data:`COLUMNS`)."""
+        kind = fits["kind"].fill_null("unfit").to_numpy().astype(str)
+        step, power, line = (fits[c].to_numpy().astype(float) for c in COLUMNS)
+        shed = np.abs(fits["hi"].to_numpy().astype(float) - fits["lo"].to_numpy().astype(float))
+        ok = ~np.isin(kind, ("flat", "unfit")) & np.isfinite(step) & np.isfinite(power) \
+            & np.isfinite(line) & np.isfinite(shed)
+        smooth = np.minimum(power, line)
+        prefer_step = ok & (step < smooth - MARGIN)
+        prefer_smooth = ok & (smooth < step)
+        self.n += int(ok.sum())
+        self.n_step += int(prefer_step.sum())
+        self.n_smooth += int(prefer_smooth.sum())
+        self.n_flat += int((kind == "flat").sum())
+        self.n_power += int((ok & (power <= line) & prefer_smooth).sum())
+        self.n_line += int((ok & (line < power) & prefer_smooth).sum())
+        self.shed += float(shed[ok].sum())
+        self.shed_step += float(shed[prefer_step].sum())
+
+    def shares(self) -> dict:
+        n = self.n
+        if n == 0:
+            return {"share_step": None, "share_step_shed": None, "n_tokens": 0,
+                    "reason": "no token that changes"}
+        w = self.shed
+        return {"share_step": float(self.n_step / n),
+                "share_step_shed": float(self.shed_step / w) if w > 0 else None,
+                "share_smooth": float(self.n_smooth / n),
+                "share_undecided": float((n - self.n_step - self.n_smooth) / n),
+                "n_tokens": n, "n_flat": self.n_flat,
+                "preferred_smooth_form": {"power_law_T": self.n_power, "line_lnT": self.n_line}}
+
+
 def run_shares(fits: pl.DataFrame) -> dict:
     """``share_step``, ``share_step_shed``, ``share_smooth`` and counts for one run's fits."""
     if not set(COLUMNS) <= set(fits.columns):
-        return {"share_step": None, "share_step_shed": None,
-                "reason": "the fits lack the smooth alternatives; refit with `spectrum fit --force`"}
-    kind = fits["kind"].fill_null("unfit").to_numpy().astype(str)
-    step, power, line = (fits[c].to_numpy().astype(float) for c in COLUMNS)
-    shed = np.abs(fits["hi"].to_numpy().astype(float) - fits["lo"].to_numpy().astype(float))
-    ok = ~np.isin(kind, ("flat", "unfit")) & np.isfinite(step) & np.isfinite(power) \
-        & np.isfinite(line) & np.isfinite(shed)
-    smooth = np.minimum(power, line)
-    prefer_step = ok & (step < smooth - MARGIN)
-    prefer_smooth = ok & (smooth < step)
-    n = int(ok.sum())
-    if n == 0:
-        return {"share_step": None, "share_step_shed": None, "n_tokens": 0,
-                "reason": "no token that changes"}
-    w = shed[ok].sum()
-    return {"share_step": float(prefer_step.sum() / n),
-            "share_step_shed": float(shed[prefer_step].sum() / w) if w > 0 else None,
-            "share_smooth": float(prefer_smooth.sum() / n),
-            "share_undecided": float((ok & ~prefer_step & ~prefer_smooth).sum() / n),
-            "n_tokens": n, "n_flat": int((kind == "flat").sum()),
-            "preferred_smooth_form": {"power_law_T": int((ok & (power <= line) & prefer_smooth).sum()),
-                                      "line_lnT": int((ok & (line < power) & prefer_smooth).sum())}}
+        return {"share_step": None, "share_step_shed": None, "reason": NO_COLUMNS}
+    counts = ShareCounts()
+    counts.add(fits)
+    return counts.shares()
 
 
 def stepwise_summary(runs: list) -> dict:
-    """``stepwise`` of scores.json: per-run shares, how they move with M, and a verdict."""
-    per_run = {r.name: {**run_shares(r.fits), "params": r.M, "tokens": r.D, "role": r.role}
-               for r in runs if r.fits is not None}
+    """``stepwise`` of scores.json: per-run shares (each run's ``summary.shares``, counted over
+    its fits at load), how they move with M, and a verdict."""
+    per_run = {r.name: {**r.summary.shares, "params": r.M, "tokens": r.D, "role": r.role}
+               for r in runs if r.summary is not None}
     shares = [(v["params"], v["share_step"]) for v in per_run.values() if v.get("share_step") is not None]
     trend = None
     if len({m for m, _ in shares}) >= 2:

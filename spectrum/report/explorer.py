@@ -199,11 +199,11 @@ def render(data_json: str) -> str:
             f'<script>{_JS}</script></section>')
 
 
-def explorer_blocks(out: str | Path, runs: list[RunData], tokens: pl.DataFrame, *,
+def explorer_blocks(out: str | Path, runs: list[RunData], *,
                     sampling: Sampling = Sampling(), budget: int = BUDGET) -> list[Block]:
     """The report's token-explorer section: a heading and the fragment (with a sentence for the
     Markdown report, which cannot hold it)."""
-    ex = draw_examples(out, runs, tokens, sampling)
+    ex = draw_examples(out, runs, sampling)
     if not ex.height:
         return [Block("h2", "Token explorer"),
                 Block("p", "No run has fits, so there are no example tokens to show.")]

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from spectrum.analysis.fit_summary import FitSummary, Histogram
 from spectrum.analysis.spectra import Comparison
 
 MODEL_STYLE = {
@@ -188,26 +189,23 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
     return fig
 
 
-def fit_quality(fits: dict[str, pl.DataFrame]) -> Figure:
-    """R^2 distribution, counts by kind and standard errors of tau, per run."""
+def fit_quality(fits: dict[str, FitSummary]) -> Figure:
+    """R^2 distribution, counts by kind and standard errors of tau, per run (from each run's
+    summary: the histograms were counted when the run was loaded)."""
     fig, (a1, a2, a3) = _figure(3, w=4.6, h=3.4)
     if not fits:
         _empty(a1, "no fits")
         return fig
-    kinds = sorted({k for f in fits.values() for k in f["kind"].drop_nulls().unique().to_list()})
+    kinds = sorted({k for f in fits.values() for k in f.kinds})
     width = 0.8 / max(len(fits), 1)
     for i, (run, f) in enumerate(fits.items()):
-        r2 = f["r2"].drop_nulls().to_numpy()
-        r2 = r2[np.isfinite(r2)]
-        a1.hist(np.clip(r2, -0.5, 1), bins=40, histtype="step", color=f"C{i}", label=run)
-        counts = dict(f.group_by("kind").len().iter_rows())
+        if f.r2_hist is not None:
+            _hist(a1, f.r2_hist, color=f"C{i}", label=run)
+        counts = f.kind_counts
         a2.bar(np.arange(len(kinds)) + i * width, [counts.get(k, 0) for k in kinds], width,
                color=f"C{i}", label=run)
-        se = f.filter(pl.col("kind") == "learned")["tau_se"].drop_nulls().to_numpy() \
-            if "tau_se" in f.columns else np.array([])
-        se = se[np.isfinite(se) & (se > 0)]
-        if se.size:
-            a3.hist(np.log10(se), bins=40, histtype="step", color=f"C{i}", label=run)
+        if f.tau_se_hist is not None:
+            _hist(a3, f.tau_se_hist, color=f"C{i}", label=run)
     a1.set_xlabel("R^2 of the per-token fit (clipped at -0.5)")
     a1.set_title("fit quality")
     a2.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, rotation=20, fontsize=8)
@@ -218,6 +216,11 @@ def fit_quality(fits: dict[str, pl.DataFrame]) -> Figure:
     for ax, loc in ((a1, "upper left"), (a2, "upper right"), (a3, "upper right")):
         ax.legend(fontsize=7, loc=loc)
     return fig
+
+
+def _hist(ax, h: Histogram, **style) -> None:
+    """A histogram counted beforehand, drawn as ``ax.hist`` draws the values themselves."""
+    ax.hist(h.edges[:-1], bins=h.edges, weights=h.counts, histtype="step", **style)
 
 
 def stepwise(shares: dict) -> Figure:

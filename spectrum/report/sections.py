@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from spectrum.analysis.evaluation import IN_SAMPLE_LABEL, SMOOTHING, TESTS, SpectraResult
+from spectrum.analysis.fit_summary import FitSummary
 from spectrum.analysis.run_data import RunData
 from spectrum.report import figures, tables
 from spectrum.report.blocks import Block
@@ -48,7 +49,7 @@ class Inputs:
     spectra: SpectraResult
     scores: dict
     preds: pl.DataFrame
-    fits: dict[str, pl.DataFrame]
+    fits: dict[str, FitSummary]  # run -> the summary of its fits
     fit_settings: dict[str, Any]
     edges: np.ndarray
     curriculum: dict[str, Any] | None
@@ -59,7 +60,7 @@ def _figure(caption: str, fig, name: str) -> Block:
 
 
 def overview(d: Inputs) -> list[Block]:
-    n_tokens = max((r.tokens.height for r in d.runs if r.tokens is not None), default=0)
+    n_tokens = max((r.n_tokens for r in d.runs if r.has_fits), default=0)
     return [
         Block("p", f"Manifest: {d.manifest_path}. {len(d.runs)} runs with measured losses, "
                    f"{n_tokens} contextualized tokens in the evaluation set."),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polars as pl
 
+from spectrum.analysis.fit_summary import FitSummary
 from spectrum.analysis.run_data import RunData
 
 GROUPS = (("predictions", "prediction"), ("baselines", "baseline"), ("references", "reference"))
@@ -87,8 +87,8 @@ def heldout_run_rows(entry: dict) -> list[tuple[str, ...]]:
 def run_rows(runs: list[RunData]) -> list[tuple[str, ...]]:
     out = []
     for r in runs:
-        n = r.tokens.height if r.tokens is not None else 0
-        pop = int(r.tokens["in_pop"].sum()) if r.tokens is not None else 0
+        n = r.summary.n_tokens if r.summary is not None else 0
+        pop = r.summary.n_pop if r.summary is not None else 0
         sc = r.scored
         scored = f"{np.exp(r.x[sc].min()):.3g} - {np.exp(r.x[sc].max()):.3g}" if sc.any() else "-"
         out.append((r.name, r.role, f"{r.M:.3g}", f"{r.D:.3g}", str(len(r.steps)),
@@ -117,15 +117,11 @@ def stepwise_rows(stepwise: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def fit_quality_rows(fits: dict[str, pl.DataFrame]) -> list[tuple[str, ...]]:
+def fit_quality_rows(fits: dict[str, FitSummary]) -> list[tuple[str, ...]]:
     rows = []
     for run, f in fits.items():
-        counts = dict(f.group_by("kind").len().iter_rows())
-        r2 = f["r2"].drop_nulls().to_numpy().astype(float)
-        learned = f.filter(pl.col("kind") == "learned")
-        se = learned["tau_se"].drop_nulls().to_numpy().astype(float) \
-            if "tau_se" in f.columns else np.array([])
-        rows.append((run, str(f.height), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
-                     fmt(float(np.nanmedian(r2))) if r2.size else "-",
-                     fmt(float(np.nanmedian(se))) if se.size else "-"))
+        counts = f.kind_counts
+        rows.append((run, str(f.n_tokens), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+                     fmt(f.r2_median) if f.r2_median is not None else "-",
+                     fmt(f.tau_se_median) if f.tau_se_median is not None else "-"))
     return rows

@@ -32,7 +32,7 @@ def _band_truth(tau, steps):
 
 def test_cells_are_capped_and_counted(world):
     manifest, tokens, runs = world
-    ex = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=5))
+    ex = draw_examples(manifest.out, runs, Sampling(per_cell=5))
     freq = tokens["target_freq"].to_numpy()
     q_edges = np.quantile(freq, [0.25, 0.5, 0.75])
     for r in runs:
@@ -59,10 +59,10 @@ def test_cells_are_capped_and_counted(world):
 
 def test_draws_are_seeded_and_nested(world):
     manifest, tokens, runs = world
-    a = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=3, seed=1))
-    b = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=3, seed=1))
-    c = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=3, seed=2))
-    big = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=8, seed=1))
+    a = draw_examples(manifest.out, runs, Sampling(per_cell=3, seed=1))
+    b = draw_examples(manifest.out, runs, Sampling(per_cell=3, seed=1))
+    c = draw_examples(manifest.out, runs, Sampling(per_cell=3, seed=2))
+    big = draw_examples(manifest.out, runs, Sampling(per_cell=8, seed=1))
     key = ["run", "token_idx"]
     assert a.select(key).equals(b.select(key))
     assert not a.select(key).sort(key).equals(c.select(key).sort(key))
@@ -71,7 +71,7 @@ def test_draws_are_seeded_and_nested(world):
 
 def test_trajectories_contexts_and_other_runs_match_the_files(world):
     manifest, tokens, runs = world
-    ex = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=2, context=5))
+    ex = draw_examples(manifest.out, runs, Sampling(per_cell=2, context=5))
     seqs = {s: np.asarray(i) for s, i in
             pl.read_parquet(manifest.out / "evalset" / "sequences.parquet").iter_rows()}
     fits = {r.name: pl.read_parquet(manifest.out / "fits" / f"run={r.name}" / "part-0.parquet")
@@ -105,8 +105,8 @@ def test_step_verdict_is_carried_when_the_fits_hold_it(world, tmp_path):
     path = out / "fits" / "run=m3-d3" / "part-0.parquet"
     f = pl.read_parquet(path)
     f.with_columns(step_preferred=pl.col("token_idx") % 3 == 0).write_parquet(path)
-    tokens, runs = load_runs(dataclasses.replace(manifest, out=out))
-    ex = draw_examples(out, runs, tokens, Sampling(per_cell=2))
+    runs = load_runs(dataclasses.replace(manifest, out=out))
+    ex = draw_examples(out, runs, Sampling(per_cell=2))
     mine = ex.filter(pl.col("run") == "m3-d3")
     assert (mine["step_preferred"] == (mine["token_idx"] % 3 == 0)).all()
     assert ex.filter(pl.col("run") != "m3-d3")["step_preferred"].null_count() == \
@@ -123,7 +123,7 @@ def test_a_sequence_that_disagrees_with_the_tokens_is_named(world, tmp_path):
     seqs.with_columns(pl.col("input_ids").list.eval(pl.element() + 1)).write_parquet(
         out / "evalset" / "sequences.parquet")
     with pytest.raises(SpectrumError, match="sequences.parquet: sequence .* does not hold"):
-        draw_examples(out, runs, tokens, Sampling(per_cell=1))
+        draw_examples(out, runs, Sampling(per_cell=1))
 
 
 def test_the_frame_for_the_notebook_decodes_its_text(world):

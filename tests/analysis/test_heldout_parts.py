@@ -42,7 +42,7 @@ def _run(name, M, D, role="heldout", steps=(1, 2, 4, 8, 16), warmup=1, level=0.0
                    steps=steps, x=x, seq_ids=np.arange(2), seq_half=np.array([0, 1]),
                    seq_sums=np.stack([curve, curve]), seq_counts=np.ones((2, len(steps))),
                    pop_sums=np.stack([curve, curve]), pop_counts=np.ones((2, len(steps))),
-                   tokens=None)
+                   )
 
 
 def test_targets_are_measured_among_held_out_runs_with_known_slopes():

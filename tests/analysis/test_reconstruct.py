@@ -127,7 +127,7 @@ def test_heldout_tests_on_synthetic_artifacts(tmp_path):
     from spectrum.analysis.spectra import log_time_grid
 
     manifest = load_manifest(make_synthetic_artifacts(tmp_path, n_seq=16, context=32))
-    _, runs = load_runs(manifest)
+    runs = load_runs(manifest)
     edges = log_time_grid([(r.x.min(), r.x.max()) for r in runs], 24)
     opts = Options(n_boot=20)
     sp = run_spectra(runs, edges, opts)
@@ -165,7 +165,7 @@ def test_heldout_runs_null_with_reason(tmp_path):
         [("m2-d1", 3e5, 1e6, "heldout", 0)]
     manifest = load_manifest(make_synthetic_artifacts(tmp_path, n_seq=8, context=16,
                                                       runs=only_one_size))
-    _, runs = load_runs(manifest)
+    runs = load_runs(manifest)
     edges = log_time_grid([(r.x.min(), r.x.max()) for r in runs], 12)
     opts = Options(n_boot=5)
     scores, _ = run_tests(runs, run_spectra(runs, edges, opts).spectra, edges, opts)

@@ -32,14 +32,14 @@ def _data(fragment: str) -> dict:
 
 def test_fragment_is_self_contained_and_carries_every_example(world):
     manifest, tokens, runs = world
-    blocks = explorer_blocks(manifest.out, runs, tokens)
+    blocks = explorer_blocks(manifest.out, runs)
     assert [b.kind for b in blocks] == ["h2", "html"]
     frag = blocks[1].html
     assert frag.startswith('<section id="token-explorer">') and frag.endswith("</section>")
     for bad in ("src=", "href=", "<link", "url(", "@import", "fetch(", "XMLHttpRequest"):
         assert bad not in frag, bad
     data = _data(frag)
-    ex = draw_examples(manifest.out, runs, tokens, Sampling())
+    ex = draw_examples(manifest.out, runs, Sampling())
     assert len(data["ex"]["tok"]) == ex.height
     assert sorted(zip(data["ex"]["tok"], data["ex"]["run"])) == sorted(
         zip(ex["token_idx"], [[r["name"] for r in data["runs"]].index(n) for n in ex["run"]]))
@@ -52,7 +52,7 @@ def test_fragment_is_self_contained_and_carries_every_example(world):
 
 def test_pieces_that_look_like_markup_stay_data(world):
     manifest, tokens, runs = world
-    ex = draw_examples(manifest.out, runs, tokens, Sampling(per_cell=1))
+    ex = draw_examples(manifest.out, runs, Sampling(per_cell=1))
     evil = "</script><script>alert(1)</script>"
     ids = set(ex["target_id"].to_list()) | set(ex["context_ids"].explode().drop_nulls().to_list())
     dec = Decoding({int(i): evil for i in ids}, "test")
@@ -69,7 +69,7 @@ def test_without_the_tokenizer_ids_are_shown_and_the_page_says_why(world, tmp_pa
     meta = json.loads((out / "evalset/meta.json").read_text())
     meta["tokenizer"]["source"] = str(tmp_path / "gone")
     (out / "evalset/meta.json").write_text(json.dumps(meta))
-    ex = draw_examples(out, runs, tokens, Sampling(per_cell=1))
+    ex = draw_examples(out, runs, Sampling(per_cell=1))
     dec = decoding_for(out, ex)
     assert dec.pieces is None
     assert dec.note.startswith("Token ids are shown instead of text") and "gone" in dec.note
@@ -79,7 +79,7 @@ def test_without_the_tokenizer_ids_are_shown_and_the_page_says_why(world, tmp_pa
 
 def test_the_budget_lowers_the_draw_and_says_so(world):
     manifest, tokens, runs = world
-    ex = draw_examples(manifest.out, runs, tokens, Sampling())
+    ex = draw_examples(manifest.out, runs, Sampling())
     dec = Decoding(None, "ids")
     full, used, note = fit_to_budget(ex, runs, Sampling(), dec)
     assert used.per_cell == 40 and not note

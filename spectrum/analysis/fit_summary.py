@@ -1,0 +1,87 @@
+"""What the report says of one run's fits as a whole, counted once when the run is loaded, in token
+chunks: tokens by kind, the population's size, the step-versus-smooth shares
+(:class:`spectrum.analysis.stepwise.ShareCounts`), and the fit-quality table's medians and the
+histograms of its figure (R^2 of every fit, clipped at -0.5; log10 standard error of tau of the
+learned tokens). The medians need each value once: the two columns are gathered for the run being
+loaded and dropped after (8 bytes a token, one run at a time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spectrum.analysis import stepwise
+from spectrum.analysis.run_data import RunData
+
+HIST_BINS = 40
+
+
+@dataclass(frozen=True)
+class Histogram:
+    counts: np.ndarray
+    edges: np.ndarray
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    n_tokens: int
+    n_pop: int  # tokens with finite lo, hi, tau, k
+    kind_counts: dict[str, int]  # kind -> tokens (a null kind reads "missing")
+    r2_median: float | None  # over every token with an R^2 (NaN ignored)
+    tau_se_median: float | None  # over the learned tokens with a standard error of tau
+    r2_hist: Histogram | None  # finite R^2 clipped to [-0.5, 1], 40 bins
+    tau_se_hist: Histogram | None  # log10 of finite positive tau_se of learned tokens, 40 bins
+    shares: dict = field(default_factory=dict)  # stepwise.run_shares of the run
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(k for k in self.kind_counts if k != "missing")
+
+
+def _hist(values: np.ndarray) -> Histogram | None:
+    if not values.size:
+        return None
+    counts, edges = np.histogram(values, bins=HIST_BINS)
+    return Histogram(counts, edges)
+
+
+def summarize_fits(run: RunData) -> FitSummary:
+    """One pass over the run's fits (see the module docstring)."""
+    assert run.fits_path is not None
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(run.fits_path).names)
+    has_se = "tau_se" in names
+    has_r2 = "r2" in names
+    has_bic = set(stepwise.COLUMNS) <= names
+    cols = ["kind", "lo", "hi", *(["r2"] if has_r2 else []), *(["tau_se"] if has_se else []),
+            *(stepwise.COLUMNS if has_bic else ())]
+    kinds: dict[str, int] = {}
+    r2s, ses = [], []
+    n = n_pop = 0
+    shares = stepwise.ShareCounts()
+    for chunk in run.token_chunks(cols):
+        n += chunk.height
+        n_pop += int(chunk["in_pop"].sum())
+        for k, c in chunk.group_by("kind").len().iter_rows():
+            kinds[k] = kinds.get(k, 0) + int(c)
+        if has_r2:
+            r2s.append(chunk["r2"].drop_nulls().to_numpy().astype(float))
+        if has_se:
+            ses.append(chunk.filter(chunk["kind"] == "learned")["tau_se"].drop_nulls()
+                       .to_numpy().astype(float))
+        if has_bic:
+            shares.add(chunk)
+    r2 = np.concatenate(r2s) if r2s else np.zeros(0)
+    se = np.concatenate(ses) if ses else np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        r2_med = float(np.nanmedian(r2)) if r2.size else None
+        se_med = float(np.nanmedian(se)) if se.size else None
+    r2_fin = r2[np.isfinite(r2)]
+    se_pos = se[np.isfinite(se) & (se > 0)]
+    return FitSummary(n_tokens=n, n_pop=n_pop, kind_counts=kinds, r2_median=r2_med,
+                      tau_se_median=se_med, r2_hist=_hist(np.clip(r2_fin, -0.5, 1)),
+                      tau_se_hist=_hist(np.log10(se_pos)),
+                      shares=shares.shares() if has_bic else
+                      {"share_step": None, "share_step_shed": None, "reason": stepwise.NO_COLUMNS})
