@@ -23,6 +23,7 @@ A test that cannot run says why (``reason``) instead of a number.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -37,6 +38,7 @@ from spectrum.analysis.run_data import PARAMS, RunData
 from spectrum.analysis.scaling import PowerLaw, fit_power_law
 from spectrum.analysis.scores import null_score, score
 from spectrum.analysis.stepwise import stepwise_summary
+from spectrum.analysis.token_passes import Mapper, in_process
 from spectrum.analysis.spectra import (DEFAULT_KINDS, SLICE_COLUMNS, Comparison, SliceRule,
                                        Spectrum, SpectrumSums, TauSums, compare_sums,
                                        compared_pairs, slice_rules, spectrum_rows)
@@ -110,35 +112,59 @@ class _SliceSums:
         return self.rule.order
 
 
-def _spectra_sums(run: RunData, edges: np.ndarray, opts: Options) -> tuple[SpectrumSums,
-                                                                           list[_SliceSums]]:
-    """One pass over the run's population: the spectrum's sums, and each slice's."""
-    rules = _slice_rules(run, opts)
-    n_seq = len(run.seq_ids)
-    total = SpectrumSums(n_seq, edges)
-    slices = [_SliceSums(r, SpectrumSums(n_seq, edges), TauSums(n_seq)) for r in rules]
-    for ch in run.token_chunks(["lo", "hi", "tau", "k", "kind", *{r.column for r in rules}],
-                               population=True):
-        a = _arrays(ch)
-        codes = ch["seq_code"].to_numpy()
-        inc = np.isin(a["kind"], opts.kinds)
-        learned = a["kind"] == "learned"
-        total.add(a["tau"], a["delta"], codes, inc)
-        for s in slices:
-            m = s.rule.mask(ch)
-            s.spectrum.add(a["tau"][m], a["delta"][m], codes[m], inc[m])
-            s.tau.add(a["tau"], a["delta"], codes, learned & m)
-    return total, [s for s in slices if s.spectrum.n > 0]
+@dataclass(frozen=True)
+class SpectraPass:
+    """The spectrum's per-sequence sums of one run's population, and each slice's (a token pass,
+    :mod:`spectrum.analysis.token_passes`); combined: ``(total, non-empty slices)``."""
+
+    run: RunData
+    edges: np.ndarray
+    kinds: tuple[str, ...]
+    rules: tuple[SliceRule, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.run.n_tokens
+
+    def __call__(self, start: int, stop: int) -> tuple[SpectrumSums, list[_SliceSums]]:
+        n_seq = len(self.run.seq_ids)
+        total = SpectrumSums(n_seq, self.edges)
+        slices = [_SliceSums(r, SpectrumSums(n_seq, self.edges), TauSums(n_seq))
+                  for r in self.rules]
+        for ch in self.run.token_chunks(["lo", "hi", "tau", "k", "kind",
+                                         *{r.column for r in self.rules}],
+                                        population=True, start=start, stop=stop):
+            a = _arrays(ch)
+            codes = ch["seq_code"].to_numpy()
+            inc = np.isin(a["kind"], self.kinds)
+            learned = a["kind"] == "learned"
+            total.add(a["tau"], a["delta"], codes, inc)
+            for s in slices:
+                m = s.rule.mask(ch)
+                s.spectrum.add(a["tau"][m], a["delta"][m], codes[m], inc[m])
+                s.tau.add(a["tau"], a["delta"], codes, learned & m)
+        return total, slices
+
+    def combine(self, parts: Sequence[tuple[SpectrumSums, list[_SliceSums]]]
+                ) -> tuple[SpectrumSums, list[_SliceSums]]:
+        total, slices = parts[0]
+        for t, ss in parts[1:]:
+            total.merge(t)
+            for s, o in zip(slices, ss):
+                s.spectrum.merge(o.spectrum)
+                s.tau.merge(o.tau)
+        return total, [s for s in slices if s.spectrum.n > 0]
 
 
-def run_spectra(runs: list[RunData], edges: np.ndarray, opts: Options) -> SpectraResult:
+def run_spectra(runs: list[RunData], edges: np.ndarray, opts: Options,
+                mapper: Mapper = in_process) -> SpectraResult:
     """Spectra (all tokens and every annotation slice) with bands, and the slice comparisons;
-    each run in one pass over its tokens."""
+    each run in one pass over its tokens (``mapper``: how the passes run)."""
     rows, spectra, comps = [], {}, {}
-    for run in runs:
-        if not run.has_fits:
-            continue
-        total, slices = _spectra_sums(run, edges, opts)
+    with_fits = [r for r in runs if r.has_fits]
+    passes = [SpectraPass(r.light(), edges, opts.kinds, tuple(_slice_rules(r, opts)))
+              for r in with_fits]
+    for run, (total, slices) in zip(with_fits, mapper(passes)):
         sp = total.spectrum(n_boot=opts.n_boot, seed=opts.seed)
         spectra[run.name] = sp
         rows.append(spectrum_rows(run.name, "all", "all", sp))
@@ -201,14 +227,35 @@ def _population_curve(run: RunData, W: np.ndarray, half: int | None = None) -> n
     return SeqCurve(run.pop_sums * keep[:, None], run.pop_counts * keep[:, None]).draw(W)
 
 
-def _test_in_sample(runs: list[RunData], W: np.ndarray, c: _Collector) -> None:
-    for run in runs:
-        if not run.has_fits:
-            continue
+@dataclass(frozen=True)
+class InSamplePass:
+    """Per-sequence sums of the fitted sigmoids of one run's population at its scored checkpoints
+    (a token pass); combined: the :class:`SeqCurve`."""
+
+    run: RunData
+
+    @property
+    def n_tokens(self) -> int:
+        return self.run.n_tokens
+
+    def __call__(self, start: int, stop: int) -> SeqCurve:
+        x = self.run.x[self.run.scored]
+        return chunk_curve(self.run.token_chunks(PARAMS, population=True, start=start, stop=stop),
+                           lambda ch: token_curves(*(ch[p].to_numpy().astype(float)
+                                                     for p in PARAMS), x),
+                           len(self.run.seq_ids))
+
+    def combine(self, parts: Sequence[SeqCurve]) -> SeqCurve:
+        parts = [p for p in parts if p.sums.shape[1]] or list(parts[:1])
+        return SeqCurve(sum(p.sums for p in parts[1:]) + parts[0].sums,
+                        sum(p.counts for p in parts[1:]) + parts[0].counts)
+
+
+def _test_in_sample(runs: list[RunData], W: np.ndarray, c: _Collector, mapper: Mapper) -> None:
+    with_fits = [r for r in runs if r.has_fits]
+    for run, curve in zip(with_fits, mapper([InSamplePass(r.light()) for r in with_fits])):
         sc = run.scored
-        Lh = chunk_curve(run.token_chunks(PARAMS, population=True),
-                         lambda ch: token_curves(*(ch[p].to_numpy().astype(float) for p in PARAMS),
-                                                 run.x[sc]), len(run.seq_ids)).draw(W)
+        Lh = curve.draw(W)
         L = _population_curve(run, W)[:, sc]
         c.add("in_sample", "L", "fitted_sigmoids", "prediction", run.name, run.x[sc], Lh, L)
         if sc.sum() >= 2:
@@ -332,14 +379,17 @@ def _simple_entry(test: str, c: _Collector, reason: str | None) -> dict:
 
 
 def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarray,
-              opts: Options) -> tuple[dict, pl.DataFrame]:
-    """Every named test and the step-vs-smooth summary: (scores, predictions table)."""
+              opts: Options, mapper: Mapper = in_process) -> tuple[dict, pl.DataFrame]:
+    """Every named test and the step-vs-smooth summary: (scores, predictions table). The
+    in-sample curves and the token models' two passes run through ``mapper``
+    (:mod:`spectrum.analysis.token_passes`); the kernels' pass (weighted quantiles of k, which
+    are not sums) runs here."""
     c = _Collector()
     has_fits = any(r.has_fits for r in runs)
     W = replicate_weights(len(runs[0].seq_ids), opts.n_boot, opts.seed) if runs else np.ones((1, 0))
     kernels = {r.name: _run_kernels(r, edges, opts) for r in runs
                if r.has_fits and r.scored.sum() >= 2}
-    _test_in_sample(runs, W, c)
+    _test_in_sample(runs, W, c, mapper)
     _test_spectrum_only(runs, spectra, W, kernels, c)
     _test_heldout_tokens(runs, W, kernels, c)
     laws = run_power_laws([r for r in runs if r.role == "fit"])
@@ -349,8 +399,8 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
                                        None if spectra else "no run has a spectrum (no fits)"),
         "heldout_tokens": _simple_entry("heldout_tokens", c,
                                         None if has_fits else "no run has fits"),
-        "heldout_runs": heldout_runs_test(runs, W, opts.ridge, c.rows, laws),
-        "leave_one_run_out": leave_one_run_out_test(runs, W, opts.ridge, c.rows, laws),
+        "heldout_runs": heldout_runs_test(runs, W, opts.ridge, c.rows, laws, mapper),
+        "leave_one_run_out": leave_one_run_out_test(runs, W, opts.ridge, c.rows, laws, mapper),
     }
     for test, (frm, tgt) in TESTS.items():
         tests[test].update(predicted_from=frm, targets_described=tgt)

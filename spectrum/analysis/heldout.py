@@ -22,6 +22,7 @@ from spectrum.analysis.curves import SeqCurve, fixed
 from spectrum.analysis.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
                                            token_model_predictions)
 from spectrum.analysis.run_data import RunData
+from spectrum.analysis.token_passes import Mapper, in_process
 from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
                                       r2_words, score)
 from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
@@ -246,7 +247,8 @@ def _run_entry(h: RunData, fit: list[RunData], first: RunData) -> dict:
 
 
 def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
-                      rows: list[pl.DataFrame], laws: dict) -> dict:
+                      rows: list[pl.DataFrame], laws: dict,
+                      mapper: Mapper = in_process) -> dict:
     """``tests.heldout_runs`` of scores.json (see the module docstring)."""
     fit = [r for r in runs if r.role == "fit" and r.has_fits]
     held = [r for r in runs if r.role == "heldout"]
@@ -260,7 +262,7 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     targets = heldout_targets(held, fit)
     groups = points(held)
     firsts = [p[0] for p in groups]
-    tokens = token_model_predictions([Job(fit, firsts)], weights, ridge)[0]
+    tokens = token_model_predictions([Job(fit, firsts)], weights, ridge, mapper)[0]
     pred = predict_runs(fit, firsts, weights, tokens=tokens, laws=laws,
                         chinchilla_refits=min(weights.shape[0] - 1, 100))
     pooled = pool_targets(targets, measured, pred, rows, "heldout_runs")
@@ -279,7 +281,8 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
 
 
 def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: float,
-                           rows: list[pl.DataFrame], laws: dict) -> dict:
+                           rows: list[pl.DataFrame], laws: dict,
+                           mapper: Mapper = in_process) -> dict:
     """Each fit run predicted from the other fit runs: L and dL/dlnT (without the Chinchilla
     baseline, whose end-of-run law says nothing along a run that the others do not)."""
     fit = [r for r in runs if r.role == "fit" and r.has_fits]
@@ -290,7 +293,7 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
     pooled: dict[str, dict[str, Pooled]] = {t: {} for t in TARGETS}
     reasons = []
     jobs = [Job([o for o in fit if o.name != r.name], [r]) for r in fit]
-    for job, tokens in zip(jobs, token_model_predictions(jobs, weights, ridge)):
+    for job, tokens in zip(jobs, token_model_predictions(jobs, weights, ridge, mapper)):
         r, others = job.targets[0], job.fit
         pred = predict_runs(others, [r], weights, tokens=tokens, laws=laws, chinchilla_refits=None)
         reasons += pred.reasons

@@ -105,14 +105,26 @@ class RunData:
         return names | (set(_schema(self.fits_path)) if self.fits_path is not None else set())
 
     def token_chunks(self, columns: Sequence[str], *, population: bool = False,
-                     chunk: int | None = None) -> Iterator[pl.DataFrame]:
-        """The run's tokens in order, ``chunk`` at a time, as frames with ``token_idx``, the
-        ``columns`` asked for (from the evalset's annotations, else from the fits) and the derived
-        ``seq_code`` (row of ``seq_sums``), ``half`` and ``in_pop``; ``population``: the
-        population's tokens only. A fits ``kind`` that is null reads ``missing``."""
+                     chunk: int | None = None, start: int = 0,
+                     stop: int | None = None) -> Iterator[pl.DataFrame]:
+        """The run's tokens ``start <= token_idx < stop`` (None: to the last) in order, ``chunk``
+        at a time, as frames with ``token_idx``, the ``columns`` asked for (from the evalset's
+        annotations, else from the fits) and the derived ``seq_code`` (row of ``seq_sums``),
+        ``half`` and ``in_pop``; ``population``: the population's tokens only. A fits ``kind``
+        that is null reads ``missing``."""
         assert self.out is not None, "a run built without its output folder has no token reader"
         yield from read_token_chunks(self.out, self.fits_path, columns, self.seq_ids,
-                                     self.seq_half, chunk or self.chunk, population=population)
+                                     self.seq_half, chunk or self.chunk, population=population,
+                                     start=start, stop=stop)
+
+    def light(self) -> "RunData":
+        """This run without its per-sequence loss sums and fit summary: what a worker that reads
+        the run's tokens needs (its token reader, axes and scale), small to send."""
+        from dataclasses import replace
+
+        empty = np.zeros((0, len(self.x)))
+        return replace(self, seq_sums=empty, seq_counts=empty, pop_sums=empty, pop_counts=empty,
+                       summary=None)
 
 
 def sequence_halves(seq_id: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -171,14 +183,42 @@ def check_fits(out: Path, run: str) -> Path | None:
     return path
 
 
-def _batches(path: Path, columns: list[str], chunk: int) -> Iterator[pa.Table]:
-    """The file's ``columns`` in consecutive tables of exactly ``chunk`` rows (the last shorter)."""
+def _row_groups(file: pq.ParquetFile, start: int, stop: int | None) -> tuple[list[int], int]:
+    """The row groups that hold rows ``start <= row < stop``, and the first one's first row."""
+    groups, first, offset = [], start, 0
+    for g in range(file.metadata.num_row_groups):
+        n = file.metadata.row_group(g).num_rows
+        if offset + n > start and (stop is None or offset < stop):
+            first = offset if not groups else first
+            groups.append(g)
+        offset += n
+    return groups, first
+
+
+def _batches(path: Path, columns: list[str], chunk: int, start: int = 0,
+             stop: int | None = None) -> Iterator[pa.Table]:
+    """The file's ``columns`` of rows ``start <= row < stop`` (None: to the end) in consecutive
+    tables of exactly ``chunk`` rows (the last shorter); only the row groups holding the range
+    are read."""
     try:
-        reader = pq.ParquetFile(path).iter_batches(batch_size=chunk, columns=columns,
-                                                   use_threads=False)
+        file = pq.ParquetFile(path)
+        groups, first = _row_groups(file, start, stop)
+        if not groups:
+            return
+        reader = file.iter_batches(batch_size=chunk, columns=columns, row_groups=groups,
+                                   use_threads=False)
+        skip, left = start - first, (None if stop is None else stop - start)
         held: list[pa.RecordBatch] = []
         n = 0
         for batch in reader:
+            if skip:
+                cut = min(skip, batch.num_rows)
+                batch, skip = batch.slice(cut), skip - cut
+            if left is not None:
+                batch = batch.slice(0, left)
+                left -= batch.num_rows
+            if not batch.num_rows:
+                continue
             held.append(batch)
             n += batch.num_rows
             while n >= chunk:
@@ -201,7 +241,8 @@ def _ordered(table: pa.Table, start: int, path: Path) -> None:
 
 def read_token_chunks(out: Path, fits_path: Path | None, columns: Sequence[str],
                       seq_ids: np.ndarray, seq_half: np.ndarray, chunk: int, *,
-                      population: bool = False) -> Iterator[pl.DataFrame]:
+                      population: bool = False, start: int = 0,
+                      stop: int | None = None) -> Iterator[pl.DataFrame]:
     """See :meth:`RunData.token_chunks`."""
     tok_path = check_tokens(out)
     tok_names = set(_schema(tok_path))
@@ -213,10 +254,9 @@ def read_token_chunks(out: Path, fits_path: Path | None, columns: Sequence[str],
     missing = [c for c in want if c not in tok_names and c not in fit_names]
     if missing:
         raise SpectrumError(f"{fits_path or tok_path}: missing column(s) {', '.join(missing)}")
-    fit_iter = (_batches(fits_path, ["token_idx", *from_fit, *pop_cols], chunk)
+    fit_iter = (_batches(fits_path, ["token_idx", *from_fit, *pop_cols], chunk, start, stop)
                 if fits_path is not None else None)
-    start = 0
-    for tok in _batches(tok_path, from_tok, chunk):
+    for tok in _batches(tok_path, from_tok, chunk, start, stop):
         _ordered(tok, start, tok_path)
         frame = pl.from_arrow(tok)
         assert isinstance(frame, pl.DataFrame)

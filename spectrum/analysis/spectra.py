@@ -122,6 +122,16 @@ class SpectrumSums:
         self.n_in += int(on.sum())
         self.n_off += int((inc & (b < 0)).sum())
 
+    def merge(self, other: "SpectrumSums") -> "SpectrumSums":
+        """Add the sums of another set of tokens (another token range) on the same grid."""
+        self.amp += other.amp
+        self.cnt += other.cnt
+        self.per_group += other.per_group
+        self.n += other.n
+        self.n_in += other.n_in
+        self.n_off += other.n_off
+        return self
+
     def spectrum(self, *, n_boot: int = 200, level: float = 0.95, seed: int = 0,
                  weights: np.ndarray | None = None) -> Spectrum:
         """The spectrum, with bands from a bootstrap over the sequences that hold a token
@@ -294,6 +304,13 @@ class TauSums:
         self.sw += np.bincount(codes[sel], weights=delta[sel], minlength=n)
         self.swt += np.bincount(codes[sel], weights=(delta * tau)[sel], minlength=n)
         self.n += int(sel.sum())
+
+    def merge(self, other: "TauSums") -> "TauSums":
+        """Add the sums of another set of tokens (another token range)."""
+        self.sw += other.sw
+        self.swt += other.swt
+        self.n += other.n
+        return self
 
 
 def compare_sums(sa: TauSums, sb: TauSums, present: np.ndarray, *, question: str, a: str,

@@ -16,7 +16,7 @@ fit run's tokens once).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -27,6 +27,7 @@ from spectrum.analysis.param_model import (STEP_KINDS, PopulationModel, QUANTITI
                                            observations, step_k_range)
 from spectrum.analysis.reconstruct import token_curves
 from spectrum.analysis.run_data import PARAMS, RunData
+from spectrum.analysis.token_passes import Mapper, in_process
 from spectrum.errors import SpectrumError
 
 PREDICTION = "param_model"
@@ -84,10 +85,12 @@ class _Reader:
         base = min(r.chunk for r in runs)
         self.chunk = max(1, base * 8 // max(len(runs), 8))
 
-    def chunks(self) -> Iterator[tuple[np.ndarray, dict[str, pl.DataFrame], dict[str, dict]]]:
-        """(seq_code, frames, observations) per chunk; observations: run -> quantity -> (y, w)
-        of that run alone, each (n, 1)."""
-        iters = [r.token_chunks(self.cols[r.name][0], chunk=self.chunk) for r in self.runs]
+    def chunks(self, start: int = 0, stop: int | None = None
+               ) -> Iterator[tuple[np.ndarray, dict[str, pl.DataFrame], dict[str, dict]]]:
+        """(seq_code, frames, observations) per chunk of the tokens ``start <= token_idx <
+        stop``; observations: run -> quantity -> (y, w) of that run alone, each (n, 1)."""
+        iters = [r.token_chunks(self.cols[r.name][0], chunk=self.chunk, start=start, stop=stop)
+                 for r in self.runs]
         for parts in zip(*iters):
             frames = {r.name: p for r, p in zip(self.runs, parts)}
             obs = {r.name: observations([_params(r, frames[r.name], self.cols[r.name][1])],
@@ -102,13 +105,21 @@ class _SeqSums:
     def add(self, model: str, run: str, ind, values: np.ndarray) -> None:
         v = np.asarray(values, float)
         ok = np.isfinite(v)
-        s, c = ind @ np.where(ok, v, 0.0), ind @ ok.astype(float)
-        got = self.sums.get((model, run))
-        self.sums[(model, run)] = [s, c] if got is None else [got[0] + s, got[1] + c]
+        self._put((model, run), [ind @ np.where(ok, v, 0.0), ind @ ok.astype(float)])
+
+    def _put(self, key: tuple[str, str], sc: list) -> None:
+        got = self.sums.get(key)
+        self.sums[key] = sc if got is None else [got[0] + sc[0], got[1] + sc[1]]
+
+    def merge(self, other: "_SeqSums") -> "_SeqSums":
+        for key, sc in other.sums.items():
+            self._put(key, sc)
+        return self
 
     def draw(self, model: str, run: str, weights: np.ndarray) -> np.ndarray | None:
         got = self.sums.get((model, run))
-        return None if got is None else SeqCurve(np.asarray(got[0]), np.asarray(got[1])).draw(weights)
+        return None if got is None else SeqCurve(np.asarray(got[0]),
+                                                 np.asarray(got[1])).draw(weights)
 
 
 def _stack(obs: dict[str, dict], fit: list[RunData]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -132,45 +143,141 @@ class _Fitted:
     targets: list[RunData]
 
 
-def _population_pass(jobs: list[Job], reader: _Reader, ridge: float) -> list[_Fitted]:
-    """Per-run sums of every quantity (and of each job's power-law anchors), then each job's
-    population regressions."""
-    power = [all(reader.cols[r.name][2] for r in j.fit) for j in jobs]
-    anchors = [baselines.power_law_anchors(j.fit) if p else np.zeros(0)
-               for j, p in zip(jobs, power)]
-    sums = {r.name: {q: np.zeros(2) for q in QUANTITIES} for r in reader.runs}
-    psums = {(i, r.name): {f"v{j}": np.zeros(2) for j in range(3)}
-             for i, job in enumerate(jobs) if power[i] for r in job.fit}
-    k_ext: dict[str, list[float]] = {}
-    for _, frames, obs in reader.chunks():
-        for r in reader.runs:
-            for q, (y, w) in obs[r.name].items():
-                sums[r.name][q] += (w.sum(), (w * y).sum())
-            kr = step_k_range([_params(r, frames[r.name], False)])
-            if kr is not None:
-                lo, hi = k_ext.get(r.name, [np.inf, -np.inf])
-                k_ext[r.name] = [min(lo, kr[0]), max(hi, kr[1])]
-        for i, job in enumerate(jobs):
-            if power[i]:
-                for r in job.fit:
-                    for q, (y, w) in _power_obs(frames, [r], anchors[i]).items():
-                        psums[(i, r.name)][q] += (w.sum(), (w * y).sum())
+@dataclass
+class _PopulationSums:
+    """Per fit run: the summed weights and weighted values of every quantity, those of each
+    job's power-law anchors (job index, run) and the range of k of its step tokens."""
+
+    sums: dict[str, dict[str, np.ndarray]]
+    psums: dict[tuple[int, str], dict[str, np.ndarray]]
+    k_ext: dict[str, list[float]]
+
+    def merge(self, other: "_PopulationSums") -> "_PopulationSums":
+        for mine, theirs in ((self.sums, other.sums), (self.psums, other.psums)):
+            for key, qs in theirs.items():
+                for q, v in qs.items():
+                    mine[key][q] = mine[key][q] + v
+        for run, (lo, hi) in other.k_ext.items():
+            a, b = self.k_ext.get(run, [np.inf, -np.inf])
+            self.k_ext[run] = [min(a, lo), max(b, hi)]
+        return self
+
+
+@dataclass(frozen=True)
+class PopulationPass:
+    """The first pass of the token models (a token pass, :mod:`.token_passes`): the per-run sums
+    their population regressions are fitted on."""
+
+    jobs: list[Job]
+    n_tokens: int
+
+    def __call__(self, start: int, stop: int) -> _PopulationSums:
+        reader = _Reader(_fit_runs(self.jobs))
+        power = [_has_power(j) for j in self.jobs]
+        anchors = [_anchors(j) for j in self.jobs]
+        sums = {r.name: {q: np.zeros(2) for q in QUANTITIES} for r in reader.runs}
+        psums = {(i, r.name): {f"v{j}": np.zeros(2) for j in range(3)}
+                 for i, job in enumerate(self.jobs) if power[i] for r in job.fit}
+        k_ext: dict[str, list[float]] = {}
+        for _, frames, obs in reader.chunks(start, stop):
+            for r in reader.runs:
+                for q, (y, w) in obs[r.name].items():
+                    sums[r.name][q] += (w.sum(), (w * y).sum())
+                kr = step_k_range([_params(r, frames[r.name], False)])
+                if kr is not None:
+                    lo, hi = k_ext.get(r.name, [np.inf, -np.inf])
+                    k_ext[r.name] = [min(lo, kr[0]), max(hi, kr[1])]
+            for i, job in enumerate(self.jobs):
+                if power[i]:
+                    for r in job.fit:
+                        for q, (y, w) in _power_obs(frames, [r], anchors[i]).items():
+                            psums[(i, r.name)][q] += (w.sum(), (w * y).sum())
+        return _PopulationSums(sums, psums, k_ext)
+
+    def combine(self, parts: Sequence[_PopulationSums]) -> _PopulationSums:
+        total = parts[0]
+        for p in parts[1:]:
+            total.merge(p)
+        return total
+
+
+def _fit_runs(jobs: list[Job]) -> list[RunData]:
+    return list({r.name: r for j in jobs for r in j.fit}.values())
+
+
+def _has_power(job: Job) -> bool:
+    """Whether every fit run's fits hold the columns of the token power law."""
+    return all(_columns(r)[2] for r in job.fit)
+
+
+def _anchors(job: Job) -> np.ndarray:
+    return baselines.power_law_anchors(job.fit) if _has_power(job) else np.zeros(0)
+
+
+def _fit_populations(jobs: list[Job], got: _PopulationSums, ridge: float) -> list[_Fitted]:
+    """Each job's population regressions from the first pass's sums."""
     out = []
     for i, job in enumerate(jobs):
+        power = _has_power(job)
         lnM = np.array([np.log(r.M) for r in job.fit])
         lnD = np.array([np.log(r.D) for r in job.fit])
-        ext = [k_ext[r.name] for r in job.fit if r.name in k_ext]
+        ext = [got.k_ext[r.name] for r in job.fit if r.name in got.k_ext]
         k_range = (min(e[0] for e in ext), max(e[1] for e in ext)) if ext else (1e-3, 1e3)
         params = PopulationModel.from_sums(
-            lnM, lnD, {q: (np.array([sums[r.name][q][0] for r in job.fit]),
-                           np.array([sums[r.name][q][1] for r in job.fit])) for q in QUANTITIES},
+            lnM, lnD, {q: (np.array([got.sums[r.name][q][0] for r in job.fit]),
+                           np.array([got.sums[r.name][q][1] for r in job.fit])) for q in QUANTITIES},
             ridge=ridge, k_range=k_range)
         smooth = PopulationModel.from_sums(
-            lnM, lnD, {q: (np.array([psums[(i, r.name)][q][0] for r in job.fit]),
-                           np.array([psums[(i, r.name)][q][1] for r in job.fit]))
-                       for q in ("v0", "v1", "v2")}, ridge=ridge) if power[i] else None
-        out.append(_Fitted(job, params, smooth, anchors[i], []))
+            lnM, lnD, {q: (np.array([got.psums[(i, r.name)][q][0] for r in job.fit]),
+                           np.array([got.psums[(i, r.name)][q][1] for r in job.fit]))
+                       for q in ("v0", "v1", "v2")}, ridge=ridge) if power else None
+        out.append(_Fitted(job, params, smooth, _anchors(job), []))
     return out
+
+
+@dataclass(frozen=True)
+class PredictionPass:
+    """The second pass of the token models (a token pass): each token's coefficients solved
+    against its job's population regression (``fitted``, from the first pass), its predicted
+    curves in every target run added to per-sequence sums; one :class:`_SeqSums` per job."""
+
+    fitted: list[_Fitted]
+    n_tokens: int
+
+    def __call__(self, start: int, stop: int) -> list[_SeqSums]:
+        reader = _Reader(_fit_runs([f.job for f in self.fitted]))
+        n_seq = len(reader.runs[0].seq_ids)
+        acc = [_SeqSums() for _ in self.fitted]
+        for codes, frames, obs in reader.chunks(start, stop):
+            ind = sequence_indicator(codes, n_seq)
+            for f, sums in zip(self.fitted, acc):
+                if f.targets:
+                    _predict_chunk(f, sums, ind, frames, obs)
+        return acc
+
+    def combine(self, parts: Sequence[list[_SeqSums]]) -> list[_SeqSums]:
+        total = parts[0]
+        for p in parts[1:]:
+            for mine, theirs in zip(total, p):
+                mine.merge(theirs)
+        return total
+
+
+def _predict_chunk(f: _Fitted, sums: _SeqSums, ind, frames: dict[str, pl.DataFrame],
+                   obs: dict[str, dict]) -> None:
+    model = f.params.model(_stack(obs, f.job.fit))
+    smooth = f.smooth.model(_power_obs(frames, f.job.fit, f.anchors)) \
+        if f.smooth is not None else None
+    for h in f.targets:
+        p = model.predict(np.log(h.M), np.log(h.D), h.name)
+        sums.add(PREDICTION, h.name, ind, token_curves(p["lo"], p["hi"], p["tau"], p["k"], h.x))
+        xm = midpoints(h.x[h.scored])
+        if len(xm):
+            sums.add(ANALYTIC, h.name, ind,
+                     rows_derivative(p["lo"], p["hi"], p["tau"], p["k"], xm))
+        if smooth is not None:
+            q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
+            sums.add(SMOOTH, h.name, ind, baselines.token_power_law_values(q, f.anchors, h.x))
 
 
 def _describe(f: _Fitted, pred: TokenPredictions) -> None:
@@ -193,39 +300,24 @@ def _describe(f: _Fitted, pred: TokenPredictions) -> None:
         f.targets.append(h)
 
 
-def token_model_predictions(jobs: list[Job], weights: np.ndarray,
-                            ridge: float) -> list[TokenPredictions]:
-    """Every job's per-token model curves of its targets (module docstring)."""
-    runs = list({r.name: r for j in jobs for r in j.fit}.values())
+def _light(jobs: list[Job]) -> list[Job]:
+    return [Job([r.light() for r in j.fit], [r.light() for r in j.targets]) for j in jobs]
+
+
+def token_model_predictions(jobs: list[Job], weights: np.ndarray, ridge: float,
+                            mapper: Mapper = in_process) -> list[TokenPredictions]:
+    """Every job's per-token model curves of its targets (module docstring); the two passes run
+    through ``mapper`` (:mod:`spectrum.analysis.token_passes`)."""
+    runs = _fit_runs(jobs)
     if not runs:
         raise SpectrumError("no fit runs to model token parameters on")
-    reader = _Reader(runs)
-    fitted = _population_pass(jobs, reader, ridge)
+    light = _light(jobs)
+    [got] = mapper([PopulationPass(light, runs[0].n_tokens)])
+    fitted = _fit_populations(light, got, ridge)
     preds = [TokenPredictions() for _ in jobs]
     for f, pred in zip(fitted, preds):
         _describe(f, pred)
-    n_seq = len(runs[0].seq_ids)
-    acc = [_SeqSums() for _ in jobs]
-    for codes, frames, obs in reader.chunks():
-        ind = sequence_indicator(codes, n_seq)
-        for f, sums in zip(fitted, acc):
-            if not f.targets:
-                continue
-            model = f.params.model(_stack(obs, f.job.fit))
-            smooth = f.smooth.model(_power_obs(frames, f.job.fit, f.anchors)) \
-                if f.smooth is not None else None
-            for h in f.targets:
-                p = model.predict(np.log(h.M), np.log(h.D), h.name)
-                sums.add(PREDICTION, h.name, ind,
-                         token_curves(p["lo"], p["hi"], p["tau"], p["k"], h.x))
-                xm = midpoints(h.x[h.scored])
-                if len(xm):
-                    sums.add(ANALYTIC, h.name, ind,
-                             rows_derivative(p["lo"], p["hi"], p["tau"], p["k"], xm))
-                if smooth is not None:
-                    q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
-                    sums.add(SMOOTH, h.name, ind,
-                             baselines.token_power_law_values(q, f.anchors, h.x))
+    [acc] = mapper([PredictionPass(fitted, runs[0].n_tokens)])
     for f, sums, pred in zip(fitted, acc, preds):
         for h in f.targets:
             for model in (PREDICTION, SMOOTH):
