@@ -30,6 +30,7 @@ import os
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -151,6 +152,20 @@ class RayExecutor(Executor):
                 raise SpectrumError(f"cannot connect to the Ray cluster at {self.address}: "
                                     f"{str(e).splitlines()[0] if str(e) else e!r}") from None
         self._started = True
+
+    @contextmanager
+    def connected(self) -> Iterator["RayExecutor"]:
+        """Ray stays up for every :meth:`map` inside (one start for several rounds of units);
+        stopped at the end if this executor started it."""
+        import ray
+
+        self._connect()
+        started, self._started = self._started, False
+        try:
+            yield self
+        finally:
+            if started:
+                ray.shutdown()
 
     def cluster_resources(self) -> dict[str, float]:
         """The cluster's resources (joins the cluster; a local Ray is started by :meth:`map`)."""

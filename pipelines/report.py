@@ -5,16 +5,39 @@ Reads ``evalset/tokens.parquet``, the loss shards and the fits of every run; wri
 ``reconstruction/predictions.parquet`` and ``reconstruction/scores.json``, then
 ``report/report.md``, ``report/index.html`` and ``report/figures/*.png``. Skipped when the outputs
 were made from the same inputs with the same options (``--force`` recomputes).
+
+How the work is distributed. Every analysis reads the per-token columns (annotations, fits) in
+chunks of ``--token-chunk`` tokens and keeps only sums (:mod:`spectrum.analysis.token_passes`).
+Without ``--ray-address`` everything runs in this process. With it (``local`` starts a local Ray,
+``auto`` or ``ip:port`` joins a cluster), the heavy per-token passes are cut into units of
+:data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray workers
+(``--workers``, ``--cpus-per-worker``) through the executor of the losses and fit stages; each
+worker reads the artifacts under the output folder itself, and this process adds the partial sums
+in token order. Distributed, in four rounds of units: the spectra and slice sums of every run; the
+in-sample fitted curves of every run; the token models' first pass (the per-run sums of their
+population regressions) and, once this process has fitted those regressions and sent them with the
+next round's workers, their second pass (each token's predicted curves, summed per sequence) - once
+for the held-out-runs test and once for leave-one-run-out. Kept in this process: loading each
+run (its loss shards summed per sequence, one shard at a time, and its fit summary, whose medians
+need every value), the slice edges (quantiles of the target frequency), the mean sigmoid kernels
+(weighted quantiles of k), the examples of the token explorer, and every step that only combines
+per-run aggregates (scores, bootstrap, figures). All distributed aggregates are sums, so a
+distributed run equals a local one up to the order of additions (about 1e-12 relative, not
+bitwise).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence
 
 import pyarrow as pa
 
-from pipelines.options import force_option, option
+from pipelines.options import (cpus_per_worker_option, force_option, option, ray_address_option,
+                               workers_option)
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
@@ -25,7 +48,8 @@ from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
 from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
-from spectrum.analysis.run_data import load_run
+from spectrum.analysis.run_data import CHUNK, load_run
+from spectrum.analysis.token_passes import Mapper, TokenPass, in_process, token_ranges
 from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
@@ -42,13 +66,20 @@ class ReportOptions:
     split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
     ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
                                "(default 0.5)")
+    token_chunk: int = option(CHUNK, "tokens read at a time by the per-token analyses; with "
+                                     "--ray-address a unit of work is 4 chunks "
+                                     f"(default {CHUNK})")
     force: bool = force_option()
+    ray_address: str | None = ray_address_option()
+    workers: int | None = workers_option()
+    cpus_per_worker: int = cpus_per_worker_option()
 
     def __post_init__(self) -> None:
         analysis_options(self)  # a bad value is refused before any work
 
 
 OPTIONS = ReportOptions
+UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray (the --token-chunk help says so)
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -69,6 +100,11 @@ def analysis_options(options: ReportOptions) -> Options:
         problems.append(f"--bootstrap must be >= 0, got {options.bootstrap}")
     if options.ridge < 0:
         problems.append(f"--ridge must be >= 0, got {options.ridge}")
+    for name, value in (("--token-chunk", options.token_chunk),
+                        ("--cpus-per-worker", options.cpus_per_worker),
+                        ("--workers", options.workers)):
+        if value is not None and value < 1:
+            problems.append(f"{name} must be positive, got {value}")
     if problems:
         raise SpectrumError(*problems)
     return Options(n_bins=options.spectrum_bins, n_boot=options.bootstrap, kinds=kinds,
@@ -111,6 +147,71 @@ def _fit_settings(manifest: Manifest) -> dict:
     return {}
 
 
+# ---- units of work on Ray: (pass, token range) ------------------------------------------------
+
+@dataclass(frozen=True)
+class PassUnit:
+    """The tokens ``start <= token_idx < stop`` of one pass of a round."""
+
+    index: int  # the pass, in the round's list
+    start: int
+    stop: int
+
+
+class PassWorker:
+    """Runs units of one round's passes (sent once per worker); reads the artifacts itself."""
+
+    def __init__(self, passes: Sequence[TokenPass]) -> None:
+        self.passes = list(passes)
+
+    def process(self, unit: PassUnit) -> Any:
+        return self.passes[unit.index](unit.start, unit.stop)
+
+
+def _make_worker(passes: Sequence[TokenPass]) -> PassWorker:
+    return PassWorker(passes)
+
+
+class ExecutorMapper:
+    """A :data:`spectrum.analysis.token_passes.Mapper` that cuts each pass into token ranges of
+    ``unit_tokens`` and runs them through ``executor``; partials are combined in token order."""
+
+    def __init__(self, executor: Any, unit_tokens: int) -> None:
+        self.executor = executor
+        self.unit_tokens = unit_tokens
+
+    def __call__(self, passes: Sequence[TokenPass]) -> list[Any]:
+        units = [PassUnit(i, a, b) for i, p in enumerate(passes)
+                 for a, b in token_ranges(p.n_tokens, self.unit_tokens)]
+        parts: list[list[tuple[int, Any]]] = [[] for _ in passes]
+        failures = []
+        names = ", ".join(sorted({type(p).__name__ for p in passes}))
+        with progress(total=len(units), desc=f"report: {names}", unit="unit") as bar:
+            for outcome in self.executor.map(partial(_make_worker, list(passes)), units):
+                u: PassUnit = outcome.unit
+                if outcome.ok:
+                    parts[u.index].append((u.start, outcome.result))
+                else:
+                    failures.append(f"report: {type(passes[u.index]).__name__}, tokens "
+                                    f"{u.start}-{u.stop - 1}: {outcome.error}")
+                bar.update(1)
+        if failures:
+            raise SpectrumError(*failures)
+        return [p.combine([r for _, r in sorted(got, key=lambda t: t[0])])
+                for p, got in zip(passes, parts)]
+
+
+def make_executor(options: ReportOptions) -> Any:
+    """Ray workers with ``--ray-address`` (``local`` starts a local Ray); None without."""
+    if options.ray_address is None:
+        return None
+    from pipelines.executor import RayExecutor
+
+    address = None if options.ray_address == "local" else options.ray_address
+    return RayExecutor(address, workers=options.workers, cpus_per_worker=options.cpus_per_worker,
+                       retries=1)
+
+
 def main(manifest: Manifest, options: ReportOptions) -> None:
     opts = analysis_options(options)
     out = manifest.out
@@ -122,16 +223,27 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
         log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
+    executor = make_executor(options)
+    with executor.connected() if executor is not None else nullcontext():
+        mapper = in_process if executor is None else \
+            ExecutorMapper(executor, options.token_chunk * UNIT_CHUNKS)
+        _report(manifest, options, opts, prov, mapper)
+
+
+def _report(manifest: Manifest, options: ReportOptions, opts: Options, prov: dict,
+            mapper: Mapper) -> None:
+    out = manifest.out
+    pred_path = layout.predictions_file(out)
     runs = []
     for spec in progress(manifest.runs, desc="report: load runs", unit="run"):
-        r = load_run(out, spec, half_seed=opts.seed)
+        r = load_run(out, spec, half_seed=opts.seed, chunk=options.token_chunk)
         if r is not None:
             runs.append(r)
     if not runs:
         raise SpectrumError(f"{layout.losses_dir(out)}: no run has loss shards at a step > 0; "
                             "run `spectrum losses` first")
     edges = log_time_grid([(float(r.x.min()), float(r.x.max())) for r in runs], opts.n_bins)
-    spectra = run_spectra(runs, edges, opts)
+    spectra = run_spectra(runs, edges, opts, mapper)
     if spectra.table.height:
         write_parquet(spectra.table.to_arrow(), layout.spectra_table(out), prov)
     else:
@@ -142,7 +254,7 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
                layout.spectra_grid(out))
     write_json({run: [c.as_dict() for c in cs] for run, cs in spectra.comparisons.items()},
                layout.spectra_comparisons(out))
-    scores, preds = run_tests(runs, spectra.spectra, edges, opts)
+    scores, preds = run_tests(runs, spectra.spectra, edges, opts, mapper)
     scores["grid"] = {"edges": edges.tolist()}
     scores["runs"] = [{"name": r.name, "params": r.params, "tokens": r.tokens,
                        "tokens_per_step": r.tokens_per_step, "role": r.role,

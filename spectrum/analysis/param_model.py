@@ -149,13 +149,15 @@ def penalty(p: int, ridge: float, ridge_intercept: float) -> np.ndarray:
 
 def population_beta(X: np.ndarray, sw: np.ndarray, swy: np.ndarray) -> np.ndarray:
     """The pooled regression over every observation, from each run's summed weights ``sw`` (R,)
-    and summed weighted values ``swy`` (R,): the normal equations need nothing more."""
-    p = X.shape[1]
+    and summed weighted values ``swy`` (R,): the normal equations need nothing more.
+
+    The minimum-norm solution: when the runs do not determine every coefficient (two runs, three
+    coefficients), the undetermined direction gets none, so the result does not depend on the
+    rounding of the sums (a tiny ridge there would amplify it, and with it the order in which
+    token chunks were added)."""
     A_pop = np.einsum("r,rp,rq->pq", sw, X, X)
     b_pop = np.einsum("r,rp->p", swy, X)
-    if np.linalg.matrix_rank(A_pop) < p:
-        return np.linalg.lstsq(A_pop + 1e-9 * np.eye(p), b_pop, rcond=None)[0]
-    return np.linalg.solve(A_pop, b_pop)
+    return np.linalg.lstsq(A_pop, b_pop, rcond=1e-10)[0]
 
 
 def token_coef(X: np.ndarray, y: np.ndarray, w: np.ndarray, pen: np.ndarray,

@@ -123,10 +123,11 @@ class SpectrumSums:
         self.n_off += int((inc & (b < 0)).sum())
 
     def merge(self, other: "SpectrumSums") -> "SpectrumSums":
-        """Add the sums of another set of tokens (another token range) on the same grid."""
-        self.amp += other.amp
-        self.cnt += other.cnt
-        self.per_group += other.per_group
+        """Add the sums of another set of tokens (another token range) on the same grid (new
+        arrays: either side's may be read-only, as arrays sent between processes are)."""
+        self.amp = self.amp + other.amp
+        self.cnt = self.cnt + other.cnt
+        self.per_group = self.per_group + other.per_group
         self.n += other.n
         self.n_in += other.n_in
         self.n_off += other.n_off
@@ -306,9 +307,9 @@ class TauSums:
         self.n += int(sel.sum())
 
     def merge(self, other: "TauSums") -> "TauSums":
-        """Add the sums of another set of tokens (another token range)."""
-        self.sw += other.sw
-        self.swt += other.swt
+        """Add the sums of another set of tokens (another token range), in new arrays."""
+        self.sw = self.sw + other.sw
+        self.swt = self.swt + other.swt
         self.n += other.n
         return self
 

@@ -1,0 +1,116 @@
+"""The report's per-token passes cut into (pass, token range) units: run by an executor (in this
+process, then by two Ray workers) they give the outputs of a run in one piece."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.cli import main as cli
+from pipelines.executor import LocalExecutor
+from pipelines.report import ExecutorMapper
+from spectrum.analysis.evaluation import Options, run_spectra, run_tests
+from spectrum.analysis.run_data import load_runs
+from spectrum.analysis.spectra import log_time_grid
+from spectrum.manifest import load_manifest
+from tests.synthetic import DEFAULT_RUNS, make_synthetic_artifacts
+
+FAST = ["--bootstrap", "20", "--spectrum-bins", "16"]
+REL = 1e-9
+
+
+def assert_close(a, b, path: str = "") -> None:
+    """Equal structures; floats equal to ``REL`` relative (NaN equals NaN), the rest exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for k in a:
+            assert_close(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        if a is None or b is None:
+            assert a is b, path
+        elif math.isnan(a) or math.isnan(b):
+            assert math.isnan(a) and math.isnan(b), path
+        else:
+            assert a == pytest.approx(b, rel=REL, abs=1e-12), f"{path}: {a} != {b}"
+    else:
+        assert a == b, path
+
+
+def assert_frames_close(a: pl.DataFrame, b: pl.DataFrame, name: str) -> None:
+    assert a.columns == b.columns and a.height == b.height, name
+    for col in a.columns:
+        if a[col].dtype.is_float():
+            np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=REL,
+                                       atol=1e-12, err_msg=f"{name}: {col}")
+        else:
+            assert a[col].to_list() == b[col].to_list(), f"{name}: {col}"
+
+
+def _outputs(out: Path) -> dict:
+    return {"scores": json.loads((out / "reconstruction" / "scores.json").read_text()),
+            "comparisons": json.loads((out / "spectra" / "comparisons.json").read_text()),
+            "spectra": pl.read_parquet(out / "spectra" / "spectra.parquet"),
+            "predictions": pl.read_parquet(out / "reconstruction" / "predictions.parquet")}
+
+
+def assert_same_outputs(a: dict, b: dict) -> None:
+    assert_close(a["scores"], b["scores"], "scores.json")
+    assert_close(a["comparisons"], b["comparisons"], "comparisons.json")
+    assert_frames_close(a["spectra"], b["spectra"], "spectra.parquet")
+    assert_frames_close(a["predictions"], b["predictions"], "predictions.parquet")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Four synthetic runs (three fit, one held out) of 12 sequences x 24 tokens (288 tokens)."""
+    runs = [r for r in DEFAULT_RUNS if r[0] in ("m1-d1", "m1-d3", "m3-d1", "m2-d2")]
+    return make_synthetic_artifacts(tmp_path_factory.mktemp("report-ray"), n_seq=12, context=24,
+                                    n_steps=12, runs=runs)
+
+
+def _analyses(manifest, mapper=None) -> tuple:
+    runs = load_runs(manifest, chunk=20)
+    edges = log_time_grid([(r.x.min(), r.x.max()) for r in runs], 16)
+    opts = Options(n_boot=20)
+    kw = {} if mapper is None else {"mapper": mapper}
+    sp = run_spectra(runs, edges, opts, **kw)
+    scores, preds = run_tests(runs, sp.spectra, edges, opts, **kw)
+    return (json.loads(json.dumps(scores)),
+            {k: [c.as_dict() for c in v] for k, v in sp.comparisons.items()}, sp.table, preds)
+
+
+def test_passes_cut_into_token_ranges_equal_one_pass_over_every_token(world):
+    manifest = load_manifest(world)
+    whole = _analyses(manifest)
+    units = ExecutorMapper(LocalExecutor(retries=0), 50)  # 6 ranges of 50 tokens per pass
+    cut = _analyses(manifest, units)
+    assert_close(whole[0], cut[0], "scores")
+    assert_close(whole[1], cut[1], "comparisons")
+    assert_frames_close(whole[2], cut[2], "spectra")
+    assert_frames_close(whole[3], cut[3], "predictions")
+    assert set(cut[3]["test"]) >= {"in_sample", "heldout_runs", "leave_one_run_out"}
+
+
+@pytest.mark.slow  # about a minute on 2 cores: a local Ray started for one report
+def test_report_on_a_local_ray_with_two_workers_equals_a_local_report(world):
+    pytest.importorskip("ray")
+    out = Path(load_manifest(world).out)
+    assert cli(["report", "--config", str(world), *FAST]) == 0
+    local = _outputs(out)
+    # 288 tokens in chunks of 20, units of 4 chunks: 4 units per pass, two workers
+    assert cli(["report", "--config", str(world), *FAST, "--force", "--ray-address", "local",
+                "--workers", "2", "--cpus-per-worker", "1", "--token-chunk", "20"]) == 0
+    assert_same_outputs(local, _outputs(out))
+    scores = local["scores"]
+    assert scores["tests"]["heldout_runs"]["targets"]["L"]["predictions"]["param_model"]["r2"] \
+        is not None
+    assert local["spectra"]["slice_axis"].n_unique() == 4
