@@ -25,7 +25,8 @@ FLAGS = {
             "--cpus-per-worker": 1},
     "report": {"--spectrum-bins": 40, "--bootstrap": 200,
                "--spectrum-kinds": "learned,forgotten,unfinished", "--split-seed": 0,
-               "--ridge": 0.5, "--force": False},
+               "--ridge": 0.5, "--token-chunk": 1 << 16, "--force": False, "--ray-address": None,
+               "--workers": None, "--cpus-per-worker": 1},
 }
 LEARNABILITY = {"--runs": None, "--sequences": None, "--phases": 4, "--floor": 0.25,
                 "--device": "auto", "--executor": "ray", "--ray-address": None,
