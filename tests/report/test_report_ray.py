@@ -114,3 +114,28 @@ def test_report_on_a_local_ray_with_two_workers_equals_a_local_report(world):
     assert scores["tests"]["heldout_runs"]["targets"]["L"]["predictions"]["param_model"]["r2"] \
         is not None
     assert local["spectra"]["slice_axis"].n_unique() == 4
+
+
+def test_a_token_range_reads_exactly_those_tokens(world, tmp_path):
+    """Ranges that start and stop inside row groups and chunks read those rows of the files."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from spectrum.analysis.run_data import load_run
+
+    manifest = load_manifest(world)
+    out = tmp_path / "artifacts"
+    shutil.copytree(manifest.out, out)
+    spec = manifest.runs[0]
+    whole = pl.concat(list(load_run(out, spec, chunk=1 << 20, summarize=False)
+                           .token_chunks(["tau", "pos"])))
+    for path in (out / "evalset" / "tokens.parquet",
+                 out / "fits" / f"run={spec.name}" / "part-0.parquet"):
+        pq.write_table(pq.read_table(path), path, row_group_size=50)
+        assert pq.ParquetFile(path).metadata.num_row_groups == 6
+    run = load_run(out, spec, chunk=7, summarize=False)
+    assert whole["token_idx"].to_list() == list(range(run.n_tokens))
+    for start, stop in ((0, 5), (13, 101), (49, 50), (100, run.n_tokens), (287, 288)):
+        got = pl.concat(list(run.token_chunks(["tau", "pos"], start=start, stop=stop)))
+        assert_frames_close(whole.slice(start, stop - start), got, f"{start}-{stop}")
