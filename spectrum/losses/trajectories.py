@@ -33,7 +33,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from spectrum.errors import SpectrumError
 from spectrum.layout import loss_run_dir, loss_shard, shard_steps
@@ -213,7 +212,9 @@ class RunLosses:
             rows = np.full((len(slices), len(token_idx)), np.nan, np.float32)
             for j, s in enumerate(slices):
                 rows[j, np.searchsorted(token_idx, s.tokens())] = s.loss
-        losses = torch.from_numpy(rows).t().contiguous().numpy()
+        # numpy, not torch: this runs on the fit stage's reader thread, beside the solver's
+        # OpenMP threads, and a second torch thread team would oversubscribe the cores
+        losses = np.ascontiguousarray(rows.T)
         return Trajectories(token_idx=token_idx, steps=self.steps, losses=losses)
 
     def ranges(self, chunk_size: int) -> list[tuple[int, int]]:
