@@ -148,7 +148,10 @@ class _Grid:
                  offsets: torch.Tensor) -> None:
         self.low = torch.zeros_like(s.n) if low is None else low
         self.offsets = offsets
-        self.moments = s.moments(None if low is None else _basis(low, dx), _basis(offsets, dx))
+        if low is not None and s.w is None:  # complete rows: one basis per distinct low
+            self.moments = _grouped_moments(s, dx, low, offsets)
+        else:
+            self.moments = s.moments(None if low is None else _basis(low, dx), _basis(offsets, dx))
         self.rss = s.rss(*self.moments)
         self.j = self.rss.argmin(1)
 
@@ -160,6 +163,28 @@ class _Grid:
         rss, e, b = s.solve(*(m.expand(len(self.j), -1).gather(1, self.j[:, None])[:, 0]
                               for m in self.moments))
         return rss, e, b, self.low + self.offsets[self.j]
+
+
+def _grouped_moments(s: _Sums, dx: torch.Tensor, low: torch.Tensor,
+                     offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:meth:`_Sums.moments` of complete rows whose ``low`` takes few distinct values (a grid's
+    points): the rows of one value share the basis ``exp(-(low + offsets) dx)``, so each group
+    is one matrix product, with no per-row basis to compute."""
+    values, group = torch.unique(low, return_inverse=True)
+    order = torch.argsort(group)
+    counts = torch.bincount(group, minlength=len(values)).tolist()
+    yc = s.yc[order]
+    shape = (len(low), len(offsets))
+    sf, sff, sfy = (torch.empty(shape, dtype=dx.dtype, device=dx.device) for _ in range(3))
+    start = 0
+    for value, count in zip(values.tolist(), counts):
+        basis = _basis(value + offsets, dx)
+        rows = order[start:start + count]
+        sf[rows] = basis.sum(1)
+        sff[rows] = (basis * basis).sum(1)
+        sfy[rows] = yc[start:start + count] @ basis.T
+        start += count
+    return sf, sff, sfy
 
 
 def _zoom(s: _Sums, dx: torch.Tensor, beta: torch.Tensor, step: float, points: int) -> _Grid:
