@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.options import (cpus_per_worker_option, device_option, force_option, option,
-                               ray_address_option, workers_option)
+from pipelines.options import (cpus_per_worker_option, device_option, force_option,
+                               not_positive, option, ray_address_option, workers_option)
 from spectrum.console import progress
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
@@ -69,12 +69,9 @@ class FitStageOptions:
     cpus_per_worker: int = cpus_per_worker_option()
 
     def __post_init__(self) -> None:
-        problems = []
-        for name, value in (("--chunk-size", self.chunk_size),
-                            ("--cpus-per-worker", self.cpus_per_worker),
-                            ("--workers", self.workers)):
-            if value is not None and value < 1:
-                problems.append(f"{name} must be positive, got {value}")
+        problems = not_positive((("--chunk-size", self.chunk_size),
+                                 ("--cpus-per-worker", self.cpus_per_worker),
+                                 ("--workers", self.workers)))
         if problems:
             raise SpectrumError(*problems)
 

@@ -66,6 +66,12 @@ SHARED = ("device", "force", "executor", "ray_address", "num_gpus")
 
 # --- the command line --------------------------------------------------------------------------
 
+def not_positive(values: Iterable[tuple[str, int | None]]) -> list[str]:
+    """One sentence per (flag, value) whose value is given and below 1."""
+    return [f"{flag} must be positive, got {value}" for flag, value in values
+            if value is not None and value < 1]
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -36,8 +36,8 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from pipelines.options import (cpus_per_worker_option, force_option, option, ray_address_option,
-                               workers_option)
+from pipelines.options import (cpus_per_worker_option, force_option, not_positive, option,
+                               ray_address_option, workers_option)
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
@@ -100,11 +100,9 @@ def analysis_options(options: ReportOptions) -> Options:
         problems.append(f"--bootstrap must be >= 0, got {options.bootstrap}")
     if options.ridge < 0:
         problems.append(f"--ridge must be >= 0, got {options.ridge}")
-    for name, value in (("--token-chunk", options.token_chunk),
-                        ("--cpus-per-worker", options.cpus_per_worker),
-                        ("--workers", options.workers)):
-        if value is not None and value < 1:
-            problems.append(f"{name} must be positive, got {value}")
+    problems += not_positive((("--token-chunk", options.token_chunk),
+                              ("--cpus-per-worker", options.cpus_per_worker),
+                              ("--workers", options.workers)))
     if problems:
         raise SpectrumError(*problems)
     return Options(n_bins=options.spectrum_bins, n_boot=options.bootstrap, kinds=kinds,
