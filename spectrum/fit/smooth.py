@@ -14,7 +14,8 @@ then on finer grids centred on each row's best point (:data:`ZOOMS`), and the la
 point is refined by the vertex of the parabola through it and its neighbours. Each grid is a few
 matrix products: with ``a`` a row's lowest grid value, ``exp(-(a + u) dx) = exp(-a dx) exp(-u dx)``,
 so the masked moments at the grid's offsets ``u`` are the row's ``exp(-a dx)``-scaled data times
-one (K x J) basis shared by every row.
+one (K x J) basis shared by every row; rows without missing points whose finer grids start at the
+same value (a point of the grid before) share that grid's basis outright, one product per group.
 Missing points (NaN) are masked.
 
 The criterion is the Bayesian information criterion with the noise variance profiled out,
