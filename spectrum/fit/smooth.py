@@ -225,25 +225,26 @@ def _power_law(s: _Sums, dx: torch.Tensor) -> tuple[torch.Tensor, ...]:
     better = at_vertex[0] < rss
     rss, e, b = (torch.where(better, v, w) for v, w in zip(at_vertex, (rss, e, b)))
     beta = torch.where(better, vertex, beta)
-    _towards_zero(s, dx, (rss, e, b, beta), step)
-    return rss, e, b, beta
+    return _towards_zero(s, dx, (rss, e, b, beta), step)
 
 
-def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...], step: float) -> None:
-    """Rows whose best ``beta`` is the last grid's smallest positive value try ``beta = step /
-    r, step / r^2, ...`` (:data:`ZERO_STEPS` values, ratio :data:`ZERO_RATIO`, one matrix
-    product): the power law tends to a line in ln T as ``beta -> 0``. ``fit``, the tensors (rss, e, b, beta), is updated in place
-    where one of them lowers the RSS."""
-    rss, e, b, beta = fit
-    rows = torch.nonzero(beta <= step * (1 + 1e-9)).flatten()
+def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...],
+                  step: float) -> tuple[torch.Tensor, ...]:
+    """``fit`` (rss, e, b, beta), where rows whose best ``beta`` is the last grid's smallest
+    positive value try ``beta = step / r, step / r^2, ...`` (:data:`ZERO_STEPS` values, ratio
+    :data:`ZERO_RATIO`, one matrix product) and keep the one of least RSS if it is lower: the power
+    law tends to a line in ln T as ``beta -> 0``."""
+    rows = torch.nonzero(fit[3] <= step * (1 + 1e-9)).flatten()
     if rows.numel() == 0:
-        return
+        return fit
     sub = s.rows(rows)
     offsets = step * ZERO_RATIO ** -torch.arange(1, ZERO_STEPS + 1, dtype=dx.dtype, device=dx.device)
-    r, ee, bb, bt = _Grid(sub, dx, None, offsets).best(sub)
-    better = r < rss[rows]
-    keep = rows[better]
-    rss[keep], e[keep], b[keep], beta[keep] = r[better], ee[better], bb[better], bt[better]
+    tried = _Grid(sub, dx, None, offsets).best(sub)
+    better = tried[0] < fit[0][rows]
+    out = tuple(v.clone() for v in fit)
+    for v, t in zip(out, tried):
+        v[rows[better]] = t[better]
+    return out
 
 
 def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
