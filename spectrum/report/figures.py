@@ -35,6 +35,13 @@ MODEL_STYLE = {
 }
 
 
+
+def _log_x(ax) -> None:
+    """A log x axis with labels at the powers of ten only (the minor labels of a short log axis
+    collide)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
 def _figure(n_panels: int, *, ncols: int = 3, w: float = 4.2, h: float = 3.2,
             left: float = 0.75, top: float = 0.35) -> tuple[Figure, list]:
     """A grid of panels with fixed margins in inches (a layout engine costs more than drawing)."""
@@ -86,7 +93,7 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
         for (test, model), g in sub.group_by(["test", "model"], maintain_order=True):
             label = f"{model} ({test.replace('_', ' ')})"
             ax.plot(g["T"], g["predicted"], label=label, **MODEL_STYLE.get(model, {}))
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_title(f"{run} ({roles[run]})")
         ax.set_xlabel("T (training tokens)")
         ax.set_ylabel("mean loss (nats)")
@@ -112,7 +119,7 @@ def spectra(table: pl.DataFrame) -> Figure:
     a1.set_ylabel("S: loss shed per unit ln T (nats)")
     a2.set_ylabel("tokens learned per unit ln T (fraction)")
     for ax in (a1, a2):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("learning time T (tokens)")
         ax.legend(fontsize=7, loc="upper right")
     a1.set_title("amplitude-weighted spectrum S")
@@ -136,7 +143,7 @@ def slices(table: pl.DataFrame, run: str) -> Figure:
             ax.plot(T, g["S"], color=f"C{i}", label=sl)
             ax.fill_between(T, g["S_lo"].to_numpy(), g["S_hi"].to_numpy(), color=f"C{i}",
                             alpha=0.2, lw=0)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_title(f"{run}: by {name.replace('_', ' ')}")
         ax.set_xlabel("learning time T (tokens)")
         ax.set_ylabel("S within the slice")
@@ -181,7 +188,7 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
             ax.plot(g["T"], g["predicted"], label=f"{model} ({kind})",
                     **MODEL_STYLE.get(model, {}))
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_title(f"{run}", fontsize=9)
         ax.set_xlabel("T (training tokens)")
         ax.set_ylabel(target)
@@ -238,8 +245,7 @@ def stepwise(shares: dict) -> Figure:
                          if v["tokens"] == D and v.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), "o-", color=f"C{i}", label=f"D = {D:.3g}")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis collide
+        _log_x(ax)
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(0.5, color="k", lw=0.5, ls=":")
         ax.set_xlabel("M (parameters)")
