@@ -1,7 +1,8 @@
 """The fit and report stages at scale: wall time and peak memory on synthetic loss shards.
 
 Writes N tokens x K checkpoints x R runs of loss shards exactly as the losses stage writes them
-(``token_idx`` 0..N-1 sorted, ``loss`` float32, zstd, with provenance), each token a planted
+(``write_loss_shard``: ``token_idx`` 0..N-1 sorted, ``loss`` float32, zstd, with provenance and
+content checksum), each token a planted
 sigmoid step in ``ln T`` (60% learned, 10% forgotten, 30% flat) plus Gaussian noise, and an
 evaluation set of 128-token sequences; then runs ``spectrum fit`` and ``spectrum report`` as
 separate processes and records each one's wall time and peak resident memory (``wait4``; for a
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spectrum.layout import evalset_tokens, loss_shard  # noqa: E402
-from spectrum.store import write_parquet  # noqa: E402
+from spectrum.losses.shards import CHECKSUM, write_loss_shard  # noqa: E402
+from spectrum.store import read_provenance, write_parquet  # noqa: E402
 
 TOKENS_PER_STEP = 2_097_152
 CONTEXT = 128
@@ -67,10 +69,11 @@ def planted(n: int, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def write_world(folder: Path, n: int, k: int, runs: int, noise: float, seed: int = 0) -> Path:
     """Shards, evalset tokens and a manifest; returns the manifest path (reused if present)."""
     manifest = folder / "checkpoints.yaml"
-    if manifest.is_file():
-        return manifest
     out = folder / "artifacts"
     steps = checkpoint_steps(k)
+    if manifest.is_file() and CHECKSUM in (read_provenance(loss_shard(out, "r0", steps[-1]))
+                                           or {}):
+        return manifest
     x = np.log(np.maximum(steps, 1) * float(TOKENS_PER_STEP))
     tok = np.arange(n, dtype=np.int64)
     write_parquet(pa.table({"token_idx": tok, "seq_id": tok // CONTEXT, "pos": tok % CONTEXT,
@@ -85,11 +88,10 @@ def write_world(folder: Path, n: int, k: int, runs: int, noise: float, seed: int
             s = 1 / (1 + np.exp(p[:, 3] * (x[j] - p[:, 2]))) if step else np.ones(n)
             loss = (p[:, 0] + (p[:, 1] - p[:, 0]) * s
                     + noise * rng.standard_normal(n)).astype(np.float32)
-            write_parquet(pa.table({"token_idx": pa.array(tok), "loss": pa.array(loss)}),
-                          loss_shard(out, name, step),
-                          {"run": name, "step": step, "tokens": step * TOKENS_PER_STEP,
-                           "checkpoint_hash": f"synthetic-{seed}-{r}-{step}",
-                           "evalset_hash": "synthetic", "dtype": "float32"})
+            write_loss_shard(loss_shard(out, name, step), loss,
+                             {"run": name, "step": step, "tokens": step * TOKENS_PER_STEP,
+                              "checkpoint_hash": f"synthetic-{seed}-{r}-{step}",
+                              "evalset_hash": "synthetic", "dtype": "float32"})
         entries.append({"name": name, "params": 1e7 * 2 ** r, "tokens": 3e11,
                         "tokens_per_step": TOKENS_PER_STEP, "role": "fit",
                         "checkpoints": f"runs/{name}"})

@@ -7,12 +7,16 @@ NaN or infinite where the checkpoint diverged). Its provenance records ``content
 SHA-256 of the two columns' bytes (``token_idx`` as little-endian int64, then ``loss`` as
 little-endian float32) when it was written.
 
-:func:`check_shard` reads a shard's two columns and refuses, naming the file, a shard that is
-unreadable, lacks a column, has another type, holds another number of tokens than the evalset,
-repeats or skips a ``token_idx``, or whose content no longer matches its recorded checksum (rows
-dropped or values changed after writing). Reading the two columns of one shard is cheap beside
-evaluating a checkpoint; a shard already verified in this process (same size and modification
-time) is not read again.
+:func:`check_shard` refuses, naming the file, a shard that is unreadable, lacks a column, has
+another type, holds another number of tokens than the evalset, repeats or skips a
+``token_idx``, or whose content no longer matches its recorded checksum (rows dropped or values
+changed after writing). A shard that records a checksum, and whose Parquet statistics show its
+indices ``0..N-1`` without gap, is checked by decoding its losses alone: the checksum of
+``0..N-1`` followed by those losses must be the recorded one, which vouches for the indices as
+they were written (decoding the int64 indices costs twice the losses). Any other shard, and one
+that fails this, has both columns read and checked one by one, so its problem is named.
+:func:`check_run_shards` checks a run's shards on several threads; a shard already verified in
+this process (same size and modification time) is not read again.
 
 Where the evalset's token count is not known (no ``meta.json`` or ``tokens.parquet`` under the
 output folder), the count and the completeness of ``token_idx`` cannot be checked: the shard is
@@ -22,9 +26,12 @@ checksum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +57,8 @@ class ShardError(SpectrumError):
 def content_checksum(token_idx: np.ndarray, loss: np.ndarray) -> str:
     """SHA-256 of a shard's content: ``token_idx`` as <i8 bytes, then ``loss`` as <f4 bytes."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(token_idx, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(loss, dtype="<f4").tobytes())
+    h.update(np.ascontiguousarray(token_idx, dtype="<i8"))
+    h.update(np.ascontiguousarray(loss, dtype="<f4"))
     return h.hexdigest()
 
 
@@ -120,6 +127,49 @@ def _index_problem(token_idx: np.ndarray, n_tokens: int | None) -> str | None:
     return f"{TOKEN_IDX} repeats {dup} indices" if dup else None
 
 
+@functools.lru_cache(maxsize=4)
+def _index_digest(n: int) -> "hashlib._Hash":
+    """SHA-256 after the bytes of ``token_idx = 0..n-1`` (copied, then fed a shard's losses)."""
+    h = hashlib.sha256()
+    for a in range(0, n, 1 << 20):
+        h.update(np.arange(a, min(n, a + (1 << 20)), dtype="<i8"))
+    return h
+
+
+def _vouched_by_checksum(path: Path, recorded: str, n_tokens: int) -> bool:
+    """Whether the shard's Parquet statistics show ``token_idx`` in ``0..n_tokens-1`` with no
+    gap or null, and its recorded checksum equals that of ``token_idx = 0..n_tokens-1``
+    followed by the losses it holds now. The checksum was computed from the indices as they
+    were written, so then they were exactly ``0..n_tokens-1``, and the losses are the ones
+    written beside them: the index column need not be decoded. False sends the shard to the
+    full check, which names its problem."""
+    try:
+        file = pq.ParquetFile(path)
+        meta = file.metadata
+        col = meta.schema.to_arrow_schema().get_field_index(TOKEN_IDX)
+        if col < 0 or meta.num_rows != n_tokens:
+            return False
+        expect = 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            stats = group.column(col).statistics
+            if group.num_rows == 0:
+                continue
+            if (stats is None or not stats.has_min_max or stats.null_count != 0
+                    or stats.min != expect or stats.max != expect + group.num_rows - 1):
+                return False
+            expect += group.num_rows
+        loss = file.read(columns=[LOSS], use_threads=False).column(0)
+    except (OSError, pa.ArrowInvalid):
+        return False
+    if loss.type != TYPES[LOSS]:
+        return False
+    h = _index_digest(n_tokens).copy()
+    for chunk in loss.chunks:
+        h.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False), dtype="<f4"))
+    return h.hexdigest() == recorded
+
+
 def check_shard(path: str | Path, n_tokens: int | None = None) -> int:
     """Check one shard against the contract (see the module doc); returns its number of tokens.
 
@@ -134,13 +184,17 @@ def check_shard(path: str | Path, n_tokens: int | None = None) -> int:
     seen = _VERIFIED.get(str(path))
     if seen is not None and seen[0] == stamp:
         return seen[1]
+    recorded = (read_provenance(path) or {}).get(CHECKSUM)
+    if recorded is not None and n_tokens is not None and _vouched_by_checksum(path, recorded,
+                                                                               n_tokens):
+        _VERIFIED[str(path)] = (stamp, n_tokens)
+        return n_tokens
     table = _read_columns(path)
     token_idx = table.column(TOKEN_IDX).to_numpy()
     loss = table.column(LOSS).to_numpy(zero_copy_only=False)
     problem = _index_problem(token_idx, n_tokens)
     if problem:
         raise ShardError(f"loss shard {path}: {problem}; rerun `spectrum losses` to rewrite it")
-    recorded = (read_provenance(path) or {}).get(CHECKSUM)
     if recorded is not None and recorded != content_checksum(token_idx, loss):
         raise ShardError(f"loss shard {path}: its content does not match the checksum recorded "
                          "when it was written (rows changed after writing); rerun "
@@ -165,12 +219,17 @@ def check_run_shards(out: str | Path, run: str, steps: Sequence[int],
     is known."""
     if n_tokens is None:
         n_tokens = expected_tokens(out)
-    problems = []
-    for step in steps:
+
+    def problems_of(step: int) -> list[str]:
         try:
             check_shard(loss_shard(out, run, int(step)), n_tokens)
         except ShardError as e:
-            problems.extend(e.problems)
+            return list(e.problems)
+        return []
+
+    # shards are checked side by side: decoding and hashing release the GIL
+    with ThreadPoolExecutor(max_workers=max(1, min(len(steps), os.cpu_count() or 1))) as pool:
+        problems = [p for found in pool.map(problems_of, steps) for p in found]
     if problems:
         raise ShardError(*problems)
     return n_tokens

@@ -10,9 +10,12 @@ How a range is read: only the row groups that overlap it (from the Parquet stati
 ``token_idx``). A row group whose statistics show it complete (``max - min + 1`` rows, no nulls)
 holds ``token_idx = min, ..., max`` in order, by the shard contract (sorted, unique), so only its
 ``loss`` column is decoded and copied into the block as one row; the losses stage writes every
-shard this way. (The order of the first rows read from each shard is verified, once.) Other row groups (gaps, no statistics) are read with their ``token_idx`` and
-placed by position. Each shard is one row of a (checkpoints x tokens) buffer, transposed once
-into the (tokens x checkpoints) block, so the memory of a read is set by the range's length.
+shard this way. (The order of the first rows read from each shard is verified, once.) Other
+row groups (gaps, no statistics) are read with their ``token_idx`` and
+placed by position. Each shard's losses are copied into its column of the (tokens x
+checkpoints) block, a block of rows at a time, so the memory of a read is set by the range's
+length. Reads can decode shards on several threads (:meth:`RunLosses.read`), write into a
+reused buffer, and be announced to the OS ahead of time (:meth:`RunLosses.advise`).
 
 Time axis: ``x = ln T`` with ``T = step * tokens_per_step`` training tokens; step 0 (the initial
 model) has no place on the log axis and is left out by :func:`log_tokens`.
@@ -25,7 +28,9 @@ already verified in this process is not read again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from spectrum.losses.shards import check_run_shards
 
 TOKEN, LOSS = "token_idx", "loss"
 CHECKED_ROWS = 1 << 14  # rows of each shard whose order is verified
+TRANSPOSE_BLOCK = 1 << 16  # tokens per block of the (checkpoints x tokens) -> (tokens x checkpoints) copy
 
 
 @dataclass(frozen=True)
@@ -134,10 +140,38 @@ class LossShard:
         except (pa.ArrowInvalid, OSError) as e:
             raise SpectrumError(f"{self.path}: cannot read the loss shard ({e})") from None
 
+    def _groups_in(self, start: int, stop: int) -> list[int]:
+        """The row groups that may hold tokens ``start <= token_idx < stop``."""
+        return [g for g, (lo, hi, rows, _) in enumerate(self.groups)
+                if rows and (lo < 0 or (hi >= start and lo < stop))]
+
+    def advise(self, start: int, stop: int) -> None:
+        """Ask the OS to read ahead the bytes of the row groups holding ``start <= token_idx <
+        stop`` (``posix_fadvise(WILLNEED)``; nothing where the OS has no such call)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        meta = self.file.metadata
+        spans = []
+        for g in self._groups_in(start, stop):
+            for c in range(meta.num_columns):
+                col = meta.row_group(g).column(c)
+                first = col.dictionary_page_offset if col.has_dictionary_page else None
+                first = col.data_page_offset if first is None else min(first,
+                                                                        col.data_page_offset)
+                spans.append((first, col.total_compressed_size))
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # the read itself will name the problem
+        try:
+            for offset, length in spans:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def read(self, start: int, stop: int) -> ShardSlice:
         """The losses of the tokens ``start <= token_idx < stop`` held by this shard."""
-        chosen = [g for g, (lo, hi, rows, _) in enumerate(self.groups)
-                  if rows and (lo < 0 or (hi >= start and lo < stop))]
+        chosen = self._groups_in(start, stop)
         if not chosen:
             return ShardSlice(np.empty(0, np.float32), start)
         complete = all(self.groups[g][3] for g in chosen) and all(
@@ -196,26 +230,49 @@ class RunLosses:
         """One past the largest ``token_idx`` in any shard."""
         return max(s.top() for s in self.shards) + 1
 
-    def read(self, start: int, stop: int) -> Trajectories:
-        """The tokens ``start <= token_idx < stop`` present in any shard, as a matrix."""
-        slices = [shard.read(start, stop) for shard in self.shards]
+    def read(self, start: int, stop: int, *, pool: Executor | None = None,
+             into: np.ndarray | None = None) -> Trajectories:
+        """The tokens ``start <= token_idx < stop`` present in any shard, as a matrix.
+
+        ``pool``: threads that decode the shards and transpose the block (Arrow and numpy
+        release the GIL), instead of this thread alone. ``into``: a float32 buffer of at least
+        ``(stop - start) * checkpoints`` elements that the matrix is written into and returned
+        as a view of (a reader that fits chunk after chunk reuses one, instead of having the
+        memory of each new block mapped page by page)."""
+        run = pool.map if pool is not None else map
+        slices = list(run(lambda shard: shard.read(start, stop), self.shards))
         first = {s.first for s in slices if s.token_idx is None and len(s.loss)}
         lengths = {len(s.loss) for s in slices}
         if len(first) == 1 and len(lengths) == 1 and all(s.token_idx is None for s in slices):
             first_tok = first.pop()
             token_idx = np.arange(first_tok, first_tok + lengths.pop(), dtype=np.int64)
-            rows = np.empty((len(slices), len(token_idx)), np.float32)
-            for j, s in enumerate(slices):
-                rows[j] = s.loss
+            columns = [s.loss for s in slices]
         else:  # gaps: the union of the shards' tokens, each shard's placed by position
             token_idx = _union([s.tokens() for s in slices])
-            rows = np.full((len(slices), len(token_idx)), np.nan, np.float32)
-            for j, s in enumerate(slices):
-                rows[j, np.searchsorted(token_idx, s.tokens())] = s.loss
-        # numpy, not torch: this runs on the fit stage's reader thread, beside the solver's
-        # OpenMP threads, and a second torch thread team would oversubscribe the cores
-        losses = np.ascontiguousarray(rows.T)
+            columns = []
+            for s in slices:
+                column = np.full(len(token_idx), np.nan, np.float32)
+                column[np.searchsorted(token_idx, s.tokens())] = s.loss
+                columns.append(column)
+        shape = (len(token_idx), len(slices))
+        if into is None:
+            losses = np.empty(shape, np.float32)
+        else:
+            if into.dtype != np.float32 or into.size < shape[0] * shape[1]:
+                raise ValueError(f"into must be float32 with room for {shape}")
+            losses = into.reshape(-1)[:shape[0] * shape[1]].reshape(shape)
+        # numpy, not torch: this may run on a reader thread beside the solver's OpenMP threads,
+        # where a second torch thread team would oversubscribe the cores
+        list(run(lambda a: _transpose_into(losses, columns, a, a + TRANSPOSE_BLOCK),
+                 range(0, shape[0], TRANSPOSE_BLOCK)))
         return Trajectories(token_idx=token_idx, steps=self.steps, losses=losses)
+
+    def advise(self, start: int, stop: int) -> None:
+        """Ask the OS to start reading the shards' bytes for ``start <= token_idx < stop`` into
+        its page cache (no decoding: costs no CPU), so that a later :meth:`read` of that range
+        finds them in memory."""
+        for shard in self.shards:
+            shard.advise(start, stop)
 
     def ranges(self, chunk_size: int) -> list[tuple[int, int]]:
         """Consecutive ranges of ``chunk_size`` token indices covering every shard."""
@@ -233,6 +290,14 @@ def _union(parts: list[np.ndarray]) -> np.ndarray:
         if not np.array_equal(out, p):
             out = np.union1d(out, p)
     return out.astype(np.int64, copy=False)
+
+
+def _transpose_into(losses: np.ndarray, columns: list[np.ndarray], a: int, b: int) -> None:
+    """``losses[a:b, j] = columns[j][a:b]`` for every checkpoint j: the block of rows a..b stays
+    in the cache while its columns are filled (a whole-matrix transposing copy does not)."""
+    block = losses[a:b]
+    for j, column in enumerate(columns):
+        block[:, j] = column[a:b]
 
 
 def load_losses(out: Path, run: str, *, steps: Sequence[int] | None = None,

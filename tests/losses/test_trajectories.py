@@ -132,12 +132,45 @@ def test_checksum_catches_values_changed_after_writing(tmp_path):
     with pytest.raises(SpectrumError, match="does not match the checksum"):
         check_shard(path, 5)
 
+def test_a_checksummed_shard_is_checked_without_decoding_its_indices(tmp_path, monkeypatch):
+    """The recorded checksum of 0..N-1 and the losses vouches for the indices; a shard whose
+    statistics look complete but whose indices were written out of order (checksum and all)
+    still goes to the full check, which names the problem."""
+    from spectrum.losses import shards
+    from spectrum.losses.shards import CHECKSUM, check_run_shards, content_checksum
+
+    loss = np.arange(50, dtype=np.float32)
+    write_loss_shard_rows = lambda step, tok: shards.write_parquet(  # noqa: E731
+        pa.table({"token_idx": pa.array(tok), "loss": pa.array(loss)}),
+        loss_shard(tmp_path, "r", step), {CHECKSUM: content_checksum(tok, loss)})
+    write_loss_shard_rows(1, np.arange(50))
+    swapped = np.arange(50)
+    swapped[[3, 4]] = [4, 3]
+    write_loss_shard_rows(2, swapped)
+    read = []
+    real = pq.read_table
+    monkeypatch.setattr(shards.pq, "read_table",
+                        lambda path, columns=None, **kw: read.append(columns) or real(
+                            path, columns=columns, **kw))
+    assert check_run_shards(tmp_path, "r", [1], n_tokens=50) == 50
+    assert read == []  # the losses alone, through ParquetFile
+    with pytest.raises(SpectrumError) as e:
+        check_run_shards(tmp_path, "r", [1, 2], n_tokens=50)
+    assert e.value.problems == [f"loss shard {loss_shard(tmp_path, 'r', 2)}: token_idx is not "
+                                "0..49 in order; rerun `spectrum losses` to rewrite it"]
+    assert read == [["token_idx", "loss"]]
+
+
 # ---- range reads: row groups, gaps, and the shard contract --------------------------------------
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pyarrow.parquet as pq
 
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
+
+from spectrum.losses import trajectories
 from spectrum.losses.trajectories import LossShard, RunLosses
 
 
@@ -184,11 +217,19 @@ def test_range_reads_match_a_plain_pivot(tmp_path_factory, data):
     reader = RunLosses(out, "r")
     start = data.draw(st.integers(0, n))
     stop = data.draw(st.integers(start, n + 3))
+    reader.advise(start, stop)  # a hint to the OS: changes nothing read
     got = reader.read(start, stop)
     keep = (expect_tok >= start) & (expect_tok < stop)
     np.testing.assert_array_equal(got.token_idx, expect_tok[keep])
     np.testing.assert_array_equal(got.losses, expect[keep])
     assert got.losses.dtype == np.float32 and got.losses.flags.c_contiguous
+    # decoded on several threads, into a reused buffer (stale values in it), one block at a time
+    buffer = np.full((stop - start + 5) * len(truth), -7.0, np.float32)
+    with ThreadPoolExecutor(2) as pool, mock.patch.object(trajectories, "TRANSPOSE_BLOCK", 7):
+        again = reader.read(start, stop, pool=pool, into=buffer)
+    np.testing.assert_array_equal(again.losses, expect[keep])
+    assert again.losses.flags.c_contiguous
+    assert np.shares_memory(again.losses, buffer) or not again.losses.size
     chunk = data.draw(st.integers(1, 30))
     parts = list(iter_trajectories(out, "r", chunk_size=chunk))
     joined = (np.concatenate([p.token_idx for p in parts]) if parts else np.empty(0, np.int64))
