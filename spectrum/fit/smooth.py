@@ -14,8 +14,9 @@ then on finer grids centred on each row's best point (:data:`ZOOMS`), and the la
 point is refined by the vertex of the parabola through it and its neighbours. Each grid is a few
 matrix products: with ``a`` a row's lowest grid value, ``exp(-(a + u) dx) = exp(-a dx) exp(-u dx)``,
 so the masked moments at the grid's offsets ``u`` are the row's ``exp(-a dx)``-scaled data times
-one (K x J) basis shared by every row; rows without missing points whose finer grids start at the
-same value (a point of the grid before) share that grid's basis outright, one product per group.
+one (K x J) basis shared by every row; for rows without missing points, whose finer grids start
+at few distinct values (points of the grid before), ``exp(-a dx)`` and the moments that do not
+involve the data are computed once per value.
 Missing points (NaN) are masked.
 
 The criterion is the Bayesian information criterion with the noise variance profiled out,
@@ -169,23 +170,13 @@ class _Grid:
 def _grouped_moments(s: _Sums, dx: torch.Tensor, low: torch.Tensor,
                      offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """:meth:`_Sums.moments` of complete rows whose ``low`` takes few distinct values (a grid's
-    points): the rows of one value share the basis ``exp(-(low + offsets) dx)``, so each group
-    is one matrix product, with no per-row basis to compute."""
+    points): ``exp(-low dx)`` is computed once per value, and the moments that do not involve
+    the data (``sf``, ``sff``) once per value too, then gathered for each row."""
     values, group = torch.unique(low, return_inverse=True)
-    order = torch.argsort(group)
-    counts = torch.bincount(group, minlength=len(values)).tolist()
-    yc = s.yc[order]
-    shape = (len(low), len(offsets))
-    sf, sff, sfy = (torch.empty(shape, dtype=dx.dtype, device=dx.device) for _ in range(3))
-    start = 0
-    for value, count in zip(values.tolist(), counts):
-        basis = _basis(value + offsets, dx)
-        rows = order[start:start + count]
-        sf[rows] = basis.sum(1)
-        sff[rows] = (basis * basis).sum(1)
-        sfy[rows] = yc[start:start + count] @ basis.T
-        start += count
-    return sf, sff, sfy
+    lows, basis = _basis(values, dx), _basis(offsets, dx)
+    sf = (lows @ basis.T)[group]
+    sff = ((lows * lows) @ (basis * basis).T)[group]
+    return sf, sff, (s.yc * lows[group]) @ basis.T
 
 
 def _zoom(s: _Sums, dx: torch.Tensor, beta: torch.Tensor, step: float, points: int) -> _Grid:
