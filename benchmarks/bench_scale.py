@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spectrum.layout import evalset_tokens, loss_shard  # noqa: E402
-from spectrum.losses.shards import CHECKSUM, write_loss_shard  # noqa: E402
+from spectrum.losses.shards import CHECKSUM, ENCODINGS, write_loss_shard  # noqa: E402
 from spectrum.store import read_provenance, write_parquet  # noqa: E402
 
 TOKENS_PER_STEP = 2_097_152
@@ -66,13 +67,25 @@ def planted(n: int, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([lo, lo + delta, tau, np.exp(rng.uniform(np.log(0.5), np.log(8.0), n))], 1)
 
 
+def _as_written_now(shard: Path) -> bool:
+    """Whether a world's shard was written as the losses stage writes them now (checksum,
+    encodings): a world written otherwise is written again."""
+    try:
+        meta = pq.read_metadata(shard)
+    except (OSError, pa.ArrowInvalid):
+        return False
+    names = meta.schema.to_arrow_schema().names
+    encodings = {names[c]: meta.row_group(0).column(c).encodings for c in range(len(names))}
+    return (CHECKSUM in (read_provenance(shard) or {})
+            and all(e in encodings.get(c, ()) for c, e in ENCODINGS.items()))
+
+
 def write_world(folder: Path, n: int, k: int, runs: int, noise: float, seed: int = 0) -> Path:
     """Shards, evalset tokens and a manifest; returns the manifest path (reused if present)."""
     manifest = folder / "checkpoints.yaml"
     out = folder / "artifacts"
     steps = checkpoint_steps(k)
-    if manifest.is_file() and CHECKSUM in (read_provenance(loss_shard(out, "r0", steps[-1]))
-                                           or {}):
+    if manifest.is_file() and _as_written_now(loss_shard(out, "r0", steps[-1])):
         return manifest
     x = np.log(np.maximum(steps, 1) * float(TOKENS_PER_STEP))
     tok = np.arange(n, dtype=np.int64)

@@ -93,15 +93,23 @@ def atomic_folder(path: str | Path, *, prefix: str | None = None) -> Iterator[Pa
 
 
 def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] | None = None,
-                  *, compression: str = "zstd") -> Path:
-    """Write ``table`` to ``path`` atomically, with ``provenance`` in the schema metadata."""
+                  *, compression: str = "zstd",
+                  encodings: dict[str, str] | None = None) -> Path:
+    """Write ``table`` to ``path`` atomically, with ``provenance`` in the schema metadata.
+
+    ``encodings``: a Parquet encoding for some columns (e.g. ``BYTE_STREAM_SPLIT``), instead of
+    the dictionary encoding every column gets by default."""
     path = Path(path)
     meta = dict(table.schema.metadata or {})
     record = {"code_version": __version__, **(provenance or {})}
     meta[PROVENANCE_KEY] = json.dumps(record, sort_keys=True, default=str).encode()
     table = table.replace_schema_metadata(meta)
+    options: dict[str, Any] = {}
+    if encodings:
+        options = {"column_encoding": encodings,
+                   "use_dictionary": [c for c in table.column_names if c not in encodings]}
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, compression=compression)
+        pq.write_table(table, tmp, compression=compression, **options)
     return path
 
 

@@ -45,6 +45,10 @@ from spectrum.store import read_provenance, write_parquet
 
 CHECKSUM = "content_sha256"  # provenance key of the content checksum
 TYPES = {TOKEN_IDX: pa.int64(), LOSS: pa.float32()}
+# How shards are written (zstd on top). Beside the dictionary encoding Parquet uses by default,
+# measured on an 8M-token shard of noisy losses: 27 MB instead of 43, the losses decoded in half
+# the time and the indices in a quarter, written in a third of the time. Any encoding is read.
+ENCODINGS = {TOKEN_IDX: "DELTA_BINARY_PACKED", LOSS: "BYTE_STREAM_SPLIT"}
 
 # path -> ((size, mtime_ns, expected tokens), tokens held): shards verified in this process
 _VERIFIED: dict[str, tuple[tuple[int, int, int | None], int]] = {}
@@ -64,11 +68,12 @@ def content_checksum(token_idx: np.ndarray, loss: np.ndarray) -> str:
 
 def write_loss_shard(path: str | Path, losses: np.ndarray, provenance: dict[str, Any]) -> Path:
     """Write the losses of every evalset token (in ``token_idx`` order) as a shard whose
-    provenance records its content checksum."""
+    provenance records its content checksum, in :data:`ENCODINGS`."""
     loss = np.asarray(losses, dtype=np.float32).reshape(-1)
     token_idx = np.arange(len(loss), dtype=np.int64)
     table = pa.table({TOKEN_IDX: pa.array(token_idx), LOSS: pa.array(loss)})
-    return write_parquet(table, path, {**provenance, CHECKSUM: content_checksum(token_idx, loss)})
+    return write_parquet(table, path, {**provenance, CHECKSUM: content_checksum(token_idx, loss)},
+                         encodings=ENCODINGS)
 
 
 def expected_tokens(out: str | Path) -> int | None:

@@ -125,6 +125,9 @@ def test_checksum_catches_values_changed_after_writing(tmp_path):
 
     path = write_loss_shard(tmp_path / "s.parquet", np.arange(5, dtype=np.float32), {"run": "a"})
     assert len(read_provenance(path)[CHECKSUM]) == 64
+    group = pq.read_metadata(path).row_group(0)  # indices delta-packed, losses byte-split
+    assert [e for c in range(2) for e in group.column(c).encodings if e != "RLE"] == [
+        "DELTA_BINARY_PACKED", "BYTE_STREAM_SPLIT"]
     assert check_shard(path, 5) == 5
     table = pq.read_table(path)
     changed = table.set_column(1, "loss", pa.array(np.arange(5, dtype=np.float32)[::-1].copy()))
