@@ -55,10 +55,16 @@ def bic(rss: torch.Tensor, n: torch.Tensor, n_params: int) -> torch.Tensor:
     return torch.where(n > n_params, value, torch.full_like(value, float("nan")))
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products (one batched product, no (rows, K) temporary)."""
+    return torch.einsum("ik,ik->i", a, b)
+
+
 @dataclass(frozen=True)
 class _Sums:
     """Masked moments of one batch of rows, centred on each row's mean. ``w`` is the mask of
-    finite points, None when the batch has no missing point (the usual case: no mask to apply)."""
+    finite points, None when the batch has no missing point (the usual case: no mask to apply,
+    and every row has the same count ``n``)."""
 
     w: torch.Tensor | None
     n: torch.Tensor
@@ -82,7 +88,7 @@ class _Sums:
             y0 = torch.where(finite, y, torch.zeros_like(y))
             mean = y0.sum(1) / n.clamp(min=1)
             yc = (y0 - mean[:, None]) * w
-        return cls(w, n, mean, yc, (yc * yc).sum(1), x)
+        return cls(w, n, mean, yc, _dot(yc, yc), x)
 
     def rows(self, idx: torch.Tensor) -> "_Sums":
         return _Sums(None if self.w is None else self.w[idx], self.n[idx], self.mean[idx],
@@ -92,8 +98,17 @@ class _Sums:
         return t if self.w is None else self.w * t
 
     def _count(self, basis: torch.Tensor) -> torch.Tensor:
-        """(rows, J) masked sums of the rows of a shared (J, K) basis."""
+        """(rows, J) masked sums of the rows of a shared (J, K) basis ((1, J) when complete)."""
         return basis.sum(1)[None, :] if self.w is None else self.w @ basis.T
+
+    def _per_row(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A per-row quantity shaped to broadcast against ``like`` (rows, ...)."""
+        return t.reshape(-1, *(1,) * (like.dim() - 1))
+
+    def _n(self, like: torch.Tensor) -> torch.Tensor:
+        """The count of points, to broadcast against ``like``: one number when the batch is
+        complete (so moments shared by every row stay shared), else per row."""
+        return self.n[0] if self.w is None and len(self.n) else self._per_row(self.n, like)
 
     def line_rss(self) -> torch.Tensor:
         if self.w is None:
@@ -102,81 +117,99 @@ class _Sums:
         else:
             xbar = (self.w @ self.x) / self.n.clamp(min=1)
             xc = (self.x[None, :] - xbar[:, None]) * self.w
-            sxx, sxy = (xc * xc).sum(1), (xc * self.yc).sum(1)
+            sxx, sxy = _dot(xc, xc), _dot(xc, self.yc)
         return torch.where(sxx > 0, self.syy - sxy ** 2 / sxx.clamp(min=1e-300), self.syy)
 
     def moments(self, base: torch.Tensor | None,
                 basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sf, sff, sfy), each (rows, J), of ``f = base * basis[j]``: ``base`` (rows, K) per
-        row (None: ones), ``basis`` (J, K) shared by every row; three matrix products."""
+        """(sf, sff, sfy) of ``f = base * basis[j]``: ``base`` (rows, K) per row (None: ones),
+        ``basis`` (J, K) shared by every row; three matrix products. ``sfy`` is (rows, J);
+        ``sf`` and ``sff`` are (1, J) when they are the same for every row."""
         if base is None:
             return self._count(basis), self._count(basis * basis), self.yc @ basis.T
         wb = self._masked(base)
         return wb @ basis.T, (wb * base) @ (basis * basis).T, (self.yc * base) @ basis.T
 
-    def _det(self, sf: torch.Tensor, sff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.n.reshape(-1, *(1,) * (sf.dim() - 1))
-        det = n * sff - sf ** 2
-        ok = det > DEGENERATE * (n * sff).clamp(min=1e-300)
-        return torch.where(ok, det, torch.full_like(det, float("nan"))), n
+    def gain(self, sf: torch.Tensor, sff: torch.Tensor) -> torch.Tensor:
+        """``n / det`` with ``det = n sff - sf^2``, shaped as ``sf``; NaN where ``f`` is
+        (nearly) constant on the row's points."""
+        n = self._n(sf)
+        nsff = n * sff
+        det = nsff - sf * sf
+        ok = det > DEGENERATE * nsff.clamp(min=1e-300)
+        return torch.where(ok, n / det, torch.full_like(det, float("nan")))
 
-    def rss(self, sf: torch.Tensor, sff: torch.Tensor, sfy: torch.Tensor) -> torch.Tensor:
-        """The least residual sum of squares of ``e + b f`` from the moments of ``f`` (any shape
-        (rows, ...)); ``inf`` where ``f`` is (nearly) constant on the row's points."""
-        det, n = self._det(sf, sff)
-        syy = self.syy.reshape(n.shape)
-        return torch.nan_to_num((syy - sfy ** 2 * n / det).clamp(min=0), nan=math.inf)
+    def rss(self, gain: torch.Tensor, sfy: torch.Tensor) -> torch.Tensor:
+        """The least residual sum of squares of ``e + b f``, ``syy - sfy^2 n / det``, from
+        :meth:`gain` and ``sfy`` (rows, ...); ``inf`` where ``f`` is (nearly) constant."""
+        out = sfy * sfy
+        out.mul_(gain).neg_().add_(self._per_row(self.syy, out)).clamp_(min=0)
+        return out.nan_to_num_(nan=math.inf)
 
     def solve(self, sf: torch.Tensor, sff: torch.Tensor,
               sfy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rss, e, b) of ``e + b f`` from the moments of ``f``, each (rows,)."""
-        det, n = self._det(sf, sff)
-        return self.rss(sf, sff, sfy), self.mean - sf * sfy / det, n * sfy / det
+        gain = self.gain(sf, sff)
+        b = sfy * gain
+        return self.rss(gain, sfy), self.mean - sf * b / self._n(sf), b
 
     def power_fit(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rss, e, b) of ``e + b f`` with ``f`` (rows, K) per row."""
         wf = self._masked(f)
-        return self.solve(wf.sum(1), (wf * f).sum(1), (self.yc * f).sum(1))
+        return self.solve(wf.sum(1), _dot(wf, f), _dot(self.yc, f))
 
 
 def _basis(offsets: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-offsets[:, None] * dx[None, :])
+    return torch.outer(offsets, -dx).exp_()
 
 
 class _Grid:
-    """The moments and RSS at ``beta = low + offsets`` for every row (``low`` per row; None: 0)."""
+    """The moments and RSS at ``beta = low + offsets`` for every row (``low`` per row; None: 0).
+
+    ``sf`` and ``sff`` are (1, J) when every row shares them, (G, J) per distinct ``low`` with
+    ``group`` the row's, or (rows, J)."""
 
     def __init__(self, s: _Sums, dx: torch.Tensor, low: torch.Tensor | None,
                  offsets: torch.Tensor) -> None:
         self.low = torch.zeros_like(s.n) if low is None else low
         self.offsets = offsets
+        self.group: torch.Tensor | None = None
         if low is not None and s.w is None:  # complete rows: one basis per distinct low
-            self.moments = _grouped_moments(s, dx, low, offsets)
+            self.group, *self.moments = _grouped_moments(s, dx, low, offsets)
         else:
             self.moments = s.moments(None if low is None else _basis(low, dx), _basis(offsets, dx))
-        self.rss = s.rss(*self.moments)
+        gain = s.gain(*self.moments[:2])
+        self.rss = s.rss(gain if self.group is None else gain[self.group], self.moments[2])
         self.j = self.rss.argmin(1)
 
     def at(self, j: torch.Tensor) -> torch.Tensor:
         return self.rss.gather(1, j[:, None])[:, 0]
 
+    def _pick(self, m: torch.Tensor, per_group: bool) -> torch.Tensor:
+        """Each row's value of a moment at its best point (``per_group``: ``sf`` or ``sff``,
+        which are per distinct ``low`` when ``group`` is set)."""
+        if per_group and self.group is not None:
+            return m[self.group, self.j]
+        if len(m) == 1:
+            return m[0, self.j]
+        return m.gather(1, self.j[:, None])[:, 0]
+
     def best(self, s: _Sums) -> tuple[torch.Tensor, ...]:
         """(rss, e, b, beta) at each row's best point."""
-        rss, e, b = s.solve(*(m.expand(len(self.j), -1).gather(1, self.j[:, None])[:, 0]
-                              for m in self.moments))
+        rss, e, b = s.solve(*(self._pick(m, i < 2) for i, m in enumerate(self.moments)))
         return rss, e, b, self.low + self.offsets[self.j]
 
 
 def _grouped_moments(s: _Sums, dx: torch.Tensor, low: torch.Tensor,
                      offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """:meth:`_Sums.moments` of complete rows whose ``low`` takes few distinct values (a grid's
-    points): ``exp(-low dx)`` is computed once per value, and the moments that do not involve
-    the data (``sf``, ``sff``) once per value too, then gathered for each row."""
+    """(group, sf, sff, sfy) of complete rows whose ``low`` takes few distinct values (a grid's
+    points): ``exp(-low dx)`` and the moments that do not involve the data (``sf``, ``sff``:
+    (G, J)) are computed once per value, ``group`` (rows,) is each row's value."""
     values, group = torch.unique(low, return_inverse=True)
     lows, basis = _basis(values, dx), _basis(offsets, dx)
-    sf = (lows @ basis.T)[group]
-    sff = ((lows * lows) @ (basis * basis).T)[group]
-    return sf, sff, (s.yc * lows[group]) @ basis.T
+    sf = lows @ basis.T
+    sff = (lows * lows) @ (basis * basis).T
+    return group, sf, sff, (s.yc * lows[group]) @ basis.T
 
 
 def _zoom(s: _Sums, dx: torch.Tensor, beta: torch.Tensor, step: float, points: int) -> _Grid:
