@@ -49,7 +49,7 @@ from spectrum.layout import fits_file, loss_run_dir
 from spectrum.losses.shards import check_run_shards
 from spectrum.losses.trajectories import RunLosses, Trajectories
 from spectrum.manifest import Manifest
-from spectrum.store import is_current, write_parquet
+from spectrum.store import is_current, numeric_encodings, write_parquet
 
 HELP = "fit a sigmoid in log-time to every token's loss trajectory (batched Levenberg-Marquardt)"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -324,8 +324,9 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
     def write(name: str, token_idx: np.ndarray, fits: SigmoidFit,
               smooth_columns: dict[str, np.ndarray]) -> None:
         path = fits_file(manifest.out, name)
-        write_parquet(smooth.with_columns(fits.to_arrow(token_idx), smooth_columns), path,
-                      provs[name])
+        table = smooth.with_columns(fits.to_arrow(token_idx), smooth_columns)
+        write_parquet(table, path, provs[name],
+                      encodings=numeric_encodings(table, ascending=("token_idx",)))
         kinds, counts = np.unique(fits.kind, return_counts=True)
         summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
         log.info(f"fit: run {name}: {len(fits)} tokens ({time.perf_counter() - t0:.1f} s since "

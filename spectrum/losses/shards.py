@@ -45,9 +45,10 @@ from spectrum.store import read_provenance, write_parquet
 
 CHECKSUM = "content_sha256"  # provenance key of the content checksum
 TYPES = {TOKEN_IDX: pa.int64(), LOSS: pa.float32()}
-# How shards are written (zstd on top). Beside the dictionary encoding Parquet uses by default,
-# measured on an 8M-token shard of noisy losses: 27 MB instead of 43, the losses decoded in half
-# the time and the indices in a quarter, written in a third of the time. Any encoding is read.
+# How shards are written (zstd on top; :func:`spectrum.store.numeric_encodings`). Beside the
+# dictionary encoding Parquet uses by default, measured on an 8M-token shard of noisy losses:
+# 27 MB instead of 43, the losses decoded in half the time and the indices in a quarter,
+# written in a third of the time. Any encoding is read.
 ENCODINGS = {TOKEN_IDX: "DELTA_BINARY_PACKED", LOSS: "BYTE_STREAM_SPLIT"}
 
 # path -> ((size, mtime_ns, expected tokens), tokens held): shards verified in this process
