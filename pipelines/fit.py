@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,12 +42,12 @@ from spectrum.console import progress
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.fit import smooth
-from spectrum.fit.kinds import KindThresholds
+from spectrum.fit.kinds import KINDS, KindThresholds
 from spectrum.fit.runs import check_runs, provenance
 from spectrum.fit.solver import (COMPILE_MIN_ROWS, FitOptions, SigmoidFit, fit_sigmoids,
-                                 solver_name, warm_up)
+                                 is_warm, solver_name, warm_up)
 from spectrum.layout import fits_file, loss_run_dir
-from spectrum.losses.shards import check_run_shards
+from spectrum.losses.shards import check_run_shards, expected_tokens
 from spectrum.losses.trajectories import RunLosses, Trajectories
 from spectrum.manifest import Manifest
 from spectrum.store import is_current, numeric_encodings, write_parquet
@@ -122,9 +123,13 @@ def fit_chunk(chunk: Trajectories, x: np.ndarray, settings: FitSettings,
               device: torch.device) -> tuple[SigmoidFit, dict[str, np.ndarray]]:
     """The sigmoid fits of one chunk's trajectories, and (is it a step at all?) the smooth
     alternatives with their BICs on the same rows."""
+    t0 = time.perf_counter()
     fits = fit_sigmoids(chunk.losses, x, device=device, dtype=DTYPES[settings.dtype],
                         options=settings.options, thresholds=settings.thresholds)
+    t1 = time.perf_counter()
     columns = smooth.smooth_fits(chunk.losses, x, fits.rss, device=device)
+    log.debug(f"fit: {len(fits)} sigmoids in {t1 - t0:.1f} s, smooth alternatives in "
+              f"{time.perf_counter() - t1:.1f} s")
     return fits, {name: v.astype(np.float32) for name, v in columns.items()}  # as stored
 
 
@@ -162,7 +167,8 @@ class FitWorker:
         self.buffer: np.ndarray | None = None  # the foreground reads' block, reused
         self.pending: dict[FitUnit, Future] = {}
         self.upcoming: FitUnit | None = None
-        self.warm = False  # whether the solver's compiled steps were built (warm_up)
+        # whether the solver's compiled steps were built (warm_up), here or by the driver
+        self.warm = is_warm(self.device, DTYPES[settings.dtype], settings.options)
 
     def _losses(self, run: str) -> RunLosses:
         if run not in self.readers:
@@ -205,7 +211,10 @@ class FitWorker:
             self.upcoming = None
         if first:
             self.warm = True
-            if unit.stop - unit.start >= COMPILE_MIN_ROWS:
+            if _WARMING is not None and _WARMING.is_alive():  # the driver's, in this process
+                _WARMING.join()
+            if unit.stop - unit.start >= COMPILE_MIN_ROWS and not is_warm(
+                    self.device, DTYPES[self.settings.dtype], self.settings.options):
                 warm_up(np.asarray(self.settings.x[unit.run]), device=self.device,
                         dtype=DTYPES[self.settings.dtype], options=self.settings.options)
         if unit in self.pending:
@@ -213,11 +222,17 @@ class FitWorker:
         return self._read_here(unit)
 
     def process(self, unit: FitUnit) -> FitPart:
+        t0 = time.perf_counter()
         chunk = self._chunk(unit)
         if not len(chunk):
             return FitPart(chunk.token_idx, None)
+        t1 = time.perf_counter()
         x = np.asarray(self.settings.x[unit.run])
-        return FitPart(chunk.token_idx, *fit_chunk(chunk, x, self.settings, self.device))
+        part = FitPart(chunk.token_idx, *fit_chunk(chunk, x, self.settings, self.device))
+        log.debug(f"fit: run {unit.run}, tokens {unit.start}-{unit.stop - 1}: read "
+                  f"{t1 - t0:.1f} s ({'here' if self.foreground else 'ahead'}), fitted "
+                  f"{time.perf_counter() - t1:.1f} s")
+        return part
 
 
 def _make_worker(settings: FitSettings) -> FitWorker:
@@ -285,6 +300,33 @@ def run_units(units: list[FitUnit], executor: Any, settings: FitSettings,
     return failures, failed
 
 
+def _compiles(out: Path) -> bool:
+    """Whether a first chunk will be large enough for the solver to compile (from the
+    evalset's token count; unknown: no)."""
+    n = expected_tokens(out)
+    return n is not None and n >= COMPILE_MIN_ROWS
+
+
+_WARMING: threading.Thread | None = None  # the driver's warm-up (:func:`_warm_up_beside`)
+
+
+def _warm_up_beside(x: list[float], device: torch.device, dtype: str,
+                    options: FitOptions) -> threading.Thread:
+    """Build the solver's compiled steps on a thread of their own while the driver checks the
+    shards (tracing holds the GIL, decoding and hashing release it) and the in-process worker
+    reads its first chunk; the worker waits for it before its first fit. A failure here is only
+    logged: the worker then compiles again."""
+    def run() -> None:
+        try:
+            warm_up(np.asarray(x), device=device, dtype=DTYPES[dtype], options=options)
+        except Exception as e:  # noqa: BLE001 - the worker's own warm-up reports it
+            log.debug(f"fit: compiling beside the shard checks failed ({e})")
+
+    thread = threading.Thread(target=run, name="fit-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(manifest: Manifest, options: FitStageOptions) -> None:
     solver_options = FitOptions(kernel=options.fit_kernel)
     thresholds = KindThresholds()
@@ -295,24 +337,30 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
     except ValueError as e:
         raise SpectrumError(f"--fit-kernel {options.fit_kernel}: {e}") from None
     plan = check_runs(manifest)
-    todo, provs, skipped, failures, bad_runs = [], {}, 0, [], 0
+    provs = {run.name: provenance(manifest.out, run, plan[run.name], options.fit_dtype,
+                                  solver_options, thresholds) for run in manifest.runs}
+    stale = []
     for run in manifest.runs:
         path = fits_file(manifest.out, run.name)
-        provs[run.name] = provenance(manifest.out, run, plan[run.name], options.fit_dtype,
-                                     solver_options, thresholds)
         if not options.force and is_current(path, provs[run.name]):
             log.debug(f"fit: run {run.name}: {path} is current")
-            skipped += 1
-            continue
+        else:
+            stale.append(run.name)
+    skipped = len(manifest.runs) - len(stale)
+    global _WARMING  # read by the in-process worker
+    _WARMING = (_warm_up_beside(provs[stale[0]]["x"], device, options.fit_dtype, solver_options)
+                if stale and options.ray_address is None and _compiles(manifest.out) else None)
+    todo, failures, bad_runs = [], [], 0
+    for name in stale:
         try:  # a run with a bad loss shard fails alone; the others are fitted
-            check_run_shards(manifest.out, run.name, plan[run.name])
+            check_run_shards(manifest.out, name, plan[name])
         except SpectrumError as e:
             failures += e.problems
             bad_runs += 1
             continue
-        if path.exists() and not options.force:
-            log.info(f"fit: {path} is stale: refitting")
-        todo.append(run.name)
+        if fits_file(manifest.out, name).exists() and not options.force:
+            log.info(f"fit: {fits_file(manifest.out, name)} is stale: refitting")
+        todo.append(name)
     units = [FitUnit(name, a, b) for name in todo
              for a, b in RunLosses(manifest.out, name, plan[name], checked=True)
              .ranges(options.chunk_size)]
@@ -327,8 +375,8 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
         table = smooth.with_columns(fits.to_arrow(token_idx), smooth_columns)
         write_parquet(table, path, provs[name],
                       encodings=numeric_encodings(table, ascending=("token_idx",)))
-        kinds, counts = np.unique(fits.kind, return_counts=True)
-        summary = ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
+        counts = np.bincount(fits.kind_code, minlength=len(KINDS))
+        summary = ", ".join(f"{k} {c}" for k, c in sorted(zip(KINDS, counts)) if c)
         log.info(f"fit: run {name}: {len(fits)} tokens ({time.perf_counter() - t0:.1f} s since "
                  f"the start) on {device}, {solver} ({summary}) -> {path}")
 

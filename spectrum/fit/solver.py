@@ -571,6 +571,19 @@ def _standard_errors(jtj: torch.Tensor, rss: torch.Tensor, count: torch.Tensor):
 COMPILE_MIN_ROWS = 100_000  # fit_sigmoids compiles its iteration from this many rows (by default)
 
 
+_WARM: set[tuple] = set()  # (device type, dtype, options) warmed up in this process
+
+
+def _warm_key(device: str | torch.device, dtype: torch.dtype, options: FitOptions) -> tuple:
+    return (resolve_device(str(device)).type, dtype, repr(options))
+
+
+def is_warm(device: str | torch.device, dtype: torch.dtype = torch.float32,
+            options: FitOptions | None = None) -> bool:
+    """Whether :func:`warm_up` already built these graphs in this process."""
+    return _warm_key(device, dtype, options or FitOptions()) in _WARM
+
+
 def warm_up(x: np.ndarray, *, device: str | torch.device = "cpu",
             dtype: torch.dtype = torch.float32, options: FitOptions | None = None) -> None:
     """Compile what :func:`fit_sigmoids` compiles for ``COMPILE_MIN_ROWS`` rows or more on the
@@ -580,6 +593,7 @@ def warm_up(x: np.ndarray, *, device: str | torch.device = "cpu",
     opts = options or FitOptions()
     if opts.compile is False:
         return
+    key = _warm_key(device, dtype, opts)
     x = np.asarray(x, np.float64)
     rng = np.random.default_rng(0)
     n = 64
@@ -589,6 +603,7 @@ def warm_up(x: np.ndarray, *, device: str | torch.device = "cpu",
     y = y + rng.normal(0.0, 0.1, y.shape)
     fit_sigmoids(y.astype(np.float32), x, device=device, dtype=dtype,
                  options=replace(opts, compile=True))
+    _WARM.add(key)
 
 
 _COMPILER_OK: dict[str, bool] = {}
@@ -696,4 +711,5 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
     return SigmoidFit(**out, x=x_np, options=opts, thresholds=thresholds)
 
 
-__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "solver_name", "warm_up"]
+__all__ = ["FitOptions", "SigmoidFit", "STATUSES", "fit_sigmoids", "is_warm", "solver_name",
+           "warm_up"]
