@@ -8,7 +8,8 @@ evaluation set of 128-token sequences; then runs ``spectrum fit`` and ``spectrum
 separate processes and records each one's wall time and peak resident memory (``wait4``; for a
 command that starts Ray, its workers are not counted). The peer, timed in the same run on the
 same data: ``fit_sigmoids`` alone on the first run's trajectories already in memory, warm (a
-first call compiles), with the same torch threads. ``--code DIR`` runs the stages from another
+first call compiles), with the same torch threads, once before the stage and once after (its
+rate moves by 10-15% between minutes on a shared machine; the two are averaged). ``--code DIR`` runs the stages from another
 checkout (a before/after comparison in one run). ``read`` times the reading side alone: the
 first run's shards read into (tokens x checkpoints) chunks by ``--code``'s reader.
 
@@ -203,6 +204,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             continue
         base = [sys.executable, "-m", "pipelines.cli"]
+        peers = [] if args.skip_peer else [peer_rate(manifest, args.peer_tokens)]
         row["fit"] = timed(base + ["fit", "--config", str(manifest), "--force",
                                    *args.fit_args.split()], env, folder / "fit.log")
         row["fit"]["tok_per_s"] = round(n * args.runs / row["fit"]["wall_s"])
@@ -210,9 +212,11 @@ def main() -> None:
             row["report"] = timed(base + ["report", "--config", str(manifest), "--force"], env,
                                   folder / "report.log")
         if not args.skip_peer:
-            row["peer"] = peer_rate(manifest, args.peer_tokens)
-            row["fit_share_of_peer"] = round(row["fit"]["tok_per_s"]
-                                             / row["peer"]["warm_tok_per_s"], 3)
+            peers.append(peer_rate(manifest, args.peer_tokens))
+            rate = round(float(np.mean([p["warm_tok_per_s"] for p in peers])))
+            row["peer"] = {"before_stage": peers[0], "after_stage": peers[1],
+                           "warm_tok_per_s": rate}
+            row["fit_share_of_peer"] = round(row["fit"]["tok_per_s"] / rate, 3)
         per = row["fit"]["wall_s"] / (n * args.runs * (args.checkpoints - 1))
         total = per * PAPER["tokens"] * PAPER["runs"] * (PAPER["checkpoints"] - 1)
         cores = os.cpu_count() or 1

@@ -281,9 +281,9 @@ def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
     dx = xt - xt.min()
     out: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     for a in range(0, len(losses), _ROWS):
-        block = np.asarray(losses[a:a + _ROWS])
-        y = torch.as_tensor(np.asarray(block, np.float64), device=dev)
-        s = _Sums.of(y, xt, complete=bool(np.isfinite(block).all()))
+        # a copy in float64 (torch converts on every core; the caller's array is not written)
+        y = torch.as_tensor(np.asarray(losses[a:a + _ROWS])).to(dev, torch.float64, copy=True)
+        s = _Sums.of(y, xt)
         rss_line = s.line_rss()
         rss_power, e, b, beta = _power_law(s, dx)
         rss_step = torch.as_tensor(np.asarray(sigmoid_rss[a:a + _ROWS], np.float64), device=dev)
