@@ -123,12 +123,14 @@ def _columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, list]:
 
 
 def _cells(ex: pl.DataFrame, runs: list[dict]) -> list[list]:
-    """[run, band, kind, freq quartile, word start, tokens in the cell] of every drawn cell."""
+    """[run, band, kind, freq quartile, word start, tokens in the cell] of every drawn cell,
+    sorted by all of them (the same page from the same data)."""
     run_i = {r["name"]: i for i, r in enumerate(runs)}
     kind_i = {k: i for i, k in enumerate(KINDS)}
-    cells = ex.select("run", "band", "kind", "freq_quartile", "word_start", "cell_size").unique()
+    key = ["run", "band", "kind", "freq_quartile", "word_start"]
+    cells = ex.select(*key, "cell_size").unique().sort([*key, "cell_size"], nulls_last=True)
     return [[run_i[r], b, kind_i[k], q, None if w is None else int(w), int(n)]
-            for r, b, k, q, w, n in cells.sort("run", "band", "kind").iter_rows()]
+            for r, b, k, q, w, n in cells.iter_rows()]
 
 
 def payload(ex: pl.DataFrame, runs: list[RunData], sampling: Sampling, decoding: Decoding,
