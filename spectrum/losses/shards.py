@@ -143,8 +143,8 @@ def _index_digest(n: int) -> "hashlib._Hash":
 
 
 def _vouched_by_checksum(path: Path, recorded: str, n_tokens: int) -> bool:
-    """Whether the shard's Parquet statistics show ``token_idx`` in ``0..n_tokens-1`` with no
-    gap or null, and its recorded checksum equals that of ``token_idx = 0..n_tokens-1``
+    """Whether the shard has both columns with their types, its Parquet statistics show
+    ``token_idx`` in ``0..n_tokens-1`` with no gap or null, and its recorded checksum equals that of ``token_idx = 0..n_tokens-1``
     followed by the losses it holds now. The checksum was computed from the indices as they
     were written, so then they were exactly ``0..n_tokens-1``, and the losses are the ones
     written beside them: the index column need not be decoded. False sends the shard to the
@@ -152,9 +152,12 @@ def _vouched_by_checksum(path: Path, recorded: str, n_tokens: int) -> bool:
     try:
         file = pq.ParquetFile(path)
         meta = file.metadata
-        col = meta.schema.to_arrow_schema().get_field_index(TOKEN_IDX)
-        if col < 0 or meta.num_rows != n_tokens:
+        schema = meta.schema.to_arrow_schema()
+        if meta.num_rows != n_tokens or any(
+                schema.get_field_index(name) < 0 or schema.field(name).type != want
+                for name, want in TYPES.items()):
             return False
+        col = schema.get_field_index(TOKEN_IDX)
         expect = 0
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
@@ -167,8 +170,6 @@ def _vouched_by_checksum(path: Path, recorded: str, n_tokens: int) -> bool:
             expect += group.num_rows
         loss = file.read(columns=[LOSS], use_threads=False).column(0)
     except (OSError, pa.ArrowInvalid):
-        return False
-    if loss.type != TYPES[LOSS]:
         return False
     h = _index_digest(n_tokens).copy()
     for chunk in loss.chunks:
