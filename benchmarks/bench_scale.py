@@ -2,16 +2,16 @@
 
 Writes N tokens x K checkpoints x R runs of loss shards exactly as the losses stage writes them
 (``write_loss_shard``: ``token_idx`` 0..N-1 sorted, ``loss`` float32, zstd, with provenance and
-content checksum), each token a planted
-sigmoid step in ``ln T`` (60% learned, 10% forgotten, 30% flat) plus Gaussian noise, and an
-evaluation set of 128-token sequences; then runs ``spectrum fit`` and ``spectrum report`` as
-separate processes and records each one's wall time and peak resident memory (``wait4``; for a
-command that starts Ray, its workers are not counted). The peer, timed in the same run on the
-same data: ``fit_sigmoids`` alone on the first run's trajectories already in memory, warm (a
-first call compiles), with the same torch threads, once before the stage and once after (its
-rate moves by 10-15% between minutes on a shared machine; the two are averaged). ``--code DIR`` runs the stages from another
-checkout (a before/after comparison in one run). ``read`` times the reading side alone: the
-first run's shards read into (tokens x checkpoints) chunks by ``--code``'s reader.
+content checksum), each token a planted sigmoid step in ``ln T`` (60% learned, 10% forgotten, 30%
+flat) plus Gaussian noise, and an evaluation set of 128-token sequences; then runs ``spectrum fit``
+and ``spectrum report`` as separate processes and records each one's wall time and peak resident
+memory (``wait4``; for a command that starts Ray, its workers are not counted). The peer, timed in
+the same run on the same data: ``fit_sigmoids`` alone on the first run's trajectories already in
+memory, warm (a first call compiles), with the same torch threads, once before the stage and once
+after (its rate moves by 10-15% between minutes on a shared machine; the two are averaged).
+``--code DIR`` runs the stages from another checkout (a before/after comparison in one run).
+``read`` times the reading side alone: the first run's shards read into (tokens x checkpoints)
+chunks by ``--code``'s reader.
 
     python benchmarks/bench_scale.py --tokens 250000 1000000 --checkpoints 100 --runs 2
     python benchmarks/bench_scale.py --tokens 1000000 --code /tmp/before --skip-peer

@@ -11,15 +11,16 @@ thresholds (:mod:`spectrum.fit.runs`); a run whose fits record the same is skipp
 refits it). A run whose loss shards break their contract fails alone, naming them; the others
 are fitted, and the command ends with a summary and exit status 1.
 
-Units of work are (run, token chunk), fitted with torch using every core the worker is given.
-Where reading has a core of its own (fits on a GPU, or spare cores), a worker reads its next
-unit's chunk in a background thread while it fits the current one; where the solver takes every
-core, the chunk is decoded on all of them just before its fit, while the OS reads the next
-unit's bytes ahead (:class:`FitWorker`). By default one worker runs in this process; with ``--ray-address`` the units go to
-Ray workers (``local`` starts a local Ray, ``auto`` or ``ip:port`` joins a cluster) through the
-same executor as the losses stage, and each run's fits are written as soon as its last unit is
-back. Memory is set by the chunk size: one to three chunks of ``4 x checkpoints`` bytes per
-token in a worker, plus the fits of the runs in progress in this process.
+Units of work are (run, token chunk), fitted with torch using every core the worker is given. Where
+reading has a core of its own (fits on a GPU, or spare cores), a worker reads its next unit's chunk
+in a background thread while it fits the current one; where the solver takes every core, the chunk
+is decoded on all of them just before its fit, while the OS reads the next unit's bytes ahead
+(:class:`FitWorker`). The solver compiles while the shards are checked and the first chunk is read.
+By default one worker runs in this process; with ``--ray-address`` the units go to Ray workers
+(``local`` starts a local Ray, ``auto`` or ``ip:port`` joins a cluster) through the same executor
+as the losses stage, and each run's fits are written as soon as its last unit is back. Memory is
+set by the chunk size: one to three chunks of ``4 x checkpoints`` bytes per token in a worker, plus
+the fits of the runs in progress in this process.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class FitWorker:
     decoded and transposed on all cores just before it is fitted, into a buffer reused from
     chunk to chunk, and the next unit's bytes are only announced to the OS (read ahead into its
     page cache while this one is fitted: disk and network reads still overlap the fit). The
-    first unit is read in the background either way, while the solver compiles.
+    first unit is read in the background either way while the solver compiles, unless it is
+    compiled already (by the driver, in this process).
     """
 
     def __init__(self, settings: FitSettings) -> None:
@@ -263,8 +265,8 @@ def make_executor(options: FitStageOptions) -> tuple[Any, str, int | None]:
 
 def run_units(units: list[FitUnit], executor: Any, settings: FitSettings,
               on_run_done: Any) -> tuple[list[str], set[str]]:
-    """Fit every unit; ``on_run_done(run, token_idx, fits, smooth columns)`` as soon as a run's units are all
-    back (in token order). Returns the failures (one line each) and the runs they belong to."""
+    """Fit every unit; ``on_run_done(run, token_idx, fits, smooth columns)`` as soon as a run's
+    units are all back (in token order). Returns the failures (one line each) and the runs they belong to."""
     from functools import partial
 
     left = {u.run: 0 for u in units}

@@ -144,11 +144,11 @@ def _index_digest(n: int) -> "hashlib._Hash":
 
 def _vouched_by_checksum(path: Path, recorded: str, n_tokens: int) -> bool:
     """Whether the shard has both columns with their types, its Parquet statistics show
-    ``token_idx`` in ``0..n_tokens-1`` with no gap or null, and its recorded checksum equals that of ``token_idx = 0..n_tokens-1``
-    followed by the losses it holds now. The checksum was computed from the indices as they
-    were written, so then they were exactly ``0..n_tokens-1``, and the losses are the ones
-    written beside them: the index column need not be decoded. False sends the shard to the
-    full check, which names its problem."""
+    ``token_idx`` in ``0..n_tokens-1`` with no gap or null, and its recorded checksum equals that
+    of ``token_idx = 0..n_tokens-1`` followed by the losses it holds now. The checksum was
+    computed from the indices as they were written, so then they were exactly
+    ``0..n_tokens-1``, and the losses are the ones written beside them: the index column need
+    not be decoded. False sends the shard to the full check, which names its problem."""
     try:
         file = pq.ParquetFile(path)
         meta = file.metadata

@@ -11,8 +11,8 @@ How a range is read: only the row groups that overlap it (from the Parquet stati
 holds ``token_idx = min, ..., max`` in order, by the shard contract (sorted, unique), so only its
 ``loss`` column is decoded and copied into the block as one row; the losses stage writes every
 shard this way. (The order of the first rows read from each shard is verified, once.) Other
-row groups (gaps, no statistics) are read with their ``token_idx`` and
-placed by position. Each shard's losses are copied into its column of the (tokens x
+row groups (gaps, no statistics) are read with their ``token_idx`` and placed by position.
+Each shard's losses are copied into its column of the (tokens x
 checkpoints) block, a block of rows at a time, so the memory of a read is set by the range's
 length. Reads can decode shards on several threads (:meth:`RunLosses.read`), write into a
 reused buffer, and be announced to the OS ahead of time (:meth:`RunLosses.advise`).
@@ -45,7 +45,7 @@ from spectrum.losses.shards import check_run_shards
 
 TOKEN, LOSS = "token_idx", "loss"
 CHECKED_ROWS = 1 << 14  # rows of each shard whose order is verified
-TRANSPOSE_BLOCK = 1 << 16  # tokens per block of the (checkpoints x tokens) -> (tokens x checkpoints) copy
+TRANSPOSE_BLOCK = 1 << 16  # tokens per block of the copy of the shards' losses into the block
 
 
 @dataclass(frozen=True)
