@@ -13,7 +13,7 @@ Without ``--ray-address`` everything runs in this process. With it (``local`` st
 :data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray workers
 (``--workers``, ``--cpus-per-worker``) through the executor of the losses and fit stages; each
 worker reads the artifacts under the output folder itself, and this process adds the partial sums
-in token order. Distributed, in four rounds of units: the spectra and slice sums of every run; the
+in token order. Distributed, in six rounds of units: the spectra and slice sums of every run; the
 in-sample fitted curves of every run; the token models' first pass (the per-run sums of their
 population regressions) and, once this process has fitted those regressions and sent them with the
 next round's workers, their second pass (each token's predicted curves, summed per sequence) - once

@@ -113,13 +113,16 @@ def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] 
     return path
 
 
-def numeric_encodings(table: pa.Table, ascending: tuple[str, ...] = ()) -> dict[str, str]:
-    """Encodings for :func:`write_parquet` that suit numeric tables: ``BYTE_STREAM_SPLIT`` for
-    every float column (measured values rarely repeat, so a dictionary only costs), and
-    ``DELTA_BINARY_PACKED`` for the integer columns named in ``ascending`` (indices in order)."""
-    out = {f.name: "BYTE_STREAM_SPLIT" for f in table.schema if pa.types.is_floating(f.type)}
+def numeric_encodings(table: pa.Table | pa.Schema,
+                      ascending: tuple[str, ...] = ()) -> dict[str, str]:
+    """Encodings for :func:`write_parquet` that suit numeric tables (or a table's schema):
+    ``BYTE_STREAM_SPLIT`` for every float column (measured values rarely repeat, so a dictionary
+    only costs), and ``DELTA_BINARY_PACKED`` for the integer columns named in ``ascending``
+    (indices in order)."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    out = {f.name: "BYTE_STREAM_SPLIT" for f in schema if pa.types.is_floating(f.type)}
     out.update({name: "DELTA_BINARY_PACKED" for name in ascending
-                if pa.types.is_integer(table.schema.field(name).type)})
+                if pa.types.is_integer(schema.field(name).type)})
     return out
 
 
