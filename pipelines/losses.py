@@ -108,10 +108,11 @@ class LossWorker:
     def _load(self, path: str) -> Any:
         from transformers import AutoConfig
 
-        from spectrum.losses.evaluator import check_compatible, load_model
+        from spectrum.losses.evaluator import LOAD_LOCK, check_compatible, load_model
 
         try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            with LOAD_LOCK:
+                config = AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SpectrumError(f"checkpoint {path}: cannot be read: {first}") from None

@@ -26,9 +26,9 @@ precision matters more than speed.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,11 @@ CPU_BATCH_TOKENS = 1 << 11
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "special_tokens_map.json")
 
-
-
+# transformers' ``from_pretrained`` is not safe in several threads of one process: with tied
+# input/output embeddings a concurrent load can leave ``lm_head.weight`` on the meta device and
+# report it missing. Every load of this process (the background prefetch of the losses stage's
+# worker included) takes this lock, so loads run one after another while evaluation overlaps them.
+LOAD_LOCK = threading.RLock()
 
 MAX_NAMED_WEIGHTS = 3  # weights named in a message; the rest are counted
 
@@ -104,17 +107,18 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
     path = Path(path)
     if not (path / "config.json").is_file():
         raise SpectrumError(f"checkpoint {path}: cannot be read: config.json is missing")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the problems are reported below, one line
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
-            output_loading_info=True, ignore_mismatched_sizes=True)
-    except Exception as e:  # safetensors, json, OSError, ValueError: all mean "unreadable"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpectrumError(f"checkpoint {path}: cannot be read: {msg}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with LOAD_LOCK:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the problems are reported below, one line
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
+                output_loading_info=True, ignore_mismatched_sizes=True)
+        except Exception as e:  # safetensors, json, OSError, ValueError: all mean "unreadable"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpectrumError(f"checkpoint {path}: cannot be read: {msg}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
     problems = weight_problems(info)
     if problems:
         raise SpectrumError(f"checkpoint {path}: its weights do not fit its config.json: "
@@ -145,7 +149,8 @@ def checkpoint_vocab_hash(folder: str | Path) -> str | None:
     key = h.hexdigest()
     if key not in _VOCAB_HASHES:
         try:
-            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            with LOAD_LOCK:
+                tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as e:
             raise SpectrumError(f"checkpoint {folder}: its tokenizer cannot be read: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") \
