@@ -48,9 +48,10 @@ from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
 from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
-from spectrum.analysis.run_data import CHUNK, load_run
-from spectrum.analysis.token_passes import Mapper, TokenPass, in_process, token_ranges
-from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
+from spectrum.analysis.runs.run_data import CHUNK, load_run
+from spectrum.analysis.runs.token_passes import Mapper, TokenPass, in_process, token_ranges
+from spectrum.analysis.spectra.spectrum import log_time_grid
+from spectrum.fit.kinds import STEP_KINDS as DEFAULT_KINDS
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"

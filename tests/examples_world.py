@@ -60,7 +60,7 @@ def explorer_world(root: Path, tokenizer: Path | None, **kw) -> Path:
 
 def loaded_explorer_world(root: Path, **kw):
     """An explorer world with a real tokenizer under ``root``, loaded: (manifest, tokens, runs)."""
-    from spectrum.analysis.run_data import load_runs, read_tokens
+    from spectrum.analysis.runs.run_data import load_runs, read_tokens
     from spectrum.manifest import load_manifest
 
     manifest = load_manifest(explorer_world(root, tokenizer_folder(root / "tokenizer"), **kw))

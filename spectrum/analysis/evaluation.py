@@ -1,7 +1,7 @@
 """The spectra of every run and the named tests of ``reconstruction/scores.json``.
 
 Tests (each scored against measured targets, beside baselines on exactly the same targets; every
-score has a 95% bootstrap interval over sequences, :mod:`spectrum.analysis.scores`):
+score has a 95% bootstrap interval over sequences, :mod:`spectrum.analysis.heldout.scores`):
 
 - ``in_sample``: the mean of each run's fitted sigmoids against its measured mean loss, and its
   finite differences against the measured ones. The sum of fitted sigmoids reproduces the loss
@@ -12,10 +12,10 @@ score has a 95% bootstrap interval over sequences, :mod:`spectrum.analysis.score
 - ``heldout_tokens``: the spectrum (and kernel) of one half of the sequences predicts dL/dlnT of
   the other half, both directions. Baselines: ``E + B*T^-beta`` fitted to the first half's curve,
   and, as a reference, the first half's own measured derivative.
-- ``heldout_runs`` and ``leave_one_run_out``: :mod:`spectrum.analysis.heldout`.
+- ``heldout_runs`` and ``leave_one_run_out``: :mod:`spectrum.analysis.heldout.heldout_runs`.
 
 Derivatives are finite differences between neighbouring checkpoints, placed at their midpoints
-(:func:`spectrum.analysis.curves.finite_difference`); derivatives predicted directly (from a
+(:func:`spectrum.analysis.runs.curves.finite_difference`); derivatives predicted directly (from a
 spectrum) are read at the same midpoints. Checkpoints at or before a run's warmup are not scored.
 A test that cannot run says why (``reason``) instead of a number.
 """
@@ -28,20 +28,22 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from spectrum.errors import SpectrumError
-from spectrum.analysis.curves import (SeqCurve, chunk_curve, finite_difference, midpoints,
-                                      replicate_weights)
-from spectrum.analysis.baselines import run_power_laws
-from spectrum.analysis.heldout import heldout_runs_test, leave_one_run_out_test
-from spectrum.analysis.reconstruct import kernel_derivative, mean_kernel, sharp_derivative, token_curves
-from spectrum.analysis.run_data import PARAMS, RunData
-from spectrum.analysis.scaling import PowerLaw, fit_power_law
-from spectrum.analysis.scores import null_score, score
-from spectrum.analysis.stepwise import stepwise_summary
-from spectrum.analysis.token_passes import Mapper, in_process
-from spectrum.analysis.spectra import (DEFAULT_KINDS, SLICE_COLUMNS, Comparison, SliceRule,
-                                       Spectrum, SpectrumSums, TauSums, compare_sums,
-                                       compared_pairs, slice_rules, spectrum_rows)
+from spectrum.analysis.heldout.baselines import run_power_laws
+from spectrum.analysis.heldout.heldout_runs import heldout_runs_test, leave_one_run_out_test
+from spectrum.analysis.heldout.prediction_table import prediction_rows, prediction_table
+from spectrum.analysis.heldout.scaling import power_law_in_T
+from spectrum.analysis.heldout.scores import null_score, score
+from spectrum.analysis.runs.curves import (SeqCurve, chunk_curve, finite_difference, midpoints,
+                                           replicate_weights)
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.stepwise import stepwise_summary
+from spectrum.analysis.runs.token_passes import Mapper, in_process
+from spectrum.analysis.spectra.reconstruct import kernel_derivative, mean_kernel, sharp_derivative
+from spectrum.analysis.spectra.slices import (SLICE_COLUMNS, Comparison, SliceRule, TauSums,
+                                              compare_sums, compared_pairs, slice_rules)
+from spectrum.analysis.spectra.spectrum import Spectrum, SpectrumSums, spectrum_rows
+from spectrum.fit.kinds import STEP_KINDS
+from spectrum.fit.model import PARAMS, token_curves
 
 SMOOTHING = ("two-point finite differences between neighbouring scored checkpoints, placed at "
              "their midpoints in ln T, no further smoothing; predicted curves go through the same "
@@ -53,7 +55,7 @@ IN_SAMPLE_LABEL = "identity check of fit quality, not evidence"
 class Options:
     n_bins: int = 40
     n_boot: int = 200
-    kinds: tuple[str, ...] = DEFAULT_KINDS
+    kinds: tuple[str, ...] = STEP_KINDS
     seed: int = 0
     ridge: float = 0.5
     freq_buckets: int = 4
@@ -115,7 +117,7 @@ class _SliceSums:
 @dataclass(frozen=True)
 class SpectraPass:
     """The spectrum's per-sequence sums of one run's population, and each slice's (a token pass,
-    :mod:`spectrum.analysis.token_passes`); combined: ``(total, non-empty slices)``."""
+    :mod:`spectrum.analysis.runs.token_passes`); combined: ``(total, non-empty slices)``."""
 
     run: RunData
     edges: np.ndarray
@@ -197,28 +199,15 @@ class _Collector:
         p = np.broadcast_to(p, m.shape) if p.shape[0] == 1 else p
         self.pairs.setdefault((test, target, model), []).append((p, m))
         self.kinds[(test, target, model)] = kind
-        n = len(x)
-        self.rows.append(pl.DataFrame({
-            "test": [test] * n, "target": [target] * n, "model": [model] * n,
-            "model_kind": [kind] * n, "run": [run] * n,
-            "regime": pl.Series([None] * n, dtype=pl.Utf8),
-            "x": np.asarray(x, float), "T": np.exp(np.asarray(x, float)),
-            "measured": m[0].astype(float), "predicted": p[0].astype(float)}))
+        self.rows.append(prediction_rows(test=test, target=target, model=model, model_kind=kind,
+                                         run=run, regime=None, x=x, measured=m[0],
+                                         predicted=p[0]))
 
     def score(self, test: str, target: str, model: str) -> dict:
         got = self.pairs.get((test, target, model))
         if not got:
             return null_score("no targets")
         return score(np.concatenate([p for p, _ in got], 1), np.concatenate([m for _, m in got], 1))
-
-
-def _own_power_law(x: np.ndarray, L: np.ndarray) -> PowerLaw | None:
-    ok = np.isfinite(L)
-    try:
-        return fit_power_law(np.ones(ok.sum()), np.exp(x[ok]), L[ok], x_name="T",
-                             fixed={"A": 0.0, "alpha": 0.0})
-    except SpectrumError:
-        return None
 
 
 def _population_curve(run: RunData, W: np.ndarray, half: int | None = None) -> np.ndarray:
@@ -308,7 +297,7 @@ def _test_spectrum_only(runs: list[RunData], spectra: dict[str, Spectrum], W: np
               sharp_derivative(sp, xm), dL)
         c.add("spectrum_only", "dL/dlnT", "spectrum_kernel", "prediction", run.name, xm,
               kernel_derivative(sp, kern, xm), dL)
-        law = _own_power_law(run.x[sc], run.mean_loss[sc])
+        law = power_law_in_T(run.x[sc], run.mean_loss[sc])
         if law is not None:
             c.add("spectrum_only", "dL/dlnT", "power_law_T_own_curve", "baseline", run.name, xm,
                   law.dlnX(1.0, np.exp(xm)), dL)
@@ -334,7 +323,7 @@ def _test_heldout_tokens(runs: list[RunData], W: np.ndarray, kernels: dict[str, 
             c.add("heldout_tokens", "dL/dlnT", "spectrum_kernel", "prediction", tag, xm,
                   kernel_derivative(sp, kern, xm), dL)
             own = run.half_loss[src]
-            law = _own_power_law(run.x[sc], own[sc])
+            law = power_law_in_T(run.x[sc], own[sc])
             if law is not None:
                 c.add("heldout_tokens", "dL/dlnT", "power_law_T_other_half", "baseline", tag, xm,
                       law.dlnX(1.0, np.exp(xm)), dL)
@@ -382,7 +371,7 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
               opts: Options, mapper: Mapper = in_process) -> tuple[dict, pl.DataFrame]:
     """Every named test and the step-vs-smooth summary: (scores, predictions table). The
     in-sample curves and the token models' two passes run through ``mapper``
-    (:mod:`spectrum.analysis.token_passes`); the kernels' pass (weighted quantiles of k, which
+    (:mod:`spectrum.analysis.runs.token_passes`); the kernels' pass (weighted quantiles of k, which
     are not sums) runs here."""
     c = _Collector()
     has_fits = any(r.has_fits for r in runs)
@@ -411,8 +400,4 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
                            "interval": "95% percentile bootstrap over sequences (predicted and "
                                        "measured curves resampled together; no refit)"},
               "fitted": fitted}
-    preds = pl.concat(c.rows, how="diagonal_relaxed") if c.rows else pl.DataFrame(
-        schema={"test": pl.Utf8, "target": pl.Utf8, "model": pl.Utf8, "model_kind": pl.Utf8,
-                "run": pl.Utf8, "regime": pl.Utf8, "x": pl.Float64, "T": pl.Float64,
-                "measured": pl.Float64, "predicted": pl.Float64})
-    return scores, preds
+    return scores, prediction_table(c.rows)

@@ -37,8 +37,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from spectrum import layout
-from spectrum.analysis import stepwise
-from spectrum.analysis.run_data import RunData, load_run, read_token_column
+from spectrum.analysis.runs import stepwise
+from spectrum.analysis.runs.run_data import RunData, load_run, read_token_column
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 

@@ -146,14 +146,14 @@ def token_phase_shed(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, k: np.ndar
     ``delta * (s(x_p) - s(x_{p+1}))`` with ``s(x) = sigmoid(-k (x - tau))``, ``s(x_0) = 1``.
     Non-finite parameters shed nothing (zeros).
     """
-    from scipy.special import expit
+    from spectrum.fit.model import token_curves
 
     lo, hi, tau, k = (np.asarray(a, dtype=np.float64) for a in (lo, hi, tau, k))
     ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
     delta = np.where(ok, np.clip(hi - lo, 0.0, None), 0.0)
     x = np.asarray(phases.x_edges[1:], dtype=np.float64)  # right edges
-    kk, tt = np.where(ok, k, 0.0)[:, None], np.where(ok, tau, 0.0)[:, None]
-    s = expit(-kk * (x[None, :] - tt))  # (N, P): s at each right edge
+    kk, tt = np.where(ok, k, 0.0), np.where(ok, tau, 0.0)
+    s = token_curves(0.0, 1.0, tt, kk, x)  # (N, P): s at each right edge (a step from 1 to 0)
     s_left = np.concatenate([np.ones((len(delta), 1)), s[:, :-1]], axis=1)
     shed = delta[:, None] * np.clip(s_left - s, 0.0, None)
     return shed, delta * s[:, -1]

@@ -20,6 +20,9 @@ import numpy as np
 
 KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
 LEARNED, FLAT, FORGOTTEN, NONMONOTONE, UNFINISHED, UNFIT = range(len(KINDS))
+# the kinds whose trajectory a sigmoid step describes, so that tau is a learning time: what the
+# spectra and the per-token parameter model use by default
+STEP_KINDS = ("learned", "forgotten", "unfinished")
 
 
 @dataclass(frozen=True)

@@ -6,48 +6,71 @@ ln tokens), ``k > 0`` the sharpness (the 10%-90% transition takes ``ln(81) / k``
 whose loss rises has ``hi < lo``.
 
 Parameters are stacked in the order :data:`PARAMS` along the last axis of a ``(..., 4)`` tensor.
-:func:`normal_equations` is the inner kernel of the fitter: the residual sum of squares, ``J^T J``
-and ``J^T r`` of many trajectories, accumulated without materialising the ``(N, K, 4)`` Jacobian.
+:func:`token_curves` and :func:`token_slopes` are the curve and its derivative in ``x`` for
+parameters given one array each, numpy or torch: every other module that evaluates the model calls
+them. :func:`normal_equations` is the inner kernel of the fitter: the residual sum of squares,
+``J^T J`` and ``J^T r`` of many trajectories, accumulated without materialising the ``(N, K, 4)``
+Jacobian.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 PARAMS = ("lo", "hi", "tau", "k")
 WIDTH_10_90 = math.log(81.0)  # x-width of the 10%-90% transition is WIDTH_10_90 / k
+Array = np.ndarray | torch.Tensor
 
 
-def _split(p: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(p[..., i, None] for i in range(4))
+def _halves(z: Array) -> tuple[Array, Array]:
+    """``sigmoid(z)`` and ``sigmoid(-z) = 1 - sigmoid(z)``, both to full relative precision
+    (numpy arrays or torch tensors)."""
+    xp = torch if isinstance(z, torch.Tensor) else np
+    e = xp.exp(-abs(z))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    pos = z >= 0
+    return xp.where(pos, big, small), xp.where(pos, small, big)
+
+
+def _columns(lo, hi, tau, k, x) -> tuple[Array, ...]:
+    """The parameters (...) as columns (..., 1) against the points ``x`` (K,): torch tensors as
+    they are, anything else as float64 numpy."""
+    if isinstance(x, torch.Tensor):
+        return (*(a[..., None] for a in (lo, hi, tau, k)), x)
+    return (*(np.asarray(a, float)[..., None] for a in (lo, hi, tau, k)), np.asarray(x, float))
+
+
+def token_curves(lo, hi, tau, k, x) -> Array:
+    """``l(x)`` of every token: parameters of shape (...) each, points ``x`` (K,): (..., K)."""
+    lo, hi, tau, k, x = _columns(lo, hi, tau, k, x)
+    s, _ = _halves(-k * (x - tau))
+    return lo + (hi - lo) * s
+
+
+def token_slopes(lo, hi, tau, k, x) -> Array:
+    """``dl/dx = -(hi - lo) k s (1 - s)`` of every token, shapes as :func:`token_curves`."""
+    lo, hi, tau, k, x = _columns(lo, hi, tau, k, x)
+    s, q = _halves(-k * (x - tau))
+    return -((hi - lo) * k * s * q)
 
 
 def model(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``l(x)`` for parameters ``p`` (..., 4) at points ``x`` (K,): shape (..., K)."""
-    lo, hi, tau, k = _split(p)
-    s = torch.sigmoid(-k * (x - tau))
-    return lo + (hi - lo) * s
+    return token_curves(*p.unbind(-1), x)
 
 
 def jacobian(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``d l(x) / d (lo, hi, tau, k)``: shape (..., K, 4). Materialised; for checks, not the fitter."""
-    lo, hi, tau, k = _split(p)
+    lo, hi, tau, k = (p[..., i, None] for i in range(4))
     u = x - tau
-    s = torch.sigmoid(-k * u)
-    a = s * (1 - s)
+    s, q = _halves(-k * u)
+    a = s * q
     d = hi - lo
-    return torch.stack([1 - s, s, d * k * a, -d * u * a], dim=-1)
-
-
-def _halves(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sigmoid(z)`` and ``sigmoid(-z) = 1 - sigmoid(z)``, both to full relative precision."""
-    e = torch.exp(-z.abs())
-    big = 1.0 / (1.0 + e)
-    small = e * big
-    pos = z >= 0
-    return torch.where(pos, big, small), torch.where(pos, small, big)
+    return torch.stack([q, s, d * k * a, -d * u * a], dim=-1)
 
 
 def normal_equations(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor,

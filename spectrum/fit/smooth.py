@@ -41,7 +41,7 @@ ZOOMS = (17,)  # points of the finer grids, each spanning two steps of the one b
 # rounding (beta near 0); such a beta is not taken
 DEGENERATE = 1e-12
 ZERO_STEPS, ZERO_RATIO = 24, 1.5  # values of beta tried towards 0 below the grids' smallest
-PARAMS = {"step": 4, "power": 3, "line": 2}
+PARAM_COUNTS = {"step": 4, "power": 3, "line": 2}  # free parameters of each form, for the BIC
 COLUMNS = ("rss_power", "rss_line", "power_e", "power_b", "power_beta", "power_x0",
            "bic_step", "bic_power", "bic_line")
 _ROWS = 1 << 15  # rows per batch (bounds the (rows x K) temporaries)
@@ -289,10 +289,10 @@ def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
         rss_step = torch.as_tensor(np.asarray(sigmoid_rss[a:a + _ROWS], np.float64), device=dev)
         cols = {"rss_power": rss_power, "rss_line": rss_line, "power_e": e, "power_b": b,
                 "power_beta": beta, "power_x0": torch.full_like(e, float(xt.min())),
-                "bic_step": bic(rss_step, s.n, PARAMS["step"]),
-                "bic_power": bic(rss_power, s.n, PARAMS["power"]),
-                "bic_line": bic(rss_line, s.n, PARAMS["line"])}
-        few = s.n <= PARAMS["step"]
+                "bic_step": bic(rss_step, s.n, PARAM_COUNTS["step"]),
+                "bic_power": bic(rss_power, s.n, PARAM_COUNTS["power"]),
+                "bic_line": bic(rss_line, s.n, PARAM_COUNTS["line"])}
+        few = s.n <= PARAM_COUNTS["step"]
         for name, v in cols.items():
             v = torch.where(few, torch.full_like(v, float("nan")), v)
             out[name].append(v.cpu().numpy())
@@ -319,5 +319,5 @@ def with_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
 
 def settings() -> dict:
     """What the fit stage records in its provenance about the comparison."""
-    return {"beta_max": BETA_MAX, "grid": GRID, "zooms": list(ZOOMS), "params": PARAMS,
+    return {"beta_max": BETA_MAX, "grid": GRID, "zooms": list(ZOOMS), "params": PARAM_COUNTS,
             "criterion": "BIC = n ln(rss/n) + p ln n"}

@@ -31,7 +31,7 @@ import polars as pl
 from spectrum import layout
 from spectrum.analysis.examples import (KINDS, Sampling, band_keys, band_names, band_ranges,
                                         decode_pieces, draw_examples, load_evalset_tokenizer)
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.runs.run_data import RunData
 from spectrum.report.blocks import Block
 
 BUDGET = 5_000_000  # bytes of embedded example data

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from spectrum.analysis.fit_summary import FitSummary, Histogram
-from spectrum.analysis.spectra import Comparison
+from spectrum.analysis.runs.fit_summary import FitSummary, Histogram
+from spectrum.analysis.spectra.slices import Comparison
 
 MODEL_STYLE = {
     "fitted_sigmoids": dict(color="C0", ls="-"),

@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 
 from spectrum.analysis.evaluation import IN_SAMPLE_LABEL, SMOOTHING, TESTS, SpectraResult
-from spectrum.analysis.fit_summary import FitSummary
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.runs.fit_summary import FitSummary
+from spectrum.analysis.runs.run_data import RunData
 from spectrum.report import figures, tables
 from spectrum.report.blocks import Block
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from spectrum.analysis.fit_summary import FitSummary
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.runs.fit_summary import FitSummary
+from spectrum.analysis.runs.run_data import RunData
 
 GROUPS = (("predictions", "prediction"), ("baselines", "baseline"), ("references", "reference"))
 SCORE_HEADER = ("test", "target", "model", "kind", "R^2", "95% interval", "RMSE (nats)",

@@ -8,7 +8,7 @@ import pytest
 
 from spectrum.analysis.examples import (KINDS, Sampling, band_of, draw_examples,
                                         examples_for, frequency_quartile)
-from spectrum.analysis.run_data import load_runs
+from spectrum.analysis.runs.run_data import load_runs
 from spectrum.errors import SpectrumError
 from tests.examples_world import loaded_explorer_world
 from tests.synthetic import DEFAULT_RUNS, TOKENS_PER_STEP

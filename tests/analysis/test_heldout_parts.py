@@ -7,11 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from spectrum.analysis.curves import SeqCurve, finite_difference, midpoints, replicate_weights
-from spectrum.analysis.run_data import RunData
-from spectrum.analysis.scores import comparison_words, paired_difference, predicts, score
-from spectrum.analysis.stepwise import MARGIN, run_shares
-from spectrum.analysis.targets import heldout_targets, points, replica_pairs
+from spectrum.analysis.runs.curves import SeqCurve, finite_difference, midpoints, replicate_weights
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.heldout.scores import comparison_words, paired_difference, predicts, score
+from spectrum.analysis.runs.stepwise import MARGIN, run_shares
+from spectrum.analysis.heldout.targets import heldout_targets, points, replica_pairs
 
 
 def test_finite_difference_is_exact_for_lines_and_centred_for_quadratics():

@@ -4,10 +4,10 @@ from scipy.special import expit
 
 from spectrum.errors import SpectrumError
 from spectrum.manifest import load_manifest
-from spectrum.analysis.param_model import RunParams, fit_param_model
-from spectrum.analysis.reconstruct import (kernel_derivative, mean_curve, mean_derivative,
+from spectrum.analysis.heldout.param_model import RunParams, fit_param_model
+from spectrum.analysis.spectra.reconstruct import (kernel_derivative, mean_curve, mean_derivative,
                                            mean_kernel, sharp_derivative)
-from spectrum.analysis.scores import score
+from spectrum.analysis.heldout.scores import score
 from spectrum.analysis.spectra import compute_spectrum
 
 from tests.synthetic import DEFAULT_RUNS, TAU_SLOPE_D, TAU_SLOPE_M, make_synthetic_artifacts
@@ -123,8 +123,8 @@ def test_param_model_kinds_and_missing_axes():
 
 def test_heldout_tests_on_synthetic_artifacts(tmp_path):
     from spectrum.analysis.evaluation import Options, run_spectra, run_tests
-    from spectrum.analysis.run_data import load_runs
-    from spectrum.analysis.spectra import log_time_grid
+    from spectrum.analysis.runs.run_data import load_runs
+    from spectrum.analysis.spectra.spectrum import log_time_grid
 
     manifest = load_manifest(make_synthetic_artifacts(tmp_path, n_seq=16, context=32))
     runs = load_runs(manifest)
@@ -158,8 +158,8 @@ def test_heldout_tests_on_synthetic_artifacts(tmp_path):
 
 def test_heldout_runs_null_with_reason(tmp_path):
     from spectrum.analysis.evaluation import Options, run_spectra, run_tests
-    from spectrum.analysis.run_data import load_runs
-    from spectrum.analysis.spectra import log_time_grid
+    from spectrum.analysis.runs.run_data import load_runs
+    from spectrum.analysis.spectra.spectrum import log_time_grid
 
     only_one_size = [r for r in DEFAULT_RUNS if r[1] == 1e5] + \
         [("m2-d1", 3e5, 1e6, "heldout", 0)]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from spectrum.errors import SpectrumError
-from spectrum.analysis.scaling import PowerLaw, fit_power_law
+from spectrum.analysis.heldout.scaling import PowerLaw, fit_power_law
 
 TRUE = dict(E=1.7, A=400.0, alpha=0.34, B=300.0, beta=0.28)
 

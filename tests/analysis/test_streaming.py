@@ -15,8 +15,8 @@ from polars.testing import assert_frame_equal
 
 from spectrum.analysis.evaluation import Options, run_spectra, run_tests
 from spectrum.analysis.examples import Sampling, draw_examples
-from spectrum.analysis.run_data import load_runs
-from spectrum.analysis.spectra import log_time_grid
+from spectrum.analysis.runs.run_data import load_runs
+from spectrum.analysis.spectra.spectrum import log_time_grid
 from spectrum.losses.shards import write_loss_shard
 from spectrum.manifest import load_manifest
 from tests.synthetic import make_synthetic_artifacts
@@ -128,7 +128,7 @@ def test_a_fits_file_out_of_token_order_is_named(manifest, tmp_path):
     run = manifest.runs[0].name
     path = out / "fits" / f"run={run}" / "part-0.parquet"
     pl.read_parquet(path).reverse().write_parquet(path)
-    from spectrum.analysis.run_data import load_run
+    from spectrum.analysis.runs.run_data import load_run
     from spectrum.errors import SpectrumError
 
     with pytest.raises(SpectrumError, match=f"run={run}.*token_idx is not 0..N-1 in order"):

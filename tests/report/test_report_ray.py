@@ -15,8 +15,8 @@ from pipelines.cli import main as cli
 from pipelines.executor import LocalExecutor
 from pipelines.report import ExecutorMapper
 from spectrum.analysis.evaluation import Options, run_spectra, run_tests
-from spectrum.analysis.run_data import load_runs
-from spectrum.analysis.spectra import log_time_grid
+from spectrum.analysis.runs.run_data import load_runs
+from spectrum.analysis.spectra.spectrum import log_time_grid
 from spectrum.manifest import load_manifest
 from tests.synthetic import DEFAULT_RUNS, make_synthetic_artifacts
 
@@ -122,7 +122,7 @@ def test_a_token_range_reads_exactly_those_tokens(world, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from spectrum.analysis.run_data import load_run
+    from spectrum.analysis.runs.run_data import load_run
 
     manifest = load_manifest(world)
     out = tmp_path / "artifacts"

@@ -1,7 +1,8 @@
-"""Reconstruction of the loss curve and its derivatives from per-token sigmoids and spectra.
+"""The derivative of the loss curve predicted from a spectrum.
 
 Notation: ``x = ln T`` (T: training tokens seen); token ``i`` follows ``l_i(x) = lo_i + delta_i * s_i(x)``
-with ``s_i = sigmoid(-k_i (x - tau_i))``, so the mean loss ``L(x) = (1/N) sum_i l_i(x)`` has
+with ``s_i = sigmoid(-k_i (x - tau_i))`` (:func:`spectrum.fit.model.token_curves`), so the mean loss
+``L(x) = (1/N) sum_i l_i(x)`` has
 
     dL/dx = -(1/N) * sum_i delta_i * k_i * s_i * (1 - s_i),
 
@@ -12,8 +13,8 @@ spectrum with the mean sigmoid kernel ``g(u) = sum_i |delta_i| k_i s(1-s)(k_i u)
 Derivatives are taken with respect to ``ln T`` (``dL/dlnT = T dL/dT``), ``ln M`` and ``ln D``.
 
 Measured derivatives, and the targets and scores of the tests, are in
-:mod:`spectrum.analysis.curves`, :mod:`spectrum.analysis.targets` and
-:mod:`spectrum.analysis.scores`.
+:mod:`spectrum.analysis.runs.curves`, :mod:`spectrum.analysis.heldout.targets` and
+:mod:`spectrum.analysis.heldout.scores`.
 """
 
 from __future__ import annotations
@@ -22,42 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spectrum.analysis.spectra import Spectrum
-
-CHUNK = 1 << 16
-
-
-def _sig(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def token_curves(lo, hi, tau, k, x) -> np.ndarray:
-    """(N, K) sigmoid losses of each token at each x."""
-    lo, hi, tau, k = (np.asarray(a, float)[:, None] for a in (lo, hi, tau, k))
-    return lo + (hi - lo) * _sig(-k * (np.asarray(x, float)[None, :] - tau))
-
-
-def mean_curve(lo, hi, tau, k, x, *, chunk: int = CHUNK) -> np.ndarray:
-    """``L(x) = (1/N) sum_i l_i(x)`` (token chunks bound the memory)."""
-    x = np.asarray(x, float)
-    lo, hi, tau, k = (np.asarray(a, float) for a in (lo, hi, tau, k))
-    total = np.zeros_like(x)
-    for a in range(0, len(lo), chunk):
-        total += token_curves(lo[a:a + chunk], hi[a:a + chunk], tau[a:a + chunk], k[a:a + chunk],
-                              x).sum(0)
-    return total / max(len(lo), 1)
-
-
-def mean_derivative(lo, hi, tau, k, x, *, chunk: int = CHUNK) -> np.ndarray:
-    """``dL/dx = -(1/N) sum_i delta_i k_i s_i (1 - s_i)``."""
-    x = np.asarray(x, float)
-    lo, hi, tau, k = (np.asarray(a, float) for a in (lo, hi, tau, k))
-    total = np.zeros_like(x)
-    for a in range(0, len(lo), chunk):
-        sl = slice(a, a + chunk)
-        s = _sig(-k[sl, None] * (x[None, :] - tau[sl, None]))
-        total -= ((hi[sl] - lo[sl])[:, None] * k[sl, None] * s * (1 - s)).sum(0)
-    return total / max(len(lo), 1)
+from spectrum.analysis.spectra.spectrum import Spectrum
+from spectrum.fit.model import token_slopes
 
 
 def sharp_derivative(sp: Spectrum, x: np.ndarray) -> np.ndarray:
@@ -72,9 +39,9 @@ class Kernel:
     k: np.ndarray
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
+        """``g(u)``: minus the slope of a unit step (hi 1, lo 0) centred at 0, mean over k."""
         u = np.asarray(u, float)
-        s = _sig(-self.k[:, None] * u.ravel()[None, :])
-        return (self.k[:, None] * s * (1 - s)).mean(0).reshape(u.shape)
+        return (-token_slopes(0.0, 1.0, 0.0, self.k, u.ravel())).mean(0).reshape(u.shape)
 
 
 def mean_kernel(delta: np.ndarray, k: np.ndarray, *, n_quantiles: int = 64) -> Kernel:

@@ -1,10 +1,10 @@
 """Scores with intervals, and verdicts in words.
 
 A score compares predicted and measured targets drawn under the same bootstrap replicates
-(:mod:`spectrum.analysis.curves`; row 0 is the estimate): ``r2 = 1 - SS_res / SS_tot`` pooled over
-the targets, ``rmse_nats`` (root-mean-square error, in nats for L and in nats per unit ln T, ln M or
+(:mod:`spectrum.analysis.runs.curves`; row 0 is the estimate): ``r2 = 1 - SS_res / SS_tot`` pooled
+over the targets, ``rmse_nats`` (root-mean-square error, in nats for L and in nats per unit ln T, ln M or
 ln D for derivatives), the median relative error, and ``r2_ci``: the 2.5 and 97.5 percentiles of R^2
-over the replicates. Two models on the same targets are compared by the paired difference of their
+over the replicates (:mod:`spectrum.analysis.stats`). Two models on the same targets are compared by the paired difference of their
 R^2 in each replicate; "beats" means its 95% interval excludes 0.
 """
 
@@ -12,30 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-LEVEL = 0.95
+from spectrum.analysis import stats
+
 PREDICTS_R2 = 0.5  # below this lower bound, a prediction is said not to predict its targets
 
 
 def null_score(reason: str) -> dict:
     return {"r2": None, "r2_ci": None, "rmse_nats": None, "median_rel_err": None,
             "n_targets": 0, "reason": reason}
-
-
-def _r2(p: np.ndarray, m: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """R^2 per replicate (rows) over the finite columns ``ok``."""
-    p, m = p[:, ok], m[:, ok]
-    ss_tot = ((m - m.mean(1, keepdims=True)) ** 2).sum(1)
-    ss_res = ((p - m) ** 2).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
-
-
-def _interval(values: np.ndarray) -> list[float] | None:
-    v = values[np.isfinite(values)]
-    if v.size < 2:
-        return None
-    lo, hi = np.percentile(v, [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100])
-    return [float(lo), float(hi)]
 
 
 def score(predicted: np.ndarray, measured: np.ndarray) -> dict:
@@ -45,11 +29,11 @@ def score(predicted: np.ndarray, measured: np.ndarray) -> dict:
     n = int(ok.sum())
     if n < 2:
         return null_score(f"only {n} finite target(s)")
-    r2 = _r2(p, m, ok)
+    r2 = stats.r2(p, m, ok)
     err = p[0, ok] - m[0, ok]
     nz = m[0, ok] != 0
     out = {"r2": None if not np.isfinite(r2[0]) else float(r2[0]),
-           "r2_ci": _interval(r2[1:]), "rmse_nats": float(np.sqrt(np.mean(err ** 2))),
+           "r2_ci": stats.finite_interval(r2[1:]), "rmse_nats": float(np.sqrt(np.mean(err ** 2))),
            "median_rel_err": float(np.median(np.abs(err[nz]) / np.abs(m[0, ok][nz])))
            if nz.any() else None, "n_targets": n, "reason": None}
     if out["r2"] is None:
@@ -64,10 +48,10 @@ def paired_difference(p1: np.ndarray, p2: np.ndarray, measured: np.ndarray) -> d
     ok = np.isfinite(p1[0]) & np.isfinite(p2[0]) & np.isfinite(m[0])
     if ok.sum() < 2:
         return None
-    d = _r2(p1, m, ok) - _r2(p2, m, ok)
+    d = stats.r2(p1, m, ok) - stats.r2(p2, m, ok)
     if not np.isfinite(d[0]):
         return None
-    return {"diff": float(d[0]), "ci": _interval(d[1:])}
+    return {"diff": float(d[0]), "ci": stats.finite_interval(d[1:])}
 
 
 def r2_words(v: float) -> str:

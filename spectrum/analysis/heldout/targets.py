@@ -24,8 +24,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from spectrum.analysis.curves import finite_difference, midpoints
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.runs.curves import finite_difference, midpoints
+from spectrum.analysis.runs.run_data import RunData
 
 TARGETS = ("L", "dL/dlnT", "dL/dlnM", "dL/dlnD")
 Curves = Mapping[str, np.ndarray]

@@ -1,13 +1,14 @@
 """The held-out-runs test and its second view, leave-one-run-out over the fit runs.
 
 The spectrum's prediction (``param_model``): each token's sigmoid parameters, modelled as linear
-functions of ln M and ln D on the fit runs only (:mod:`spectrum.analysis.param_model`), give every
-token's curve at a held-out run's checkpoints; their mean is the predicted loss curve, which goes
-through the same targets and operator as the measured one (:mod:`spectrum.analysis.targets`).
-``param_model_analytic`` is the analytic dL/dlnT of the same sigmoids at the same midpoints, an
-extra row. The baselines (:mod:`spectrum.analysis.baselines`) are fitted on the same fit runs and
-scored on the same targets; the seed replicas of a held-out point give the noise ceiling (the same
-score, replica against replica). Every score carries a bootstrap interval over sequences.
+functions of ln M and ln D on the fit runs only (:mod:`spectrum.analysis.heldout.param_model`),
+give every token's curve at a held-out run's checkpoints; their mean is the predicted loss curve,
+which goes through the same targets and operator as the measured one
+(:mod:`spectrum.analysis.heldout.targets`). ``param_model_analytic`` is the analytic dL/dlnT of the
+same sigmoids at the same midpoints, an extra row. The baselines
+(:mod:`spectrum.analysis.heldout.baselines`) are fitted on the same fit runs and scored on the same
+targets; the seed replicas of a held-out point give the noise ceiling (the same score, replica
+against replica). Every score carries a bootstrap interval over sequences.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from spectrum.analysis import baselines
-from spectrum.analysis.curves import SeqCurve, fixed
-from spectrum.analysis.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
-                                           token_model_predictions)
-from spectrum.analysis.run_data import RunData
-from spectrum.analysis.token_passes import Mapper, in_process
-from spectrum.analysis.scores import (comparison_words, null_score, paired_difference, predicts,
-                                      r2_words, score)
-from spectrum.analysis.targets import (TARGETS, Target, heldout_targets, points, regime,
-                                       replica_pairs, run_targets)
+from spectrum.analysis.heldout import baselines
+from spectrum.analysis.heldout.prediction_table import prediction_rows
+from spectrum.analysis.heldout.scores import (comparison_words, null_score, paired_difference,
+                                              predicts, r2_words, score)
+from spectrum.analysis.heldout.targets import (TARGETS, Target, heldout_targets, points, regime,
+                                               replica_pairs, run_targets)
+from spectrum.analysis.heldout.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
+                                                   token_model_predictions)
+from spectrum.analysis.runs.curves import SeqCurve, fixed
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.token_passes import Mapper, in_process
 
 CEILING = "seed_replicas"
 BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power_law", "zero")
@@ -122,18 +124,15 @@ def pool_targets(targets: list[Target], measured: dict[str, np.ndarray], pred: P
             if p is None:
                 p = np.full_like(m, np.nan)
             pooled[t.target].setdefault(model, Pooled()).add(p, m, t.regime)
-            rows.append(prediction_rows(test, t, model, p[0], m[0]))
+            rows.append(_rows(test, t, model, p[0], m[0]))
     return pooled
 
 
-def prediction_rows(test: str, t: Target, model: str, p: np.ndarray, m: np.ndarray) -> pl.DataFrame:
-    n = len(t.x)
+def _rows(test: str, t: Target, model: str, p: np.ndarray, m: np.ndarray) -> pl.DataFrame:
     kind = "prediction" if model in (PREDICTION, ANALYTIC) else \
         "reference" if model == CEILING else "baseline"
-    return pl.DataFrame({"test": [test] * n, "target": [t.target] * n, "model": [model] * n,
-                         "model_kind": [kind] * n, "run": [t.label] * n, "regime": [t.regime] * n,
-                         "x": t.x.astype(float), "T": np.exp(t.x.astype(float)),
-                         "measured": m.astype(float), "predicted": p.astype(float)})
+    return prediction_rows(test=test, target=t.target, model=model, model_kind=kind,
+                           run=t.label, regime=t.regime, x=t.x, measured=m, predicted=p)
 
 
 def score_with_regimes(p: Pooled) -> dict:

@@ -1,18 +1,24 @@
 """What the report says of one run's fits as a whole, counted once when the run is loaded, in token
 chunks: tokens by kind, the population's size, the step-versus-smooth shares
-(:class:`spectrum.analysis.stepwise.ShareCounts`), and the fit-quality table's medians and the
+(:class:`spectrum.analysis.runs.stepwise.ShareCounts`), and the fit-quality table's medians and the
 histograms of its figure (R^2 of every fit, clipped at -0.5; log10 standard error of tau of the
 learned tokens). The medians need each value once: the two columns are gathered for the run being
-loaded and dropped after (8 bytes a token, one run at a time)."""
+loaded and dropped after (8 bytes a token, one run at a time).
+
+The summary is made by :func:`spectrum.analysis.runs.run_data.load_run` from the run's token reader,
+and carried by the run it describes (:attr:`RunData.summary`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
 
-from spectrum.analysis import stepwise
-from spectrum.analysis.run_data import RunData
+from spectrum.analysis.runs import stepwise
 
 HIST_BINS = 40
 
@@ -46,12 +52,12 @@ def _hist(values: np.ndarray) -> Histogram | None:
     return Histogram(counts, edges)
 
 
-def summarize_fits(run: RunData) -> FitSummary:
-    """One pass over the run's fits (see the module docstring)."""
-    assert run.fits_path is not None
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(run.fits_path).names)
+def summarize_fits(fits_path: Path,
+                   token_chunks: Callable[[Sequence[str]], Iterable[pl.DataFrame]]) -> FitSummary:
+    """One pass over a run's fits (see the module docstring): ``fits_path`` tells which columns
+    they hold, ``token_chunks(columns)`` reads them with the derived ``in_pop``
+    (:meth:`RunData.token_chunks`)."""
+    names = set(pq.read_schema(fits_path).names)
     has_se = "tau_se" in names
     has_r2 = "r2" in names
     has_bic = set(stepwise.COLUMNS) <= names
@@ -61,7 +67,7 @@ def summarize_fits(run: RunData) -> FitSummary:
     r2s, ses = [], []
     n = n_pop = 0
     shares = stepwise.ShareCounts()
-    for chunk in run.token_chunks(cols):
+    for chunk in token_chunks(cols):
         n += chunk.height
         n_pop += int(chunk["in_pop"].sum())
         for k, c in chunk.group_by("kind").len().iter_rows():

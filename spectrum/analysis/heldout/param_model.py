@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from spectrum.errors import SpectrumError
+from spectrum.fit.kinds import STEP_KINDS
 
 QUANTITIES = ("lo", "hi", "tau", "logk")
 SE_FLOOR = {"lo": 0.05, "hi": 0.05, "tau": 0.1, "logk": 0.1}
-STEP_KINDS = ("learned", "forgotten", "unfinished")
 
 
 @dataclass(frozen=True)

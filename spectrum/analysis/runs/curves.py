@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from spectrum.analysis.spectra import bootstrap_weights
+from spectrum.analysis.stats import bootstrap_weights
 
 
 def replicate_weights(n_seq: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -58,27 +58,11 @@ def sequence_indicator(seq_code: np.ndarray, n_seq: int) -> sparse.csr_matrix:
     return sparse.csr_matrix((np.ones(n), (np.asarray(seq_code), np.arange(n))), shape=(n_seq, n))
 
 
-def token_curve(values_of, n_tokens: int, seq_code: np.ndarray, n_seq: int, *,
-                chunk: int = 1 << 15) -> SeqCurve:
-    """The per-sequence sums of per-token curves: ``values_of(slice)`` returns the (n, K) values of
-    the tokens in ``slice`` (computed in chunks, so N x K is never held at once). Tokens whose
-    value is not finite do not count."""
-    sums = counts = None
-    for a in range(0, n_tokens, chunk):
-        sl = slice(a, min(a + chunk, n_tokens))
-        v = np.asarray(values_of(sl), float)
-        ok = np.isfinite(v)
-        ind = sequence_indicator(seq_code[sl], n_seq)
-        s, c = ind @ np.where(ok, v, 0.0), ind @ ok.astype(float)
-        sums = s if sums is None else sums + s
-        counts = c if counts is None else counts + c
-    return SeqCurve(np.asarray(sums), np.asarray(counts))
-
-
 def chunk_curve(chunks: Iterable[pl.DataFrame], values_of: Callable[[pl.DataFrame], np.ndarray],
                 n_seq: int) -> SeqCurve:
-    """:func:`token_curve` over token chunks (frames with ``seq_code``): ``values_of(chunk)``
-    returns the (n, K) values of the chunk's tokens."""
+    """The per-sequence sums of per-token curves over token chunks (frames with ``seq_code``):
+    ``values_of(chunk)`` returns the (n, K) values of the chunk's tokens. Tokens whose value is
+    not finite do not count."""
     sums = counts = None
     for ch in chunks:
         v = np.asarray(values_of(ch), float)

@@ -23,8 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from spectrum.analysis.run_data import RunData
-from spectrum.analysis.scaling import PowerLaw, fit_power_law
+from spectrum.analysis.heldout.scaling import (POWER_LAW_PARAMS, PowerLaw, fit_power_law,
+                                               power_law_in_T)
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.stats import percentile_interval
 from spectrum.errors import SpectrumError
 from spectrum.fit.smooth import BETA_MAX, power_curve
 
@@ -76,10 +78,10 @@ def fit_chinchilla(fit: list[RunData], weights: np.ndarray,
         except SpectrumError:
             continue
     info = {**law.as_dict(), "n_end_losses": len(fit), "intervals": {}}
-    for p in ("E", "A", "alpha", "B", "beta"):
+    for p in POWER_LAW_PARAMS:
         v = np.array([getattr(f, p) for f in refits])
         if v.size >= 2:
-            info["intervals"][p] = [float(x) for x in np.percentile(v, [2.5, 97.5])]
+            info["intervals"][p] = [float(x) for x in percentile_interval(v)]
     info["interval_method"] = f"refits on {len(refits)} bootstrap replicates over sequences"
     return law, info
 
@@ -93,11 +95,8 @@ def run_power_laws(runs: list[RunData]) -> dict[str, tuple[float, ...]]:
     scored checkpoints (runs where the fit fails are left out)."""
     out = {}
     for r in runs:
-        m = r.scored & np.isfinite(r.mean_loss_all)
-        try:
-            law = fit_power_law(np.ones(m.sum()), np.exp(r.x[m]), r.mean_loss_all[m], x_name="T",
-                                fixed={"A": 0.0, "alpha": 0.0})
-        except SpectrumError:
+        law = power_law_in_T(r.x[r.scored], r.mean_loss_all[r.scored])
+        if law is None:
             continue
         out[r.name] = (np.log(r.M), np.log(r.D), law.E, np.log(max(law.B, 1e-300)), law.beta)
     return out

@@ -10,7 +10,8 @@ Two forms share one implementation, ``L = E + A * M**-alpha + B * X**-beta``:
 Fitting is nonlinear least squares (``scipy.optimize.least_squares``) in the parameters
 ``(E, ln A, alpha, ln B, beta)`` from a small grid of starting exponents; the best fit wins.
 Parameters can be held fixed (``fixed={"alpha": 0.3}``), which is how a law is fitted to fewer
-distinct points than it has parameters (the exponents are then borrowed from another fit).
+distinct points than it has parameters (the exponents are then borrowed from another fit), and how
+one run's loss curve is described by ``E + B * T**-beta`` alone (:func:`power_law_in_T`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from scipy.optimize import least_squares
 
 from spectrum.errors import SpectrumError
 
-PARAMS = ("E", "A", "alpha", "B", "beta")
+POWER_LAW_PARAMS = ("E", "A", "alpha", "B", "beta")
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
     ok = np.isfinite(M) & np.isfinite(X) & np.isfinite(L) & (M > 0) & (X > 0)
     M, X, L = M[ok], X[ok], L[ok]
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
-    unknown = set(fixed) - set(PARAMS)
+    unknown = set(fixed) - set(POWER_LAW_PARAMS)
     if unknown:
         raise ValueError(f"unknown fixed parameters {sorted(unknown)}")
-    free = [p for p in PARAMS if p not in fixed]
+    free = [p for p in POWER_LAW_PARAMS if p not in fixed]
     n_distinct = len(set(zip(M.tolist(), X.tolist())))
     if n_distinct < len(free):
         raise SpectrumError(f"a power law in M and {x_name} with {len(free)} free parameters "
@@ -124,3 +125,15 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
     rmse = float(np.sqrt(2 * best.cost / len(L)))
     return PowerLaw(E=v["E"], A=v["A"], alpha=v["alpha"], B=v["B"], beta=v["beta"],
                     x_name=x_name, rmse=rmse, n_points=len(L), fixed=fixed)
+
+
+def power_law_in_T(x: np.ndarray, L: np.ndarray) -> PowerLaw | None:
+    """``E + B * T**-beta`` fitted to one loss curve ``L`` at ``x = ln T`` (its finite points), or
+    None where it cannot be fitted."""
+    x, L = np.asarray(x, float), np.asarray(L, float)
+    ok = np.isfinite(L)
+    try:
+        return fit_power_law(np.ones(ok.sum()), np.exp(x[ok]), L[ok], x_name="T",
+                             fixed={"A": 0.0, "alpha": 0.0})
+    except SpectrumError:
+        return None

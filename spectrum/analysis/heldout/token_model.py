@@ -1,7 +1,7 @@
 """The per-token models of the held-out-run tests, fitted and evaluated over token chunks.
 
-Each token's model (:mod:`spectrum.analysis.param_model`; the token power law of
-:mod:`spectrum.analysis.baselines`) depends on that token's fits in the fit runs and on the
+Each token's model (:mod:`spectrum.analysis.heldout.param_model`; the token power law of
+:mod:`spectrum.analysis.heldout.baselines`) depends on that token's fits in the fit runs and on the
 population regression it is shrunk towards. The population regression needs only per-run sums (the
 summed weights and weighted values of each quantity in each run), so a first pass over the fit runs'
 tokens gathers them; a second pass reads the same chunk of every fit run, solves each token's
@@ -11,7 +11,7 @@ chunk of every fit run; the chunk shrinks as the fit runs grow in number.
 A *job* is one set of fit runs with the runs it predicts: the held-out test is one job, and
 leave-one-run-out one job per fit run, all evaluated in the same two passes (each pass reads every
 fit run's tokens once). The two passes are token passes (:class:`PopulationPass`,
-:class:`PredictionPass`; :mod:`spectrum.analysis.token_passes`): a mapper may cut them into token
+:class:`PredictionPass`; :mod:`spectrum.analysis.runs.token_passes`): a mapper may cut them into token
 ranges, and the second is sent the population regressions fitted from the first's sums.
 """
 
@@ -23,14 +23,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from spectrum.analysis import baselines
-from spectrum.analysis.curves import SeqCurve, midpoints, sequence_indicator
-from spectrum.analysis.param_model import (STEP_KINDS, PopulationModel, QUANTITIES, RunParams,
-                                           observations, step_k_range)
-from spectrum.analysis.reconstruct import token_curves
-from spectrum.analysis.run_data import PARAMS, RunData
-from spectrum.analysis.token_passes import Mapper, in_process
+from spectrum.analysis.heldout import baselines
+from spectrum.analysis.heldout.param_model import (PopulationModel, QUANTITIES, RunParams,
+                                                   observations, step_k_range)
+from spectrum.analysis.runs.curves import SeqCurve, midpoints, sequence_indicator
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.token_passes import Mapper, in_process
 from spectrum.errors import SpectrumError
+from spectrum.fit.kinds import STEP_KINDS
+from spectrum.fit.model import PARAMS, token_curves, token_slopes
 
 PREDICTION = "param_model"
 ANALYTIC = "param_model_analytic"
@@ -53,12 +54,6 @@ class TokenPredictions:
     analytic: dict[str, np.ndarray] = field(default_factory=dict)
     fitted: dict = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
-
-
-def rows_derivative(lo, hi, tau, k, x) -> np.ndarray:
-    """(n, K) per-token analytic dl/dx (their mean is dL/dx of :mod:`.reconstruct`)."""
-    s = 0.5 * (1.0 + np.tanh(-0.5 * k[:, None] * (x[None, :] - tau[:, None])))
-    return -((hi - lo)[:, None] * k[:, None] * s * (1 - s))
 
 
 def _columns(run: RunData) -> tuple[list[str], bool, bool]:
@@ -167,7 +162,7 @@ class _PopulationSums:
 
 @dataclass(frozen=True)
 class PopulationPass:
-    """The first pass of the token models (a token pass, :mod:`.token_passes`): the per-run sums
+    """The first pass of the token models (a token pass, :mod:`spectrum.analysis.runs.token_passes`): the per-run sums
     their population regressions are fitted on."""
 
     jobs: list[Job]
@@ -276,7 +271,7 @@ def _predict_chunk(f: _Fitted, sums: _SeqSums, ind, frames: dict[str, pl.DataFra
         xm = midpoints(h.x[h.scored])
         if len(xm):
             sums.add(ANALYTIC, h.name, ind,
-                     rows_derivative(p["lo"], p["hi"], p["tau"], p["k"], xm))
+                     token_slopes(p["lo"], p["hi"], p["tau"], p["k"], xm))
         if smooth is not None:
             q = smooth.predict_quantities(np.log(h.M), np.log(h.D), h.name)
             sums.add(SMOOTH, h.name, ind, baselines.token_power_law_values(q, f.anchors, h.x))
@@ -309,7 +304,7 @@ def _light(jobs: list[Job]) -> list[Job]:
 def token_model_predictions(jobs: list[Job], weights: np.ndarray, ridge: float,
                             mapper: Mapper = in_process) -> list[TokenPredictions]:
     """Every job's per-token model curves of its targets (module docstring); the two passes run
-    through ``mapper`` (:mod:`spectrum.analysis.token_passes`)."""
+    through ``mapper`` (:mod:`spectrum.analysis.runs.token_passes`)."""
     runs = _fit_runs(jobs)
     if not runs:
         raise SpectrumError("no fit runs to model token parameters on")

@@ -5,7 +5,7 @@ columns in token chunks.
 Losses are kept as per-sequence sums and counts (``seq_sums``, ``seq_counts``: sequences x
 checkpoints), over every token with a finite loss and over the run's *population* (the tokens whose
 fit has finite parameters). Any mean curve is a ratio of sums over sequences, so a bootstrap over
-sequences draws it without rereading a shard (:mod:`spectrum.analysis.curves`). The sums are made
+sequences draws it without rereading a shard (:mod:`spectrum.analysis.runs.curves`). The sums are made
 shard by shard: a shard holds every ``token_idx`` 0..N-1 in order (its contract, checked before it
 is read), so its ``loss`` column alone is summed by sequence with ``np.bincount``. The in-sample and
 spectrum tests compare against the population's mean loss; the held-out-run tests against the
@@ -22,7 +22,7 @@ size, not by the number of tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,14 +31,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spectrum.analysis.runs.fit_summary import FitSummary, summarize_fits
 from spectrum.errors import SpectrumError
-from spectrum.manifest import Manifest, RunSpec
+from spectrum.fit.model import PARAMS
 from spectrum.layout import LOSS, evalset_tokens, fits_file, loss_shard, shard_steps
 from spectrum.losses.shards import check_run_shards
 from spectrum.losses.trajectories import log_tokens
+from spectrum.manifest import Manifest, RunSpec
 
-FIT_COLUMNS = ("lo", "hi", "tau", "k", "kind")
-PARAMS = ("lo", "hi", "tau", "k")
+FIT_COLUMNS = (*PARAMS, "kind")
 CHUNK = 1 << 16  # tokens per chunk read by :meth:`RunData.token_chunks` (a chunk of
 # per-token curves, tokens x checkpoints in float64, stays near 50 MB at 100 checkpoints)
 DERIVED = ("seq_code", "half", "in_pop")  # columns the reader adds
@@ -62,7 +63,7 @@ class RunData:
     pop_counts: np.ndarray  # (S, K)
     out: Path | None = None  # the output folder (its evalset is read by the chunk reader)
     fits_path: Path | None = None  # the run's fits file; None: no fits
-    summary: object | None = None  # :class:`spectrum.analysis.fit_summary.FitSummary`
+    summary: FitSummary | None = None  # of its fits, made by :func:`load_run`
     n_tokens: int = 0  # N: the evalset's tokens
     chunk: int = CHUNK  # tokens per chunk of :meth:`token_chunks`
 
@@ -120,8 +121,6 @@ class RunData:
     def light(self) -> "RunData":
         """This run without its per-sequence loss sums and fit summary: what a worker that reads
         the run's tokens needs (its token reader, axes and scale), small to send."""
-        from dataclasses import replace
-
         empty = np.zeros((0, len(self.x)))
         return replace(self, seq_sums=empty, seq_counts=empty, pop_sums=empty, pop_counts=empty,
                        summary=None)
@@ -329,7 +328,7 @@ def shard_sums(path: Path, seq_code: np.ndarray, n_seq: int,
 def load_run(out: Path, spec: RunSpec, *, half_seed: int = 0, chunk: int = CHUNK,
              summarize: bool = True) -> RunData | None:
     """The run's data, or None if it has no loss shards with T > 0. ``summarize``: also compute
-    the per-run aggregates of its fits (:mod:`spectrum.analysis.fit_summary`) in one pass."""
+    the per-run aggregates of its fits (:mod:`spectrum.analysis.runs.fit_summary`) in one pass."""
     out = Path(out)
     shards = [(s, loss_shard(out, spec.name, s)) for s in shard_steps(out, spec.name) if s > 0]
     if not shards:
@@ -358,16 +357,8 @@ def load_run(out: Path, spec: RunSpec, *, half_seed: int = 0, chunk: int = CHUNK
                   pop_sums=sums[1], pop_counts=counts[1], out=out, fits_path=fits_path,
                   n_tokens=n, chunk=chunk)
     if summarize and fits_path is not None:
-        from spectrum.analysis.fit_summary import summarize_fits
-
-        run = _with_summary(run, summarize_fits(run))
+        run = replace(run, summary=summarize_fits(fits_path, run.token_chunks))
     return run
-
-
-def _with_summary(run: RunData, summary: object) -> RunData:
-    from dataclasses import replace
-
-    return replace(run, summary=summary)
 
 
 def load_runs(manifest: Manifest, *, half_seed: int = 0, chunk: int = CHUNK) -> list[RunData]:
