@@ -2,14 +2,13 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from spectrum.errors import SpectrumError
-from spectrum.manifest import load_manifest
 from spectrum.analysis.heldout.param_model import RunParams, fit_param_model
-from spectrum.analysis.spectra.reconstruct import (kernel_derivative, mean_curve, mean_derivative,
-                                           mean_kernel, sharp_derivative)
 from spectrum.analysis.heldout.scores import score
-from spectrum.analysis.spectra import compute_spectrum
-
+from spectrum.analysis.spectra.reconstruct import kernel_derivative, mean_kernel, sharp_derivative
+from spectrum.errors import SpectrumError
+from spectrum.fit.model import token_curves, token_slopes
+from spectrum.manifest import load_manifest
+from tests.analysis.oracles import compute_spectrum, mean_curve, mean_derivative
 from tests.synthetic import DEFAULT_RUNS, TAU_SLOPE_D, TAU_SLOPE_M, make_synthetic_artifacts
 
 
@@ -28,6 +27,27 @@ def test_mean_curve_is_the_mean_of_the_sigmoids():
     explicit = np.mean([l + (h - l) * expit(-kk * (x - t)) for l, h, t, kk in zip(lo, hi, tau, k)],
                        axis=0)
     np.testing.assert_allclose(mean_curve(lo, hi, tau, k, x, chunk=7), explicit, rtol=1e-12)
+
+
+def test_one_sigmoid_for_numpy_and_torch_to_full_precision_on_both_plateaus():
+    import torch
+
+    lo, hi, tau, k = (np.array([1.0, 2.0, 0.5]), np.array([3.0, 1.0, 4.0]),
+                      np.array([10.0, 8.0, 12.0]), np.array([2.0, 40.0, 0.5]))
+    x = np.linspace(0.0, 20.0, 41)
+    want = lo[:, None] + (hi - lo)[:, None] * expit(-k[:, None] * (x[None, :] - tau[:, None]))
+    curves = token_curves(lo, hi, tau, k, x)
+    np.testing.assert_allclose(curves, want, rtol=1e-14)
+    as_torch = token_curves(*(torch.from_numpy(a) for a in (lo, hi, tau, k, x)))
+    np.testing.assert_allclose(as_torch.numpy(), curves, rtol=1e-14)
+    # dl/dx, down to 1e-100 on the plateaus (s (1 - s) to full relative precision on both sides)
+    z = -k[:, None] * (x[None, :] - tau[:, None])
+    want = -(hi - lo)[:, None] * k[:, None] * expit(z) * expit(-z)
+    slopes = token_slopes(lo, hi, tau, k, x)
+    assert np.abs(slopes).min() < 1e-100
+    np.testing.assert_allclose(slopes, want, rtol=1e-12)
+    as_torch = token_slopes(*(torch.from_numpy(a) for a in (lo, hi, tau, k, x)))
+    np.testing.assert_allclose(as_torch.numpy(), slopes, rtol=1e-12)
 
 
 def test_derivative_formula_equals_finite_differences_of_the_summed_curves():

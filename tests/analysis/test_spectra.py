@@ -3,8 +3,9 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from spectrum.analysis.spectra import (annotation_slices, bin_index, bootstrap_weights, compare_mean_tau,
-                              compute_spectrum, log_time_grid)
+from spectrum.analysis.spectra.spectrum import bin_index, log_time_grid
+from spectrum.analysis.stats import bootstrap_weights
+from tests.analysis.oracles import annotation_slices, compare_mean_tau, compute_spectrum
 
 
 def test_hand_computed_spectrum():

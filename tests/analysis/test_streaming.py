@@ -18,7 +18,10 @@ from spectrum.analysis.examples import Sampling, draw_examples
 from spectrum.analysis.runs.run_data import load_runs
 from spectrum.analysis.spectra.spectrum import log_time_grid
 from spectrum.losses.shards import write_loss_shard
+from spectrum.fit.kinds import STEP_KINDS
 from spectrum.manifest import load_manifest
+from tests.analysis.oracles import annotation_slices, compute_spectrum, slice_comparisons
+from tests.helpers import assert_close
 from tests.synthetic import make_synthetic_artifacts
 
 TINY = 37  # tokens per chunk: several chunks, none aligned with a sequence or a row group
@@ -82,30 +85,15 @@ def _everything(manifest, chunk: int) -> tuple[dict, pl.DataFrame, pl.DataFrame,
     return json.loads(json.dumps(scores)), sp.table, preds, comps
 
 
-def _close(a, b, path=""):
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _close(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True), path
-    else:
-        assert a == b, path
-
-
 def test_tiny_chunks_give_the_same_spectra_scores_and_predictions(manifest):
     whole = _everything(manifest, 1 << 20)
     tiny = _everything(manifest, TINY)
     scores, table, preds, comps = tiny
-    _close(whole[0], scores)
-    _close(whole[3], comps)
+    assert_close(whole[0], scores)
+    assert_close(whole[3], comps)
     assert whole[1].columns == table.columns and whole[2].columns == preds.columns
-    _close(whole[1].to_dict(as_series=False), table.to_dict(as_series=False))
-    _close(whole[2].to_dict(as_series=False), preds.to_dict(as_series=False))
+    assert_close(whole[1].to_dict(as_series=False), table.to_dict(as_series=False))
+    assert_close(whole[2].to_dict(as_series=False), preds.to_dict(as_series=False))
     # the tests did run: slices, the held-out runs' per-token model, leave-one-run-out
     assert table["slice_axis"].n_unique() == 4
     assert scores["tests"]["heldout_runs"]["targets"]["L"]["predictions"]["param_model"]["r2"] \
@@ -137,9 +125,6 @@ def test_a_fits_file_out_of_token_order_is_named(manifest, tmp_path):
 
 def test_chunked_spectra_equal_the_spectra_of_the_whole_population(manifest):
     """Against the in-memory functions on every population token at once (a polars join)."""
-    from spectrum.analysis.spectra import (DEFAULT_KINDS, annotation_slices, compute_spectrum,
-                                           slice_comparisons)
-
     runs = load_runs(manifest, chunk=TINY)
     edges = log_time_grid([(r.x.min(), r.x.max()) for r in runs], 16)
     opts = Options(n_boot=30)
@@ -152,7 +137,7 @@ def test_chunked_spectra_equal_the_spectra_of_the_whole_population(manifest):
             pl.all_horizontal([pl.col(c).is_finite() for c in ("lo", "hi", "tau", "k")]))
         tau, delta = pop["tau"].to_numpy(), (pop["hi"] - pop["lo"]).to_numpy().astype(float)
         seq, kind = pop["seq_id"].to_numpy(), pop["kind"].to_numpy().astype(str)
-        inc = np.isin(kind, DEFAULT_KINDS)
+        inc = np.isin(kind, STEP_KINDS)
         want = compute_spectrum(tau, delta, seq, edges, include=inc, n_boot=30, seed=0)
         mine = got.table.filter((pl.col("run") == run.name) & (pl.col("slice") == "all"))
         np.testing.assert_allclose(mine["S"].to_numpy(), want.S, rtol=1e-10)
@@ -166,4 +151,5 @@ def test_chunked_spectra_equal_the_spectra_of_the_whole_population(manifest):
             assert row["n_tokens"][0] == s.mask.sum()
         comps = slice_comparisons(tau, delta, seq, kind == "learned", slices, n_boot=30)
         assert len(comps) == 3
-        _close([c.as_dict() for c in comps], [c.as_dict() for c in got.comparisons[run.name]])
+        assert_close([c.as_dict() for c in comps],
+                     [c.as_dict() for c in got.comparisons[run.name]])

@@ -4,10 +4,8 @@ process, then by two Ray workers) they give the outputs of a run in one piece.""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -18,41 +16,10 @@ from spectrum.analysis.evaluation import Options, run_spectra, run_tests
 from spectrum.analysis.runs.run_data import load_runs
 from spectrum.analysis.spectra.spectrum import log_time_grid
 from spectrum.manifest import load_manifest
+from tests.helpers import assert_close, assert_frames_close
 from tests.synthetic import DEFAULT_RUNS, make_synthetic_artifacts
 
 FAST = ["--bootstrap", "20", "--spectrum-bins", "16"]
-REL = 1e-9
-
-
-def assert_close(a, b, path: str = "") -> None:
-    """Equal structures; floats equal to ``REL`` relative (NaN equals NaN), the rest exactly."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), path
-        for k in a:
-            assert_close(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None:
-            assert a is b, path
-        elif math.isnan(a) or math.isnan(b):
-            assert math.isnan(a) and math.isnan(b), path
-        else:
-            assert a == pytest.approx(b, rel=REL, abs=1e-12), f"{path}: {a} != {b}"
-    else:
-        assert a == b, path
-
-
-def assert_frames_close(a: pl.DataFrame, b: pl.DataFrame, name: str) -> None:
-    assert a.columns == b.columns and a.height == b.height, name
-    for col in a.columns:
-        if a[col].dtype.is_float():
-            np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=REL,
-                                       atol=1e-12, err_msg=f"{name}: {col}")
-        else:
-            assert a[col].to_list() == b[col].to_list(), f"{name}: {col}"
 
 
 def _outputs(out: Path) -> dict:
