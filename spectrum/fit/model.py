@@ -36,7 +36,7 @@ def _halves(z: Array) -> tuple[Array, Array]:
     return xp.where(pos, big, small), xp.where(pos, small, big)
 
 
-def _columns(lo, hi, tau, k, x) -> tuple[Array, ...]:
+def _per_token(lo, hi, tau, k, x) -> tuple[Array, ...]:
     """The parameters (...) as columns (..., 1) against the points ``x`` (K,): torch tensors as
     they are, anything else as float64 numpy."""
     if isinstance(x, torch.Tensor):
@@ -46,14 +46,14 @@ def _columns(lo, hi, tau, k, x) -> tuple[Array, ...]:
 
 def token_curves(lo, hi, tau, k, x) -> Array:
     """``l(x)`` of every token: parameters of shape (...) each, points ``x`` (K,): (..., K)."""
-    lo, hi, tau, k, x = _columns(lo, hi, tau, k, x)
+    lo, hi, tau, k, x = _per_token(lo, hi, tau, k, x)
     s, _ = _halves(-k * (x - tau))
     return lo + (hi - lo) * s
 
 
 def token_slopes(lo, hi, tau, k, x) -> Array:
     """``dl/dx = -(hi - lo) k s (1 - s)`` of every token, shapes as :func:`token_curves`."""
-    lo, hi, tau, k, x = _columns(lo, hi, tau, k, x)
+    lo, hi, tau, k, x = _per_token(lo, hi, tau, k, x)
     s, q = _halves(-k * (x - tau))
     return -((hi - lo) * k * s * q)
 

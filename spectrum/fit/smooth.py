@@ -22,7 +22,7 @@ Missing points (NaN) are masked.
 The criterion is the Bayesian information criterion with the noise variance profiled out,
 ``BIC = n ln(rss / n) + p ln n`` over the ``n`` finite points of the row (the noise level is thus
 estimated per token and per model). Which form the data prefer is decided downstream
-(:mod:`spectrum.analysis.stepwise`); the fit stage stores the three BICs and the smooth fits.
+(:mod:`spectrum.analysis.runs.stepwise`); the fit stage stores the three BICs and the smooth fits.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ ZOOMS = (17,)  # points of the finer grids, each spanning two steps of the one b
 DEGENERATE = 1e-12
 ZERO_STEPS, ZERO_RATIO = 24, 1.5  # values of beta tried towards 0 below the grids' smallest
 PARAM_COUNTS = {"step": 4, "power": 3, "line": 2}  # free parameters of each form, for the BIC
-COLUMNS = ("rss_power", "rss_line", "power_e", "power_b", "power_beta", "power_x0",
-           "bic_step", "bic_power", "bic_line")
+SMOOTH_COLUMNS = ("rss_power", "rss_line", "power_e", "power_b", "power_beta", "power_x0",
+                  "bic_step", "bic_power", "bic_line")
 _ROWS = 1 << 15  # rows per batch (bounds the (rows x K) temporaries)
 
 
@@ -274,12 +274,13 @@ def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...],
 def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
                 device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """The smooth fits and the BICs of every row of ``losses`` (N, K) on the grid ``x`` (K,),
-    given the sigmoid's residual sum of squares per row. Returns the :data:`COLUMNS` as arrays
-    (float64; NaN where a row has too few finite points). Computed in float64 on ``device``."""
+    given the sigmoid's residual sum of squares per row. Returns the :data:`SMOOTH_COLUMNS` as
+    arrays (float64; NaN where a row has too few finite points). Computed in float64 on
+    ``device``."""
     dev = torch.device(device)
     xt = torch.as_tensor(np.asarray(x, np.float64), device=dev)
     dx = xt - xt.min()
-    out: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+    out: dict[str, list[np.ndarray]] = {c: [] for c in SMOOTH_COLUMNS}
     for a in range(0, len(losses), _ROWS):
         # a copy in float64 (torch converts on every core; the caller's array is not written)
         y = torch.as_tensor(np.asarray(losses[a:a + _ROWS])).to(dev, torch.float64, copy=True)
@@ -307,12 +308,13 @@ def power_curve(e, b, beta, x0, x) -> np.ndarray:
 
 def concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The columns of several batches of :func:`smooth_fits`, in order."""
-    return {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in COLUMNS}
+    return {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0)
+            for c in SMOOTH_COLUMNS}
 
 
 def with_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
     """``table`` (one row per trajectory) with the smooth fits' columns appended (float32)."""
-    for name in COLUMNS:
+    for name in SMOOTH_COLUMNS:
         table = table.append_column(name, pa.array(np.asarray(columns[name], np.float32)))
     return table
 

@@ -1,6 +1,6 @@
-"""In-memory twins of the streaming analyses, for the tests: each takes every token at once (per-token
-arrays, or one frame of annotated tokens) where the library accumulates sums over token chunks, so a
-test can check the chunked result against the same quantity computed in one piece."""
+"""In-memory twins of the streaming analyses, for the tests: each takes every token at once
+(per-token arrays, or one frame of annotated tokens) where the library accumulates sums over token
+chunks, so a test can check the chunked result against the same quantity computed in one piece."""
 
 from __future__ import annotations
 

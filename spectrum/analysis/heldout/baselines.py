@@ -30,7 +30,7 @@ from spectrum.analysis.stats import percentile_interval
 from spectrum.errors import SpectrumError
 from spectrum.fit.smooth import BETA_MAX, power_curve
 
-Curve = Callable[[RunData], np.ndarray]  # a held-out run -> predicted mean loss at its x (K,)
+RunCurve = Callable[[RunData], np.ndarray]  # a held-out run -> predicted mean loss at its x (K,)
 
 
 def end_losses(runs: list[RunData], weights: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ def fit_chinchilla(fit: list[RunData], weights: np.ndarray,
     return law, info
 
 
-def chinchilla_curve(law: PowerLaw) -> Curve:
+def chinchilla_curve(law: PowerLaw) -> RunCurve:
     return lambda r: law(r.M, np.exp(r.x))
 
 
@@ -103,7 +103,7 @@ def run_power_laws(runs: list[RunData]) -> dict[str, tuple[float, ...]]:
 
 
 def power_law_T_interp(fit: list[RunData],
-                       laws: dict[str, tuple[float, ...]]) -> tuple[Curve | None, dict]:
+                       laws: dict[str, tuple[float, ...]]) -> tuple[RunCurve | None, dict]:
     """Per-run power laws in T (:func:`run_power_laws`), parameters interpolated in (ln M, ln D)."""
     rows = [laws[r.name] for r in fit if r.name in laws]
     if len(rows) < 2:
@@ -119,7 +119,7 @@ def power_law_T_interp(fit: list[RunData],
                    "fit_runs": len(rows)}
 
 
-def aggregate_curve(fit: list[RunData]) -> Curve:
+def aggregate_curve(fit: list[RunData]) -> RunCurve:
     """The fit runs' mean-loss curves, interpolated in ln T and then in (ln M, ln D)."""
     def curve(h: RunData) -> np.ndarray:
         out = np.full(len(h.x), np.nan)

@@ -168,7 +168,7 @@ def ceiling(targets: list[Target], measured: dict[str, np.ndarray], held: list[R
     return out
 
 
-def verdict(target: str, block: dict, pooled: dict[str, Pooled],
+def target_verdict(target: str, block: dict, pooled: dict[str, Pooled],
             what: str = "the held-out runs") -> list[str]:
     """Sentences for one target: does the spectrum predict it, and against each baseline."""
     s = block["predictions"].get(PREDICTION, {})
@@ -272,7 +272,7 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     for name, block in entry["targets"].items():
         block["references"][CEILING] = ceilings.get(name) or null_score(
             "no seed-replicated held-out point enters these targets")
-        entry["verdicts"][name] = verdict(name, block, pooled[name])
+        entry["verdicts"][name] = target_verdict(name, block, pooled[name])
     entry["runs"] = [_run_entry(h, fit, p[0]) for p in groups for h in p]
     entry["fitted"] = pred.fitted
     entry["reason"] = reason
@@ -309,5 +309,6 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
     blocks = _blocks({k: v for k, v in pooled.items() if k in ("L", "dL/dlnT")}, reason)
     blocks = {k: v for k, v in blocks.items() if k in ("L", "dL/dlnT")}
     return {"targets": blocks, "reason": reason,
-            "verdicts": {k: verdict(k, blocks[k], pooled[k], "each fit run from the others")
+            "verdicts": {k: target_verdict(k, blocks[k], pooled[k],
+                                           "each fit run from the others")
                          for k in blocks}}

@@ -2,10 +2,11 @@
 
 A score compares predicted and measured targets drawn under the same bootstrap replicates
 (:mod:`spectrum.analysis.runs.curves`; row 0 is the estimate): ``r2 = 1 - SS_res / SS_tot`` pooled
-over the targets, ``rmse_nats`` (root-mean-square error, in nats for L and in nats per unit ln T, ln M or
-ln D for derivatives), the median relative error, and ``r2_ci``: the 2.5 and 97.5 percentiles of R^2
-over the replicates (:mod:`spectrum.analysis.stats`). Two models on the same targets are compared by the paired difference of their
-R^2 in each replicate; "beats" means its 95% interval excludes 0.
+over the targets, ``rmse_nats`` (root-mean-square error, in nats for L and in nats per unit ln T,
+ln M or ln D for derivatives), the median relative error, and ``r2_ci``: the 2.5 and 97.5
+percentiles of R^2 over the replicates (:mod:`spectrum.analysis.stats`). Two models on the same
+targets are compared by the paired difference of their R^2 in each replicate; "beats" means its 95%
+interval excludes 0.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ chunk of every fit run; the chunk shrinks as the fit runs grow in number.
 A *job* is one set of fit runs with the runs it predicts: the held-out test is one job, and
 leave-one-run-out one job per fit run, all evaluated in the same two passes (each pass reads every
 fit run's tokens once). The two passes are token passes (:class:`PopulationPass`,
-:class:`PredictionPass`; :mod:`spectrum.analysis.runs.token_passes`): a mapper may cut them into token
-ranges, and the second is sent the population regressions fitted from the first's sums.
+:class:`PredictionPass`; :mod:`spectrum.analysis.runs.token_passes`): a mapper may cut them into
+token ranges, and the second is sent the population regressions fitted from the first's sums.
 """
 
 from __future__ import annotations

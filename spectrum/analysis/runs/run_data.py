@@ -5,13 +5,13 @@ columns in token chunks.
 Losses are kept as per-sequence sums and counts (``seq_sums``, ``seq_counts``: sequences x
 checkpoints), over every token with a finite loss and over the run's *population* (the tokens whose
 fit has finite parameters). Any mean curve is a ratio of sums over sequences, so a bootstrap over
-sequences draws it without rereading a shard (:mod:`spectrum.analysis.runs.curves`). The sums are made
-shard by shard: a shard holds every ``token_idx`` 0..N-1 in order (its contract, checked before it
-is read), so its ``loss`` column alone is summed by sequence with ``np.bincount``. The in-sample and
-spectrum tests compare against the population's mean loss; the held-out-run tests against the
-mean over every token with a finite loss. Tokens are also split in two halves by sequence
-(``half``: a seeded random half of the sequence ids) for the held-out-tokens test. Step 0 is not on
-the log axis and is dropped; checkpoints at or before the run's warmup are not *scored*
+sequences draws it without rereading a shard (:mod:`spectrum.analysis.runs.curves`). The sums are
+made shard by shard: a shard holds every ``token_idx`` 0..N-1 in order (its contract, checked
+before it is read), so its ``loss`` column alone is summed by sequence with ``np.bincount``. The
+in-sample and spectrum tests compare against the population's mean loss; the held-out-run tests
+against the mean over every token with a finite loss. Tokens are also split in two halves by
+sequence (``half``: a seeded random half of the sequence ids) for the held-out-tokens test. Step 0
+is not on the log axis and is dropped; checkpoints at or before the run's warmup are not *scored*
 (``scored``), though they stay in the fits.
 
 Nothing per token is held: :meth:`RunData.token_chunks` reads the evalset's annotations and the

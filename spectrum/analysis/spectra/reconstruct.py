@@ -1,8 +1,8 @@
 """The derivative of the loss curve predicted from a spectrum.
 
-Notation: ``x = ln T`` (T: training tokens seen); token ``i`` follows ``l_i(x) = lo_i + delta_i * s_i(x)``
-with ``s_i = sigmoid(-k_i (x - tau_i))`` (:func:`spectrum.fit.model.token_curves`), so the mean loss
-``L(x) = (1/N) sum_i l_i(x)`` has
+Notation: ``x = ln T`` (T: training tokens seen); token ``i`` follows
+``l_i(x) = lo_i + delta_i * s_i(x)`` with ``s_i = sigmoid(-k_i (x - tau_i))``
+(:func:`spectrum.fit.model.token_curves`), so the mean loss ``L(x) = (1/N) sum_i l_i(x)`` has
 
     dL/dx = -(1/N) * sum_i delta_i * k_i * s_i * (1 - s_i),
 

@@ -1,4 +1,4 @@
-"""Slices of a run's tokens by the evalset's annotations, and the comparisons of their learning times.
+"""Slices of a run's tokens by the evalset's annotations, and comparisons of their learning times.
 
 A slice is a set of tokens found chunk by chunk (:class:`SliceRule`): a quantile bucket of the
 target frequency, a range of positions in the context, word starts or continuations. Each slice has
