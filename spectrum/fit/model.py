@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 PARAMS = ("lo", "hi", "tau", "k")
 WIDTH_10_90 = math.log(81.0)  # x-width of the 10%-90% transition is WIDTH_10_90 / k
@@ -26,14 +27,20 @@ Array = np.ndarray | torch.Tensor
 
 
 def _halves(z: Array) -> tuple[Array, Array]:
-    """``sigmoid(z)`` and ``sigmoid(-z) = 1 - sigmoid(z)``, both to full relative precision
-    (numpy arrays or torch tensors)."""
-    xp = torch if isinstance(z, torch.Tensor) else np
-    e = xp.exp(-abs(z))
+    """``sigmoid(z)`` and ``sigmoid(-z) = 1 - sigmoid(z)``, both to full relative precision: numpy
+    arrays (by scipy's ``expit``) or torch tensors (one ``exp`` for both)."""
+    if not isinstance(z, torch.Tensor):
+        return expit(z), expit(-z)
+    e = torch.exp(-z.abs())
     big = 1.0 / (1.0 + e)
     small = e * big
     pos = z >= 0
-    return xp.where(pos, big, small), xp.where(pos, small, big)
+    return torch.where(pos, big, small), torch.where(pos, small, big)
+
+
+def _sigmoid(z: Array) -> Array:
+    """``sigmoid(z)`` alone, as :func:`_halves` computes it."""
+    return _halves(z)[0] if isinstance(z, torch.Tensor) else expit(z)
 
 
 def _per_token(lo, hi, tau, k, x) -> tuple[Array, ...]:
@@ -47,8 +54,7 @@ def _per_token(lo, hi, tau, k, x) -> tuple[Array, ...]:
 def token_curves(lo, hi, tau, k, x) -> Array:
     """``l(x)`` of every token: parameters of shape (...) each, points ``x`` (K,): (..., K)."""
     lo, hi, tau, k, x = _per_token(lo, hi, tau, k, x)
-    s, _ = _halves(-k * (x - tau))
-    return lo + (hi - lo) * s
+    return lo + (hi - lo) * _sigmoid(-k * (x - tau))
 
 
 def token_slopes(lo, hi, tau, k, x) -> Array:
