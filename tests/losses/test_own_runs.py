@@ -211,8 +211,12 @@ class _Overlaps:
 def test_two_checkpoint_loads_never_overlap_in_one_process(trainer_runs, tmp_path, capfd,
                                                            monkeypatch):
     """The local executor runs the stage's worker in this process: it loads the next checkpoint in
-    a background thread while it loads or evaluates the current one."""
+    a background thread while it loads or evaluates the current one. (An overlap can also leave
+    transformers' ``PreTrainedModel.tie_weights`` patched to a no-op, which loading swaps in and
+    back, for every later load of the process.)"""
     import transformers
+
+    tie_weights = transformers.PreTrainedModel.tie_weights
 
     names = ["gpt2-tied", "llama-tied"]
     path = write_manifest(trainer_runs, tmp_path, names)
@@ -228,5 +232,6 @@ def test_two_checkpoint_loads_never_overlap_in_one_process(trainer_runs, tmp_pat
     assert overlaps.loads.count("AutoModelForCausalLM") == n  # every load went through the wrapper
     assert len(overlaps.threads) >= 2  # loads ran in the background thread and in this one
     assert overlaps.most == 1, f"{overlaps.most} threads were loading at once"
+    assert transformers.PreTrainedModel.tie_weights is tie_weights
     assert rc == 0, err
     assert set(_shards(path)) == _expected(trainer_runs, names)
