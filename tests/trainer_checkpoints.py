@@ -123,7 +123,7 @@ def _train(name: str, folder: Path, tokenizer: Any, data: list[dict[str, Any]]) 
 
 
 def write_trainer_runs(root: Path, corpus_glob: str) -> TrainerRuns:
-    """Train the tokenizer on the corpus, then one run per architecture into ``root/runs/<name>``."""
+    """Train the tokenizer on the corpus, then one run per architecture in ``root/runs/<name>``."""
     from transformers.utils import logging as hf_logging
 
     from spectrum.data.tokenizer import train_tokenizer

@@ -23,8 +23,9 @@ from pipelines.cli import main as cli
 from spectrum.data.evalset import load_evalset
 from tests.trainer_checkpoints import CONTEXT, TrainerRuns, write_manifest
 
-LOCAL = ["--executor", "local"]
-RAY = ["--device", "cpu"]  # the default executor (a fresh local Ray), fp32 on any machine
+# fp32 on CPUs on any machine, so that both executors' shards can be compared with transformers'
+LOCAL = ["--executor", "local", "--device", "cpu"]
+RAY = ["--device", "cpu"]  # the default executor: a fresh local Ray
 
 
 def _shards(manifest: Path) -> dict[tuple[str, int], Path]:
@@ -224,7 +225,8 @@ def test_two_checkpoint_loads_never_overlap_in_one_process(trainer_runs, tmp_pat
     overlaps = _Overlaps()
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoConfig,
                 transformers.AutoTokenizer):
-        monkeypatch.setattr(cls, "from_pretrained", overlaps.wrap(cls.from_pretrained, cls.__name__))
+        monkeypatch.setattr(cls, "from_pretrained",
+                            overlaps.wrap(cls.from_pretrained, cls.__name__))
     capfd.readouterr()
     rc = cli(["losses", "--config", str(path), *LOCAL])
     err = capfd.readouterr().err
