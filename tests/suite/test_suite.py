@@ -297,7 +297,7 @@ def test_copy_of_micro_suite_is_independent(micro_suite, tmp_path):
 
 @pytest.mark.slow
 def test_worker_processes_train_the_same_runs(tmp_path, write_micro_manifest, micro_suite):
-    from pipelines.suite import train_suite_in_processes
+    from spectrum.suite.parallel import train_suite_in_processes
 
     path = write_micro_manifest(tmp_path)
     train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
@@ -328,7 +328,7 @@ def test_a_killed_worker_fails_the_call_and_the_same_command_resumes(tmp_path, w
     import threading
     import time
 
-    from pipelines.suite import train_suite_in_processes
+    from spectrum.suite.parallel import train_suite_in_processes
 
     path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 48, 0, "fit"), ("m2-d1", "s2", 48, 0, "fit")])
     killed: list[int] = []
