@@ -87,13 +87,19 @@ def _call(fn: Callable[[WorkerContext[Any], Any], Any], task: Any) -> Any:
 
 def _stop(executor: ProcessPoolExecutor) -> None:
     """Cancel what has not started and end the worker processes now."""
-    executor.shutdown(wait=False, cancel_futures=True)
     terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
         terminate()
         return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    # before shutdown, which forgets the processes (and would let running tasks finish)
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
         process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
 
 
 def run_tasks(fn: Callable[[WorkerContext[S], T], R], tasks: Sequence[T], *, workers: int,
