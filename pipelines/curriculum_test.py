@@ -28,7 +28,7 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -47,6 +47,10 @@ from spectrum.data.evalset import vocab_hash
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import write_parquet
+
+if TYPE_CHECKING:  # the suite's modules are imported when the command runs
+    from spectrum.suite.build import SuiteData
+    from spectrum.suite.config import RunPlan, SuitePlan
 
 __all__ = ["OPTIONS", "main", "run_arms", "write_results"]
 log = logging.getLogger(__name__)
@@ -158,32 +162,33 @@ def _split_windows(config, data) -> int:
 class _Trial:
     """What the test trains: the suite's size and schedule, and the runs measuring learnability."""
 
-    plan: Any  # spectrum.suite.config.SuitePlan
+    plan: SuitePlan
     size: str
-    base: Any  # the RunPlan whose schedule the test uses
+    base: RunPlan  # the run whose schedule the test uses
     runs: tuple[RunSpec, ...]
     steps: int
-    data: Any  # spectrum.suite.build.SuiteData with the test's validation sequences
+    data: SuiteData  # with the test's validation sequences
 
     @property
     def tokens_per_step(self) -> int:
         return self.base.run.tokens_per_step
+
+    def phases(self, n: int) -> Phases:
+        """``n`` equal bins of ln T from the end of the warmup to the last step."""
+        first = min(max(self.plan.config.optim.warmup_steps, 1), self.steps - 1)
+        return phase_schedule(self.steps, self.tokens_per_step, n, first_step=first)
 
 
 def main(manifest: Manifest, args: CurriculumTestOptions) -> None:
     settings = settings_from(args)
     trial = _trial(manifest, settings, args)
     lm = _measure_pool(manifest, trial, settings, args)
-    phases = phase_schedule(trial.steps, trial.tokens_per_step, settings.phases,
-                            first_step=min(max(trial.plan.config.optim.warmup_steps, 1),
-                                           trial.steps - 1))
+    phases = trial.phases(settings.phases)
     pool = read_pool(lm, phases)
     w_curr = phase_weights(pool.learn.shed(), settings.floor)
     buckets = frequency_buckets(pool.mean_log_freq, settings.buckets)
     setup = _setup_record(trial, settings, lm, pool, phases, w_curr, buckets)
-    fp = fingerprint({k: v for k, v in setup.items()
-                      if k not in ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
-                                   "learnability_cost")})
+    fp = fingerprint({k: v for k, v in setup.items() if k not in _NOT_FINGERPRINTED})
     out = layout.curriculum_test_dir(manifest.out)
     _write_weights(out, fp, pool, buckets, w_curr, phases, settings)
     _train_arms(trial, settings, args, pool, w_curr, buckets, phases, setup, fp, out)
@@ -224,6 +229,11 @@ def _measure_pool(manifest: Manifest, trial: _Trial, settings: TrialSettings,
                             f"saved with the checkpoints of {trial.runs[0].name} "
                             f"({meta['tokenizer']['source']})")
     return lm
+
+
+#: what a run's curve does not depend on: a change of these reuses the finished runs
+_NOT_FINGERPRINTED = ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
+                      "learnability_cost")
 
 
 def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Pool,
