@@ -24,7 +24,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
@@ -69,8 +69,15 @@ def worker_count(requested: int | None, device: str, n_tasks: int) -> int:
 
 def _start_worker(setup: Callable[..., Any] | None, setup_args: tuple, threads: int | None,
                   verbosity: str, slots: Any) -> None:
+    import threading
+
+    from tqdm import tqdm
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the calling process's to handle
     console.set_verbosity(verbosity)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker ended by the calling
+    # process would leave behind (a warning at exit); a process's bars need only a thread lock
+    tqdm.set_lock(threading.RLock())
     if threads:
         import torch
 
@@ -91,15 +98,15 @@ def _stop(executor: ProcessPoolExecutor) -> None:
     if terminate is not None:
         terminate()
         return
-    # before shutdown, which forgets the processes (and would let running tasks finish)
+    # taken before shutdown, which forgets them (and would let the running tasks finish)
     processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join(5)
         if process.is_alive():
             process.kill()
+    executor.shutdown(wait=True, cancel_futures=True)  # the pool's thread and queues, cleaned up
 
 
 def run_tasks(fn: Callable[[WorkerContext[S], T], R], tasks: Sequence[T], *, workers: int,
@@ -129,12 +136,17 @@ def run_tasks(fn: Callable[[WorkerContext[S], T], R], tasks: Sequence[T], *, wor
     try:
         futures = {executor.submit(_call, fn, task): i for i, task in enumerate(tasks)}
         results: dict[int, R] = {}
-        for future in as_completed(futures):
-            if isinstance(future.exception(), BrokenProcessPool):
-                raise SpectrumError(_broken_message(futures, tasks, broken)) from None
-            results[futures[future]] = future.result()
-            if on_result is not None:
-                on_result(tasks[futures[future]], results[futures[future]])
+        pending = set(futures)
+        while pending:
+            # a timed wait: a Ctrl-C delivered to another thread of this process is handled
+            # within the timeout, not when the next task finishes
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=futures.__getitem__):
+                if isinstance(future.exception(), BrokenProcessPool):
+                    raise SpectrumError(_broken_message(futures, tasks, broken)) from None
+                results[futures[future]] = future.result()
+                if on_result is not None:
+                    on_result(tasks[futures[future]], results[futures[future]])
     except BaseException:
         _stop(executor)
         raise
