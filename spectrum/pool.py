@@ -123,12 +123,12 @@ def run_tasks(fn: Callable[[WorkerContext[S], T], R], tasks: Sequence[T], *, wor
     workers = min(workers, len(tasks))
     if workers <= 1:
         here = WorkerContext(setup(*setup_args) if setup is not None else None, None)
-        results = []
+        in_order = []
         for task in tasks:
-            results.append(fn(here, task))
+            in_order.append(fn(here, task))
             if on_result is not None:
-                on_result(task, results[-1])
-        return results
+                on_result(task, in_order[-1])
+        return in_order
     ctx = mp.get_context("spawn")
     executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
                                    initargs=(setup, setup_args, threads, console.verbosity(),
