@@ -26,27 +26,31 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from pipelines.curriculum_export import (LearnabilityOptions, learnability_runs,
-                                         read_learnability_fits, run_learnability_stages)
+from pipelines.learnability import LearnabilityOptions, run_learnability_stages
 from pipelines.options import option
 from spectrum import layout
 from spectrum.curriculum.arms import ARMS, arm_weights, frequency_buckets, weight_diagnostics
-from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, default_workers,
-                                        fingerprint,
+from spectrum.curriculum.learnability import (Pool, evalset_meta, learnability_manifest,
+                                              learnability_runs, read_pool)
+from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, fingerprint,
                                         learnability_cost, pool_size, run_arms, training_cost,
                                         write_results)
-from spectrum.curriculum.weights import learnability, phase_schedule, phase_weights, weight_columns
+from spectrum.curriculum.weights import Phases, phase_schedule, phase_weights, weight_columns
 from spectrum.data.evalset import vocab_hash
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 from spectrum.store import write_parquet
+
+if TYPE_CHECKING:  # the suite's modules are imported when the command runs
+    from spectrum.suite.build import SuiteData
+    from spectrum.suite.config import RunPlan, SuitePlan
 
 __all__ = ["OPTIONS", "main", "run_arms", "write_results"]
 log = logging.getLogger(__name__)
@@ -154,92 +158,138 @@ def _split_windows(config, data) -> int:
     return sum(len(x) // config.context for x in ids)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Trial:
+    """What the test trains: the suite's size and schedule, and the runs measuring learnability."""
+
+    plan: SuitePlan
+    size: str
+    base: RunPlan  # the run whose schedule the test uses
+    runs: tuple[RunSpec, ...]
+    steps: int
+    data: SuiteData  # with the test's validation sequences
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.base.run.tokens_per_step
+
+    def phases(self, n: int) -> Phases:
+        """``n`` equal bins of ln T from the end of the warmup to the last step."""
+        first = min(max(self.plan.config.optim.warmup_steps, 1), self.steps - 1)
+        return phase_schedule(self.steps, self.tokens_per_step, n, first_step=first)
+
+
 def main(manifest: Manifest, args: CurriculumTestOptions) -> None:
-    import torch
-
-    from spectrum.suite.build import prepare_data, run_status, train_suite
-    from spectrum.suite.config import gpt_neox_config
-
     settings = settings_from(args)
+    trial = _trial(manifest, settings, args)
+    lm = _measure_pool(manifest, trial, settings, args)
+    phases = trial.phases(settings.phases)
+    pool = read_pool(lm, phases)
+    w_curr = phase_weights(pool.learn.shed(), settings.floor)
+    buckets = frequency_buckets(pool.mean_log_freq, settings.buckets)
+    setup = _setup_record(trial, settings, lm, pool, phases, w_curr, buckets)
+    fp = fingerprint({k: v for k, v in setup.items() if k not in _NOT_FINGERPRINTED})
+    out = layout.curriculum_test_dir(manifest.out)
+    _write_weights(out, fp, pool, buckets, w_curr, phases, settings)
+    _train_arms(trial, settings, args, pool, w_curr, buckets, phases, setup, fp, out)
+
+
+def _trial(manifest: Manifest, settings: TrialSettings, args: CurriculumTestOptions) -> _Trial:
+    """The size and schedule to train, with the checkpoints that measure learnability trained
+    first where they are missing (only those runs of the suite)."""
+    from spectrum.suite.build import prepare_data, run_status, train_suite
+
     plan = _suite(manifest)
-    cfg = plan.config
     size, base, runs = _choose(plan, settings.size, args.runs, manifest)
     _check_seeds(plan, runs, settings)
     if any(run_status(plan, r) == "todo" for r in plan.runs if r.run.name in {x.name for x in runs}):
-        # the checkpoints to measure learnability with: only those runs are trained here
         train_suite(dataclasses.replace(manifest, runs=runs), device=args.device)
-    steps = settings.steps or base.steps
-    tps = base.run.tokens_per_step
-    out = layout.curriculum_test_dir(manifest.out)
-    data = prepare_data(dataclasses.replace(cfg, eval_sequences=settings.eval_sequences))
-    pool_n = args.sequences or pool_size(_split_windows(cfg, data), steps, tps // cfg.context,
-                                         settings.epochs)
-    log.info(f"curriculum-test: size {size}, {steps} steps x {tps} tokens, pool of {pool_n} "
-             f"training sequences of {cfg.context} tokens, learnability from "
-             f"{', '.join(r.name for r in runs)}, seeds {settings.seed_ids[0]}.."
+    data = prepare_data(dataclasses.replace(plan.config, eval_sequences=settings.eval_sequences))
+    return _Trial(plan, size, base, runs, settings.steps or base.steps, data)
+
+
+def _measure_pool(manifest: Manifest, trial: _Trial, settings: TrialSettings,
+                  args: CurriculumTestOptions) -> Manifest:
+    """The learnability of the pool (the evalset, losses and fit stages, resumable); the
+    learnability manifest, its tokenizer checked against the suite's."""
+    cfg = trial.plan.config
+    pool_n = args.sequences or pool_size(_split_windows(cfg, trial.data), trial.steps,
+                                         trial.tokens_per_step // cfg.context, settings.epochs)
+    log.info(f"curriculum-test: size {trial.size}, {trial.steps} steps x {trial.tokens_per_step} "
+             f"tokens, pool of {pool_n} training sequences of {cfg.context} tokens, learnability "
+             f"from {', '.join(r.name for r in trial.runs)}, seeds {settings.seed_ids[0]}.."
              f"{settings.seed_ids[-1]}")
-
-    # learnability of the pool (evalset, losses and fit stages, resumable)
-    ev = dataclasses.replace(manifest.evalset, corpus=cfg.corpus, split="train", sequences=pool_n,
-                             context=cfg.context)
-    lm = dataclasses.replace(manifest, out=out / "learnability", evalset=ev, runs=runs)
+    lm = learnability_manifest(manifest, trial.runs,
+                               layout.curriculum_test_learnability_dir(manifest.out),
+                               sequences=pool_n, corpus=cfg.corpus, context=cfg.context)
     run_learnability_stages(lm, args)
-    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
-                             columns=["token_idx", "seq_id", "doc_id", "target_freq"])
-    meta = json.loads(layout.evalset_meta(lm.out).read_text())
-    if meta["tokenizer"]["vocab_hash"] != vocab_hash(data.tokenizer):
+    meta = evalset_meta(lm)
+    if meta["tokenizer"]["vocab_hash"] != vocab_hash(trial.data.tokenizer):
         raise SpectrumError(f"{cfg.root / 'data'}: the suite's cached tokenizer differs from the one "
-                            f"saved with the checkpoints of {runs[0].name} ({meta['tokenizer']['source']})")
-    phases = phase_schedule(steps, tps, settings.phases,
-                            first_step=min(max(cfg.optim.warmup_steps, 1), steps - 1))
-    learn = learnability(tokens, read_learnability_fits(lm), phases)
-    seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
-    if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
-        raise SpectrumError(f"{lm.out / 'evalset'}: sequences and tokens disagree; rerun with --force")
-    pool = torch.tensor(np.stack(seqs["input_ids"].to_numpy()), dtype=torch.int32)
-    w_curr = phase_weights(learn.shed(), settings.floor)
-    mean_log_freq = (tokens.group_by("seq_id").agg(pl.col("target_freq").log().mean())
-                     .sort("seq_id")["target_freq"].to_numpy())
-    buckets = frequency_buckets(mean_log_freq, settings.buckets)
+                            f"saved with the checkpoints of {trial.runs[0].name} "
+                            f"({meta['tokenizer']['source']})")
+    return lm
 
+
+#: what a run's curve does not depend on: a change of these reuses the finished runs
+_NOT_FINGERPRINTED = ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
+                      "learnability_cost")
+
+
+def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Pool,
+                  phases: Phases, w_curr: np.ndarray, buckets: np.ndarray) -> dict[str, Any]:
+    """Everything that defines the test, for results.json (and, less the seeds, arms, budgets
+    and costs, the fingerprint that decides whether a finished run is reused)."""
+    steps, tps, runs = trial.steps, trial.tokens_per_step, trial.runs
     cost = learnability_cost(runs, {r.name: len(layout.shard_steps(lm.out, r.name)) for r in runs},
-                             int(tokens.height), base.run.params, steps * tps)
-    setup = {"size": size, "steps": steps, "tokens_per_step": tps, "context": cfg.context,
-             "pool_sequences": pool_n, "phases": phases.n, "phase_steps": list(phases.step_edges),
-             "floor": settings.floor, "buckets": int(buckets.max()) + 1, "seeds": settings.seed_ids,
-             "budgets": list(settings.budgets),
-             "budget_steps": [budget_steps(steps, b) for b in settings.budgets],
-             "eval_sequences": int(len(data.eval_sequences)), "learnability_runs": [r.name for r in runs],
-             "suite_fingerprint": plan.fingerprint(base), "arms": list(settings.arms),
-             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
-             "curriculum_weights": weight_diagnostics(w_curr, mean_log_freq),
-             "learnability_cost": cost}
-    fp = fingerprint({k: v for k, v in setup.items()
-                      if k not in ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
-                                   "learnability_cost")})
-    _write_weights(out, fp, learn, mean_log_freq, buckets, w_curr, phases, settings)
+                             pool.tokens, trial.base.run.params, steps * tps)
+    return {"size": trial.size, "steps": steps, "tokens_per_step": tps,
+            "context": trial.plan.config.context, "pool_sequences": lm.evalset.sequences,
+            "phases": phases.n, "phase_steps": list(phases.step_edges), "floor": settings.floor,
+            "buckets": int(buckets.max()) + 1, "seeds": settings.seed_ids,
+            "budgets": list(settings.budgets),
+            "budget_steps": [budget_steps(steps, b) for b in settings.budgets],
+            "eval_sequences": int(len(trial.data.eval_sequences)),
+            "learnability_runs": [r.name for r in runs],
+            "suite_fingerprint": trial.plan.fingerprint(trial.base), "arms": list(settings.arms),
+            "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
+            "curriculum_weights": weight_diagnostics(w_curr, pool.mean_log_freq),
+            "learnability_cost": cost}
 
-    model_config = gpt_neox_config(base.size, len(data.tokenizer), cfg.context,
-                                   eos_token_id=data.tokenizer.eos_token_id)
+
+def _train_arms(trial: _Trial, settings: TrialSettings, args: CurriculumTestOptions, pool: Pool,
+                w_curr: np.ndarray, buckets: np.ndarray, phases: Phases, setup: dict[str, Any],
+                fp: str, out: Path) -> None:
+    """Train every arm and the calibration runs; results rewritten after every seed."""
+    import torch
+
+    from spectrum.suite.config import gpt_neox_config
+
+    tokenizer = trial.data.tokenizer
+    model_config = gpt_neox_config(trial.base.size, len(tokenizer), trial.plan.config.context,
+                                   eos_token_id=tokenizer.eos_token_id)
     watch = Stopwatch()
 
-    def interim(curves):  # results of the seeds finished so far, rewritten after every seed
+    def results(curves, quiet: bool = False) -> None:
         write_results(curves, {**setup, **watch.read(), "training": training_cost(out, curves)},
-                      out, quiet=True)
+                      out, quiet=quiet)
 
-    curves = run_arms(model_config, cfg.optim, pool, data.eval_sequences, w_curr, buckets, phases,
-                      seeds=settings.seed_ids, arms=settings.arms, budgets=settings.budgets, out=out,
-                      fingerprint=fp, device=args.device, force=args.force, on_seed=interim,
-                      workers=settings.workers or default_workers(args.device))
-    write_results(curves, {**setup, **watch.read(), "training": training_cost(out, curves)}, out)
+    curves = run_arms(model_config, trial.plan.config.optim,
+                      torch.tensor(pool.input_ids, dtype=torch.int32), trial.data.eval_sequences,
+                      w_curr, buckets, phases, seeds=settings.seed_ids, arms=settings.arms,
+                      budgets=settings.budgets, out=out, fingerprint=fp, device=args.device,
+                      force=args.force, on_seed=lambda c: results(c, quiet=True),
+                      workers=settings.workers)
+    results(curves)
 
 
-def _write_weights(out: Path, fp: str, learn, mean_log_freq, buckets, w_curr, phases,
-                   settings: TrialSettings) -> None:
+def _write_weights(out: Path, fp: str, pool: Pool, buckets: np.ndarray, w_curr: np.ndarray,
+                   phases: Phases, settings: TrialSettings) -> None:
     """Every arm's weights for the first seed, beside each sequence's frequency profile."""
     w0 = arm_weights(w_curr, buckets, settings.seed_ids[0], np.diff(phases.step_edges))
+    learn = pool.learn
     cols = {"seq_id": learn.sequences["seq_id"], "doc_id": learn.sequences["doc_id"],
-            "mean_log_freq": mean_log_freq, "freq_bucket": buckets}
+            "mean_log_freq": pool.mean_log_freq, "freq_bucket": buckets}
     for arm in settings.arms:
         for p, c in enumerate(weight_columns(phases.n)):
             cols[f"{arm}_{c}"] = w0[arm][:, p]

@@ -10,7 +10,8 @@ Nothing else spells these paths or names. Under ``out`` (default ``artifacts/``)
 | ``spectra/spectra.parquet``, ``grid.json``, ``comparisons.json`` | ``spectrum report`` |
 | ``reconstruction/predictions.parquet``, ``scores.json`` | ``spectrum report`` |
 | ``report/report.md``, ``index.html``, ``figures/*.png`` | ``spectrum report`` |
-| ``curriculum/weights.parquet``, ``learnability/``, ``test/`` | the curriculum commands |
+| ``curriculum/weights.parquet``, ``coverage.json``, ``missing_ids.json``, ``learnability/`` | ``spectrum export-curriculum`` |
+| ``curriculum/test/results.json``, ``runs/``, ``learnability/`` | ``spectrum curriculum-test`` |
 """
 
 from __future__ import annotations
@@ -139,5 +140,20 @@ def learnability_dir(out: str | Path) -> Path:
     return curriculum_dir(out) / "learnability"
 
 
+def curriculum_coverage(out: str | Path) -> Path:
+    """How the exported corpus was covered: items, measured and predicted shed, model accuracy."""
+    return curriculum_dir(out) / "coverage.json"
+
+
+def curriculum_missing_ids(out: str | Path) -> Path:
+    """Exported ids the target dataset lacks."""
+    return curriculum_dir(out) / "missing_ids.json"
+
+
 def curriculum_test_dir(out: str | Path) -> Path:
     return curriculum_dir(out) / "test"
+
+
+def curriculum_test_learnability_dir(out: str | Path) -> Path:
+    """The evalset, losses and fits of the controlled test's pool of training sequences."""
+    return curriculum_test_dir(out) / "learnability"

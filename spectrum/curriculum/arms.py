@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 
 ARMS = ("uniform", "curriculum", "freq_shuffled", "random", "timing_flat")
-CONTROLS = ("uniform", "freq_shuffled", "random", "timing_flat")
 ARM_DESCRIPTIONS = {
     "uniform": "every weight 1",
     "curriculum": "learnability weights per phase",

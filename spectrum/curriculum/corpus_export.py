@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spectrum import console
 from spectrum.curriculum.predict import ShedModel
 from spectrum.curriculum.weights import DOCUMENTS_FILE, WEIGHTS_FILE, shed_columns, weight_columns
 from spectrum.store import PROVENANCE_KEY
@@ -103,12 +104,11 @@ def _schemas(P: int) -> tuple[pa.Schema, pa.Schema]:
 def _shed_pass(docs: Iterable[Any], tokenizer: Any, context: int, model: ShedModel,
                measured: dict[bytes, tuple[int, np.ndarray]], seq_spool: _Spool, doc_spool: _Spool,
                batch_docs: int, progress: bool) -> ExportCounts:
-    from tqdm.auto import tqdm
-
     P = model.n_phases
     counts = ExportCounts()
     sums = np.zeros(P)
-    bar = tqdm(unit="doc", desc="curriculum weights", disable=not progress, dynamic_ncols=True)
+    bar = console.progress(unit="doc", desc="curriculum weights", disable=not progress,
+                           dynamic_ncols=True)
 
     def flush(batch: list[Any]) -> None:
         nonlocal sums
@@ -199,6 +199,7 @@ def export_corpus(docs: Iterable[Any], tokenizer: Any, context: int, model: Shed
     """Write ``weights.parquet`` and ``documents.parquet`` for every window and document of ``docs``.
 
     ``measured`` maps :func:`window_key` of each scored window to ``(seq_id, shed (P,))``.
+    ``progress``: a bar over the documents (:func:`spectrum.console.progress`: none when quiet).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,10 @@ from spectrum.curriculum.arms import ARMS, arm_weights
 from spectrum.curriculum.trial import (FIGURE, RESULTS_JSON, RESULTS_MD, Curve, curve_record,
                                        markdown_table, comparison_table, plot, results_markdown,
                                        summarise)
+from spectrum.pool import WorkerContext, run_tasks, worker_count
 from spectrum.store import write_json, write_text
+
+log = logging.getLogger(__name__)
 
 #: test seeds start here, far from the seeds of the runs that measure learnability (0, 1, ...)
 SEED_BASE = 1000
@@ -59,7 +62,7 @@ class TrialSettings:
     budgets: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4)
     phases: int = 4
     floor: float = 0.25
-    workers: int | None = None  # runs trained at once (None: one per core on the CPU, 1 on a GPU)
+    workers: int | None = None  # runs trained at once (None: spectrum.pool.worker_count)
 
     @property
     def seed_ids(self) -> list[int]:
@@ -92,6 +95,11 @@ def run_name(arm: str, seed: int, budget: float = 1.0) -> str:
     return f"{arm}-seed{seed}" if abs(budget - 1) < 1e-9 else f"{arm}-x{budget:g}-seed{seed}"
 
 
+def run_record(test_dir: Path, arm: str, seed: int, budget: float = 1.0) -> Path:
+    """The record of one finished run in the test's folder."""
+    return Path(test_dir) / "runs" / f"{run_name(arm, seed, budget)}.json"
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its waited-for children."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -104,25 +112,19 @@ def _plan(arms: Sequence[str], seed: int, budgets: Sequence[float]) -> list[tupl
     return [(a, seed, 1.0) for a in arms] + [("uniform", seed, b) for b in budgets if abs(b - 1) > 1e-9]
 
 
-_WORKER: dict[str, Any] = {}  # what every training task shares, set once per worker process
+def _trial_state(shared: dict[str, Any]) -> dict[str, Any]:
+    """What every training task of a worker shares: the pool, model, schedule and output."""
+    return shared
 
 
-def _init_worker(shared: dict[str, Any], threads: int | None) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    _WORKER.clear()
-    _WORKER.update(shared)
-
-
-def _train_one(task: tuple[str, int, float, np.ndarray | None]) -> dict[str, Any]:
+def _train_one(worker: WorkerContext[dict[str, Any]],
+               task: tuple[str, int, float, np.ndarray | None]) -> dict[str, Any]:
     """Train one (arm, seed, budget) run with the shared pool, model and schedule."""
     from spectrum.curriculum.sampling import PhaseSampler
     from spectrum.suite import train as st
 
     arm, seed, budget, w = task
-    sh = _WORKER
+    sh = worker.state
     phases, pool = sh["phases"], sh["pool"]
     steps, tps = phases.target_steps, phases.tokens_per_step
     batch = tps // pool.shape[1]
@@ -141,39 +143,26 @@ def _train_one(task: tuple[str, int, float, np.ndarray | None]) -> dict[str, Any
                   [float(v) for _, v in res.eval_curve], float(budget))
     write_json({"setup": sh["fingerprint"], "curve": curve_record(curve), "seconds": res.seconds,
                 "cpu_seconds": cpu_seconds() - cpu0},
-               sh["out"] / "runs" / f"{run_name(arm, seed, budget)}.json")
+               run_record(sh["out"], arm, seed, budget))
     return curve_record(curve)
-
-
-def default_workers(device: str) -> int:
-    """Runs trained at once: one single-threaded process per core on the CPU (tiny models gain
-    little from intra-op threads), one on a GPU."""
-    import os
-
-    return 1 if device not in ("cpu",) and _has_cuda() else max(1, min(2, os.cpu_count() or 1))
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_curr: np.ndarray,
              buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
              out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
-             force: bool = False, workers: int = 1,
+             force: bool = False, workers: int | None = 1,
              on_seed: Callable[[list[Curve]], None] | None = None) -> list[Curve]:
     """Train every (arm, seed) and the uniform budget runs, seed after seed, ``workers`` runs at
-    once (each in its own process when more than 1); reuse runs whose record in ``out/runs``
-    carries ``fingerprint``. ``on_seed(curves so far)`` is called whenever all runs of the first
+    once (each in its own process when more than 1; None: :func:`spectrum.pool.worker_count`),
+    with :func:`spectrum.pool.run_tasks` (Ctrl-C or a killed worker keeps the finished runs);
+    reuse runs whose record in ``out/runs`` carries ``fingerprint``. ``on_seed(curves so far)`` is called whenever all runs of the first
     seeds are complete (to write interim results of the seeds finished so far)."""
     phase_steps = np.diff(phases.step_edges)
     plan = [run for s in seeds for run in _plan(arms, s, budgets)]
     done: dict[tuple[str, int, float], Curve] = {}
     todo = []
     for arm, seed, budget in plan:
-        path = out / "runs" / f"{run_name(arm, seed, budget)}.json"
+        path = run_record(out, arm, seed, budget)
         if not force and path.is_file():
             rec = json.loads(path.read_text())
             if rec.get("setup") == fingerprint:
@@ -199,19 +188,13 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
             reported = n
             on_seed([done[k] for k in plan if k[1] in set(seeds[:n])])
 
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker(shared, None)
-        for task in todo:
-            finished(task[:3], _train_one(task))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(shared, 1)) as ex:
-            futures = {ex.submit(_train_one, t): t[:3] for t in todo}
-            for f in as_completed(futures):
-                finished(futures[f], f.result())
+    n = worker_count(None, device, len(todo)) if workers is None else workers
+    run_tasks(_train_one, todo, workers=n, setup=_trial_state, setup_args=(shared,), threads=1,
+              on_result=lambda task, rec: finished(task[:3], rec),
+              broken=lambda unfinished: (
+                  f"curriculum-test: a training process ended abruptly (killed, perhaps for "
+                  f"memory) with {len(unfinished)} run(s) unfinished; the finished runs are kept "
+                  f"and the same command trains the others"))
     if not todo and on_seed is not None and done:
         on_seed([done[k] for k in plan])
     return [done[k] for k in plan]
@@ -231,14 +214,14 @@ def write_results(curves: list[Curve], setup: dict[str, Any], out: Path, *,
     plot(scored, summary, out / FIGURE)
     write_text(results_markdown(summary, setup), out / RESULTS_MD)
     if quiet:
-        print(f"curriculum-test: interim results of {len(setup['seeds'])} seed(s) in "
-              f"{out / RESULTS_MD}", file=sys.stderr)
+        log.info(f"curriculum-test: interim results of {len(setup['seeds'])} seed(s) in "
+                 f"{out / RESULTS_MD}")
         return summary
-    print(markdown_table(summary), file=sys.stderr)
-    print(comparison_table(summary), file=sys.stderr)
+    log.info(markdown_table(summary))
+    log.info(comparison_table(summary))
     for v in summary["verdicts"]:
-        print(f"curriculum-test: {v}", file=sys.stderr)
-    print(f"curriculum-test: results in {out / RESULTS_MD}", file=sys.stderr)
+        log.info(f"curriculum-test: {v}")
+    log.info(f"curriculum-test: results in {out / RESULTS_MD}")
     return summary
 
 
@@ -247,7 +230,7 @@ def training_cost(out: Path, curves: Sequence[Curve]) -> dict[str, float]:
     time measured in the process that trained each run; records without it count as missing)."""
     wall, cpu, missing = 0.0, 0.0, 0
     for c in curves:
-        path = Path(out) / "runs" / f"{run_name(c.arm, c.seed, c.budget)}.json"
+        path = run_record(out, c.arm, c.seed, c.budget)
         rec = json.loads(path.read_text()) if path.is_file() else {}
         wall += float(rec.get("seconds", 0.0))
         if "cpu_seconds" in rec:

@@ -23,8 +23,9 @@ Three steps, each a pure function of tables:
    and as per-token loss multipliers they keep the loss on its usual scale. A phase in which no
    item sheds any loss gets uniform weights.
 
-:func:`write_export` writes the table (``weights.parquet`` per sequence, keyed by ``doc_id`` and
-``seq_id``; ``documents.parquet`` per document), ``phases.json`` and a README;
+The export (``weights.parquet`` per sequence, keyed by ``doc_id`` and ``seq_id``;
+``documents.parquet`` per document; ``phases.json`` and a README) is written by
+:mod:`spectrum.curriculum.corpus_export` for every sequence of a corpus;
 :class:`CurriculumWeights` reads it back and :meth:`CurriculumWeights.align` maps it onto a
 target dataset, reporting ids the dataset lacks instead of dropping them silently.
 :mod:`spectrum.curriculum.sampling` applies the weights in a training loop.
@@ -43,7 +44,6 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from spectrum.errors import SpectrumError
-from spectrum.store import write_json, write_parquet, write_text
 
 #: fit kinds whose sigmoid describes the trajectory; other kinds (forgotten, nonmonotone) shed nothing
 USABLE_KINDS = ("learned", "flat", "unfinished")
@@ -276,25 +276,7 @@ def phase_weights(shed: np.ndarray, floor: float = 0.25) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# the export: table, phases, README; reading it back and aligning it to a dataset
-
-
-def write_export(learn: Learnability, folder: str | Path, *, floor: float = 0.25,
-                 provenance: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write the curriculum export into ``folder``; returns the paths written."""
-    folder = Path(folder)
-    P = learn.phases.n
-    prov = {"phases": learn.phases.to_dict(), "floor": floor, "runs": list(learn.runs),
-            **(provenance or {})}
-    paths = {}
-    for name, df, fname in (("sequences", learn.sequences, WEIGHTS_FILE),
-                            ("documents", learn.documents, DOCUMENTS_FILE)):
-        w = phase_weights(learn.shed(name), floor)
-        out = df.with_columns([pl.Series(c, w[:, p]) for p, c in enumerate(weight_columns(P))])
-        paths[name] = write_parquet(out.to_arrow(), folder / fname, prov)
-    paths["phases"] = write_json(learn.phases.to_dict(), folder / PHASES_FILE)
-    paths["readme"] = write_text(readme_text(learn, floor), folder / "README.md")
-    return paths
+# the export: reading it back and aligning it to a dataset
 
 
 @dataclass

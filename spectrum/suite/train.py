@@ -114,6 +114,94 @@ def _index_stream(n: int, seed: int, sampler: Iterable[int] | None) -> Iterator[
             raise ValueError("the sampler yields no indices")
 
 
+def _batch_size(train_sequences: torch.Tensor, tokens_per_step: int) -> int:
+    """Sequences per step; ``tokens_per_step`` must be a multiple of the context."""
+    context = train_sequences.shape[1]
+    if tokens_per_step % context:
+        raise ValueError(f"tokens_per_step {tokens_per_step} is not a multiple of context {context}")
+    return tokens_per_step // context
+
+
+def _new_model(config, seed: int, optim: OptimConfig, steps: int,
+               dev: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """The model initialised after ``torch.manual_seed(seed)``, its AdamW (no weight decay on
+    vectors) and its warmup-then-cosine schedule."""
+    from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(dev)
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.learning_rate, betas=optim.betas, fused=dev.type == "cuda")
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps,
+        min_lr_rate=optim.min_lr_ratio)
+    return model, optimizer, scheduler
+
+
+def _restore(resume: dict[str, Any] | None, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Load the saved states of ``resume`` (if any); the step to continue from."""
+    if resume is None:
+        return 0
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    return int(resume["step"])
+
+
+@dataclass
+class _Recorder:
+    """What happens at a checkpoint or evaluation step: the validation loss, the mean training
+    loss since the previous checkpoint, and the ``on_checkpoint`` call."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    result: TrainResult
+    tokens_per_step: int
+    checkpoint_steps: list[int]
+    eval_at: set[int]
+    eval_sequences: torch.Tensor | None
+    on_checkpoint: Callable[[TrainState], None] | None
+    losses: list[torch.Tensor] = field(default_factory=list)  # training losses since the last checkpoint
+
+    def wants(self, step: int) -> bool:
+        return step in self.checkpoint_steps or step in self.eval_at
+
+    def __call__(self, step: int) -> None:
+        eval_loss = evaluate(self.model, self.eval_sequences) if step in self.eval_at else None
+        if eval_loss is not None:
+            self.result.eval_curve.append((step, eval_loss))
+        train_loss = float(torch.stack(self.losses).mean()) if self.losses else None
+        if step not in self.checkpoint_steps:
+            return
+        if train_loss is not None:
+            self.result.train_curve.append((step, train_loss))
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(TrainState(
+                step=step, tokens_seen=step * self.tokens_per_step, model=self.model,
+                optimizer=self.optimizer, scheduler=self.scheduler, train_loss=train_loss,
+                learning_rate=self.scheduler.get_last_lr()[0], eval_loss=eval_loss))
+        self.losses.clear()
+
+
+def _update(model: torch.nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
+            scheduler: Any, grad_clip: float | None, dev: torch.device) -> torch.Tensor:
+    """One optimizer step on ``batch``; its (detached) training loss."""
+    with _autocast(dev):
+        loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def train_model(
     config,
     train_sequences: torch.Tensor,
@@ -155,76 +243,35 @@ def train_model(
 
     Returns a :class:`TrainResult` with the trained model (in eval mode, on ``device``).
     """
-    from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
-
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    n, context = train_sequences.shape
-    if tokens_per_step % context:
-        raise ValueError(f"tokens_per_step {tokens_per_step} is not a multiple of context {context}")
-    batch_size = tokens_per_step // context
+    batch_size = _batch_size(train_sequences, tokens_per_step)
     checkpoint_steps = sorted({s for s in checkpoint_steps if 0 <= s <= steps})
     eval_at = set(eval_steps) if eval_steps is not None else set(checkpoint_steps) | {steps}
     if eval_sequences is None:
         eval_at = set()
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).to(dev)
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.learning_rate, betas=optim.betas, fused=dev.type == "cuda")
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps,
-        min_lr_rate=optim.min_lr_ratio)
-    start = 0
-    if resume is not None:
-        start = int(resume["step"])
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-    stream = _index_stream(n, seed, sampler)
+    model, optimizer, scheduler = _new_model(config, seed, optim, steps, dev)
+    start = _restore(resume, model, optimizer, scheduler)
+    stream = _index_stream(len(train_sequences), seed, sampler)
     for _ in itertools.islice(stream, start * batch_size):  # replay the data order up to `start`
         pass
-
     result = TrainResult(model=model, steps=steps, tokens_seen=steps * tokens_per_step)
-    losses: list[torch.Tensor] = []
-
-    def at_step(step: int) -> None:
-        eval_loss = evaluate(model, eval_sequences) if step in eval_at else None
-        if eval_loss is not None:
-            result.eval_curve.append((step, eval_loss))
-        train_loss = float(torch.stack(losses).mean()) if losses else None
-        if train_loss is not None and step in checkpoint_steps:
-            result.train_curve.append((step, train_loss))
-        if step in checkpoint_steps and on_checkpoint is not None:
-            on_checkpoint(TrainState(step=step, tokens_seen=step * tokens_per_step, model=model,
-                                     optimizer=optimizer, scheduler=scheduler, train_loss=train_loss,
-                                     learning_rate=scheduler.get_last_lr()[0], eval_loss=eval_loss))
-        if step in checkpoint_steps:
-            losses.clear()
+    record = _Recorder(model, optimizer, scheduler, result, tokens_per_step, checkpoint_steps,
+                       eval_at, eval_sequences, on_checkpoint)
 
     t0 = time.perf_counter()
     bar = progress_bar(total=steps * tokens_per_step, initial=start * tokens_per_step, unit="tok",
-               unit_scale=True, dynamic_ncols=True, disable=progress is False,
-               desc=progress if isinstance(progress, str) else "train", position=progress_position)
+                       unit_scale=True, dynamic_ncols=True, disable=progress is False,
+                       desc=progress if isinstance(progress, str) else "train",
+                       position=progress_position)
     model.train()
     if start == 0:
-        at_step(0)
+        record(0)
     for step in range(start + 1, steps + 1):
         idx = torch.tensor(list(itertools.islice(stream, batch_size)))
         batch = train_sequences[idx].to(dev, torch.long, non_blocking=True)
-        with _autocast(dev):
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        if optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        if step in checkpoint_steps or step in eval_at:
-            at_step(step)
+        record.losses.append(_update(model, batch, optimizer, scheduler, optim.grad_clip, dev))
+        if record.wants(step):
+            record(step)
             bar.set_postfix(loss=f"{result.train_curve[-1][1]:.3f}" if result.train_curve else "-",
                             refresh=False)
         bar.update(tokens_per_step)

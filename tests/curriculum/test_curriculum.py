@@ -4,6 +4,8 @@ missing-id report, the sampler and the per-token loss-weight helper."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,10 +17,32 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from spectrum.curriculum.weights import (CurriculumWeights, learnability, phase_schedule, phase_weights,
-                                 token_phase_shed, weight_columns, write_export)
+from spectrum.curriculum.weights import (DOCUMENTS_FILE, PHASES_FILE, WEIGHTS_FILE, CurriculumWeights,
+                                         Learnability, learnability, phase_schedule, phase_weights,
+                                         readme_text, token_phase_shed, weight_columns)
 from spectrum.curriculum.sampling import PhaseSampler, weighted_token_loss
 from spectrum.errors import SpectrumError
+from spectrum.store import write_json, write_parquet, write_text
+
+
+def write_export(learn: Learnability, folder: str | Path, *, floor: float = 0.25,
+                 provenance: dict[str, Any] | None = None) -> dict[str, Path]:
+    """A curriculum export written straight from a learnability table (every item scored, the
+    weights of :func:`phase_weights`), in the files and with the provenance that
+    :class:`CurriculumWeights` reads; returns the paths written."""
+    folder = Path(folder)
+    P = learn.phases.n
+    prov = {"phases": learn.phases.to_dict(), "floor": floor, "runs": list(learn.runs),
+            **(provenance or {})}
+    paths = {}
+    for name, df, fname in (("sequences", learn.sequences, WEIGHTS_FILE),
+                            ("documents", learn.documents, DOCUMENTS_FILE)):
+        w = phase_weights(learn.shed(name), floor)
+        out = df.with_columns([pl.Series(c, w[:, p]) for p, c in enumerate(weight_columns(P))])
+        paths[name] = write_parquet(out.to_arrow(), folder / fname, prov)
+    paths["phases"] = write_json(learn.phases.to_dict(), folder / PHASES_FILE)
+    paths["readme"] = write_text(readme_text(learn, floor), folder / "README.md")
+    return paths
 
 
 def sigmoid_loss(x: float, lo: float, hi: float, tau: float, k: float) -> float:

@@ -276,7 +276,7 @@ def test_settings_reject_too_few_budgets_and_unknown_arms():
 
 
 @pytest.mark.slow
-def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_path):
+def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_path, capsys):
     import json
     import shutil
 
@@ -286,8 +286,13 @@ def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_
     config = tmp_path / "suite" / micro_suite.name
     args = ["curriculum-test", "--config", str(config), "--seeds", "2", "--size", "s1",
             "--executor", "local", "--device", "cpu", "--eval-sequences", "16", "--phases", "3"]
-    # a test seed that trained a learnability run is refused
-    assert main(args + ["--seed-base", "0"]) != 0
+    # a test seed that trained a learnability run is refused, before anything is trained
+    capsys.readouterr()
+    assert main(args + ["--seed-base", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --seed-base: test seed(s) 0 also trained a run that measures learnability; the "
+        "test needs other seeds")
+    assert not (tmp_path / "suite" / "artifacts" / "curriculum").exists()
     assert main(args) == 0
     out = tmp_path / "suite" / "artifacts" / "curriculum" / "test"
     rec = json.loads((out / "results.json").read_text())

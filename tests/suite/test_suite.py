@@ -297,7 +297,7 @@ def test_copy_of_micro_suite_is_independent(micro_suite, tmp_path):
 
 @pytest.mark.slow
 def test_worker_processes_train_the_same_runs(tmp_path, write_micro_manifest, micro_suite):
-    from pipelines.suite import train_suite_in_processes
+    from spectrum.suite.parallel import train_suite_in_processes
 
     path = write_micro_manifest(tmp_path)
     train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
@@ -328,7 +328,7 @@ def test_a_killed_worker_fails_the_call_and_the_same_command_resumes(tmp_path, w
     import threading
     import time
 
-    from pipelines.suite import train_suite_in_processes
+    from spectrum.suite.parallel import train_suite_in_processes
 
     path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 48, 0, "fit"), ("m2-d1", "s2", 48, 0, "fit")])
     killed: list[int] = []
@@ -349,3 +349,39 @@ def test_a_killed_worker_fails_the_call_and_the_same_command_resumes(tmp_path, w
     assert any(run_status(plan, r) == "todo" for r in plan.runs)
     train_suite_in_processes(load_manifest(path), device="cpu", progress=False, workers=2)
     assert all(run_status(plan, r) == "complete" for r in plan.runs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_workers_keeps_the_checkpoints_and_says_one_line(tmp_path, write_micro_manifest):
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_micro_manifest(tmp_path, [("m1-d1", "s1", 4000, 0, "fit"), ("m2-d1", "s2", 4000, 0, "fit")])
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    # a new process group, as a terminal's: Ctrl-C reaches the command and its workers
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "suite", "--config", str(path),
+                             "--device", "cpu", "--suite-workers", "2"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    t0 = time.monotonic()
+    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint-3")) and time.monotonic() - t0 < 300:
+        assert proc.poll() is None
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    t1 = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and time.monotonic() - t1 < 20
+    text = err.decode()
+    assert "Traceback" not in text and "leaked" not in text
+    assert text.count("interrupted: finished outputs are kept") == 1
+    time.sleep(1)  # multiprocessing's resource tracker ends when the command's pipe closes
+    ps = subprocess.run(["ps", "-o", "stat=,cmd=", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert [line for line in ps.stdout.splitlines() if not line.startswith("Z")] == []  # no worker left
+    plan = plan_suite(load_manifest(path))
+    assert all(run_status(plan, r) == "todo" for r in plan.runs)
+    assert any((r.folder / "checkpoint-3" / "model.safetensors").is_file() for r in plan.runs)

@@ -1,0 +1,144 @@
+"""The learnability of training data, measured by the evalset, losses and fit stages.
+
+The stages run unchanged on a *learnability manifest* (:func:`learnability_manifest`): the
+manifest with its evalset drawn from the training split, the runs that measure learnability, and
+an output folder of its own (:func:`spectrum.layout.learnability_dir` for
+``spectrum export-curriculum``, :func:`spectrum.layout.curriculum_test_learnability_dir` for
+``spectrum curriculum-test``). Running the stages is the commands' work; this module holds what
+comes before (which runs, which manifest) and after: the fits read back and aggregated over the
+phases of a target run (:func:`measure`, :func:`read_pool`), and the learnability model with the
+measured shed of every scored window (:func:`shed_model_and_measured`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from spectrum import layout
+from spectrum.curriculum.corpus_export import window_key
+from spectrum.curriculum.predict import ShedModel, fit_shed_model
+from spectrum.curriculum.weights import Learnability, Phases, learnability, token_shed
+from spectrum.errors import SpectrumError
+from spectrum.manifest import CorpusSpec, Manifest, RunSpec
+
+
+def learnability_runs(manifest: Manifest, runs: str | None) -> tuple[RunSpec, ...]:
+    """The runs named by ``runs`` (``--runs``, comma-separated), else the manifest's fit runs."""
+    if runs:
+        names = [r.strip() for r in runs.split(",") if r.strip()]
+        unknown = [n for n in names if n not in {r.name for r in manifest.runs}]
+        if unknown:
+            raise SpectrumError(f"{manifest.path}: --runs names unknown run(s) {', '.join(unknown)}")
+        return tuple(manifest.run(n) for n in names)
+    if not manifest.fit_runs:
+        raise SpectrumError(f"{manifest.path}: no run has role fit; name the runs with --runs")
+    return manifest.fit_runs
+
+
+def learnability_manifest(manifest: Manifest, runs: tuple[RunSpec, ...], out: Path, *,
+                          sequences: int | None = None, corpus: CorpusSpec | None = None,
+                          context: int | None = None) -> Manifest:
+    """The manifest the stages run on: the evalset drawn from the training split (``sequences``,
+    ``corpus`` and ``context`` replace the manifest's where given), ``runs`` only, output under
+    ``out``."""
+    ev = dataclasses.replace(manifest.evalset, split="train",
+                             sequences=sequences or manifest.evalset.sequences,
+                             corpus=corpus or manifest.evalset.corpus,
+                             context=context or manifest.evalset.context)
+    return dataclasses.replace(manifest, out=Path(out), evalset=ev, runs=runs)
+
+
+def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
+    """The fits of every run of the learnability manifest; a :class:`SpectrumError` for a
+    missing one."""
+    fits = {}
+    for run in lm.runs:
+        path = layout.fits_file(lm.out, run.name)
+        if not path.is_file():
+            raise SpectrumError(f"{path}: no fits for run {run.name} (the fit stage did not write them)")
+        fits[run.name] = pl.read_parquet(path)
+    return fits
+
+
+def evalset_meta(lm: Manifest) -> dict[str, Any]:
+    """The ``meta.json`` of the learnability sample (tokenizer, context, hash)."""
+    return json.loads(layout.evalset_meta(lm.out).read_text())
+
+
+def measure(lm: Manifest, phases: Phases) -> Learnability:
+    """The fits aggregated over ``phases``, with the token ids of each sequence (``input_ids``),
+    so that the table is usable without the evalset folder."""
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
+                             columns=["token_idx", "seq_id", "doc_id"])
+    learn = learnability(tokens, read_fits(lm), phases)
+    ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
+    learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
+        learn.sequences.schema["seq_id"])), on="seq_id", how="left", maintain_order="left")
+    return learn
+
+
+@dataclasses.dataclass
+class Pool:
+    """The scored training sequences of the controlled test, in ``seq_id`` order."""
+
+    learn: Learnability
+    input_ids: np.ndarray  # (n, context) token ids
+    mean_log_freq: np.ndarray  # (n,) mean log unigram frequency of each sequence's targets
+    tokens: int  # target tokens scored
+
+
+def read_pool(lm: Manifest, phases: Phases) -> Pool:
+    """The learnability of the test's pool over ``phases``, its sequences and their frequency
+    profile; a :class:`SpectrumError` when the evalset's sequences and tokens disagree."""
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
+                             columns=["token_idx", "seq_id", "doc_id", "target_freq"])
+    learn = learnability(tokens, read_fits(lm), phases)
+    seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
+    if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
+        raise SpectrumError(f"{layout.evalset_dir(lm.out)}: sequences and tokens disagree; rerun "
+                            "with --force")
+    mean_log_freq = (tokens.group_by("seq_id").agg(pl.col("target_freq").log().mean())
+                     .sort("seq_id")["target_freq"].to_numpy())
+    return Pool(learn, np.stack(seqs["input_ids"].to_numpy()), mean_log_freq, int(tokens.height))
+
+
+def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int
+                            ) -> tuple[ShedModel, dict[bytes, tuple[int, np.ndarray]]]:
+    """The learnability model fitted on the scored sample, and the measured shed of each scored
+    window keyed by :func:`~spectrum.curriculum.corpus_export.window_key`."""
+    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
+                             columns=["token_idx", "seq_id", "doc_id", "target_id"]).sort("token_idx")
+    per_token = token_shed(tokens, read_fits(lm), learn.phases)
+    n_phases = learn.phases.n
+    seq_ids = learn.sequences["seq_id"].to_numpy()
+    index = np.searchsorted(seq_ids, tokens["seq_id"].to_numpy())
+    model = fit_shed_model(tokens["target_id"].to_numpy(), index,
+                           per_token.select([f"s{p}" for p in range(n_phases)]).to_numpy(),
+                           learn.sequences["doc_id"].cast(pl.String).to_list(), vocab)
+    shed = learn.shed()
+    measured = {window_key(d, np.asarray(ids)): (int(sid), shed[i]) for i, (sid, d, ids) in enumerate(
+        learn.sequences.select("seq_id", "doc_id", "input_ids").iter_rows())}
+    return model, measured
+
+
+def read_target_ids(path: str | Path) -> list[str]:
+    """The target dataset's ids: a text file (one per line), or Parquet/JSONL with a ``doc_id``
+    column."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumError(f"{path}: --target-ids file not found")
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+    elif path.suffix in (".jsonl", ".json"):
+        df = pl.read_ndjson(path)
+    else:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if "doc_id" not in df.columns:
+        raise SpectrumError(f"{path}: has no doc_id column (columns: {', '.join(df.columns)})")
+    return df["doc_id"].cast(pl.String).to_list()
