@@ -5,7 +5,7 @@ run, a learning-time band, a kind and a slice (frequency quartile, word start) a
 examples of that selection, each with its context decoded (target highlighted), its measured
 trajectory and fitted sigmoid as a small chart, tau with its standard error, the step-versus-smooth
 verdict, and the same token's tau in every other run. The examples are those of
-:func:`spectrum.analysis.examples.draw_examples`; the page states how they were drawn.
+:func:`spectrum.report.examples.draw_examples`; the page states how they were drawn.
 
 Hooks: the root element is ``id="token-explorer"``, every example has the class
 ``token-example`` (with ``data-run``, ``data-kind``, ``data-band`` and ``data-token``), and the
@@ -29,10 +29,10 @@ import numpy as np
 import polars as pl
 
 from spectrum import layout
-from spectrum.analysis.examples import (KINDS, Sampling, band_keys, band_names, band_ranges,
-                                        decode_pieces, draw_examples, load_evalset_tokenizer)
 from spectrum.analysis.run_data import RunData
 from spectrum.report.blocks import Block
+from spectrum.report.examples import (DRAWN_KINDS, Sampling, band_keys, band_names, band_ranges,
+                                      decode_pieces, draw_examples, load_evalset_tokenizer)
 
 BUDGET = 5_000_000  # bytes of embedded example data
 MAX_POINTS = 64  # trajectory points embedded per example (evenly thinned beyond)
@@ -97,7 +97,7 @@ def _runs_meta(runs: list[RunData], n_bands: int) -> list[dict]:
 def _columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, list]:
     """The examples as parallel lists (compact JSON)."""
     run_i = {r["name"]: i for i, r in enumerate(runs)}
-    kind_i = {k: i for i, k in enumerate(KINDS)}
+    kind_i = {k: i for i, k in enumerate(DRAWN_KINDS)}
     cols: dict[str, list] = {"run": [run_i[r] for r in ex["run"]], "band": ex["band"].to_list(),
                              "kind": [kind_i[k] for k in ex["kind"]],
                              "fq": ex["freq_quartile"].to_list(),
@@ -126,7 +126,7 @@ def _cells(ex: pl.DataFrame, runs: list[dict]) -> list[list]:
     """[run, band, kind, freq quartile, word start, tokens in the cell] of every drawn cell,
     sorted by all of them (the same page from the same data)."""
     run_i = {r["name"]: i for i, r in enumerate(runs)}
-    kind_i = {k: i for i, k in enumerate(KINDS)}
+    kind_i = {k: i for i, k in enumerate(DRAWN_KINDS)}
     key = ["run", "band", "kind", "freq_quartile", "word_start"]
     cells = ex.select(*key, "cell_size").unique().sort([*key, "cell_size"], nulls_last=True)
     return [[run_i[r], b, kind_i[k], q, None if w is None else int(w), int(n)]
@@ -137,7 +137,7 @@ def payload(ex: pl.DataFrame, runs: list[RunData], sampling: Sampling, decoding:
             note: str = "") -> dict:
     """Everything the page's script reads."""
     meta = _runs_meta([r for r in runs if r.has_fits], sampling.bands)
-    return {"runs": meta, "kinds": list(KINDS), "bands": list(band_names(sampling.bands)),
+    return {"runs": meta, "kinds": list(DRAWN_KINDS), "bands": list(band_names(sampling.bands)),
             "band_keys": list(band_keys(sampling.bands)),
             "has_freq": ex["freq_quartile"].null_count() < ex.height,
             "has_ws": ex["word_start"].null_count() < ex.height,
@@ -214,7 +214,7 @@ def explorer_blocks(out: str | Path, runs: list[RunData], *,
     n = len(json.loads(data)["ex"]["run"])
     md = (f"The token explorer in index.html shows {n} example tokens of "
           f"{ex['run'].n_unique()} runs. {used.describe()} {note} {decoding.note} "
-          "The same examples, as a polars frame: spectrum.analysis.examples.draw_examples.")
+          "The same examples, as a polars frame: spectrum.report.examples.draw_examples.")
     return [Block("h2", "Token explorer"), Block("html", " ".join(md.split()), html=render(data))]
 
 

@@ -8,7 +8,7 @@ import shutil
 import polars as pl
 import pytest
 
-from spectrum.analysis.examples import Sampling, draw_examples
+from spectrum.report.examples import Sampling, draw_examples
 from spectrum.report.explorer import (Decoding, decoding_for, explorer_blocks, fit_to_budget,
                                       render)
 from tests.examples_world import loaded_explorer_world

@@ -42,8 +42,8 @@ from spectrum.analysis.run_data import RunData, load_run, read_token_column
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 
-KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")
-PARAMS = ("lo", "hi", "tau", "k")
+DRAWN_KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")  # "unfit" has no band
+FIT_COLUMNS = ("lo", "hi", "tau", "k")  # the fitted parameters each example carries
 CELL = ("run", "band", "kind", "freq_quartile", "word_start")
 
 
@@ -132,7 +132,7 @@ def _candidates(run: RunData, sampling: Sampling, quartiles: np.ndarray | None,
     sizes = []
     for ch in run.token_chunks(["kind", "tau", *annotations]):
         key = rng.random(ch.height)
-        mask = (ch["in_pop"] & ch["kind"].is_in(KINDS)).to_numpy()
+        mask = (ch["in_pop"] & ch["kind"].is_in(DRAWN_KINDS)).to_numpy()
         t = ch.filter(pl.Series(mask))
         band = band_of(t["tau"].to_numpy(), run.x, sampling.bands)
         cells = pl.DataFrame([t[layout.TOKEN_IDX], t["kind"]]).with_columns(
@@ -151,7 +151,7 @@ def _picked_fits(run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
     """The fits of the given tokens (one pass, the rows of those tokens kept): the parameters,
     their standard errors, r2, the step-versus-smooth verdict where computable, ``in_pop``."""
     names = run.columns()
-    cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2", "kind",
+    cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2", "kind",
                         layout.STEP_PREFERRED, *stepwise.COLUMNS) if c in names]
     wanted = pl.Series(np.asarray(token_idx, np.int64))
     parts = [ch.filter(pl.col(layout.TOKEN_IDX).is_in(wanted)) for ch in run.token_chunks(cols)]
@@ -264,7 +264,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
         if not mine.height:
             continue
         source = picked[r.name]
-        fit_cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2",
+        fit_cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2",
                                 layout.STEP_PREFERRED) if c in source.columns]
         fits = source.select(layout.TOKEN_IDX, *fit_cols)
         traj = _trajectories(out, r, mine[layout.TOKEN_IDX].to_numpy())
@@ -272,7 +272,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
                       .join(traj, on=layout.TOKEN_IDX, how="left")
                       .with_columns(ln_T=pl.lit(r.x.tolist(), dtype=pl.List(pl.Float64))))
     ex = pl.concat(frames, how="diagonal_relaxed").sort("key")
-    for c in (*(f"{p}_se" for p in PARAMS), "r2"):
+    for c in (*(f"{p}_se" for p in FIT_COLUMNS), "r2"):
         if c not in ex.columns:
             ex = ex.with_columns(pl.lit(None, pl.Float64).alias(c))
     if layout.STEP_PREFERRED not in ex.columns:
