@@ -1,8 +1,8 @@
 // The token explorer's script: read the embedded examples and draw the selected ones.
 //
-// spectrum/report/explorer.py inlines this file into the report's index.html, after the element
-// <script type="application/json" id="token-explorer-data"> that holds the examples, so the page
-// needs no server and fetches nothing. The data (see explorer.py: payload) is
+// spectrum/report/explorer.py inlines this file into the report's index.html, after the JSON
+// element with id token-explorer-data that holds the examples, so the page needs no server and
+// fetches nothing. The data (written by spectrum/report/payload.py) is
 //   runs:      [{name, role, x (ln T of the embedded checkpoints), keep, bands}]
 //   kinds, bands, band_keys: the names of the kinds and learning-time bands (band_keys in URLs)
 //   has_freq, has_ws, has_step, has_context: which annotations the evaluation set carries
