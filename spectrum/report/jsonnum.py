@@ -23,7 +23,8 @@ def _digit_count(a: np.ndarray) -> np.ndarray:
 
 def rounded(values: np.ndarray, digits: int) -> np.ndarray:
     """``round(v, digits)`` of every finite value, NaN where the value is not finite."""
-    v = np.asarray(values, dtype=np.float64)
+    shape = np.shape(values)
+    v = np.asarray(values, dtype=np.float64).ravel()
     scale = 10.0 ** digits
     with np.errstate(invalid="ignore", over="ignore"):
         y = v * scale
@@ -37,7 +38,7 @@ def rounded(values: np.ndarray, digits: int) -> np.ndarray:
                       | (np.abs(y) >= 2.0 ** 50))
     for i in np.flatnonzero(doubt):
         out[i] = round(float(v[i]), digits)
-    return out
+    return out.reshape(shape)
 
 
 def float_sizes(r: np.ndarray, digits: int) -> np.ndarray:
