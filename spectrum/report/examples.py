@@ -308,7 +308,7 @@ def load_evalset_tokenizer(out: str | Path) -> tuple[Any | None, str]:
 
 def decode_pieces(tokenizer: Any, ids: np.ndarray) -> dict[int, str]:
     """The text of every token id in ``ids``, each decoded alone (special tokens kept)."""
-    uniq = sorted({int(i) for i in np.asarray(ids).ravel()})
+    uniq = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
     texts = tokenizer.batch_decode([[i] for i in uniq], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
     return dict(zip(uniq, texts))

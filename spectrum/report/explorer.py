@@ -76,10 +76,9 @@ def decoding_for(out: str | Path, ex: pl.DataFrame) -> Decoding:
     tokenizer, note = load_evalset_tokenizer(out)
     if tokenizer is None:
         return Decoding(None, f"Token ids are shown instead of text: {note}.")
-    ids = [*ex[layout.TARGET_ID].to_list()]
-    for ctx in ex["context_ids"].drop_nulls().to_list():
-        ids += ctx
-    return Decoding(decode_pieces(tokenizer, np.asarray(ids, dtype=np.int64)),
+    ids = np.concatenate([ex[layout.TARGET_ID].cast(pl.Int64).to_numpy(),
+                          ex["context_ids"].explode().drop_nulls().cast(pl.Int64).to_numpy()])
+    return Decoding(decode_pieces(tokenizer, ids),
                     f"Tokens {note[0].lower()}{note[1:]}; each token is decoded alone.")
 
 

@@ -18,7 +18,7 @@ _EXACT = 1e15  # below this many units of the last digit, the decimal text is th
 
 def _digit_count(a: np.ndarray) -> np.ndarray:
     """Decimal digits of non-negative int64 values (1 for 0)."""
-    return 1 + (a[:, None] >= _POW10[None, 1:]).sum(axis=1)
+    return 1 + np.searchsorted(_POW10[1:], a, side="right")
 
 
 def rounded(values: np.ndarray, digits: int) -> np.ndarray:

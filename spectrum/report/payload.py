@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -46,17 +46,15 @@ def json_size(data: Any) -> int:
 
 @dataclass(frozen=True)
 class Column:
-    """One page column: every example's JSON value and the bytes of its text."""
+    """One page column: the bytes of every example's JSON text (``sizes``), and ``values`` (a
+    boolean row mask -> the JSON values of those examples, in order)."""
 
-    values: np.ndarray  # object
-    sizes: np.ndarray  # int64
+    sizes: np.ndarray
+    values: Callable[[np.ndarray], list]
 
 
-def _objects(items: list) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):  # element by element: numpy would unpack nested lists
-        out[i] = item
-    return out
+def _taker(objects: np.ndarray) -> Callable[[np.ndarray], list]:
+    return lambda rows: objects[rows].tolist()
 
 
 def _ints(s: pl.Series) -> Column:
@@ -64,12 +62,12 @@ def _ints(s: pl.Series) -> Column:
     v = s.fill_null(0).cast(pl.Int64).to_numpy()
     values = v.astype(object)
     values[null] = None
-    return Column(values, int_sizes(v, null))
+    return Column(int_sizes(v, null), _taker(values))
 
 
 def _floats(s: pl.Series, digits: int) -> Column:
     r = rounded(s.cast(pl.Float64).to_numpy(), digits)
-    return Column(as_objects(r), float_sizes(r, digits))
+    return Column(float_sizes(r, digits), _taker(as_objects(r)))
 
 
 def _list_size(item_sizes: np.ndarray) -> np.ndarray:
@@ -98,29 +96,40 @@ def _losses(ex: pl.DataFrame, run: np.ndarray, runs: list[dict]) -> Column:
         sizes[rows] = _list_size(float_sizes(grid, LOSS_DIGITS))
         for i, row in zip(rows, as_objects(grid).tolist()):
             values[i] = row
-    return Column(values, sizes)
+    return Column(sizes, _taker(values))
 
 
 def _others(ex: pl.DataFrame, runs: list[dict]) -> Column:
-    """Each example's token in every run: [tau, tau_se (2 decimals), kind], or null."""
-    run_j = {r["name"]: j for j, r in enumerate(runs)}
+    """Each example's token in every run: [tau, tau_se (2 decimals), kind], or null where the
+    run is missing from the example's ``others`` (which names each run at most once)."""
+    n, m = ex.height, len(runs)
     long = (ex.select(pl.int_range(pl.len()).alias("_row"), "others").explode("others")
             .filter(pl.col("others").is_not_null()).unnest("others")
-            .filter(pl.col("run").is_in(list(run_j)))
-            .unique(["_row", "run"], keep="last", maintain_order=True))
-    rows = long["_row"].to_numpy()
-    cols = long["run"].replace_strict(run_j, return_dtype=pl.Int64).to_numpy()
-    tau = rounded(long["tau"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
-    se = rounded(long["tau_se"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
-    kinds = long["kind"].to_list()
-    kind_size = {k: json_size(k) for k in set(kinds)}
-    sizes = np.full((ex.height, len(runs)), 4, dtype=np.int64)  # null
-    sizes[rows, cols] = (4 + float_sizes(tau, LOSS_DIGITS) + float_sizes(se, LOSS_DIGITS)
-                         + np.array([kind_size[k] for k in kinds], dtype=np.int64))
-    grid = np.full((ex.height, len(runs)), None, dtype=object)
-    for i, j, t, s, k in zip(rows, cols, as_objects(tau).tolist(), as_objects(se).tolist(), kinds):
-        grid[i, j] = [t, s, k]
-    return Column(_objects(grid.tolist()), _list_size(sizes))
+            .filter(pl.col("run").is_in([r["name"] for r in runs])))
+    cell = (long["_row"].to_numpy() * m
+            + long["run"].replace_strict({r["name"]: j for j, r in enumerate(runs)},
+                                         return_dtype=pl.Int64).to_numpy())
+    kinds = long["kind"].unique(maintain_order=True).to_list()
+    tau, se = np.full(n * m, np.nan), np.full(n * m, np.nan)
+    kind = np.full(n * m, -1, dtype=np.int64)  # -1: no entry
+    tau[cell] = rounded(long["tau"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
+    se[cell] = rounded(long["tau_se"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
+    kind[cell] = long["kind"].replace_strict({k: i for i, k in enumerate(kinds)},
+                                             return_dtype=pl.Int64).to_numpy()
+    kind_size = np.array([json_size(k) for k in kinds] + [0], dtype=np.int64)
+    sizes = np.where(kind >= 0, 4 + float_sizes(tau, LOSS_DIGITS) + float_sizes(se, LOSS_DIGITS)
+                     + kind_size[kind], 4)
+    names = np.array([*kinds, None], dtype=object)  # index -1: None, unused
+
+    def values(rows: np.ndarray) -> list:
+        at = (np.flatnonzero(rows)[:, None] * m + np.arange(m)).ravel()
+        entries = [*map(list, zip(as_objects(tau[at]).tolist(), as_objects(se[at]).tolist(),
+                                  names[kind[at]].tolist()))]
+        for i in np.flatnonzero(kind[at] < 0):
+            entries[i] = None
+        return [entries[i:i + m] for i in range(0, len(entries), m)]
+
+    return Column(_list_size(sizes.reshape(n, m)), values)
 
 
 def example_columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, Column]:
@@ -246,6 +255,6 @@ class Payload:
     def json(self, rows: np.ndarray, sampling: str) -> str:
         """The page's JSON with the examples where ``rows`` is true."""
         sub = self.ex.filter(pl.Series(rows))
-        ex = {c: col.values[rows].tolist() for c, col in self.columns.items()}
+        ex = {c: col.values(rows) for c, col in self.columns.items()}
         return to_json({**self._head(rows, sampling), "seqs": Spans.of(sub).value(),
                         "cells": cells(sub, self.runs), "ex": ex})
