@@ -29,6 +29,8 @@ INTS = {"run": "run", "band": "band", "kind": "kind", "fq": "freq_quartile", "ws
         "tid": layout.TARGET_ID, "step": layout.STEP_PREFERRED}  # page column -> example column
 FLOATS = ("lo", "hi", "tau", "k", "tau_se", "r2")  # with 3 decimals
 COLUMNS = (*INTS, *FLOATS, "loss", "others")
+HEAD = ("runs", "kinds", "bands", "band_keys", "has_freq", "has_ws", "has_step", "has_context",
+        "ctx_n", "sampling", "decoding", "pieces")  # the keys before seqs, cells and ex
 LOSS_DIGITS = 2  # decimals of the trajectories' losses and of the other runs' tau
 FLOAT_DIGITS = 3
 
@@ -151,6 +153,7 @@ def _positions(ex: pl.DataFrame) -> pl.DataFrame:
     f = ex.select(seq=pl.col(layout.SEQ_ID).cast(pl.Int64), pos=pl.col(layout.POS).cast(pl.Int64),
                   ctx=pl.col("context_ids").fill_null([]).cast(pl.List(pl.Int64)),
                   tid=pl.col(layout.TARGET_ID).cast(pl.Int64))
+    f = f.unique(["seq", "pos"], keep="last")  # a token drawn in several runs: one context
     f = f.select("seq", p=pl.int_ranges(pl.col("pos") - pl.col("ctx").list.len(), pl.col("pos") + 1),
                  t=pl.concat_list("ctx", "tid")).explode("p", "t")
     return f.group_by("seq", "p", maintain_order=True).agg(pl.col("t").last())
@@ -232,11 +235,8 @@ class Payload:
 
     def _head(self, rows: np.ndarray, sampling: str) -> dict[str, Any]:
         flags = {name: bool(v[rows].any()) for name, v in self.flags.items()}
-        h = dict(self.head)
-        order = ("runs", "kinds", "bands", "band_keys", "has_freq", "has_ws", "has_step",
-                 "has_context", "ctx_n", "sampling", "decoding", "pieces")
-        h.update(flags, sampling=sampling)
-        return {k: h[k] for k in order}
+        h = {**self.head, **flags, "sampling": sampling}
+        return {k: h[k] for k in HEAD}
 
     def _ex_size(self, rows: np.ndarray) -> int:
         k = int(rows.sum())
