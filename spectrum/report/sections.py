@@ -268,8 +268,7 @@ def curriculum_section(d: Inputs) -> list[Block]:
                            "difference: the curriculum reached the lower loss)."),
                 Block("table", header=tuple(c["comparison_header"]),
                       rows=tuple(map(tuple, c["comparison_rows"])))]
-    if c["verdicts"]:
-        out.append(Block("p", "Verdicts: " + " ".join(c["verdicts"])))
+    out += [Block("p", f"Verdict: {v}") for v in c["verdicts"]]
     if c["figure"] is not None:
         out.append(Block("figure", "Validation loss of each arm against training tokens, and its "
                                    "difference to the uniform run of the same seed.",

@@ -167,4 +167,4 @@ def test_report_includes_the_curriculum_test_when_it_exists(tmp_path):
     assert rows["freq_shuffled"].split(" | ")[1].startswith("-0.0500 ")
     assert rows["random"].split(" | ")[1].startswith("-0.1000 ")
     assert "<th>curriculum vs</th>" in page and "<td>freq_shuffled</td>" in page
-    assert "Verdicts: " in md
+    assert "Verdict: the curriculum beats random beyond the 95% interval" in md
