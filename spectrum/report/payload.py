@@ -154,7 +154,8 @@ def _positions(ex: pl.DataFrame) -> pl.DataFrame:
                   ctx=pl.col("context_ids").fill_null([]).cast(pl.List(pl.Int64)),
                   tid=pl.col(layout.TARGET_ID).cast(pl.Int64))
     f = f.unique(["seq", "pos"], keep="last")  # a token drawn in several runs: one context
-    f = f.select("seq", p=pl.int_ranges(pl.col("pos") - pl.col("ctx").list.len(), pl.col("pos") + 1),
+    first = pl.col("pos") - pl.col("ctx").list.len()
+    f = f.select("seq", p=pl.int_ranges(first, pl.col("pos") + 1),
                  t=pl.concat_list("ctx", "tid")).explode("p", "t")
     return f.group_by("seq", "p", maintain_order=True).agg(pl.col("t").last())
 
