@@ -193,16 +193,21 @@ def read_contexts(out: Path, picks: pl.DataFrame, n_before: int) -> pl.Series | 
         seqs = pl.read_parquet(path, columns=[layout.SEQ_ID, layout.INPUT_IDS])
     except Exception as e:  # noqa: BLE001
         raise SpectrumError(f"{path}: not a readable sequences file ({e})") from None
-    ids = {int(s): np.asarray(v, dtype=np.int64) for s, v in seqs.iter_rows()}
-    out_ctx = []
-    for seq, pos, target in picks.select(layout.SEQ_ID, layout.POS, layout.TARGET_ID).iter_rows():
-        row = ids.get(int(seq))
-        if row is None or pos >= len(row) or row[pos] != target:
-            raise SpectrumError(f"{path}: sequence {seq} does not hold target {target} at "
-                                f"position {pos} as evalset/tokens.parquet says; rebuild the "
-                                "evalset (`spectrum evalset --force`)")
-        out_ctx.append(row[max(0, pos - n_before):pos].astype(np.int32))
-    return pl.Series("context_ids", out_ctx, dtype=pl.List(pl.Int32))
+    seqs = seqs.with_columns(pl.col(layout.SEQ_ID).cast(pl.Int64)).unique(
+        layout.SEQ_ID, keep="last", maintain_order=True)
+    rows = picks.select(pl.col(layout.SEQ_ID).cast(pl.Int64), layout.POS, layout.TARGET_ID).join(
+        seqs, on=layout.SEQ_ID, how="left", maintain_order="left")
+    ids, pos = pl.col(layout.INPUT_IDS), pl.col(layout.POS)
+    start = pl.max_horizontal(pos - n_before, 0)
+    rows = rows.with_columns(held=ids.list.get(pos, null_on_oob=True),
+                             context_ids=ids.list.slice(start, pos - start))
+    bad = rows.filter(pl.col("held").is_null() | (pl.col("held") != pl.col(layout.TARGET_ID)))
+    if bad.height:
+        seq, p, target = bad.select(layout.SEQ_ID, layout.POS, layout.TARGET_ID).row(0)
+        raise SpectrumError(f"{path}: sequence {seq} does not hold target {target} at "
+                            f"position {p} as evalset/tokens.parquet says; rebuild the "
+                            "evalset (`spectrum evalset --force`)")
+    return rows["context_ids"].cast(pl.List(pl.Int32))
 
 
 def _other_runs(picked: dict[str, pl.DataFrame]) -> pl.DataFrame:
