@@ -389,11 +389,10 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "intro" (a paragraph ending with the verdicts), "verdicts" (sentences),
-    "header" and "rows" (the per-arm table), "comparison_header" and "comparison_rows" (the
-    curriculum against each control), "markdown" (all of it as Markdown), "figure" (Path of the
-    PNG or None), "summary" (the results.json record)}``; the Markdown refers to no file, so it can
-    be placed anywhere; the report embeds the figure itself.
+    Returns ``{"title", "intro" (a paragraph), "verdicts" (sentences), "header" and "rows" (the
+    per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
+    control), "figure" (Path of the PNG or None), "markdown" (title aside, all of it as Markdown
+    that refers to no file, so it can be placed anywhere)}``; the report shows every part.
     """
     test_dir = Path(test_dir)
     if not (test_dir / RESULTS_JSON).is_file() and (test_dir / "curriculum" / "test").is_dir():
@@ -415,8 +414,7 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     fig = test_dir / FIGURE
     markdown = "\n\n".join([intro, "\n".join(f"- {v}" for v in verdicts), markdown_table(summary),
                             comparison_table(summary)])
-    return {"title": "Controlled test of the learnability curriculum",
-            "intro": intro + (" Verdicts: " + " ".join(verdicts) if verdicts else ""),
+    return {"title": "Controlled test of the learnability curriculum", "intro": intro,
             "verdicts": verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
             "comparison_header": COMPARISON_HEADER, "comparison_rows": comparison_rows(summary),
-            "markdown": markdown, "figure": fig if fig.is_file() else None, "summary": summary}
+            "figure": fig if fig.is_file() else None, "markdown": markdown}

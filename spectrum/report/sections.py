@@ -256,12 +256,20 @@ def fit_quality_section(d: Inputs) -> list[Block]:
 
 
 def curriculum_section(d: Inputs) -> list[Block]:
+    """The controlled test of the curriculum, when it has results: every arm against uniform,
+    the curriculum against each control, the verdicts and the curves."""
     c = d.curriculum
     if c is None:
         return []
     out = [Block("h2", c["title"]), Block("p", c["intro"]),
-           Block("table", header=tuple(c["header"]), rows=tuple(c["rows"]))]
-    if c.get("figure") is not None:
+           Block("table", header=tuple(c["header"]), rows=tuple(map(tuple, c["rows"])))]
+    if c["comparison_rows"]:
+        out += [Block("p", "The curriculum against each control, paired by seed (a negative "
+                           "difference: the curriculum reached the lower loss)."),
+                Block("table", header=tuple(c["comparison_header"]),
+                      rows=tuple(map(tuple, c["comparison_rows"])))]
+    out += [Block("p", f"Verdict: {v}") for v in c["verdicts"]]
+    if c["figure"] is not None:
         out.append(Block("figure", "Validation loss of each arm against training tokens, and its "
                                    "difference to the uniform run of the same seed.",
                          png=Path(c["figure"]).read_bytes(), name="curriculum_test"))

@@ -14,7 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from spectrum.analysis.evaluation import Options, run_spectra, run_tests
-from spectrum.analysis.examples import Sampling, draw_examples
+from spectrum.report.examples import Sampling, draw_examples
 from spectrum.analysis.runs.run_data import load_runs
 from spectrum.analysis.spectra.spectrum import log_time_grid
 from spectrum.losses.shards import write_loss_shard

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main as cli
-from spectrum.report.browser import dump_dom, explorer_page, find_chromium, screenshot
+from spectrum.tools.screenshot import dump_dom, explorer_page, find_chromium, screenshot
 from tests.examples_world import explorer_world, tokenizer_folder
 from tests.synthetic import DEFAULT_RUNS
 

@@ -42,8 +42,8 @@ from spectrum.analysis.runs.run_data import RunData, load_run, read_token_column
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
 
-KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")
-PARAMS = ("lo", "hi", "tau", "k")
+DRAWN_KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")  # "unfit" has no band
+FIT_COLUMNS = ("lo", "hi", "tau", "k")  # the fitted parameters each example carries
 CELL = ("run", "band", "kind", "freq_quartile", "word_start")
 
 
@@ -132,7 +132,7 @@ def _candidates(run: RunData, sampling: Sampling, quartiles: np.ndarray | None,
     sizes = []
     for ch in run.token_chunks(["kind", "tau", *annotations]):
         key = rng.random(ch.height)
-        mask = (ch["in_pop"] & ch["kind"].is_in(KINDS)).to_numpy()
+        mask = (ch["in_pop"] & ch["kind"].is_in(DRAWN_KINDS)).to_numpy()
         t = ch.filter(pl.Series(mask))
         band = band_of(t["tau"].to_numpy(), run.x, sampling.bands)
         cells = pl.DataFrame([t[layout.TOKEN_IDX], t["kind"]]).with_columns(
@@ -151,7 +151,7 @@ def _picked_fits(run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
     """The fits of the given tokens (one pass, the rows of those tokens kept): the parameters,
     their standard errors, r2, the step-versus-smooth verdict where computable, ``in_pop``."""
     names = run.columns()
-    cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2", "kind",
+    cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2", "kind",
                         layout.STEP_PREFERRED, *stepwise.COLUMNS) if c in names]
     wanted = pl.Series(np.asarray(token_idx, np.int64))
     parts = [ch.filter(pl.col(layout.TOKEN_IDX).is_in(wanted)) for ch in run.token_chunks(cols)]
@@ -193,16 +193,21 @@ def read_contexts(out: Path, picks: pl.DataFrame, n_before: int) -> pl.Series | 
         seqs = pl.read_parquet(path, columns=[layout.SEQ_ID, layout.INPUT_IDS])
     except Exception as e:  # noqa: BLE001
         raise SpectrumError(f"{path}: not a readable sequences file ({e})") from None
-    ids = {int(s): np.asarray(v, dtype=np.int64) for s, v in seqs.iter_rows()}
-    out_ctx = []
-    for seq, pos, target in picks.select(layout.SEQ_ID, layout.POS, layout.TARGET_ID).iter_rows():
-        row = ids.get(int(seq))
-        if row is None or pos >= len(row) or row[pos] != target:
-            raise SpectrumError(f"{path}: sequence {seq} does not hold target {target} at "
-                                f"position {pos} as evalset/tokens.parquet says; rebuild the "
-                                "evalset (`spectrum evalset --force`)")
-        out_ctx.append(row[max(0, pos - n_before):pos].astype(np.int32))
-    return pl.Series("context_ids", out_ctx, dtype=pl.List(pl.Int32))
+    seqs = seqs.with_columns(pl.col(layout.SEQ_ID).cast(pl.Int64)).unique(
+        layout.SEQ_ID, keep="last", maintain_order=True)
+    rows = picks.select(pl.col(layout.SEQ_ID).cast(pl.Int64), layout.POS, layout.TARGET_ID).join(
+        seqs, on=layout.SEQ_ID, how="left", maintain_order="left")
+    ids, pos = pl.col(layout.INPUT_IDS), pl.col(layout.POS)
+    start = pl.max_horizontal(pos - n_before, 0)
+    rows = rows.with_columns(held=ids.list.get(pos, null_on_oob=True),
+                             context_ids=ids.list.slice(start, pos - start))
+    bad = rows.filter(pl.col("held").is_null() | (pl.col("held") != pl.col(layout.TARGET_ID)))
+    if bad.height:
+        seq, p, target = bad.select(layout.SEQ_ID, layout.POS, layout.TARGET_ID).row(0)
+        raise SpectrumError(f"{path}: sequence {seq} does not hold target {target} at "
+                            f"position {p} as evalset/tokens.parquet says; rebuild the "
+                            "evalset (`spectrum evalset --force`)")
+    return rows["context_ids"].cast(pl.List(pl.Int32))
 
 
 def _other_runs(picked: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -232,7 +237,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
                   sampling: Sampling = Sampling()) -> pl.DataFrame:
     """The stratified, seeded examples of every run with fits, one row per (run, token).
 
-    ``runs`` as loaded by :func:`spectrum.analysis.run_data.load_run`; each run's tokens are read
+    ``runs`` as loaded by :func:`spectrum.analysis.runs.run_data.load_run`; each run's tokens are read
     in chunks, keeping each cell's candidates only, then the fits of the drawn tokens and their
     trajectories. Columns: the cell (``run``, ``band`` index into
     :func:`band_names`, ``band_name``, ``kind``, ``freq_quartile``, ``word_start``), ``rank`` (the
@@ -264,7 +269,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
         if not mine.height:
             continue
         source = picked[r.name]
-        fit_cols = [c for c in (*PARAMS, *(f"{p}_se" for p in PARAMS), "r2",
+        fit_cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2",
                                 layout.STEP_PREFERRED) if c in source.columns]
         fits = source.select(layout.TOKEN_IDX, *fit_cols)
         traj = _trajectories(out, r, mine[layout.TOKEN_IDX].to_numpy())
@@ -272,7 +277,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
                       .join(traj, on=layout.TOKEN_IDX, how="left")
                       .with_columns(ln_T=pl.lit(r.x.tolist(), dtype=pl.List(pl.Float64))))
     ex = pl.concat(frames, how="diagonal_relaxed").sort("key")
-    for c in (*(f"{p}_se" for p in PARAMS), "r2"):
+    for c in (*(f"{p}_se" for p in FIT_COLUMNS), "r2"):
         if c not in ex.columns:
             ex = ex.with_columns(pl.lit(None, pl.Float64).alias(c))
     if layout.STEP_PREFERRED not in ex.columns:
@@ -308,7 +313,7 @@ def load_evalset_tokenizer(out: str | Path) -> tuple[Any | None, str]:
 
 def decode_pieces(tokenizer: Any, ids: np.ndarray) -> dict[int, str]:
     """The text of every token id in ``ids``, each decoded alone (special tokens kept)."""
-    uniq = sorted({int(i) for i in np.asarray(ids).ravel()})
+    uniq = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
     texts = tokenizer.batch_decode([[i] for i in uniq], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
     return dict(zip(uniq, texts))

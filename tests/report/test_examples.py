@@ -6,10 +6,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from spectrum.analysis.examples import (KINDS, Sampling, band_of, draw_examples,
-                                        examples_for, frequency_quartile)
 from spectrum.analysis.runs.run_data import load_runs
 from spectrum.errors import SpectrumError
+from spectrum.report.examples import (DRAWN_KINDS, Sampling, band_of, draw_examples,
+                                      examples_for, frequency_quartile)
 from tests.examples_world import loaded_explorer_world
 from tests.synthetic import DEFAULT_RUNS, TOKENS_PER_STEP
 
@@ -37,7 +37,7 @@ def test_cells_are_capped_and_counted(world):
     q_edges = np.quantile(freq, [0.25, 0.5, 0.75])
     for r in runs:
         f = pl.read_parquet(manifest.out / "fits" / f"run={r.name}" / "part-0.parquet")
-        f = f.join(tokens, on="token_idx").filter(pl.col("kind").is_in(KINDS))
+        f = f.join(tokens, on="token_idx").filter(pl.col("kind").is_in(DRAWN_KINDS))
         steps = [s for s in r.steps if s > 0]
         truth = f.with_columns(
             band=pl.Series(_band_truth(f["tau"].to_numpy(), steps)),

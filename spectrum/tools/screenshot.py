@@ -4,7 +4,7 @@ Chromium is Debian's ``chromium`` package (also found as ``chromium-browser`` or
 ``google-chrome``). Every call starts a fresh browser with a fresh profile, no network services,
 no GPU and no sandbox (so it runs as root in a container).
 
-    python -m spectrum.report.browser artifacts/report/index.html docs/token_explorer.png \\
+    python -m spectrum.tools.screenshot artifacts/report/index.html docs/token_explorer.png \\
         --fragment 'run=m1-d1&kind=learned'
 
 writes a screenshot of the report's token explorer alone (cut from the report into a page of its
