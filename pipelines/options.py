@@ -41,12 +41,15 @@ def force_option() -> Any:
 
 
 def executor_option() -> Any:
-    return option("ray", "how the losses are distributed: ray (default: a local Ray, or "
-                         "--ray-address) or local (this process)", choices=("ray", "local"))
+    return option(None, "where the units of work run: local (this process) or ray (Ray workers: "
+                        "a local Ray, or the cluster at --ray-address). Default: ray for the "
+                        "losses stage; local for the fit and report stages, ray when "
+                        "--ray-address is given", choices=("local", "ray"))
 
 
 def ray_address_option() -> Any:
-    return option(None, "Ray cluster address (auto, ip:port); default: start a local Ray")
+    return option(None, "the Ray cluster the Ray workers join (auto, ip:port); local or none: "
+                        "start a local Ray. Given without --executor, it means --executor ray")
 
 
 def num_gpus_option() -> Any:
@@ -54,11 +57,13 @@ def num_gpus_option() -> Any:
 
 
 def workers_option() -> Any:
-    return option(None, "Ray workers (default: one per GPU, or one per --cpus-per-worker CPUs)")
+    return option(None, "Ray workers (default: as many as Ray holds: one per GPU for workers "
+                        "with a GPU, else one per --cpus-per-worker CPUs)")
 
 
 def cpus_per_worker_option() -> Any:
-    return option(1, "CPUs (and torch threads) per CPU worker of Ray (default 1)")
+    return option(1, "CPUs per Ray worker, also the torch threads of a losses or fit worker on "
+                     "Ray (default 1)")
 
 
 SHARED = ("device", "force", "executor", "ray_address", "num_gpus")

@@ -7,37 +7,37 @@ Reads ``evalset/tokens.parquet``, the loss shards and the fits of every run; wri
 were made from the same inputs with the same options (``--force`` recomputes).
 
 How the work is distributed. Every analysis reads the per-token columns (annotations, fits) in
-chunks of ``--token-chunk`` tokens and keeps only sums (:mod:`spectrum.analysis.token_passes`).
-Without ``--ray-address`` everything runs in this process. With it (``local`` starts a local Ray,
-``auto`` or ``ip:port`` joins a cluster), the heavy per-token passes are cut into units of
-:data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray workers
-(``--workers``, ``--cpus-per-worker``) through the executor of the losses and fit stages; each
-worker reads the artifacts under the output folder itself, and this process adds the partial sums
-in token order. Distributed, in six rounds of units: the spectra and slice sums of every run; the
-in-sample fitted curves of every run; the token models' first pass (the per-run sums of their
-population regressions) and, once this process has fitted those regressions and sent them with the
-next round's workers, their second pass (each token's predicted curves, summed per sequence) - once
-for the held-out-runs test and once for leave-one-run-out. Kept in this process: loading each
-run (its loss shards summed per sequence, one shard at a time, and its fit summary, whose medians
-need every value), the slice edges (quantiles of the target frequency), the mean sigmoid kernels
-(weighted quantiles of k), the examples of the token explorer, and every step that only combines
-per-run aggregates (scores, bootstrap, figures). All distributed aggregates are sums, so a
-distributed run equals a local one up to the order of additions (about 1e-12 relative, not
-bitwise).
+chunks of ``--token-chunk`` tokens and keeps only sums (:mod:`spectrum.analysis.token_passes`). By
+default everything runs in this process. With ``--executor ray`` (or a ``--ray-address``: ``auto``
+or ``ip:port`` joins a cluster, ``local`` starts a local Ray), the heavy per-token passes are cut
+into units of :data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray
+workers (``--workers``, ``--cpus-per-worker``) through the executor of every stage
+(:func:`pipelines.executor.make_executor`); each worker reads the artifacts under the output folder
+itself, and this process adds the partial sums in token order. Distributed, in six rounds of units:
+the spectra and slice sums of every run; the in-sample fitted curves of every run; the token
+models' first pass (the per-run sums of their population regressions) and, once this process has
+fitted those regressions and sent them with the next round's workers, their second pass (each
+token's predicted curves, summed per sequence) - once for the held-out-runs test and once for
+leave-one-run-out. Kept in this process: loading each run (its loss shards summed per sequence, one
+shard at a time, and its fit summary, whose medians need every value), the slice edges (quantiles
+of the target frequency), the mean sigmoid kernels (weighted quantiles of k), the examples of the
+token explorer, and every step that only combines per-run aggregates (scores, bootstrap, figures).
+All distributed aggregates are sums, so a distributed run equals a local one up to the order of
+additions (about 1e-12 relative, not bitwise).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from pipelines.options import (cpus_per_worker_option, force_option, not_positive, option,
-                               ray_address_option, workers_option)
+from pipelines.executor import executor_kind, make_executor
+from pipelines.options import (cpus_per_worker_option, executor_option, force_option,
+                               not_positive, option, ray_address_option, workers_option)
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
@@ -66,10 +66,11 @@ class ReportOptions:
     split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
     ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
                                "(default 0.5)")
-    token_chunk: int = option(CHUNK, "tokens read at a time by the per-token analyses; with "
-                                     "--ray-address a unit of work is 4 chunks "
+    token_chunk: int = option(CHUNK, "tokens read at a time by the per-token analyses; on "
+                                     "Ray a unit of work is 4 chunks "
                                      f"(default {CHUNK})")
     force: bool = force_option()
+    executor: str | None = executor_option()
     ray_address: str | None = ray_address_option()
     workers: int | None = workers_option()
     cpus_per_worker: int = cpus_per_worker_option()
@@ -199,17 +200,6 @@ class ExecutorMapper:
                 for p, got in zip(passes, parts)]
 
 
-def make_executor(options: ReportOptions) -> Any:
-    """Ray workers with ``--ray-address`` (``local`` starts a local Ray); None without."""
-    if options.ray_address is None:
-        return None
-    from pipelines.executor import RayExecutor
-
-    address = None if options.ray_address == "local" else options.ray_address
-    return RayExecutor(address, workers=options.workers, cpus_per_worker=options.cpus_per_worker,
-                       retries=1)
-
-
 def main(manifest: Manifest, options: ReportOptions) -> None:
     opts = analysis_options(options)
     out = manifest.out
@@ -221,11 +211,15 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
         log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
-    executor = make_executor(options)
-    with executor.connected() if executor is not None else nullcontext():
-        mapper = in_process if executor is None else \
-            ExecutorMapper(executor, options.token_chunk * UNIT_CHUNKS)
-        _report(manifest, options, opts, prov, mapper)
+    kind = executor_kind(options.executor, options.ray_address, "local")
+    if kind == "local":  # the passes run here, one after another, without units
+        _report(manifest, options, opts, prov, in_process)
+        return
+    executor = make_executor(kind, ray_address=options.ray_address, workers=options.workers,
+                             cpus_per_worker=options.cpus_per_worker, retries=1).executor
+    with executor.connected():
+        _report(manifest, options, opts, prov,
+                ExecutorMapper(executor, options.token_chunk * UNIT_CHUNKS))
 
 
 def _report(manifest: Manifest, options: ReportOptions, opts: Options, prov: dict,
