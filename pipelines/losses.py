@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class LossesOptions:
     device: str = device_option()
-    executor: str = executor_option()
+    executor: str | None = executor_option()
     ray_address: str | None = ray_address_option()
     num_gpus: float | None = num_gpus_option()
     force: bool = force_option()
