@@ -54,6 +54,7 @@ from spectrum.manifest import Manifest
 from spectrum.store import is_current, numeric_encodings, write_parquet
 
 HELP = "fit a sigmoid in log-time to every token's loss trajectory (batched Levenberg-Marquardt)"
+EXECUTOR = "local"  # where the units run without --executor and --ray-address
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +133,7 @@ def _compiles(out: Path) -> bool:
 def main(manifest: Manifest, options: FitStageOptions) -> None:
     solver_options = FitOptions(kernel=options.fit_kernel)
     thresholds = KindThresholds()
-    kind = executor_kind(options.executor, options.ray_address, "local")
+    kind = executor_kind(options.executor, options.ray_address, EXECUTOR)
     placement = make_executor(kind, ray_address=options.ray_address, device=options.device,
                               workers=options.workers, cpus_per_worker=options.cpus_per_worker,
                               retries=1 if kind == "ray" else 0)

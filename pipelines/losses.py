@@ -40,8 +40,7 @@ from spectrum.losses.worker import LossWorker, Result
 from spectrum.manifest import Manifest
 
 HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
-
-
+EXECUTOR = "ray"  # where the units run without --executor and --ray-address
 log = logging.getLogger(__name__)
 
 
@@ -134,7 +133,7 @@ def main(manifest: Manifest, options: LossesOptions) -> None:
     validate_checkpoint_sources(manifest)
     evalset = check_evalset(manifest)
     placement = make_executor(  # refuses missing devices before any announcement
-        executor_kind(options.executor, options.ray_address, "ray"),
+        executor_kind(options.executor, options.ray_address, EXECUTOR),
         ray_address=options.ray_address, device=options.device, num_gpus=options.num_gpus,
         workers=options.workers, cpus_per_worker=options.cpus_per_worker,
         retries=options.retries)

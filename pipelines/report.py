@@ -54,6 +54,7 @@ from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
+EXECUTOR = "local"  # where the units run without --executor and --ray-address
 log = logging.getLogger(__name__)
 
 
@@ -211,7 +212,7 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
         log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
-    kind = executor_kind(options.executor, options.ray_address, "local")
+    kind = executor_kind(options.executor, options.ray_address, EXECUTOR)
     if kind == "local":  # the passes run here, one after another, without units
         _report(manifest, options, opts, prov, in_process)
         return
