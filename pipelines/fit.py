@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.executor import Executor, executor_kind, make_executor
-from pipelines.options import (cpus_per_worker_option, device_option, executor_option,
-                               force_option, not_positive, option, ray_address_option,
-                               workers_option)
+from pipelines.fit_options import EXECUTOR, HELP, OPTIONS, FitStageOptions
 from spectrum.console import progress
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
@@ -53,36 +50,7 @@ from spectrum.losses.trajectories import RunLosses
 from spectrum.manifest import Manifest
 from spectrum.store import is_current, numeric_encodings, write_parquet
 
-HELP = "fit a sigmoid in log-time to every token's loss trajectory (batched Levenberg-Marquardt)"
-EXECUTOR = "local"  # where the units run without --executor and --ray-address
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FitStageOptions:
-    device: str = device_option()
-    fit_dtype: str = option("float32", "precision of the fits (default float32)",
-                            choices=tuple(DTYPES))
-    chunk_size: int = option(1 << 20, "tokens read from the shards and fitted at a time "
-                                      "(default 1048576)")
-    fit_kernel: str = option("auto", "the LM iterations in the fused Triton kernel or in torch; "
-                                     "auto: the kernel on CUDA when Triton is installed "
-                                     "(default auto)", choices=("auto", "triton", "torch"))
-    force: bool = force_option()
-    executor: str | None = executor_option()
-    ray_address: str | None = ray_address_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
-
-    def __post_init__(self) -> None:
-        problems = not_positive((("--chunk-size", self.chunk_size),
-                                 ("--cpus-per-worker", self.cpus_per_worker),
-                                 ("--workers", self.workers)))
-        if problems:
-            raise SpectrumError(*problems)
-
-
-OPTIONS = FitStageOptions
 
 
 def run_units(units: list[FitUnit], executor: Executor, make_worker: Any, out: str,

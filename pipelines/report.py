@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from pipelines.executor import executor_kind, make_executor
-from pipelines.options import (cpus_per_worker_option, executor_option, force_option,
-                               not_positive, option, ray_address_option, workers_option)
+from pipelines.options import not_positive
+from pipelines.report_options import EXECUTOR, HELP, OPTIONS, UNIT_CHUNKS, ReportOptions
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
@@ -48,40 +48,12 @@ from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
 from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
-from spectrum.analysis.run_data import CHUNK, load_run
+from spectrum.analysis.run_data import load_run
 from spectrum.analysis.token_passes import Mapper, TokenPass, in_process, token_ranges
-from spectrum.analysis.spectra import DEFAULT_KINDS, log_time_grid
+from spectrum.analysis.spectra import log_time_grid
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
-HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
-EXECUTOR = "local"  # where the units run without --executor and --ray-address
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportOptions:
-    spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
-    bootstrap: int = option(200, "bootstrap replicates over sequences for bands (default 200)")
-    spectrum_kinds: str = option(",".join(DEFAULT_KINDS), "fit kinds that enter the spectra "
-                                                          f"(default {','.join(DEFAULT_KINDS)})")
-    split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
-    ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
-                               "(default 0.5)")
-    token_chunk: int = option(CHUNK, "tokens read at a time by the per-token analyses; on "
-                                     "Ray a unit of work is 4 chunks "
-                                     f"(default {CHUNK})")
-    force: bool = force_option()
-    executor: str | None = executor_option()
-    ray_address: str | None = ray_address_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
-
-    def __post_init__(self) -> None:
-        analysis_options(self)  # a bad value is refused before any work
-
-
-OPTIONS = ReportOptions
-UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray (the --token-chunk help says so)
 
 
 def _kinds(text: str) -> tuple[str, ...]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from pipelines.losses import LossesOptions
 from pipelines.options import add_options, from_namespace, option, shared_with
 from spectrum.errors import SpectrumError
 
+ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTING = ("losses", "fit", "report")  # the stages with --executor among those of `run`
 REQUIRED = {"export-curriculum": ["--target-steps", "10"]}
 
@@ -130,3 +134,28 @@ def test_bad_options_of_a_later_stage_are_refused_before_any_work(tmp_path, caps
     assert cli.main(["run", "--config", str(missing), "--spectrum-kinds", "learnt"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: --spectrum-kinds: unknown kind(s) learnt")
+
+
+def test_light_declarations_repeat_the_library_constants():
+    from pipelines.report_options import ReportOptions
+    from spectrum.analysis.run_data import CHUNK
+    from spectrum.analysis.spectra import DEFAULT_KINDS
+    from spectrum.fit.worker import DTYPES
+
+    assert ReportOptions().spectrum_kinds == ",".join(DEFAULT_KINDS)
+    assert ReportOptions().token_chunk == CHUNK
+    assert cli._declared("fit").FIT_DTYPES == tuple(DTYPES)
+
+
+def test_the_help_of_a_light_stage_loads_neither_torch_nor_the_analyses():
+    """``spectrum <stage> --help`` builds the parser from the stage's light declarations."""
+    heavy = ("torch", "numpy", "polars", "pyarrow", "transformers", "ray")
+    code = ("import sys\nfrom pipelines.cli import main\n"
+            "try:\n    main([sys.argv[1], '--help'])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    for name in cli.DECLARED_IN:
+        proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "[]", (name, proc.stdout)
+        assert "--force" in proc.stdout  # the stage's own options were listed
