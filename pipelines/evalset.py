@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pipelines.evalset_options import HELP, OPTIONS, EvalsetOptions
+from pipelines.evalset_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.evalset_options import EvalsetOptions
 from spectrum.data.checkpoints import resolve_checkpoints, validate_checkpoint_sources
 from spectrum.errors import SpectrumError
 from spectrum.data.evalset import build_evalset, evalset_is_current, load_tokenizer, write_evalset

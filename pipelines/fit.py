@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.executor import Executor, executor_kind, make_executor
-from pipelines.fit_options import EXECUTOR, HELP, OPTIONS, FitStageOptions
+from pipelines.fit_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.fit_options import EXECUTOR, FitStageOptions
 from spectrum.console import progress
 from spectrum.devices import resolve_device
 from spectrum.errors import SpectrumError, StageFailed
@@ -43,7 +44,7 @@ from spectrum.fit import smooth
 from spectrum.fit.kinds import KINDS, KindThresholds
 from spectrum.fit.runs import check_runs, provenance
 from spectrum.fit.solver import COMPILE_MIN_ROWS, FitOptions, SigmoidFit, solver_name
-from spectrum.fit.worker import DTYPES, FitPart, FitSettings, FitUnit, FitWorker, warm_up_beside
+from spectrum.fit.worker import FitPart, FitSettings, FitUnit, FitWorker, warm_up_beside
 from spectrum.layout import fits_file, loss_run_dir
 from spectrum.losses.shards import check_run_shards, expected_tokens
 from spectrum.losses.trajectories import RunLosses

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.executor import executor_kind, make_executor
-from pipelines.losses_options import EXECUTOR, HELP, OPTIONS, LossesOptions
+from pipelines.losses_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.losses_options import EXECUTOR, LossesOptions
 from spectrum.console import progress
 from spectrum.data.checkpoints import validate_checkpoint_sources
 from spectrum.errors import SpectrumError, StageFailed

@@ -7,9 +7,11 @@ type comes from the annotation (``int``, ``float``, ``str``, optionally ``| None
 field is a switch that defaults to off), and a field without a default is a required option.
 
 Options that several stages understand (``--device``, ``--force``, ``--executor``,
-``--ray-address``, ``--num-gpus``, ``--workers``, ``--cpus-per-worker``) are declared here once and reused by every stage that takes
-them, so a command that composes stages (``spectrum run``, or a stage that runs others) adds each
-such flag once and hands the same value to every stage that declares it.
+``--ray-address``, ``--num-gpus``, ``--workers``, ``--cpus-per-worker``) are declared here once
+and reused by every stage that takes them, so a command that composes stages (``spectrum run``,
+or a stage that runs others) adds each such flag once and hands the same value to every stage
+that declares it. Where stages differ in a default, the shared option defaults to None, "each
+stage's own" (``--executor``: see :func:`pipelines.executor.executor_kind`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ import pyarrow as pa
 
 from pipelines.executor import executor_kind, make_executor
 from pipelines.options import not_positive
-from pipelines.report_options import EXECUTOR, HELP, OPTIONS, UNIT_CHUNKS, ReportOptions
+from pipelines.report_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.report_options import EXECUTOR, UNIT_CHUNKS, ReportOptions
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
