@@ -32,13 +32,14 @@ import sys
 import time
 import warnings
 from dataclasses import replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from scipy.optimize import curve_fit
 from scipy.special import expit
 
-from spectrum.fit.solver import FitOptions, fit_sigmoids, solver_name
+from spectrum.fit.solver import FitOptions, SigmoidFit, fit_sigmoids, solver_name
 from spectrum.devices import resolve_device
 from spectrum.fit.model import guess, model
 
@@ -117,7 +118,7 @@ def _first_call(args: argparse.Namespace) -> None:
                       "fits_per_s": round(args.n / seconds)}))
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000, help="trajectories fitted by torch")
     ap.add_argument("--scipy-n", type=int, default=500, help="trajectories fitted by scipy")
@@ -139,7 +140,56 @@ def main() -> None:
     ap.add_argument("--fresh-process", action=argparse.BooleanOptionalAction, default=True,
                     help="also time a first call in a new process (default on)")
     ap.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def _seconds(device: torch.device, fit: Callable[[], Any]) -> tuple[float, Any]:
+    """(wall seconds, result) of ``fit()``, the GPU's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fit()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def _new_size(args: argparse.Namespace, fit: Callable[..., Any], device: torch.device
+              ) -> tuple[dict, dict | None]:
+    """A batch size this process has not fitted before (and a first call in a new process):
+    what compiling once buys, against the warm figure."""
+    new_n = max(2, (args.n * 7) // 9 + 1)
+    seconds, _ = _seconds(device, lambda: fit(new_n))
+    new_size = {"n": new_n, "seconds": round(seconds, 3)}
+    new_size["fits_per_s"] = round(new_n / new_size["seconds"])
+    if not args.fresh_process:
+        return new_size, None
+    cmd = [sys.executable, __file__, "--first-call-only", "--n", str(new_n + 1),
+           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
+           "--noise", str(args.noise), "--mix", args.mix, "--compile", args.compile,
+           "--kernel", args.kernel]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    fresh = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True)
+                       .stdout.strip().splitlines()[-1])
+    return new_size, fresh
+
+
+def _torch_path(args: argparse.Namespace, losses: torch.Tensor, x: np.ndarray,
+                device: torch.device, dtype: torch.dtype, opts: FitOptions) -> dict | None:
+    """On CUDA with the fused kernel: the torch path's rate on the same rows, for comparison."""
+    if device.type != "cuda" or not args.peer_n or solver_name(opts, device) == "torch":
+        return None
+    torch_opts = replace(opts, kernel="torch")
+    rows = losses[: min(args.peer_n, args.n)]
+    fit_sigmoids(rows[:50_000], x, device=device, dtype=dtype, options=torch_opts)
+    seconds, _ = _seconds(device, lambda: fit_sigmoids(rows, x, device=device, dtype=dtype,
+                                                       options=torch_opts))
+    return {"n": len(rows), "seconds": round(seconds, 3), "fits_per_s": round(len(rows) / seconds)}
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.first_call_only:  # the new process of --fresh-process: one first call, timed
         return _first_call(args)
 
@@ -154,75 +204,38 @@ def main() -> None:
     if device.type == "cuda":  # resident on the GPU, as the target states
         losses = losses.to(device)
 
+    def fit(n: int) -> SigmoidFit:
+        return fit_sigmoids(losses[:n], x, device=device, dtype=dtype, options=opts)
+
     t0 = time.perf_counter()
-    fit_sigmoids(losses[: min(args.n, 50_000)], x, device=device, dtype=dtype, options=opts)
+    fit(min(args.n, 50_000))
     warmup = time.perf_counter() - t0
-    times, fit = [], None
-    for _ in range(args.repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fit = fit_sigmoids(losses, x, device=device, dtype=dtype, options=opts)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    timed = [_seconds(device, lambda: fit(args.n)) for _ in range(args.repeat)]
+    times, fitted = [t for t, _ in timed], timed[-1][1]
     ours = args.n / min(times)
-
-    # a batch size this process has not fitted before (and, below, a first call in a new
-    # process): what compiling once buys, against the warm figure above
-    new_n = max(2, (args.n * 7) // 9 + 1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fit_sigmoids(losses[:new_n], x, device=device, dtype=dtype, options=opts)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    new_size = {"n": new_n, "seconds": round(time.perf_counter() - t0, 3)}
-    new_size["fits_per_s"] = round(new_n / new_size["seconds"])
-    fresh = None
-    if args.fresh_process:
-        cmd = [sys.executable, __file__, "--first-call-only", "--n", str(new_n + 1),
-               "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
-               "--noise", str(args.noise), "--mix", args.mix, "--compile", args.compile,
-               "--kernel", args.kernel]
-        if args.batch_size:
-            cmd += ["--batch-size", str(args.batch_size)]
-        fresh = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True)
-                           .stdout.strip().splitlines()[-1])
-
-    peer = None
-    if device.type == "cuda" and args.peer_n and solver_name(opts, device) != "torch":
-        torch_opts = replace(opts, kernel="torch")
-        rows = losses[: min(args.peer_n, args.n)]
-        fit_sigmoids(rows[:50_000], x, device=device, dtype=dtype, options=torch_opts)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fit_sigmoids(rows, x, device=device, dtype=dtype, options=torch_opts)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        peer = {"n": len(rows), "seconds": round(seconds, 3),
-                "fits_per_s": round(len(rows) / seconds)}
+    new_size, fresh = _new_size(args, fit, device)
+    peer = _torch_path(args, losses, x, device, dtype, opts)
 
     m = min(args.scipy_n, args.n)
     sp_time, sp_rss = scipy_loop(x, y[:m], opts)
     theirs = m / sp_time
     ours_rss = np.sum((y[:m].astype(np.float64) - model(torch.tensor(x), torch.tensor(
-        fit.params[:m].astype(np.float64))).numpy()) ** 2, axis=1)
+        fitted.params[:m].astype(np.float64))).numpy()) ** 2, axis=1)
     no_worse = float(np.mean(ours_rss <= sp_rss * (1 + 1e-4) + 1e-12))
 
-    statuses, counts = np.unique(fit.status, return_counts=True)
+    statuses, counts = np.unique(fitted.status, return_counts=True)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"load average {os.getloadavg()[0]:.1f} at the end",
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
-        "compile": args.compile, "solver": solver_name(opts, device), "n": args.n, "points": len(x), "noise": args.noise,
-        "mix": args.mix,
+        "compile": args.compile, "solver": solver_name(opts, device), "n": args.n,
+        "points": len(x), "noise": args.noise, "mix": args.mix,
         "seconds": [round(t, 3) for t in times], "warmup_seconds": round(warmup, 1),
         "fits_per_s": round(ours), "scipy_n": m, "scipy_seconds": round(sp_time, 2),
         "scipy_fits_per_s": round(theirs, 1), "ratio": round(ours / theirs, 1),
         "rss_no_worse_than_scipy_1e-4": round(no_worse, 4),
-        "mean_iterations": round(float(fit.n_iter.mean()), 2),
+        "mean_iterations": round(float(fitted.n_iter.mean()), 2),
         "new_size": {**new_size, "ratio": round(new_size["fits_per_s"] / theirs, 1)},
         "first_call_new_process": fresh and {**fresh,
                                              "ratio": round(fresh["fits_per_s"] / theirs, 1)},
@@ -233,7 +246,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-
 
 if __name__ == "__main__":
     main()

@@ -143,7 +143,7 @@ def compare(shape: Shape, device: torch.device, repeats: int) -> dict:
 def sweep(shape: Shape, device: torch.device, n: int, threads: int | None) -> dict:
     """Evaluate ``n`` saved checkpoints with the stage's worker; wall time vs pure eval time."""
     from pipelines.executor import LocalExecutor
-    from pipelines.losses import LossWorker
+    from spectrum.losses.worker import LossWorker
     from spectrum.losses.plan import Unit
     from spectrum.devices import default_dtype, dtype_name
 

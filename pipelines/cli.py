@@ -8,6 +8,11 @@ Each stage lives in its own module under ``pipelines/`` and exposes three names:
 - ``main(manifest, options)``: runs the stage; raises :class:`spectrum.errors.SpectrumError` for
   a problem the user can fix.
 
+A stage whose module imports heavy dependencies (torch, the analyses) declares ``HELP`` and
+``OPTIONS`` in a light module of their own (:data:`DECLARED_IN`), so that the command line, its
+``--help`` included, is built without loading the stage; and only the options of the command
+being run are added to the parser (``spectrum --help`` loads no stage's options at all).
+
 ``spectrum run`` runs every stage in pipeline order; it takes the options of all of them, each
 flag once, and each stage skips the work whose outputs are already current, so the same command
 resumes an interrupted run. Messages and progress bars go to stderr (``--quiet``: warnings and
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -48,15 +54,34 @@ STAGES: dict[str, str] = {
     "curriculum-test": "pipelines.curriculum_test",
 }
 RUN_ORDER = ("suite", "evalset", "losses", "fit", "report")
+# name -> the light module that declares the stage's HELP and OPTIONS (default: the stage's own)
+DECLARED_IN: dict[str, str] = {
+    "evalset": "pipelines.evalset_options",
+    "losses": "pipelines.losses_options",
+    "fit": "pipelines.fit_options",
+    "report": "pipelines.report_options",
+}
+
+
+def _module(path: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as e:
+        if e.name == path:
+            return None
+        raise
 
 
 def _stage(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(STAGES[name])
-    except ModuleNotFoundError as e:
-        if e.name == STAGES[name]:
-            return None
-        raise
+    """The stage's module (its ``main``); None when this installation lacks it."""
+    return _module(STAGES[name])
+
+
+def _declared(name: str) -> ModuleType | None:
+    """The module of the stage's ``HELP`` and ``OPTIONS``; None when the stage is missing."""
+    if name in DECLARED_IN and importlib.util.find_spec(STAGES[name]) is None:
+        return None
+    return _module(DECLARED_IN.get(name, STAGES[name]))
 
 
 def _add_common(p: argparse.ArgumentParser, default: object = None) -> None:
@@ -73,7 +98,10 @@ def _add_common(p: argparse.ArgumentParser, default: object = None) -> None:
                    help="show the Python traceback of an error (for bug reports)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. With ``command`` (a stage, or ``run``) only that command's options are
+    added (the other commands are known by name); without, every command's, as the tests of the
+    options do."""
     parser = argparse.ArgumentParser(
         prog="spectrum",
         description="Per-token loss trajectories, sigmoid fits and learning-time spectra.")
@@ -87,13 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run every stage: " + " -> ".join(RUN_ORDER))
     _add_common(run, argparse.SUPPRESS)
-    modules = {name: mod for name in STAGES if (mod := _stage(name)) is not None}
-    for name, mod in modules.items():
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+    wanted = set(STAGES) if command is None else \
+        set(RUN_ORDER) if command == "run" else {command}
+    declared = {name: mod for name in STAGES if name in wanted
+                and (mod := _declared(name)) is not None}
+    for name in STAGES:
+        mod = declared.get(name)
+        if mod is None and name in wanted:
+            continue  # not installed
+        p = sub.add_parser(name, help=mod.HELP if mod else None,
+                           description=mod.HELP if mod else None)
         _add_common(p, argparse.SUPPRESS)
-        add_options(p, [mod.OPTIONS])
-    add_options(run, [modules[name].OPTIONS for name in RUN_ORDER if name in modules])
+        if mod is not None:
+            add_options(p, [mod.OPTIONS])
+    if command in (None, "run"):
+        add_options(run, [declared[name].OPTIONS for name in RUN_ORDER if name in declared])
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is one), or None."""
+    return next((a for a in argv if a == "run" or a in STAGES), None)
 
 
 _OS_HINTS = {errno.EACCES: "permission denied (is the folder read-only?)",
@@ -118,7 +160,7 @@ def _run(args: argparse.Namespace) -> None:
     names = [n for n in RUN_ORDER if _stage(n) is not None] if args.command == "run" \
         else [args.command]
     # every stage's options first: a bad value is reported before any work starts
-    stages = [(mod, from_namespace(mod.OPTIONS, args)) for mod in map(_stage, names)]
+    stages = [(_stage(name), from_namespace(_declared(name).OPTIONS, args)) for name in names]
     manifest = load_manifest(args.config)
     for mod, options in stages:
         mod.main(manifest, options)
@@ -126,7 +168,8 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     set_verbosity(args.verbosity)
     debug = bool(args.debug)
     try:

@@ -10,23 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pipelines.options import force_option
+from pipelines.evalset_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.evalset_options import EvalsetOptions
 from spectrum.data.checkpoints import resolve_checkpoints, validate_checkpoint_sources
 from spectrum.errors import SpectrumError
 from spectrum.data.evalset import build_evalset, evalset_is_current, load_tokenizer, write_evalset
 from spectrum.layout import evalset_dir
 from spectrum.manifest import Manifest
 
-HELP = "draw the evaluation set (token ids, annotations) from the manifest's corpus"
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalsetOptions:
-    force: bool = force_option()
-
-
-OPTIONS = EvalsetOptions
 
 
 def tokenizer_source(manifest: Manifest) -> str:

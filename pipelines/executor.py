@@ -22,6 +22,12 @@ unreadable checkpoint) fails its unit at once; any other exception, or the death
 process, is retried up to ``retries`` times, then fails the unit. Other units go on either way.
 Every error reaches the driver as one line, never a traceback. A worker that cannot be built
 (``make_worker`` raises) stops the map with a :class:`SpectrumError` saying why.
+
+:func:`make_executor` builds the executor of every stage that distributes work from the shared
+options ``--executor``, ``--ray-address``, ``--workers``, ``--cpus-per-worker`` and ``--num-gpus``
+(:mod:`pipelines.options`), with one meaning on every stage: ``--executor`` picks where units
+run, each stage with its own default (:func:`executor_kind`), and ``--ray-address`` names the Ray
+cluster to join.
 """
 
 from __future__ import annotations
@@ -32,13 +38,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from spectrum.errors import SpectrumError
-
-
-class Worker(Protocol):
-    def process(self, unit: Any) -> Any: ...
 
 
 @dataclass
@@ -270,3 +272,85 @@ class RayExecutor(Executor):
                 yield Outcome(units[u], value if status == "ok" else None,
                               None if status == "ok" else value, attempts[u])
             fill()
+
+
+# ---- the executor of a stage, from its options -------------------------------------------------
+
+EXECUTORS = ("local", "ray")
+LOCAL_RAY = "local"  # the --ray-address that starts a fresh local Ray, as giving none does
+
+
+def executor_kind(executor: str | None, ray_address: str | None, default: str) -> str:
+    """``local`` or ``ray``: ``--executor`` when given; else ``ray`` when ``--ray-address`` is
+    given, else the stage's ``default``. A Ray address with ``--executor local`` is refused."""
+    if executor is None:
+        return "ray" if ray_address is not None else default
+    if executor not in EXECUTORS:
+        raise SpectrumError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
+    if executor == "local" and ray_address is not None:
+        raise SpectrumError(f"--ray-address {ray_address} names a Ray cluster, but --executor "
+                            "local runs in this process; give one of them")
+    return executor
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage's units run: the executor, the device its workers use (``auto`` resolved to
+    ``cuda`` or ``cpu`` for Ray workers, as given for this process) and their torch threads
+    (None: torch's default, every core)."""
+
+    executor: Executor
+    device: str
+    threads: int | None
+
+    @property
+    def distributed(self) -> bool:
+        return not isinstance(self.executor, LocalExecutor)
+
+
+def make_executor(kind: str, *, ray_address: str | None = None, device: str = "cpu",
+                  num_gpus: float | None = None, workers: int | None = None,
+                  cpus_per_worker: int = 1, retries: int = 1) -> Placement:
+    """The executor of kind ``local`` or ``ray`` (see :func:`executor_kind`).
+
+    Ray workers get ``num_gpus`` GPUs each; by default 1 when GPUs exist (on this machine for a
+    local Ray, in the cluster for ``ray_address``) and ``device`` is not cpu, else 0. Devices,
+    GPUs and CPUs that this machine (or the cluster) lacks are refused here, before any work is
+    planned. ``ray_address`` ``local`` or None starts a fresh local Ray."""
+    from spectrum.devices import parse_device, resolve_device
+
+    address = None if ray_address in (None, LOCAL_RAY) else ray_address
+    if kind == "local" or address is None:
+        resolve_device(device)  # a device this machine has
+    else:
+        parse_device(device)  # the workers' machines are checked by the cluster's GPUs
+    if kind == "local":
+        return Placement(LocalExecutor(retries=retries), device, None)
+    ex = RayExecutor(address, workers=workers, cpus_per_worker=cpus_per_worker, retries=retries)
+    ex.gpus_per_worker = _gpus_per_worker(ex, device, num_gpus)
+    cpus = os.cpu_count() or 1
+    if address is None and cpus_per_worker > cpus:
+        raise SpectrumError(f"--cpus-per-worker {cpus_per_worker}: this machine has {cpus} CPUs")
+    resolved = ("cuda" if ex.gpus_per_worker > 0 else "cpu") if device == "auto" else device
+    return Placement(ex, resolved, cpus_per_worker)
+
+
+def _gpus_per_worker(ex: RayExecutor, device: str, num_gpus: float | None) -> float:
+    """GPUs per Ray worker (see :func:`make_executor`), checked against what there is."""
+    if ex.address is None:
+        import torch
+
+        have: float = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        where = "this machine"
+    else:
+        have = ex.cluster_resources().get("GPU", 0)
+        where = f"the Ray cluster at {ex.address}"
+    gpus = num_gpus
+    if gpus is None:
+        gpus = 0 if device == "cpu" else (1 if have >= 1 else 0)
+    if gpus > 0 and have < gpus:
+        raise SpectrumError(f"--num-gpus {gpus:g} per worker, but {where} has {have:g} GPUs; "
+                            "use --num-gpus 0 to run on CPUs")
+    if gpus == 0 and device.startswith("cuda"):
+        raise SpectrumError(f"--device {device}: {where} has no GPU for the workers")
+    return gpus

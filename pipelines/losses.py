@@ -5,9 +5,10 @@ One unit of work per (run, checkpoint); each writes its shard
 provenance; a current shard is skipped, a stale one recomputed with a warning (see
 :mod:`spectrum.losses.plan`).
 
-Workers are Ray actors (a fresh local Ray by default, ``--ray-address`` for a cluster) or, with
-``--executor local``, this process. Each worker keeps the evalset on its device, and loads the
-next checkpoint in a background thread while it evaluates the current one. Shards are written by
+Workers (:class:`spectrum.losses.worker.LossWorker`) are Ray actors (a fresh local Ray by
+default, ``--ray-address`` for a cluster) or, with ``--executor local``, this process. Each worker
+keeps the evalset on its device, and loads the next checkpoint in a background thread while it
+evaluates the current one. Shards are written by
 this process as results arrive, atomically, so an interrupted run loses only the checkpoints in
 flight and the same command finishes it. A checkpoint that cannot be read (truncated weights,
 missing config, another tokenizer, too short a context) is reported by path while the others
@@ -19,161 +20,24 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from pipelines.options import (cpus_per_worker_option, device_option, executor_option,
-                               force_option, num_gpus_option, option, ray_address_option,
-                               workers_option)
+from pipelines.executor import executor_kind, make_executor
+from pipelines.losses_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.losses_options import EXECUTOR, LossesOptions
 from spectrum.console import progress
 from spectrum.data.checkpoints import validate_checkpoint_sources
 from spectrum.errors import SpectrumError, StageFailed
 from spectrum.data.evalset import load_evalset, stale_reason
 from spectrum.layout import evalset_dir
 from spectrum.losses.plan import Unit, plan_units, write_shard
+from spectrum.losses.worker import LossWorker, Result
 from spectrum.manifest import Manifest
 
-HELP = "per-token losses of every checkpoint of every run over the evalset (Parquet shards)"
-
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LossesOptions:
-    device: str = device_option()
-    executor: str = executor_option()
-    ray_address: str | None = ray_address_option()
-    num_gpus: float | None = num_gpus_option()
-    force: bool = force_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
-    dtype: str = option("auto", "weights and activations: auto = bfloat16 on GPUs, float32 on "
-                                "CPUs", choices=("auto", "float32", "bfloat16"))
-    batch_size: int | None = option(None, "sequences per forward pass (default: automatic)")
-    retries: int = option(2, "retries of a unit that failed unexpectedly (default 2)")
-
-    def __post_init__(self) -> None:
-        """Refuse values no run can use, naming every one."""
-        problems = []
-        for name, value, least in (("--cpus-per-worker", self.cpus_per_worker, 1),
-                                   ("--workers", self.workers, 1),
-                                   ("--batch-size", self.batch_size, 1),
-                                   ("--retries", self.retries, 0),
-                                   ("--num-gpus", self.num_gpus, 0)):
-            if value is not None and value < least:
-                problems.append(f"{name} must be at least {least}, got {value:g}")
-        if self.num_gpus == 0 and self.device.startswith("cuda"):
-            problems.append(f"--device {self.device} with --num-gpus 0: the workers would have "
-                            "no GPU")
-        if problems:
-            raise SpectrumError(*problems)
-
-
-OPTIONS = LossesOptions
-
-
-@dataclass(frozen=True)
-class Result:
-    losses: np.ndarray  # float32, token_idx order
-    seconds: float  # evaluation only, without loading
-    load_wait: float  # time spent waiting for the checkpoint to load
-
-
-class LossWorker:
-    """Evaluates checkpoints on one device; loads the next one in a background thread."""
-
-    def __init__(self, input_ids: np.ndarray, meta: dict[str, Any], device: str, dtype: str,
-                 batch_size: int | None, threads: int | None) -> None:
-        import torch
-
-        from spectrum.devices import parse_dtype, resolve_device
-        from spectrum.losses.evaluator import Evaluator
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = resolve_device(device)
-        self.dtype = parse_dtype(dtype)
-        self.meta = meta
-        # compiled cross-entropy on every device: on CPUs it halves the time of small models,
-        # whose evaluation is mostly the log-sum-exp over the vocabulary
-        self.evaluator = Evaluator(input_ids, self.device, batch_size=batch_size, fused=True)
-        self.loader = ThreadPoolExecutor(max_workers=1)
-        self.pending: dict[str, Future] = {}
-
-    def _load(self, path: str) -> Any:
-        from transformers import AutoConfig
-
-        from spectrum.losses.evaluator import LOAD_LOCK, check_compatible, load_model
-
-        try:
-            with LOAD_LOCK:
-                config = AutoConfig.from_pretrained(path, local_files_only=True)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SpectrumError(f"checkpoint {path}: cannot be read: {first}") from None
-        check_compatible(path, config, self.meta)
-        return load_model(path, device=self.device, dtype=self.dtype)
-
-    def prefetch(self, unit: Unit) -> None:
-        if unit.path not in self.pending:
-            self.pending[unit.path] = self.loader.submit(self._load, unit.path)
-
-    def process(self, unit: Unit) -> Result:
-        t0 = time.perf_counter()
-        future = self.pending.pop(unit.path, None)
-        model = future.result() if future is not None else self._load(unit.path)
-        t1 = time.perf_counter()
-        losses = self.evaluator(model).reshape(-1)
-        del model
-        return Result(losses, time.perf_counter() - t1, t1 - t0)
-
-
-def make_executor(options: LossesOptions) -> tuple[Any, str]:
-    """(executor, device for the workers) from the stage's options. ``--num-gpus`` defaults to 1
-    when GPUs exist (on this machine for a local Ray, in the cluster for --ray-address) and
-    ``--device`` is not cpu, else 0. Devices and GPUs that this machine (or the cluster) lacks
-    are refused here, before any work is planned."""
-    import os
-
-    from pipelines.executor import LocalExecutor, RayExecutor
-    from spectrum.devices import parse_device, resolve_device
-
-    if options.executor == "local" or options.ray_address is None:
-        resolve_device(options.device)  # a device this machine has
-    else:
-        parse_device(options.device)  # the workers' machines are checked by the cluster's GPUs
-    if options.executor == "local":
-        return LocalExecutor(retries=options.retries), options.device
-    ex = RayExecutor(options.ray_address, workers=options.workers,
-                     cpus_per_worker=options.cpus_per_worker, retries=options.retries)
-    import torch
-
-    if options.ray_address is None:
-        have_gpus: float = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        where = "this machine"
-    else:
-        have_gpus = ex.cluster_resources().get("GPU", 0)
-        where = f"the Ray cluster at {options.ray_address}"
-    gpus = options.num_gpus
-    if gpus is None:
-        gpus = 0 if options.device == "cpu" else (1 if have_gpus >= 1 else 0)
-    if gpus > 0 and have_gpus < gpus:
-        raise SpectrumError(f"--num-gpus {gpus:g} per worker, but {where} has {have_gpus:g} GPUs; "
-                            "use --num-gpus 0 to run on CPUs")
-    if gpus == 0 and options.device.startswith("cuda"):
-        raise SpectrumError(f"--device {options.device}: {where} has no GPU for the workers")
-    cpus = os.cpu_count() or 1
-    if options.ray_address is None and options.cpus_per_worker > cpus:
-        raise SpectrumError(f"--cpus-per-worker {options.cpus_per_worker}: this machine has "
-                            f"{cpus} CPUs")
-    ex.gpus_per_worker = gpus
-    device = ("cuda" if gpus > 0 else "cpu") if options.device == "auto" else options.device
-    return ex, device
 
 
 def _dtype(options: LossesOptions, device: str) -> str:
@@ -230,16 +94,19 @@ def check_evalset(manifest: Manifest) -> Any:
 def main(manifest: Manifest, options: LossesOptions) -> None:
     validate_checkpoint_sources(manifest)
     evalset = check_evalset(manifest)
-    executor, device = make_executor(options)  # refuses missing devices before any announcement
-    dtype = _dtype(options, device)
+    placement = make_executor(  # refuses missing devices before any announcement
+        executor_kind(options.executor, options.ray_address, EXECUTOR),
+        ray_address=options.ray_address, device=options.device, num_gpus=options.num_gpus,
+        workers=options.workers, cpus_per_worker=options.cpus_per_worker,
+        retries=options.retries)
+    dtype = _dtype(options, placement.device)
     units, skipped, problems = plan_units(manifest, evalset.hash, dtype, evalset.num_tokens,
                                           force=options.force)
-    threads = options.cpus_per_worker if options.executor == "ray" else None
-    make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, device, dtype,
-                          options.batch_size, threads)
+    make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, placement.device, dtype,
+                          options.batch_size, placement.threads)
     failures, nonfinite, (evals, waits) = [], {}, (0.0, 0.0)
     if units:
-        failures, nonfinite, (evals, waits) = run_units(units, executor, make_worker,
+        failures, nonfinite, (evals, waits) = run_units(units, placement.executor, make_worker,
                                                         evalset.num_tokens)
     failures = problems + failures
     computed = len(units) - (len(failures) - len(problems))

@@ -7,9 +7,11 @@ type comes from the annotation (``int``, ``float``, ``str``, optionally ``| None
 field is a switch that defaults to off), and a field without a default is a required option.
 
 Options that several stages understand (``--device``, ``--force``, ``--executor``,
-``--ray-address``, ``--num-gpus``, ``--workers``, ``--cpus-per-worker``) are declared here once and reused by every stage that takes
-them, so a command that composes stages (``spectrum run``, or a stage that runs others) adds each
-such flag once and hands the same value to every stage that declares it.
+``--ray-address``, ``--num-gpus``, ``--workers``, ``--cpus-per-worker``) are declared here once
+and reused by every stage that takes them, so a command that composes stages (``spectrum run``,
+or a stage that runs others) adds each such flag once and hands the same value to every stage
+that declares it. Where stages differ in a default, the shared option defaults to None, "each
+stage's own" (``--executor``: see :func:`pipelines.executor.executor_kind`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ def force_option() -> Any:
 
 
 def executor_option() -> Any:
-    return option("ray", "how the losses are distributed: ray (default: a local Ray, or "
-                         "--ray-address) or local (this process)", choices=("ray", "local"))
+    return option(None, "where the units of work run: local (this process) or ray (Ray workers: "
+                        "a local Ray, or the cluster at --ray-address). Default: ray for the "
+                        "losses stage; local for the fit and report stages, ray when "
+                        "--ray-address is given", choices=("local", "ray"))
 
 
 def ray_address_option() -> Any:
-    return option(None, "Ray cluster address (auto, ip:port); default: start a local Ray")
+    return option(None, "the Ray cluster the Ray workers join (auto, ip:port); local or none: "
+                        "start a local Ray. Given without --executor, it means --executor ray")
 
 
 def num_gpus_option() -> Any:
@@ -54,11 +59,13 @@ def num_gpus_option() -> Any:
 
 
 def workers_option() -> Any:
-    return option(None, "Ray workers (default: one per GPU, or one per --cpus-per-worker CPUs)")
+    return option(None, "Ray workers (default: as many as Ray holds: one per GPU for workers "
+                        "with a GPU, else one per --cpus-per-worker CPUs)")
 
 
 def cpus_per_worker_option() -> Any:
-    return option(1, "CPUs (and torch threads) per CPU worker of Ray (default 1)")
+    return option(1, "CPUs per Ray worker, also the torch threads of a losses or fit worker on "
+                     "Ray (default 1)")
 
 
 SHARED = ("device", "force", "executor", "ray_address", "num_gpus")

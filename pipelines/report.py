@@ -7,37 +7,38 @@ Reads ``evalset/tokens.parquet``, the loss shards and the fits of every run; wri
 were made from the same inputs with the same options (``--force`` recomputes).
 
 How the work is distributed. Every analysis reads the per-token columns (annotations, fits) in
-chunks of ``--token-chunk`` tokens and keeps only sums (:mod:`spectrum.analysis.token_passes`).
-Without ``--ray-address`` everything runs in this process. With it (``local`` starts a local Ray,
-``auto`` or ``ip:port`` joins a cluster), the heavy per-token passes are cut into units of
-:data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray workers
-(``--workers``, ``--cpus-per-worker``) through the executor of the losses and fit stages; each
-worker reads the artifacts under the output folder itself, and this process adds the partial sums
-in token order. Distributed, in six rounds of units: the spectra and slice sums of every run; the
-in-sample fitted curves of every run; the token models' first pass (the per-run sums of their
-population regressions) and, once this process has fitted those regressions and sent them with the
-next round's workers, their second pass (each token's predicted curves, summed per sequence) - once
-for the held-out-runs test and once for leave-one-run-out. Kept in this process: loading each
-run (its loss shards summed per sequence, one shard at a time, and its fit summary, whose medians
-need every value), the slice edges (quantiles of the target frequency), the mean sigmoid kernels
-(weighted quantiles of k), the examples of the token explorer, and every step that only combines
-per-run aggregates (scores, bootstrap, figures). All distributed aggregates are sums, so a
-distributed run equals a local one up to the order of additions (about 1e-12 relative, not
-bitwise).
+chunks of ``--token-chunk`` tokens and keeps only sums (:mod:`spectrum.analysis.runs.token_passes`). By
+default everything runs in this process. With ``--executor ray`` (or a ``--ray-address``: ``auto``
+or ``ip:port`` joins a cluster, ``local`` starts a local Ray), the heavy per-token passes are cut
+into units of :data:`UNIT_CHUNKS` chunks (a token range; picklable, a few integers) and run by Ray
+workers (``--workers``, ``--cpus-per-worker``) through the executor of every stage
+(:func:`pipelines.executor.make_executor`); each worker reads the artifacts under the output folder
+itself, and this process adds the partial sums in token order. Distributed, in six rounds of units:
+the spectra and slice sums of every run; the in-sample fitted curves of every run; the token
+models' first pass (the per-run sums of their population regressions) and, once this process has
+fitted those regressions and sent them with the next round's workers, their second pass (each
+token's predicted curves, summed per sequence) - once for the held-out-runs test and once for
+leave-one-run-out. Kept in this process: loading each run (its loss shards summed per sequence, one
+shard at a time, and its fit summary, whose medians need every value), the slice edges (quantiles
+of the target frequency), the mean sigmoid kernels (weighted quantiles of k), the examples of the
+token explorer, and every step that only combines per-run aggregates (scores, bootstrap, figures).
+All distributed aggregates are sums, so a distributed run equals a local one up to the order of
+additions (about 1e-12 relative, not bitwise).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from pipelines.options import (cpus_per_worker_option, force_option, not_positive, option,
-                               ray_address_option, workers_option)
+from pipelines.executor import executor_kind, make_executor
+from pipelines.options import not_positive
+from pipelines.report_options import HELP, OPTIONS  # noqa: F401 - exposed by every stage
+from pipelines.report_options import EXECUTOR, UNIT_CHUNKS, ReportOptions
 from spectrum import layout
 from spectrum.console import progress
 from spectrum.errors import SpectrumError
@@ -48,39 +49,12 @@ from spectrum.manifest import Manifest
 from spectrum.report.blocks import write_report
 from spectrum.report.explorer import explorer_blocks
 from spectrum.report.sections import Inputs, build_blocks, heldout_coverage
-from spectrum.analysis.runs.run_data import CHUNK, load_run
+from spectrum.analysis.runs.run_data import load_run
 from spectrum.analysis.runs.token_passes import Mapper, TokenPass, in_process, token_ranges
 from spectrum.analysis.spectra.spectrum import log_time_grid
-from spectrum.fit.kinds import STEP_KINDS as DEFAULT_KINDS
 from spectrum.store import is_current, read_provenance, write_json, write_parquet
 
-HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportOptions:
-    spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
-    bootstrap: int = option(200, "bootstrap replicates over sequences for bands (default 200)")
-    spectrum_kinds: str = option(",".join(DEFAULT_KINDS), "fit kinds that enter the spectra "
-                                                          f"(default {','.join(DEFAULT_KINDS)})")
-    split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
-    ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
-                               "(default 0.5)")
-    token_chunk: int = option(CHUNK, "tokens read at a time by the per-token analyses; with "
-                                     "--ray-address a unit of work is 4 chunks "
-                                     f"(default {CHUNK})")
-    force: bool = force_option()
-    ray_address: str | None = ray_address_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
-
-    def __post_init__(self) -> None:
-        analysis_options(self)  # a bad value is refused before any work
-
-
-OPTIONS = ReportOptions
-UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray (the --token-chunk help says so)
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -172,7 +146,7 @@ def _make_worker(passes: Sequence[TokenPass]) -> PassWorker:
 
 
 class ExecutorMapper:
-    """A :data:`spectrum.analysis.token_passes.Mapper` that cuts each pass into token ranges of
+    """A :data:`spectrum.analysis.runs.token_passes.Mapper` that cuts each pass into token ranges of
     ``unit_tokens`` and runs them through ``executor``; partials are combined in token order."""
 
     def __init__(self, executor: Any, unit_tokens: int) -> None:
@@ -200,17 +174,6 @@ class ExecutorMapper:
                 for p, got in zip(passes, parts)]
 
 
-def make_executor(options: ReportOptions) -> Any:
-    """Ray workers with ``--ray-address`` (``local`` starts a local Ray); None without."""
-    if options.ray_address is None:
-        return None
-    from pipelines.executor import RayExecutor
-
-    address = None if options.ray_address == "local" else options.ray_address
-    return RayExecutor(address, workers=options.workers, cpus_per_worker=options.cpus_per_worker,
-                       retries=1)
-
-
 def main(manifest: Manifest, options: ReportOptions) -> None:
     opts = analysis_options(options)
     out = manifest.out
@@ -222,11 +185,15 @@ def main(manifest: Manifest, options: ReportOptions) -> None:
     if not options.force and is_current(pred_path, prov) and all(p.is_file() for p in done):
         log.info(f"report: current ({layout.report_index(out)}); --force to recompute")
         return
-    executor = make_executor(options)
-    with executor.connected() if executor is not None else nullcontext():
-        mapper = in_process if executor is None else \
-            ExecutorMapper(executor, options.token_chunk * UNIT_CHUNKS)
-        _report(manifest, options, opts, prov, mapper)
+    kind = executor_kind(options.executor, options.ray_address, EXECUTOR)
+    if kind == "local":  # the passes run here, one after another, without units
+        _report(manifest, options, opts, prov, in_process)
+        return
+    executor = make_executor(kind, ray_address=options.ray_address, workers=options.workers,
+                             cpus_per_worker=options.cpus_per_worker, retries=1).executor
+    with executor.connected():
+        _report(manifest, options, opts, prov,
+                ExecutorMapper(executor, options.token_chunk * UNIT_CHUNKS))
 
 
 def _report(manifest: Manifest, options: ReportOptions, opts: Options, prov: dict,

@@ -6,5 +6,3 @@ try:
     __version__ = version("token-spectrum")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"
-
-from spectrum import console as _console  # noqa: E402,F401  (messages go to stderr)

@@ -5,6 +5,10 @@ Every module logs with ``logging.getLogger(__name__)``; the loggers of ``spectru
 ``error:``), so stdout carries only what a user may pipe. :func:`set_verbosity` sets how much is
 said: ``quiet`` (warnings and errors only, no progress bars), ``normal`` or ``verbose`` (also
 debug messages). :func:`progress` is tqdm on stderr, silent when quiet.
+
+Importing the library configures nothing: the handler is installed by the first
+:func:`set_verbosity`, which the command line calls (as may any program that wants the tool's
+messages on stderr).
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ def _install() -> None:
 
 
 def set_verbosity(level: str) -> None:
-    """``quiet``, ``normal`` or ``verbose``, for every message and bar of the tool."""
+    """``quiet``, ``normal`` or ``verbose``, for every message and bar of the tool; installs the
+    stderr handler of the tool's loggers the first time."""
+    _install()
     for name in _ROOTS:
         logging.getLogger(name).setLevel(LEVELS[level])
 
@@ -70,5 +76,3 @@ def progress(*args: Any, **kwargs: Any) -> Any:
     kwargs["disable"] = bool(kwargs.get("disable")) or verbosity() == "quiet"
     return tqdm(*args, **kwargs)
 
-
-_install()

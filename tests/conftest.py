@@ -28,9 +28,15 @@ import pytest
 import torch
 import yaml
 
+from spectrum.console import set_verbosity
+
 # Tests train and run tiny models, whose small tensor operations gain nothing from several
 # intra-op threads and lose a lot to oversubscription when the cores are shared.
 torch.set_num_threads(1)
+
+# The tool's messages on stderr as under the command line (importing the library installs no
+# handler), for the tests that run a stage's ``main`` directly and read what it said.
+set_verbosity("normal")
 
 MICRO_SIZES = {"s1": {"width": 16, "layers": 1, "heads": 2},
                "s2": {"width": 32, "layers": 2, "heads": 2}}

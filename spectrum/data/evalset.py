@@ -41,12 +41,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from spectrum import layout
 from spectrum.data.corpus import split_documents
 from spectrum.errors import SpectrumError
 from spectrum.manifest import EvalsetSpec
 from spectrum.store import read_provenance, write_json, write_parquet
 
 FORMAT = 1
+# the files of an evalset folder, named as in an output folder's evalset (spectrum.layout)
+SEQUENCES, TOKENS, META = (path(".").name for path in (
+    layout.evalset_sequences, layout.evalset_tokens, layout.evalset_meta))
 DEFINITION = ("token_idx = seq_id * (context - 1) + pos - 1: the target input_ids[seq_id, pos] "
               "predicted from input_ids[seq_id, :pos], 1 <= pos < context; "
               "N = sequences * (context - 1)")
@@ -196,14 +200,14 @@ def write_evalset(folder: str | Path, sequences: pa.Table, tokens: pa.Table,
     """Write the three files atomically, meta.json last."""
     folder = Path(folder)
     prov = {"evalset_hash": meta["hash"]}
-    write_parquet(sequences, folder / "sequences.parquet", prov)
-    write_parquet(tokens, folder / "tokens.parquet", prov)
-    write_json(meta, folder / "meta.json")
+    write_parquet(sequences, folder / SEQUENCES, prov)
+    write_parquet(tokens, folder / TOKENS, prov)
+    write_json(meta, folder / META)
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / META).read_text())
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
@@ -246,7 +250,7 @@ def evalset_is_current(folder: str | Path, spec: EvalsetSpec, tokenizer: Any) ->
             or meta["tokenizer"]["vocab_hash"] != vocab_hash(tokenizer):
         return False
     return all((read_provenance(folder / f) or {}).get("evalset_hash") == meta.get("hash")
-               for f in ("sequences.parquet", "tokens.parquet"))
+               for f in (SEQUENCES, TOKENS))
 
 
 def stale_reason(meta: dict[str, Any], spec: EvalsetSpec, *, corpus_path: bool = True
@@ -302,8 +306,8 @@ def load_evalset(folder: str | Path) -> Evalset:
     """Read ``sequences.parquet`` and ``meta.json``, checked against each other (shape, content
     hash); :class:`SpectrumError` naming the file if one is missing, incomplete or altered."""
     folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file() or not (folder / "sequences.parquet").is_file():
+    meta_path = folder / META
+    if not meta_path.is_file() or not (folder / SEQUENCES).is_file():
         raise SpectrumError(f"evalset {folder} is missing or incomplete: run "
                             "`spectrum evalset --config <manifest>` first")
     meta = _read_meta(folder)
@@ -311,5 +315,5 @@ def load_evalset(folder: str | Path) -> Evalset:
     if problems:
         raise SpectrumError(f"evalset {meta_path}: {'; '.join(problems)}; rebuild it with "
                             "`spectrum evalset --force`")
-    input_ids = _read_sequences(folder / "sequences.parquet", meta)
+    input_ids = _read_sequences(folder / SEQUENCES, meta)
     return Evalset(input_ids=input_ids, meta=meta)

@@ -457,37 +457,55 @@ def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, sta
     return p, rss, jtj, n_iter + ri, status
 
 
-def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
-               opts: FitOptions, compiled: bool, fused: bool) -> dict[str, torch.Tensor]:
-    """Fit one batch of rows (already on the device, in the fitting dtype)."""
-    dt, dev = losses.dtype, losses.device
+@dataclass
+class _Batch:
+    """A batch's rows prepared for fitting: ``y`` with missing points as 0 and their ``mask``
+    (None when every point is present), the points per row, each row's mean and total sum of
+    squares, and, for complete rows, the noise variance, RSS floor and starting guess of every
+    row (computed in the same pass as the mean)."""
+
+    y: torch.Tensor
+    finite: torch.Tensor
+    mask: torch.Tensor | None
+    count: torch.Tensor
+    mean: torch.Tensor
+    tss: torch.Tensor
+    prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # noise, floor, p0
+
+    @property
+    def complete(self) -> bool:
+        return self.mask is None
+
+
+def _batch(losses: torch.Tensor, x: torch.Tensor, compiled: bool) -> _Batch:
     n, kk = losses.shape
-    if compiled and n == 1:
-        return _first_row(_fit_batch(*_two_rows(losses), x, lb, ub, opts, compiled, fused))
     finite = torch.isfinite(losses)  # infinite losses count as missing points
     complete = bool(finite.all())
-    count = torch.full((n,), kk, device=dev) if complete else finite.sum(1)
+    count = torch.full((n,), kk, device=losses.device) if complete else finite.sum(1)
     if complete and n:
-        y, fm = losses, None
         prepare = _compiled(_prepare_complete) if compiled else _prepare_complete
-        mean, tss, noise_all, floor_all, guess_all = prepare(y, x)
-    else:
-        y = torch.where(finite, losses, 0)
-        fm = finite.to(dt)
-        mean = y.sum(1) / count.clamp_min(1)
-        tss = ((y - mean[:, None]).square() * fm).sum(1)
-    enough = count >= opts.min_points
-    eps = torch.finfo(dt).eps
-    constant = enough & (tss <= count * (8 * eps * (mean.abs() + eps)) ** 2)
-    todo = enough & ~constant
+        mean, tss, noise, floor, p0 = prepare(losses, x)
+        return _Batch(losses, finite, None, count, mean, tss, (noise, floor, p0))
+    y = torch.where(finite, losses, 0)
+    mask = finite.to(losses.dtype)
+    mean = y.sum(1) / count.clamp_min(1)
+    tss = ((y - mean[:, None]).square() * mask).sum(1)
+    return _Batch(y, finite, None if complete else mask, count, mean, tss)
 
+
+def _no_fits(n: int, dt: torch.dtype, dev: torch.device) -> dict[str, torch.Tensor]:
+    """The results of ``n`` rows before any is fitted: NaN, no iteration, too few points."""
     nan = torch.full((n,), math.nan, dtype=dt, device=dev)
     res = {name: nan.clone() for name in ("lo", "hi", "tau", "k", "lo_se", "hi_se", "tau_se",
                                            "k_se", "rss", "r2")}
     res["n_iter"] = torch.zeros(n, dtype=torch.int32, device=dev)
-    status = torch.full((n,), TOO_FEW, dtype=torch.int8, device=dev)
+    res["status"] = torch.full((n,), TOO_FEW, dtype=torch.int8, device=dev)
+    return res
 
-    # constant rows: the value, a step nowhere in particular
+
+def _set_constant(res: dict[str, torch.Tensor], constant: torch.Tensor, mean: torch.Tensor,
+                  x: torch.Tensor, lb: torch.Tensor) -> None:
+    """Constant rows: the value, a step nowhere in particular."""
     res["lo"] = torch.where(constant, mean, res["lo"])
     res["hi"] = torch.where(constant, mean, res["hi"])
     res["tau"] = torch.where(constant, 0.5 * (x.min() + x.max()), res["tau"])
@@ -497,46 +515,72 @@ def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torc
     for name in ("tau_se", "k_se"):
         res[name] = torch.where(constant, math.inf, res[name])
     res["rss"] = torch.where(constant, 0.0, res["rss"])
-    status = torch.where(constant, CONSTANT, status).to(torch.int8)
+    res["status"] = torch.where(constant, CONSTANT, res["status"]).to(torch.int8)
 
-    rows = todo.nonzero()[:, 0]
+
+def _starts(batch: _Batch, rows: torch.Tensor, x: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows to fit: (y, mask, starting guess, noise variance, RSS floor)."""
+    every = rows.numel() == len(batch.y)
+    yr = batch.y if every else batch.y[rows]
+    if batch.prepared is not None:
+        noise, floor, p0 = (batch.prepared if every else
+                            tuple(t[rows] for t in batch.prepared))
+        return yr, None, p0, noise, floor
+    finite = batch.finite[rows]
+    p0 = guess(torch.where(finite, yr, math.nan), x)
+    return yr, batch.mask[rows], p0, _difference_variance(yr, finite), _rss_floor(yr)
+
+
+def _fit_rows(batch: _Batch, rows: torch.Tensor, x: torch.Tensor, lb: torch.Tensor,
+              ub: torch.Tensor, opts: FitOptions, compiled: bool, fused: bool) -> tuple:
+    """Fit the rows (restarting poor fits): (params, rss, n_iter, status, standard errors,
+    singular)."""
+    yr, mask, p0, noise, floor = _starts(batch, rows, x)
+    p0 = torch.minimum(torch.maximum(p0, lb), ub)
+    p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
+                                                   floor, fused)
+    errors = _compiled(_standard_errors) if compiled else _standard_errors
+    count = batch.count[rows]
+    se, singular = errors(jtj, rss, count)
+    if opts.restarts:
+        resid = rss / (count - 4).clamp_min(1)
+        on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
+        poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
+        poor = poor.nonzero()[:, 0]
+        if poor.numel():
+            sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
+                           opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
+                           st[poor], floor[poor])
+            p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
+            se[poor], singular[poor] = errors(jtj[poor], rss[poor], count[poor])
+    return p, rss, n_iter, st, se, singular
+
+
+def _fit_batch(losses: torch.Tensor, x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor,
+               opts: FitOptions, compiled: bool, fused: bool) -> dict[str, torch.Tensor]:
+    """Fit one batch of rows (already on the device, in the fitting dtype)."""
+    if compiled and len(losses) == 1:
+        return _first_row(_fit_batch(*_two_rows(losses), x, lb, ub, opts, compiled, fused))
+    dt = losses.dtype
+    batch = _batch(losses, x, compiled)
+    enough = batch.count >= opts.min_points
+    eps = torch.finfo(dt).eps
+    constant = enough & (batch.tss <= batch.count * (8 * eps * (batch.mean.abs() + eps)) ** 2)
+    res = _no_fits(len(losses), dt, losses.device)
+    _set_constant(res, constant, batch.mean, x, lb)
+    rows = (enough & ~constant).nonzero()[:, 0]
     if rows.numel():
-        every = rows.numel() == n
-        yr = y if every else y[rows]
-        if complete:
-            mask = None
-            p0, noise, floor = ((guess_all, noise_all, floor_all) if every else
-                                (guess_all[rows], noise_all[rows], floor_all[rows]))
-        else:
-            mask = fm[rows]
-            p0 = guess(torch.where(finite[rows], yr, math.nan), x)
-            noise, floor = _difference_variance(yr, finite[rows]), _rss_floor(yr)
-        p0 = torch.minimum(torch.maximum(p0, lb), ub)
-        p, rss, jtj, n_iter, st = _levenberg_marquardt(yr, mask, x, p0, lb, ub, opts, compiled,
-                                                       floor, fused)
-        errors = _compiled(_standard_errors) if compiled else _standard_errors
-        se, singular = errors(jtj, rss, count[rows])
-        if opts.restarts:
-            resid = rss / (count[rows] - 4).clamp_min(1)
-            on_bound = ((p[:, 2:] <= lb[2:]) | (p[:, 2:] >= ub[2:])).any(1)
-            poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
-            poor = poor.nonzero()[:, 0]
-            if poor.numel():
-                sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
-                               opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
-                               st[poor], floor[poor])
-                p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
-                se[poor], singular[poor] = errors(jtj[poor], rss[poor], count[rows][poor])
-        r2 = 1 - rss / tss[rows]
+        p, rss, n_iter, st, se, singular = _fit_rows(batch, rows, x, lb, ub, opts, compiled,
+                                                     fused)
         st = torch.where(singular & (st == CONVERGED), SINGULAR, st).to(torch.int8)
         for i, name in enumerate(PARAMS):
             res[name][rows] = p[:, i]
             res[name + "_se"][rows] = se[:, i].to(dt)
         res["rss"][rows] = rss
-        res["r2"][rows] = r2
+        res["r2"][rows] = 1 - rss / batch.tss[rows]
         res["n_iter"][rows] = n_iter
-        status[rows] = st
-    res["status"] = status
+        res["status"][rows] = st
     return res
 
 

@@ -40,10 +40,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spectrum.errors import SpectrumError
-from spectrum.layout import loss_run_dir, loss_shard, shard_steps
+from spectrum.layout import LOSS, TOKEN_IDX, loss_run_dir, loss_shard, shard_steps
 from spectrum.losses.shards import check_run_shards
 
-TOKEN, LOSS = "token_idx", "loss"
 CHECKED_ROWS = 1 << 14  # rows of each shard whose order is verified
 TRANSPOSE_BLOCK = 1 << 16  # tokens per block of the copy of the shards' losses into the block
 
@@ -93,11 +92,11 @@ class LossShard:
             names = meta.schema.to_arrow_schema().names
         except (pa.ArrowInvalid, OSError) as e:
             raise SpectrumError(f"{self.path}: not a readable loss shard ({e})") from None
-        missing = [c for c in (TOKEN, LOSS) if c not in names]
+        missing = [c for c in (TOKEN_IDX, LOSS) if c not in names]
         if missing:
             raise SpectrumError(f"{self.path}: not a loss shard (no column "
                                 f"{', '.join(missing)})")
-        col = names.index(TOKEN)
+        col = names.index(TOKEN_IDX)
         self.checked = False  # whether a complete row group's order was verified
         # per row group: (first token, last token, rows, complete); first = -1: no statistics
         self.groups: list[tuple[int, int, int, bool]] = []
@@ -114,7 +113,7 @@ class LossShard:
     def top(self) -> int:
         """The largest token index in the shard (-1 if empty)."""
         if any(g[0] < 0 and g[2] for g in self.groups):
-            tok = self.file.read(columns=[TOKEN]).column(0)
+            tok = self.file.read(columns=[TOKEN_IDX]).column(0)
             return int(pc.max(tok).as_py() if len(tok) else -1)
         return max((g[1] for g in self.groups if g[2]), default=-1)
 
@@ -125,7 +124,7 @@ class LossShard:
         lo = self.groups[group][0]
         try:
             batch = next(self.file.iter_batches(CHECKED_ROWS, row_groups=[group],
-                                                columns=[TOKEN], use_threads=False))
+                                                columns=[TOKEN_IDX], use_threads=False))
         except (pa.ArrowInvalid, OSError) as e:
             raise SpectrumError(f"{self.path}: cannot read the loss shard ({e})") from None
         tok = batch.column(0).to_numpy()
@@ -183,7 +182,7 @@ class LossShard:
             a, b = max(start, first) - first, min(stop, self.groups[chosen[-1]][1] + 1) - first
             loss = self._read(chosen, [LOSS]).column(0).slice(a, max(0, b - a))
             return ShardSlice(_float32(loss, self.path), first + a)
-        table = self._read(chosen, [TOKEN, LOSS])
+        table = self._read(chosen, [TOKEN_IDX, LOSS])
         tok = table.column(0).to_numpy().astype(np.int64, copy=False)
         if len(tok) > 1 and not bool(np.all(tok[1:] > tok[:-1])):
             raise SpectrumError(f"{self.path}: token_idx is not sorted and unique, as a loss "

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from pipelines import fit as stage
+from spectrum.fit import worker as worker_module
 from spectrum.fit.runs import fit_steps
 from pipelines.cli import main as cli
 from spectrum.errors import SpectrumError
@@ -232,10 +233,11 @@ def test_the_worker_reads_the_next_unit_while_it_fits_this_one(setup, monkeypatc
 
     manifest, _, _ = setup
     plan = stage.check_runs(manifest)
-    settings = stage.FitSettings(str(manifest.out), plan, {"a": log_tokens(plan["a"], TPS).tolist()},
-                                 "cpu", "float64", stage.FitOptions(), stage.KindThresholds())
-    worker = stage.FitWorker(settings)
-    events, real_read, real_fit = [], worker._read, stage.fit_chunk
+    settings = worker_module.FitSettings(str(manifest.out), plan,
+                                         {"a": log_tokens(plan["a"], TPS).tolist()}, "cpu",
+                                         "float64", stage.FitOptions(), stage.KindThresholds())
+    worker = worker_module.FitWorker(settings)
+    events, real_read, real_fit = [], worker._read, worker_module.fit_chunk
 
     def read(unit):
         events.append(("read", unit.start, threading.current_thread() is threading.main_thread()))
@@ -247,9 +249,37 @@ def test_the_worker_reads_the_next_unit_while_it_fits_this_one(setup, monkeypatc
         return real_fit(chunk, *a)
 
     monkeypatch.setattr(worker, "_read", read)
-    monkeypatch.setattr(stage, "fit_chunk", fit)
-    units = [stage.FitUnit("a", 0, 50), stage.FitUnit("a", 50, 100)]
+    monkeypatch.setattr(worker_module, "fit_chunk", fit)
+    units = [worker_module.FitUnit("a", 0, 50), worker_module.FitUnit("a", 50, 100)]
     worker.prefetch(units[1])
     part = worker.process(units[0])
     assert events == [("read", 0, False), ("read", 50, False), ("fit", 0, True)]
     assert part.token_idx.tolist() == list(range(0, 50, 2))
+
+
+def test_the_worker_waits_for_the_warm_up_it_is_given_before_its_first_fit(setup, monkeypatch):
+    """The driver's warm-up thread is handed to the in-process worker, which joins it once,
+    before its first fit (and not before the next ones)."""
+    manifest, _, _ = setup
+    plan = stage.check_runs(manifest)
+    settings = worker_module.FitSettings(str(manifest.out), plan,
+                                         {"a": log_tokens(plan["a"], TPS).tolist()}, "cpu",
+                                         "float64", stage.FitOptions(), stage.KindThresholds())
+    events = []
+
+    class WarmUp:
+        def join(self):
+            events.append("joined")
+
+    worker = worker_module.FitWorker(settings, WarmUp())
+    worker.warm = False  # as in a process whose solver has not compiled yet
+    real_fit = worker_module.fit_chunk
+
+    def fit(chunk, *a):
+        events.append("fit")
+        return real_fit(chunk, *a)
+
+    monkeypatch.setattr(worker_module, "fit_chunk", fit)
+    worker.process(worker_module.FitUnit("a", 0, 50))
+    worker.process(worker_module.FitUnit("a", 50, 100))
+    assert events == ["joined", "fit", "fit"]

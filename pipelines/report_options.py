@@ -1,0 +1,43 @@
+"""The options of ``spectrum report`` (:mod:`pipelines.report`), importable without the analyses:
+the command line is built from them without loading the stage. Their defaults repeat two
+constants of the analyses (the step kinds and the token chunk), which a test holds equal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.options import (cpus_per_worker_option, executor_option, force_option, option,
+                               ray_address_option, workers_option)
+
+HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
+EXECUTOR = "local"  # where the units run without --executor and --ray-address
+SPECTRUM_KINDS = "learned,forgotten,unfinished"  # spectrum.fit.kinds.STEP_KINDS
+TOKEN_CHUNK = 1 << 16  # spectrum.analysis.runs.run_data.CHUNK
+UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
+    bootstrap: int = option(200, "bootstrap replicates over sequences for bands (default 200)")
+    spectrum_kinds: str = option(SPECTRUM_KINDS, "fit kinds that enter the spectra "
+                                                 f"(default {SPECTRUM_KINDS})")
+    split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")
+    ridge: float = option(0.5, "shrinkage of per-token slopes towards the population "
+                               "(default 0.5)")
+    token_chunk: int = option(TOKEN_CHUNK, "tokens read at a time by the per-token analyses; "
+                                           f"on Ray a unit of work is {UNIT_CHUNKS} chunks "
+                                           f"(default {TOKEN_CHUNK})")
+    force: bool = force_option()
+    executor: str | None = executor_option()
+    ray_address: str | None = ray_address_option()
+    workers: int | None = workers_option()
+    cpus_per_worker: int = cpus_per_worker_option()
+
+    def __post_init__(self) -> None:
+        from pipelines.report import analysis_options
+
+        analysis_options(self)  # a bad value is refused before any work
+
+
+OPTIONS = ReportOptions
