@@ -60,6 +60,9 @@ DECLARED_IN: dict[str, str] = {
     "losses": "pipelines.losses_options",
     "fit": "pipelines.fit_options",
     "report": "pipelines.report_options",
+    "suite": "pipelines.suite",
+    "export-curriculum": "pipelines.curriculum_export_options",
+    "curriculum-test": "pipelines.curriculum_test_options",
 }
 
 
@@ -98,10 +101,11 @@ def _add_common(p: argparse.ArgumentParser, default: object = None) -> None:
                    help="show the Python traceback of an error (for bug reports)")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, names_only: bool = False
+                 ) -> argparse.ArgumentParser:
     """The command line. With ``command`` (a stage, or ``run``) only that command's options are
     added (the other commands are known by name); without, every command's, as the tests of the
-    options do."""
+    options do; ``names_only``: no command's options (``spectrum --help``)."""
     parser = argparse.ArgumentParser(
         prog="spectrum",
         description="Per-token loss trajectories, sigmoid fits and learning-time spectra.")
@@ -115,20 +119,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run every stage: " + " -> ".join(RUN_ORDER))
     _add_common(run, argparse.SUPPRESS)
-    wanted = set(STAGES) if command is None else \
+    wanted = set() if names_only else set(STAGES) if command is None else \
         set(RUN_ORDER) if command == "run" else {command}
-    declared = {name: mod for name in STAGES if name in wanted
-                and (mod := _declared(name)) is not None}
-    for name in STAGES:
-        mod = declared.get(name)
-        if mod is None and name in wanted:
-            continue  # not installed
-        p = sub.add_parser(name, help=mod.HELP if mod else None,
-                           description=mod.HELP if mod else None)
+    # every command's help line (light modules); the options only of the commands wanted
+    declared = {name: mod for name in STAGES if (mod := _declared(name)) is not None}
+    for name, mod in declared.items():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         _add_common(p, argparse.SUPPRESS)
-        if mod is not None:
+        if name in wanted:
             add_options(p, [mod.OPTIONS])
-    if command in (None, "run"):
+    if not names_only and command in (None, "run"):
         add_options(run, [declared[name].OPTIONS for name in RUN_ORDER if name in declared])
     return parser
 
@@ -169,7 +169,8 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command(argv)).parse_args(argv)
+    command = _command(argv)
+    args = build_parser(command, names_only=command is None).parse_args(argv)
     set_verbosity(args.verbosity)
     debug = bool(args.debug)
     try:

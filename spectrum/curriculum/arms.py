@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-ARMS = ("uniform", "curriculum", "freq_shuffled", "random", "timing_flat")
+from spectrum.curriculum.settings import ARMS  # noqa: E402,F401  (re-exported)
 ARM_DESCRIPTIONS = {
     "uniform": "every weight 1",
     "curriculum": "learnability weights per phase",
