@@ -27,7 +27,8 @@ Role = Literal["fit", "heldout"]
 
 _TOP_KEYS = {"out", "evalset", "suite", "runs"}
 _EVALSET_KEYS = {"corpus", "split", "tokenizer", "sequences", "context", "seed", "annotations"}
-_CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction"}
+_CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction", "validation"}
+SPLITS = ("validation", "train", "all")
 _RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train",
              "warmup_steps"}
 _HUB_KEYS = {"hub", "revisions", "cache_dir"}
@@ -47,12 +48,15 @@ class CorpusSpec:
     field: str = "text"
     column: str = "text"
     validation_fraction: float = 0.1
+    # a separate validation corpus: then this corpus is all train, that one all validation, and
+    # ``validation_fraction`` is not used
+    validation: "CorpusSpec | None" = None
 
 
 @dataclass(frozen=True)
 class EvalsetSpec:
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
-    split: Literal["validation", "train"] = "validation"
+    split: Literal["validation", "train", "all"] = "validation"
     tokenizer: str | None = None  # folder or hub id; None = the first checkpoint of the first run
     sequences: int = 256
     context: int = 128
@@ -158,13 +162,21 @@ def _resolve(base: Path, p: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _corpus(raw: Any, where: str, base: Path, pr: _Problems) -> CorpusSpec | None:
+def _corpus(raw: Any, where: str, base: Path, pr: _Problems, *,
+            nested: bool = False) -> CorpusSpec | None:
     if raw is None:
         return CorpusSpec()
     m = pr.mapping(where, raw)
     if m is None:
         return None
-    pr.unknown_keys(where, m, _CORPUS_KEYS)
+    pr.unknown_keys(where, m, _CORPUS_KEYS - ({"validation", "validation_fraction"} if nested
+                                              else set()))
+    validation = None
+    if m.get("validation") is not None:
+        validation = _corpus(m["validation"], f"{where}.validation", base, pr, nested=True)
+        if "validation_fraction" in m:
+            pr.add(f"{where}.validation_fraction", "a separate validation corpus is given "
+                   f"({where}.validation): the fraction would not be used; remove one of them")
     kind = m.get("kind", "python-stdlib")
     kinds = ("python-stdlib", "text", "jsonl", "parquet")
     if kind not in kinds:
@@ -184,7 +196,8 @@ def _corpus(raw: Any, where: str, base: Path, pr: _Problems) -> CorpusSpec | Non
         if key in m and not isinstance(m[key], str):
             pr.add(f"{where}.{key}", f"must be a string, got {m[key]!r}")
     return CorpusSpec(kind=kind, path=path, field=str(m.get("field", "text")),
-                      column=str(m.get("column", "text")), validation_fraction=float(vf))
+                      column=str(m.get("column", "text")), validation_fraction=float(vf),
+                      validation=validation)
 
 
 def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
@@ -196,8 +209,8 @@ def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
     pr.unknown_keys("evalset", m, _EVALSET_KEYS)
     corpus = _corpus(m.get("corpus"), "evalset.corpus", base, pr)
     split = m.get("split", "validation")
-    if split not in ("validation", "train"):
-        pr.add("evalset.split", f"must be validation or train, got {split!r}")
+    if split not in SPLITS:
+        pr.add("evalset.split", f"must be validation, train or all, got {split!r}")
     tok = m.get("tokenizer")
     if tok is not None and not isinstance(tok, str):
         pr.add("evalset.tokenizer", f"must be a folder, a hub id or null, got {tok!r}")
@@ -207,7 +220,7 @@ def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
     sequences = pr.integer("evalset.sequences", m.get("sequences", 256), minimum=1)
     context = pr.integer("evalset.context", m.get("context", 128), minimum=2)
     seed = pr.integer("evalset.seed", m.get("seed", 0))
-    if None in (corpus, sequences, context, seed) or split not in ("validation", "train"):
+    if None in (corpus, sequences, context, seed) or split not in SPLITS:
         return None
     return EvalsetSpec(corpus=corpus, split=split, tokenizer=tok, sequences=sequences,
                        context=context, seed=seed)

@@ -79,7 +79,7 @@ def test_every_problem_is_reported_at_once_with_its_location(tmp_path: Path) -> 
     found = problems(tmp_path, bad)
     expected = [
         "colour: unknown key",
-        "evalset.split: must be validation or train",
+        "evalset.split: must be validation, train or all",
         "evalset.sequences: must be an integer",
         "runs[0] (m1-d1).params: must be positive",
         "runs[0] (m1-d1).role: must be fit or heldout",
