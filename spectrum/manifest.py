@@ -30,7 +30,7 @@ _EVALSET_KEYS = {"corpus", "split", "tokenizer", "sequences", "context", "seed",
 _CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction", "validation"}
 SPLITS = ("validation", "train", "all")
 _RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train",
-             "warmup_steps"}
+             "warmup_steps", "seed"}
 _HUB_KEYS = {"hub", "revisions", "cache_dir"}
 
 
@@ -83,6 +83,15 @@ class RunSpec:
     steps: tuple[int, ...] | None = None
     train: dict[str, Any] | None = None  # how `spectrum suite` makes this run (size, seed, ...)
     warmup_steps: int = 0  # learning-rate warmup; checkpoints at or before it are not scored
+    # the training seed (initialisation and data order): runs of one configuration with other
+    # seeds are its seed replicas, and runs of other configurations with the same seed pair with
+    # it (common random numbers); None where unknown
+    seed: int | None = None
+
+    @property
+    def point(self) -> tuple[float, float, int, int]:
+        """The configuration (M, D, tokens per step, warmup) that seed replicas share."""
+        return (self.params, self.tokens, self.tokens_per_step, self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -290,10 +299,23 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
     if train is not None and not isinstance(train, dict):
         pr.add(f"{where}.train", f"must be a mapping, got {type(train).__name__}")
         train = None
+    seed = _seed(m, train, where, pr)
     if None in (name, params, tokens, tps, role, ckpt, warmup):
         return None
     return RunSpec(name=name, params=params, tokens=tokens, tokens_per_step=tps, role=role,
-                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup)
+                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup, seed=seed)
+
+
+def _seed(m: dict[str, Any], train: dict[str, Any] | None, where: str,
+          pr: _Problems) -> int | None:
+    """The run's ``seed:``, or the built-in suite's ``train.seed``; they must agree."""
+    seed = pr.integer(f"{where}.seed", m["seed"], minimum=0) if m.get("seed") is not None else None
+    trained = (train or {}).get("seed")
+    if isinstance(trained, int) and not isinstance(trained, bool):
+        if seed is not None and seed != trained:
+            pr.add(f"{where}.seed", f"{seed} differs from train.seed {trained}")
+        return trained if seed is None else seed
+    return seed
 
 
 def _source_key(src: Path | HubSource) -> tuple:
