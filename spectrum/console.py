@@ -4,7 +4,9 @@ Every module logs with ``logging.getLogger(__name__)``; the loggers of ``spectru
 ``pipelines`` write one line per message to stderr (warnings and errors prefixed ``warning:`` and
 ``error:``), so stdout carries only what a user may pipe. :func:`set_verbosity` sets how much is
 said: ``quiet`` (warnings and errors only, no progress bars), ``normal`` or ``verbose`` (also
-debug messages). :func:`progress` is tqdm on stderr, silent when quiet.
+debug messages). :func:`progress` is tqdm on stderr, silent when quiet; where stderr is not a
+terminal (a log file, a pipe, a batch job) the bar becomes a plain line every
+:data:`LINE_INTERVAL` seconds instead of carriage-return redraws.
 
 Importing the library configures nothing: the handler is installed by the first
 :func:`set_verbosity`, which the command line calls (as may any program that wants the tool's
@@ -19,6 +21,7 @@ from typing import Any
 
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 _ROOTS = ("spectrum", "pipelines")
+LINE_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 class _Stderr(logging.Handler):
@@ -68,11 +71,42 @@ def verbosity() -> str:
     return next((k for k, v in LEVELS.items() if v == level), "normal")
 
 
-def progress(*args: Any, **kwargs: Any) -> Any:
-    """A tqdm bar (rate and ETA) on stderr; disabled when quiet."""
-    from tqdm.auto import tqdm
+class _Lines:
+    """A file for tqdm that turns each redraw (``\\r`` + bar) into a line of its own."""
 
-    kwargs.setdefault("file", sys.stderr)
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def progress(*args: Any, **kwargs: Any) -> Any:
+    """A tqdm bar (rate and ETA) on stderr; disabled when quiet; a line every
+    :data:`LINE_INTERVAL` seconds (and at the end) when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", None) or sys.stderr
     kwargs["disable"] = bool(kwargs.get("disable")) or verbosity() == "quiet"
+    if not _is_terminal(stream):
+        kwargs.update(file=_Lines(stream), mininterval=LINE_INTERVAL, maxinterval=LINE_INTERVAL,
+                      miniters=1, dynamic_ncols=False,
+                      bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} "
+                                 "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    else:
+        kwargs["file"] = stream
     return tqdm(*args, **kwargs)
 

@@ -27,9 +27,10 @@ Role = Literal["fit", "heldout"]
 
 _TOP_KEYS = {"out", "evalset", "suite", "runs"}
 _EVALSET_KEYS = {"corpus", "split", "tokenizer", "sequences", "context", "seed", "annotations"}
-_CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction"}
+_CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction", "validation"}
+SPLITS = ("validation", "train", "all")
 _RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train",
-             "warmup_steps"}
+             "warmup_steps", "seed"}
 _HUB_KEYS = {"hub", "revisions", "cache_dir"}
 
 
@@ -47,12 +48,15 @@ class CorpusSpec:
     field: str = "text"
     column: str = "text"
     validation_fraction: float = 0.1
+    # a separate validation corpus: then this corpus is all train, that one all validation, and
+    # ``validation_fraction`` is not used
+    validation: "CorpusSpec | None" = None
 
 
 @dataclass(frozen=True)
 class EvalsetSpec:
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
-    split: Literal["validation", "train"] = "validation"
+    split: Literal["validation", "train", "all"] = "validation"
     tokenizer: str | None = None  # folder or hub id; None = the first checkpoint of the first run
     sequences: int = 256
     context: int = 128
@@ -79,6 +83,15 @@ class RunSpec:
     steps: tuple[int, ...] | None = None
     train: dict[str, Any] | None = None  # how `spectrum suite` makes this run (size, seed, ...)
     warmup_steps: int = 0  # learning-rate warmup; checkpoints at or before it are not scored
+    # the training seed (initialisation and data order): runs of one configuration with other
+    # seeds are its seed replicas, and runs of other configurations with the same seed pair with
+    # it (common random numbers); None where unknown
+    seed: int | None = None
+
+    @property
+    def point(self) -> tuple[float, float, int, int]:
+        """The configuration (M, D, tokens per step, warmup) that seed replicas share."""
+        return (self.params, self.tokens, self.tokens_per_step, self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -158,13 +171,21 @@ def _resolve(base: Path, p: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _corpus(raw: Any, where: str, base: Path, pr: _Problems) -> CorpusSpec | None:
+def _corpus(raw: Any, where: str, base: Path, pr: _Problems, *,
+            nested: bool = False) -> CorpusSpec | None:
     if raw is None:
         return CorpusSpec()
     m = pr.mapping(where, raw)
     if m is None:
         return None
-    pr.unknown_keys(where, m, _CORPUS_KEYS)
+    pr.unknown_keys(where, m, _CORPUS_KEYS - ({"validation", "validation_fraction"} if nested
+                                              else set()))
+    validation = None
+    if m.get("validation") is not None:
+        validation = _corpus(m["validation"], f"{where}.validation", base, pr, nested=True)
+        if "validation_fraction" in m:
+            pr.add(f"{where}.validation_fraction", "a separate validation corpus is given "
+                   f"({where}.validation): the fraction would not be used; remove one of them")
     kind = m.get("kind", "python-stdlib")
     kinds = ("python-stdlib", "text", "jsonl", "parquet")
     if kind not in kinds:
@@ -184,7 +205,8 @@ def _corpus(raw: Any, where: str, base: Path, pr: _Problems) -> CorpusSpec | Non
         if key in m and not isinstance(m[key], str):
             pr.add(f"{where}.{key}", f"must be a string, got {m[key]!r}")
     return CorpusSpec(kind=kind, path=path, field=str(m.get("field", "text")),
-                      column=str(m.get("column", "text")), validation_fraction=float(vf))
+                      column=str(m.get("column", "text")), validation_fraction=float(vf),
+                      validation=validation)
 
 
 def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
@@ -196,8 +218,8 @@ def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
     pr.unknown_keys("evalset", m, _EVALSET_KEYS)
     corpus = _corpus(m.get("corpus"), "evalset.corpus", base, pr)
     split = m.get("split", "validation")
-    if split not in ("validation", "train"):
-        pr.add("evalset.split", f"must be validation or train, got {split!r}")
+    if split not in SPLITS:
+        pr.add("evalset.split", f"must be validation, train or all, got {split!r}")
     tok = m.get("tokenizer")
     if tok is not None and not isinstance(tok, str):
         pr.add("evalset.tokenizer", f"must be a folder, a hub id or null, got {tok!r}")
@@ -207,7 +229,7 @@ def _evalset(raw: Any, base: Path, pr: _Problems) -> EvalsetSpec | None:
     sequences = pr.integer("evalset.sequences", m.get("sequences", 256), minimum=1)
     context = pr.integer("evalset.context", m.get("context", 128), minimum=2)
     seed = pr.integer("evalset.seed", m.get("seed", 0))
-    if None in (corpus, sequences, context, seed) or split not in ("validation", "train"):
+    if None in (corpus, sequences, context, seed) or split not in SPLITS:
         return None
     return EvalsetSpec(corpus=corpus, split=split, tokenizer=tok, sequences=sequences,
                        context=context, seed=seed)
@@ -277,10 +299,23 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
     if train is not None and not isinstance(train, dict):
         pr.add(f"{where}.train", f"must be a mapping, got {type(train).__name__}")
         train = None
+    seed = _seed(m, train, where, pr)
     if None in (name, params, tokens, tps, role, ckpt, warmup):
         return None
     return RunSpec(name=name, params=params, tokens=tokens, tokens_per_step=tps, role=role,
-                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup)
+                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup, seed=seed)
+
+
+def _seed(m: dict[str, Any], train: dict[str, Any] | None, where: str,
+          pr: _Problems) -> int | None:
+    """The run's ``seed:``, or the built-in suite's ``train.seed``; they must agree."""
+    seed = pr.integer(f"{where}.seed", m["seed"], minimum=0) if m.get("seed") is not None else None
+    trained = (train or {}).get("seed")
+    if isinstance(trained, int) and not isinstance(trained, bool):
+        if seed is not None and seed != trained:
+            pr.add(f"{where}.seed", f"{seed} differs from train.seed {trained}")
+        return trained if seed is None else seed
+    return seed
 
 
 def _source_key(src: Path | HubSource) -> tuple:

@@ -79,7 +79,7 @@ def test_every_problem_is_reported_at_once_with_its_location(tmp_path: Path) -> 
     found = problems(tmp_path, bad)
     expected = [
         "colour: unknown key",
-        "evalset.split: must be validation or train",
+        "evalset.split: must be validation, train or all",
         "evalset.sequences: must be an integer",
         "runs[0] (m1-d1).params: must be positive",
         "runs[0] (m1-d1).role: must be fit or heldout",
@@ -177,3 +177,20 @@ def test_default_manifest_is_valid() -> None:
     # checks the rest of the suite's design)
     fit_sizes = {r.params for r in m.fit_runs}
     assert max(sizes) not in fit_sizes
+
+
+def test_seed_of_a_run_from_its_key_or_the_suite(tmp_path: Path) -> None:
+    runs = [{"name": "a", "params": 1e6, "tokens": 1e9, "tokens_per_step": 8, "role": "fit",
+             "checkpoints": "runs/a", "seed": 3},
+            {"name": "b", "params": 1e6, "tokens": 1e9, "tokens_per_step": 8, "role": "fit",
+             "checkpoints": "runs/b", "train": {"size": "m1", "seed": 4}},
+            {"name": "c", "params": 2e6, "tokens": 1e9, "tokens_per_step": 8, "role": "fit",
+             "checkpoints": "runs/c"}]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    m = load_manifest(tmp_path / "m.yaml")
+    assert [r.seed for r in m.runs] == [3, 4, None]
+    assert m.run("a").point == m.run("b").point != m.run("c").point
+    runs[1]["seed"] = 5
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    with pytest.raises(ManifestError, match=r"runs\[1\] \(b\)\.seed: 5 differs from train.seed 4"):
+        load_manifest(tmp_path / "m.yaml")

@@ -24,12 +24,18 @@ Kinds (``CorpusSpec.kind``):
 - ``parquet``: a glob of Parquet files with a text ``column``; ``doc_id`` = the ``id`` column if
   present, else ``<file>:<row>`` (0-based).
 
+A corpus may name a separate validation corpus (``validation:``, a corpus of any kind): then
+every document of the main corpus is ``train``, every document of the other is ``validation``,
+and the other's ids are prefixed ``validation:`` so that the two never collide. The split
+``all`` means both splits, everywhere a split is chosen (the evalset, the curriculum export).
+
 Documents whose text is empty or only whitespace are dropped. Files are read as UTF-8 (undecodable
 bytes are replaced). The result is sorted by ``doc_id``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -43,6 +49,7 @@ from spectrum.errors import SpectrumError
 from spectrum.manifest import CorpusSpec
 
 Split = Literal["train", "validation"]
+VALIDATION_PREFIX = "validation:"  # doc ids of a separate validation corpus
 
 _STDLIB_EXCLUDED_TOP = {"site-packages", "dist-packages", "test", "__pycache__"}
 
@@ -79,18 +86,32 @@ def documents(spec: CorpusSpec, split: Split) -> list[Document]:
     Raises :class:`SpectrumError` if the corpus is empty, a glob matches no file, or a file
     cannot be read as the kind says.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-    return split_documents(spec)[split]
+    if split not in ("train", "validation", "all"):
+        raise ValueError(f"split must be 'train', 'validation' or 'all', got {split!r}")
+    return of_split(split_documents(spec), split)
+
+
+def of_split(splits: dict[Split, list[Document]], split: str) -> list[Document]:
+    """The documents of ``split`` (``train``, ``validation`` or ``all``: both, sorted by id)."""
+    if split == "all":
+        return sorted(splits["train"] + splits["validation"], key=lambda d: d.doc_id)
+    return splits[split]  # type: ignore[index]
 
 
 def split_documents(spec: CorpusSpec) -> dict[Split, list[Document]]:
     """Both splits of the corpus ``spec`` (``train``, ``validation``), each sorted by ``doc_id``,
     from one reading of the corpus. Raises as :func:`documents` does."""
+    if spec.validation is not None:
+        return {"train": all_documents(spec), "validation": _validation_documents(spec)}
     docs = all_documents(spec)
     assignment = split_of(docs, spec.validation_fraction)
     return {split: [d for d in docs if assignment[d.doc_id] == split]
             for split in ("train", "validation")}
+
+
+def _validation_documents(spec: CorpusSpec) -> list[Document]:
+    assert spec.validation is not None
+    return [Document(VALIDATION_PREFIX + d.doc_id, d.text) for d in all_documents(spec.validation)]
 
 
 def iter_documents(spec: CorpusSpec, split: Split | None) -> Iterator[Document]:
@@ -98,6 +119,21 @@ def iter_documents(spec: CorpusSpec, split: Split | None) -> Iterator[Document]:
     memory does not grow with the corpus. The split is the hash rule of :func:`split_of` without
     its fallback for corpora that the rule puts on one side entirely; ids are not checked for
     uniqueness (:func:`documents` does both)."""
+    if spec.validation is not None:
+        main = dataclasses.replace(spec, validation=None)
+        if split in (None, "train"):
+            yield from _iter_all(main)
+        if split in (None, "validation"):
+            for d in _iter_all(spec.validation):
+                yield Document(VALIDATION_PREFIX + d.doc_id, d.text)
+        return
+    for d in _iter_all(spec):
+        if split is None or (split_score(d.doc_id) < spec.validation_fraction) == (split == "validation"):
+            yield d
+
+
+def _iter_all(spec: CorpusSpec) -> Iterator[Document]:
+    """Every non-empty document of one corpus, in file order."""
     if spec.kind == "python-stdlib":
         docs: Iterator[Document] = _python_stdlib()
     else:
@@ -106,9 +142,7 @@ def iter_documents(spec: CorpusSpec, split: Split | None) -> Iterator[Document]:
             raise SpectrumError(f"evalset.corpus.kind: unknown corpus kind {spec.kind!r}")
         docs = (d for f in _files(spec) for d in readers[spec.kind](f, spec))
     for d in docs:
-        if not d.text.strip():
-            continue
-        if split is None or (split_score(d.doc_id) < spec.validation_fraction) == (split == "validation"):
+        if d.text.strip():
             yield d
 
 

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spectrum import layout
-from spectrum.data.corpus import split_documents
+from spectrum.data.corpus import of_split, split_documents
 from spectrum.errors import SpectrumError
 from spectrum.manifest import EvalsetSpec
 from spectrum.store import read_provenance, write_json, write_parquet
@@ -121,7 +121,10 @@ def tokenizer_identity(tokenizer: Any, source: str | Path) -> dict[str, Any]:
 
 
 def _source(spec: EvalsetSpec) -> dict[str, Any]:
-    return {"corpus": dataclasses.asdict(spec.corpus), "split": spec.split, "seed": spec.seed}
+    corpus = dataclasses.asdict(spec.corpus)
+    if corpus.get("validation") is None:  # no separate validation corpus: as recorded before
+        corpus.pop("validation", None)
+    return {"corpus": corpus, "split": spec.split, "seed": spec.seed}
 
 
 def evalset_hash(input_ids: np.ndarray, vocab: str) -> str:
@@ -140,7 +143,7 @@ def build_evalset(spec: EvalsetSpec, tokenizer: Any, source: str | Path
     """
     s, c = spec.sequences, spec.context
     splits = split_documents(spec.corpus)
-    docs = splits[spec.split]
+    docs = of_split(splits, spec.split)
     encoded = _encode(tokenizer, [d.text for d in docs])
     windows = [(d, start) for d, ids in enumerate(encoded) for start in range(0, len(ids) - c + 1, c)]
     if len(windows) < s:

@@ -27,8 +27,12 @@ _VOLATILE = ("checkpoint", "code_version", "path")
 
 
 def fit_steps(out: Path, run: RunSpec) -> list[int]:
-    """The steps > 0 to fit: those with a shard (and listed in the manifest, if it lists steps)."""
-    steps = [s for s in shard_steps(out, run.name) if s > 0]
+    """The steps to fit: those after the run's warmup (and after step 0) with a shard, and listed
+    in the manifest if it lists steps. Checkpoints within the warmup are evaluated and shown, but
+    a trajectory there follows the warmup's learning rate, not the time axis the sigmoid is fitted
+    on, so they are left out of the fit as they are left out of the scores."""
+    first = max(0, run.warmup_steps)
+    steps = [s for s in shard_steps(out, run.name) if s > first]
     if run.steps is not None:
         listed = set(run.steps)
         steps = [s for s in steps if s in listed]
@@ -44,7 +48,8 @@ def check_runs(manifest: Manifest) -> dict[str, list[int]]:
             problems.append(f"run {run.name}: no loss shards under {loss_run_dir(manifest.out, run.name)} "
                             "(run `spectrum losses` first)")
         elif len(steps) < MIN_CHECKPOINTS:
-            problems.append(f"run {run.name}: {len(steps)} checkpoint(s) after step 0 have loss "
+            after = f"the warmup (step {run.warmup_steps})" if run.warmup_steps else "step 0"
+            problems.append(f"run {run.name}: {len(steps)} checkpoint(s) after {after} have loss "
                             f"shards; a sigmoid fit needs at least {MIN_CHECKPOINTS}")
         plan[run.name] = steps
     if problems:

@@ -157,3 +157,57 @@ def test_tokenizer_training_is_deterministic(tmp_path):
     b = train_tokenizer(texts, 320, tmp_path / "b")
     assert a.get_vocab() == b.get_vocab()
     assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+
+
+# --- a separate validation corpus, and split: all ------------------------------------------------
+
+def test_separate_validation_corpus_is_all_validation(tmp_path):
+    from spectrum.data.corpus import iter_documents, split_documents
+
+    _write_texts(tmp_path / "train", 12)
+    _write_texts(tmp_path / "held", 5)
+    spec = CorpusSpec(kind="text", path=str(tmp_path / "train" / "*.txt"),
+                      validation=CorpusSpec(kind="text", path=str(tmp_path / "held" / "*.txt")))
+    splits = split_documents(spec)
+    assert [d.doc_id for d in splits["train"]] == [f"doc{i:03d}.txt" for i in range(12)]
+    assert [d.doc_id for d in splits["validation"]] == [f"validation:doc{i:03d}.txt"
+                                                         for i in range(5)]
+    # the same documents, streamed
+    assert sorted(d.doc_id for d in iter_documents(spec, "validation")) == \
+        [d.doc_id for d in splits["validation"]]
+    assert sorted(d.doc_id for d in iter_documents(spec, None)) == \
+        sorted(d.doc_id for d in documents(spec, "all"))
+    assert len(documents(spec, "all")) == 17
+
+
+def test_split_all_is_both_splits_in_the_evalset_and_the_stream(tmp_path):
+    from spectrum.data.corpus import iter_documents
+
+    _write_texts(tmp_path, 40)
+    spec = CorpusSpec(kind="text", path=str(tmp_path / "*.txt"))
+    both = documents(spec, "all")
+    assert {d.doc_id for d in both} == {d.doc_id for d in documents(spec, "train")} | \
+        {d.doc_id for d in documents(spec, "validation")}
+    assert sorted(d.doc_id for d in iter_documents(spec, None)) == [d.doc_id for d in both]
+
+
+def test_manifest_reads_a_validation_corpus_and_split_all(tmp_path):
+    import yaml
+
+    from spectrum.manifest import load_manifest
+
+    _write_texts(tmp_path / "train", 3)
+    _write_texts(tmp_path / "held", 3)
+    data = {"evalset": {"split": "all",
+                        "corpus": {"kind": "text", "path": "train/*.txt",
+                                   "validation": {"kind": "text", "path": "held/*.txt"}}},
+            "runs": [{"name": "a", "params": 1e6, "tokens": 1e9, "tokens_per_step": 8,
+                      "role": "fit", "checkpoints": "runs/a"}]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    ev = load_manifest(tmp_path / "m.yaml").evalset
+    assert ev.split == "all"
+    assert ev.corpus.validation.path == str(tmp_path / "held" / "*.txt")
+    data["evalset"]["corpus"]["validation_fraction"] = 0.2
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpectrumError, match="evalset.corpus.validation_fraction"):
+        load_manifest(tmp_path / "m.yaml")
