@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spectrum.analysis.noise import (assess, family_stats, holm, jackknife_interval,
-                                     leave_one_seed_out, needed)
+                                     leave_one_seed_out, needed, skill, unexplained)
 from spectrum.manifest import load_manifest
 from spectrum.layout import loss_shard
 from tests.planted_noise import (NoiseSpec, ar1, checkpoint_steps, clean_curves, planted_suite,
@@ -305,3 +305,41 @@ def test_written_world_loads_as_a_manifest_with_seeds(tmp_path):
     np.testing.assert_allclose(table.column("loss").to_numpy(),
                                w.losses[name][:, 5].astype(np.float32))
     assert checkpoint_steps(1e6, 16)[-1] == 1000
+
+
+def test_skill_against_a_baseline_and_what_it_leaves_unexplained():
+    rng = np.random.default_rng(9)
+    R, J = 5, 60
+    t = rng.normal(0, 1, J)
+    y = t + rng.normal(0, 0.3, (R, J))
+    null = 0.8 * t  # a baseline that explains most of the spread
+    good = t + rng.normal(0, 0.02, J)
+    s = skill(y, good, null)
+    true_skill = 1 - np.mean((good - t) ** 2) / np.mean((null - t) ** 2)
+    assert s["value"] == pytest.approx(true_skill, abs=0.1) and s["ci"][0] > 0.5
+    assert skill(y, null, null)["value"] == pytest.approx(0.0)
+    # what the null leaves, 0.2 t, is signal well above the noise of a mean of 5 replicas
+    left = unexplained(y, null)
+    planted = np.var(0.2 * t, ddof=1) / (0.09 / R)
+    assert _covers(left.snr_ci, planted)
+    # a baseline equal to the truth leaves only noise
+    assert unexplained(y, t).snr < 1
+
+
+def test_snr_of_four_seeds_on_the_noisy_planted_world_is_covered():
+    """The run-level noise is autocorrelated and half shared by a seed's runs: targets are not
+    independent. Truth from 120 seeds; 30 families of 4 seeds each."""
+    n_seeds, R = 120, 4
+    w = planted_world("step", runs=planted_suite(heldout_seeds=tuple(range(1, n_seeds + 1))),
+                      n_seq=8)
+    blocks = []
+    for _, by_seed in sorted(w.replicas().items()):
+        x = w.x[by_seed[1]]
+        blocks.append(np.stack([(np.diff(w.losses[by_seed[s]].mean(0)) / np.diff(x))[2:]
+                                for s in sorted(by_seed)]))
+    y = np.concatenate(blocks, axis=1)  # (seeds, targets)
+    t = y.mean(0)
+    snr = np.var(t, ddof=1) / (np.mean(np.var(y, axis=0, ddof=1)) / R)
+    results = [assess(y[g:g + R], t).noise for g in range(0, n_seeds, R)]
+    assert np.mean([_covers(r.snr_ci, snr) for r in results]) >= 0.85
+    assert np.mean([r.snr for r in results]) == pytest.approx(snr, rel=0.15)
