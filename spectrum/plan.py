@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from spectrum.data.checkpoints import _REVISION, resolve_checkpoints
+from spectrum.data.checkpoints import resolve_checkpoints, revision_step
 from spectrum.errors import SpectrumError
 from spectrum.layout import shard_steps
 from spectrum.manifest import HubSource, Manifest, RunSpec
@@ -69,9 +69,9 @@ def _chosen_steps(run: RunSpec) -> list[tuple[int, str | None]]:
     if isinstance(src, HubSource):
         out = []
         for rev in src.revisions:
-            m = _REVISION.fullmatch(rev)
-            if m and (wanted is None or int(m.group("step")) in wanted):
-                out.append((int(m.group("step")), rev))
+            step = revision_step(rev)
+            if step is not None and (wanted is None or step in wanted):
+                out.append((step, rev))
         return sorted(out)
     try:
         return [(c.step, None) for c in resolve_checkpoints(run)]

@@ -98,6 +98,17 @@ def _named_folders(folder: Path) -> list[tuple[int, Path, str | None]]:
     return sorted(found, key=lambda t: (t[0], t[1].name))
 
 
+def revision_step(revision: str) -> int | None:
+    """The step a hub revision names (``step<N>`` or ``step<N>-tokens<M>B``), or None."""
+    m = _REVISION.fullmatch(revision)
+    return int(m.group("step")) if m else None
+
+
+def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every sub-folder named like a checkpoint, complete or not, by step."""
+    return [(step, path) for step, path, _ in _named_folders(folder)]
+
+
 def _hub_checkpoints(run: RunSpec, src: HubSource) -> list[Checkpoint]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

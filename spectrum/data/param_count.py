@@ -82,16 +82,10 @@ def non_embedding_params(config: dict[str, Any]) -> int:
     return meta_device_params(config)
 
 
-def _step_of(revision: str) -> int | None:
-    from spectrum.data.checkpoints import _REVISION
-
-    m = _REVISION.fullmatch(revision)
-    return int(m.group("step")) if m else None
-
-
 def first_config(source: "Path | HubSource", steps: tuple[int, ...] | None) -> Path:
     """The config.json of the lowest-step checkpoint of ``source`` (among ``steps`` when given)
     that is available here; :class:`CountError` saying why when there is none."""
+    from spectrum.data.checkpoints import checkpoint_folders, revision_step
     from spectrum.manifest import HubSource
 
     wanted = set(steps) if steps is not None else None
@@ -99,7 +93,7 @@ def first_config(source: "Path | HubSource", steps: tuple[int, ...] | None) -> P
         from huggingface_hub import try_to_load_from_cache
 
         revisions = sorted((s, r) for r in source.revisions
-                           if (s := _step_of(r)) is not None and (wanted is None or s in wanted))
+                           if (s := revision_step(r)) is not None and (wanted is None or s in wanted))
         for _, rev in revisions:
             found = try_to_load_from_cache(source.repo, "config.json", revision=rev,
                                            cache_dir=str(source.cache_dir) if source.cache_dir
@@ -108,9 +102,7 @@ def first_config(source: "Path | HubSource", steps: tuple[int, ...] | None) -> P
                 return Path(found)
         raise CountError(f"no revision of {source.repo} listed here is in the local Hugging "
                          "Face cache yet")
-    from spectrum.data.checkpoints import _named_folders
-
-    for step, folder, _ in _named_folders(Path(source)):
+    for step, folder in checkpoint_folders(Path(source)):
         if (wanted is None or step in wanted) and (folder / "config.json").is_file():
             return folder / "config.json"
     raise CountError(f"folder {source} holds no checkpoint with a config.json yet")

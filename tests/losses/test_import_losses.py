@@ -184,3 +184,25 @@ def test_a_run_named_twice_is_refused(tmp_path, capsys):
     line = _refused(tmp_path, capsys, [{"run": "a", "file": "l.npy", "steps": STEPS6},
                                        {"run": "a", "file": "k.npy", "steps": STEPS6}])
     assert "map.yaml: run a is named twice" in line and "k.npy" in line
+
+
+def test_an_npz_carries_its_steps_and_its_evalset(tmp_path):
+    path, losses = _world(tmp_path)
+    ids = np.load(tmp_path / "ids.npy")
+    np.savez(tmp_path / "a.npz", losses=losses, steps=np.array(STEPS6), input_ids=ids)
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump({"runs": [{"run": "a", "file": "a.npz"}]}))
+    assert main(["import-losses", "--config", str(path),
+                 "--mapping", str(tmp_path / "map.yaml")]) == 0
+    out = tmp_path / "out"
+    assert shard_steps(out, "a") == STEPS6 and shard_steps(out, "b") == []
+    got = np.array(pq.read_table(evalset_sequences(out)).column("input_ids").to_pylist())
+    assert np.array_equal(got, ids)
+    tokens = pq.read_table(out / "evalset" / "tokens.parquet")
+    # token i is the target at position pos of sequence seq_id: i = seq_id * (context - 1) + pos - 1
+    i = 57
+    seq, pos = tokens.column("seq_id")[i].as_py(), tokens.column("pos")[i].as_py()
+    assert i == seq * (CONTEXT - 1) + pos - 1
+    assert tokens.column("target_id")[i].as_py() == ids[seq, pos]
+    for j, step in enumerate(STEPS6):
+        col = pq.read_table(loss_shard(out, "a", step)).column("loss").to_numpy()
+        assert np.array_equal(col, losses[:, j])
