@@ -33,6 +33,7 @@ from spectrum.errors import SpectrumError
 from spectrum.layout import shard_steps
 from spectrum.manifest import HubSource, Manifest, RunSpec
 
+PYTHIA_VOCAB = 50_304  # the padded vocabulary of Pythia's configs (the largest pad a little more)
 SHARD_BYTES_PER_TOKEN = 3.4  # zstd, delta-packed indices, byte-stream-split float32 losses
 FIT_TRAJECTORIES_PER_S = 48_000  # the fit stage at 8M tokens x 100 checkpoints, 2-core CPU
 FIT_REFERENCE_CHECKPOINTS = 100
@@ -49,6 +50,7 @@ class RunPlan:
     missing: tuple[str, ...]  # hub revisions not in the local cache, or a folder problem
     flops_per_token: float
     flops_basis: str  # "config.json", "Pythia's published shape" or "2M only"
+    weights: float  # parameters of one checkpoint (M + 2 V d; M where the shape is unknown)
 
     @property
     def to_evaluate(self) -> int:
@@ -108,7 +110,7 @@ def _shape(run: RunSpec) -> tuple[tuple[int, int, int] | None, str]:
     if isinstance(src, HubSource) and src.repo.startswith("EleutherAI/pythia-"):
         size = src.repo.removeprefix("EleutherAI/pythia-").split("-seed")[0]
         if size in SIZES:
-            return ((SIZES[size].layers, SIZES[size].width, 50_304),
+            return ((SIZES[size].layers, SIZES[size].width, PYTHIA_VOCAB),
                     "Pythia's published shape")
     return None, "2M only"
 
@@ -130,9 +132,10 @@ def make_plan(manifest: Manifest) -> Plan:
         chosen = _chosen_steps(run)
         present = set(shard_steps(manifest.out, run.name))
         shape, basis = _shape(run)
+        weights = run.params + (2.0 * shape[1] * shape[2] if shape else 0.0)
         runs.append(RunPlan(run, len(chosen), sum(s in present for s, _ in chosen),
                             _missing(run, chosen), flops_per_token(run.params, shape, ev.context),
-                            basis))
+                            basis, weights))
     return Plan(tuple(runs), tokens, ev.context)
 
 
@@ -194,6 +197,15 @@ def gpu_time_line(plan: Plan, tokens_per_second: float | None, gpu: str,
             "give it as --tokens-per-second")
 
 
+def download_line(runs: tuple[RunPlan, ...]) -> str:
+    """The weights of the revisions not in the cache yet."""
+    hub = [rp for rp in runs if isinstance(rp.run.checkpoints, HubSource)]
+    n = sum(len(rp.missing) for rp in hub)
+    params = sum(len(rp.missing) * rp.weights for rp in hub)
+    return (f"to download: {n} revisions, {_si(params)} parameters in all (x 2 bytes in 16-bit "
+            f"weights: {_si(2 * params, 'B')}; x 4 in 32-bit)")
+
+
 def format_plan(plan: Plan, tokens_per_second: float | None = None, gpu: str = "h100",
                 utilisation: float = 0.3) -> str:
     """The plan as printed by ``spectrum plan``."""
@@ -209,6 +221,7 @@ def format_plan(plan: Plan, tokens_per_second: float | None = None, gpu: str = "
     lines += ["",
               f"forward FLOPs per token: 2M + 2Vd + 2 L n_ctx d (shapes from: {', '.join(bases)});"
               f" shard storage at {SHARD_BYTES_PER_TOKEN} bytes per token evaluation",
+              download_line(runs),
               gpu_time_line(plan, tokens_per_second, gpu, utilisation),
               f"fit: {_si(trajectories)} trajectories of {mean_k:.0f} checkpoints on average, about "
               f"{_hours(fit_s)} on a 2-core CPU at the fit stage's measured "

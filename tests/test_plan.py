@@ -53,6 +53,7 @@ def test_plan_counts_the_work_and_lists_every_missing_revision(tmp_path):
 
     text = format_plan(plan)
     assert "no GPU throughput has been measured yet" in text
+    assert "to download: 773 revisions" in text
     assert "| pythia-410m-seed9 | heldout | 302 M | 31 | 0 | all 31 |" in text
     missing = text[text.index("not in the local Hugging Face cache"):]
     assert "EleutherAI/pythia-70m-seed5" in missing and "EleutherAI/pythia-410m-seed9" in missing
