@@ -188,7 +188,7 @@ _COMMON_HEADER = """\
 # early checkpoints step1 ... step512 and step1000 (within the warmup: evaluated and shown,
 # never scored) are listed in `revisions`; to evaluate them too, set the first run's
 # `steps: &steps null`, which every run shares. Only the revisions of the chosen steps need to
-# be in the local Hugging Face cache (download them with `huggingface-cli download <repo>
+# be in the local Hugging Face cache (download them with `hf download <repo>
 # --revision step<N>`); `spectrum plan --config <this file>` lists the ones missing.
 # Time: 1024 sequences x 2048 tokens = 2,097,152 tokens per step; D = 143,000 steps =
 # 299,892,736,000 tokens for every run: one data scale, so the dL/dD targets are null with their
@@ -216,8 +216,10 @@ POLYPYTHIAS_HEADER = """\
 # Fit runs: 14m, 31m and 160m with seeds 1234, 1, 2, 3, 4. Held out: 70m (interpolation) and
 # 410m (extrapolation: the largest size) with seeds 5 to 9, which no fit run uses: five seed
 # replicas at each held-out point (the noise ceiling), paired by seed across the two sizes
-# for dL/dM. The other 25 runs of the suite can be added as more replicas (their names follow
-# the same pattern).
+# for dL/dM (the same seed: the same data order). The other 25 runs of the suite can be added
+# as more replicas (their names follow the same pattern); the hub also holds
+# pythia-160m-data-seed1..3 and pythia-160m-weight-seed1..3, with only the data order or only
+# the initialisation varied.
 """ + _COMMON_HEADER
 
 PRESETS = {"pythia": (PYTHIA_RUNS, "artifacts/pythia", PYTHIA_HEADER),
