@@ -6,6 +6,9 @@ a checkpoint source (the same folder, or the same revisions of a hub repository)
 would be one run's, measured twice; ``out`` may not be a file. Relative paths in the manifest
 are resolved against the folder that holds the manifest, so a manifest can be run from anywhere.
 
+A run's ``params`` (M) is a number or ``auto``: counted from its first checkpoint's config.json
+(:mod:`spectrum.data.param_count`, offline), which must then be on disk when the manifest is read.
+
 Whether each run's checkpoint folder exists and holds checkpoints is checked separately, by
 :func:`spectrum.data.checkpoints.validate_checkpoint_sources`, because the built-in suite writes those
 folders itself (``spectrum suite``) after the manifest has been read.

@@ -192,7 +192,8 @@ def gpu_time_line(plan: Plan, tokens_per_second: float | None, gpu: str,
     flops = sum(rp.to_evaluate * plan.tokens * rp.flops_per_token for rp in plan.runs)
     seconds = flops / (utilisation * GPU_PEAK_FLOPS[gpu])
     return (f"losses stage: about {_hours(seconds)} of {gpu.upper()} time, estimated from the "
-            f"FLOPs at {utilisation:.0%} of its dense bf16 peak ({_si(GPU_PEAK_FLOPS[gpu], 'FLOP/s')}); "
+            f"FLOPs at {utilisation:.0%} of its dense bf16 peak "
+            f"({_si(GPU_PEAK_FLOPS[gpu], 'FLOP/s')}); "
             "no GPU throughput has been measured yet: measure one on a few checkpoints and "
             "give it as --tokens-per-second")
 
@@ -223,7 +224,8 @@ def format_plan(plan: Plan, tokens_per_second: float | None = None, gpu: str = "
               f" shard storage at {SHARD_BYTES_PER_TOKEN} bytes per token evaluation",
               download_line(runs),
               gpu_time_line(plan, tokens_per_second, gpu, utilisation),
-              f"fit: {_si(trajectories)} trajectories of {mean_k:.0f} checkpoints on average, about "
+              f"fit: {_si(trajectories)} trajectories of {mean_k:.0f} checkpoints on average, "
+              "about "
               f"{_hours(fit_s)} on a 2-core CPU at the fit stage's measured "
               f"{FIT_TRAJECTORIES_PER_S:,} trajectories/s of {FIT_REFERENCE_CHECKPOINTS} "
               "checkpoints (it scales with cores; a GPU fits faster)"]

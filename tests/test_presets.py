@@ -127,7 +127,8 @@ def test_convention_on_a_tied_model_with_learned_positions():
     config = GPT2Config(vocab_size=100, n_positions=32, n_embd=d, n_layer=layers, n_head=2)
     # per block: 2 layer norms, c_attn (d x 3d + 3d), c_proj (d x d + d), MLP (d x 4d + 4d,
     # 4d x d + d); then the final layer norm
-    per_block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+    per_block = (2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d)
+                 + (4 * d * d + 4 * d) + (4 * d * d + d))
     assert non_embedding_params(config.to_dict()) == layers * per_block + 2 * d
 
 
@@ -149,7 +150,8 @@ def test_params_auto_counts_the_first_checkpoint_of_a_folder_by_hand(tmp_path):
            "checkpoints": "runs/r"}
     manifest = parse_manifest({"runs": [run]}, tmp_path / "m.yaml")
     assert manifest.runs[0].params == hand
-    assert manifest.runs[0].params_counted_from == tmp_path / "runs" / "r" / "step10" / "config.json"
+    first = tmp_path / "runs" / "r" / "step10" / "config.json"
+    assert manifest.runs[0].params_counted_from == first
 
     empty = {**run, "name": "e", "checkpoints": "runs/none"}
     with pytest.raises(ManifestError) as e:

@@ -92,8 +92,9 @@ def first_config(source: "Path | HubSource", steps: tuple[int, ...] | None) -> P
     if isinstance(source, HubSource):
         from huggingface_hub import try_to_load_from_cache
 
-        revisions = sorted((s, r) for r in source.revisions
-                           if (s := revision_step(r)) is not None and (wanted is None or s in wanted))
+        steps = ((revision_step(r), r) for r in source.revisions)
+        revisions = sorted((s, r) for s, r in steps
+                           if s is not None and (wanted is None or s in wanted))
         for _, rev in revisions:
             found = try_to_load_from_cache(source.repo, "config.json", revision=rev,
                                            cache_dir=str(source.cache_dir) if source.cache_dir

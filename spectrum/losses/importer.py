@@ -187,7 +187,8 @@ def _from_long(file: Path, table: pa.Table, token: str) -> tuple[tuple[int, ...]
     return tuple(int(s) for s in steps), out
 
 
-def _from_wide(file: Path, table: pa.Table, token: str | None) -> tuple[tuple[int, ...], np.ndarray]:
+def _from_wide(file: Path, table: pa.Table, token: str | None
+               ) -> tuple[tuple[int, ...], np.ndarray]:
     columns = [c for c in table.column_names if c != token]
     steps = []
     for c in columns:

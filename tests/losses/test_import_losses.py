@@ -59,9 +59,9 @@ def measured(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("measured")
     path = reduced_preset(folder, ROOT / "configs" / "pythia.yaml", {"pythia-70m": 8}, STEPS)
+    local = ["--executor", "local", "--device", "cpu"]
     for stage in ("evalset", "losses", "fit"):
-        assert main([stage, "--config", str(path)]
-                    + (["--executor", "local", "--device", "cpu"] if stage == "losses" else [])) == 0
+        assert main([stage, "--config", str(path)] + (local if stage == "losses" else [])) == 0
     return path
 
 
@@ -136,8 +136,9 @@ def test_bad_shape_is_refused_in_one_line(tmp_path, capsys):
     assert "short.npy: holds 99 tokens (rows), the evalset 100" in line
 
 
-@pytest.mark.parametrize("steps,says", [([10, 30, 20, 40, 50, 60], "steps out of order: 30 before 20"),
-                                        ([10, 20, 20, 40, 50, 60], "step 20 is repeated")])
+@pytest.mark.parametrize("steps,says", [
+    ([10, 30, 20, 40, 50, 60], "steps out of order: 30 before 20"),
+    ([10, 20, 20, 40, 50, 60], "step 20 is repeated")])
 def test_steps_out_of_order_or_repeated_are_refused(tmp_path, capsys, steps, says):
     _, losses = _world(tmp_path)
     np.save(tmp_path / "l.npy", losses)
