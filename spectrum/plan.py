@@ -156,14 +156,14 @@ def _missing_cell(rp: RunPlan) -> str:
     if not rp.missing:
         return "0"
     if not isinstance(rp.run.checkpoints, HubSource):
-        return rp.missing[0]
+        return "no folder" if "does not exist" in rp.missing[0] else "none yet"
     return f"{len(rp.missing)}" if len(rp.missing) < rp.checkpoints else f"all {len(rp.missing)}"
 
 
 def format_table(plan: Plan) -> list[str]:
     """The per-run table (Markdown) and its totals."""
     n = plan.tokens
-    lines = ["| run | role | M | checkpoints | evaluated | not cached | token evaluations "
+    lines = ["| run | role | M | checkpoints | evaluated | missing | token evaluations "
              "| forward FLOPs | shard storage |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rp in plan.runs:
         evals = rp.to_evaluate * n
@@ -234,18 +234,22 @@ def format_plan(plan: Plan, tokens_per_second: float | None = None, gpu: str = "
 
 
 def missing_lines(runs: tuple[RunPlan, ...]) -> list[str]:
-    """The revisions not in the local cache, by name; runs missing the same revisions share a
-    line."""
+    """The revisions not in the local cache, by name (runs missing the same revisions share a
+    line), and the checkpoint folders that are missing or empty."""
     groups: dict[tuple[str, ...], list[str]] = {}
+    folders = []
     for rp in runs:
-        if rp.missing:
-            src = rp.run.checkpoints
-            groups.setdefault(rp.missing, []).append(
-                src.repo if isinstance(src, HubSource) else rp.run.name)
-    if not groups:
-        return []
-    lines = ["", "not in the local Hugging Face cache (download them before `spectrum run`):"]
-    for missing, where in groups.items():
-        lines.append(f"  {', '.join(missing)}")
-        lines.append(f"    of {', '.join(where)}")
+        src = rp.run.checkpoints
+        if rp.missing and isinstance(src, HubSource):
+            groups.setdefault(rp.missing, []).append(src.repo)
+        elif rp.missing:
+            folders.append(f"  {rp.run.name}: {rp.missing[0]}")
+    lines = []
+    if groups:
+        lines += ["", "not in the local Hugging Face cache (download them before `spectrum run`):"]
+        for missing, repos in groups.items():
+            lines += [f"  {', '.join(missing)}", f"    of {', '.join(repos)}"]
+    if folders:
+        lines += ["", "checkpoint folders without checkpoints (the built-in suite's are written "
+                      "by `spectrum suite`):", *folders]
     return lines

@@ -207,3 +207,23 @@ def test_an_npz_carries_its_steps_and_its_evalset(tmp_path):
     for j, step in enumerate(STEPS6):
         col = pq.read_table(loss_shard(out, "a", step)).column("loss").to_numpy()
         assert np.array_equal(col, losses[:, j])
+
+
+def test_shards_of_steps_the_import_lacks_are_kept_unless_forced(tmp_path, capsys):
+    path, losses = _world(tmp_path)
+    np.save(tmp_path / "l.npy", losses)
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(
+        {"evalset": "ids.npy", "runs": [{"run": "a", "file": "l.npy", "steps": STEPS6}]}))
+    args = ["import-losses", "--config", str(path), "--mapping", str(tmp_path / "map.yaml")]
+    assert main(args) == 0
+    np.save(tmp_path / "l.npy", losses[:, :5])
+    later = [15, 20, 30, 40, 50]
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(
+        {"evalset": "ids.npy", "runs": [{"run": "a", "file": "l.npy", "steps": later}]}))
+    capsys.readouterr()
+    assert main(args) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "holds shards of steps 10, 60" in lines[0]
+    assert shard_steps(tmp_path / "out", "a") == STEPS6  # nothing changed
+    assert main(args + ["--force"]) == 0
+    assert shard_steps(tmp_path / "out", "a") == later
