@@ -94,7 +94,7 @@ def _source(raw: Any, i: int, base: Path, where: str) -> Source:
     unknown = sorted(set(raw) - _RUN_KEYS)
     if unknown:
         raise ImportRefused(f"{where}: runs[{i}].{unknown[0]}: unknown key (expected one of: "
-                           f"{', '.join(sorted(_RUN_KEYS))})")
+                            f"{', '.join(sorted(_RUN_KEYS))})")
     file = Path(raw["file"]).expanduser()
     try:
         steps, tokens = _int_list(raw.get("steps")), _int_list(raw.get("tokens"))
@@ -116,7 +116,7 @@ def read_mapping(path: str | Path) -> Mapping:
     unknown = sorted(set(raw) - _MAPPING_KEYS)
     if unknown:
         raise ImportRefused(f"{path}: {unknown[0]}: unknown key (expected one of: "
-                           f"{', '.join(sorted(_MAPPING_KEYS))})")
+                            f"{', '.join(sorted(_MAPPING_KEYS))})")
     base = path.resolve().parent
     sources = tuple(_source(r, i, base, str(path)) for i, r in enumerate(raw["runs"]))
     share = raw.get("max_nonfinite", MAX_NONFINITE)
