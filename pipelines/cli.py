@@ -52,6 +52,8 @@ STAGES: dict[str, str] = {
     "report": "pipelines.report",
     "export-curriculum": "pipelines.curriculum_export",
     "curriculum-test": "pipelines.curriculum_test",
+    "plan": "pipelines.plan",
+    "import-losses": "pipelines.import_losses",
 }
 RUN_ORDER = ("suite", "evalset", "losses", "fit", "report")
 # name -> the light module that declares the stage's HELP and OPTIONS (default: the stage's own)

@@ -6,6 +6,9 @@ a checkpoint source (the same folder, or the same revisions of a hub repository)
 would be one run's, measured twice; ``out`` may not be a file. Relative paths in the manifest
 are resolved against the folder that holds the manifest, so a manifest can be run from anywhere.
 
+A run's ``params`` (M) is a number or ``auto``: counted from its first checkpoint's config.json
+(:mod:`spectrum.data.param_count`, offline), which must then be on disk when the manifest is read.
+
 Whether each run's checkpoint folder exists and holds checkpoints is checked separately, by
 :func:`spectrum.data.checkpoints.validate_checkpoint_sources`, because the built-in suite writes those
 folders itself (``spectrum suite``) after the manifest has been read.
@@ -75,7 +78,7 @@ class HubSource:
 @dataclass(frozen=True)
 class RunSpec:
     name: str
-    params: float  # M: non-embedding parameters
+    params: float  # M: non-embedding parameters (see spectrum.data.param_count.CONVENTION)
     tokens: float  # D: training tokens
     tokens_per_step: int
     role: Role
@@ -87,6 +90,9 @@ class RunSpec:
     # seeds are its seed replicas, and runs of other configurations with the same seed pair with
     # it (common random numbers); None where unknown
     seed: int | None = None
+    # where M was counted from for `params: auto` (the first checkpoint's config.json); None
+    # where the manifest gives M as a number
+    params_counted_from: Path | None = None
 
     @property
     def point(self) -> tuple[float, float, int, int]:
@@ -276,7 +282,9 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
     missing = [k for k in ("params", "tokens", "tokens_per_step", "role", "checkpoints") if k not in m]
     for k in missing:
         pr.add(f"{where}.{k}", "is required")
-    params = pr.positive_number(f"{where}.params", m["params"]) if "params" in m else None
+    auto = m.get("params") == "auto"
+    params = pr.positive_number(f"{where}.params", m["params"]) \
+        if "params" in m and not auto else None
     tokens = pr.positive_number(f"{where}.tokens", m["tokens"]) if "tokens" in m else None
     tps = pr.integer(f"{where}.tokens_per_step", m["tokens_per_step"], minimum=1) \
         if "tokens_per_step" in m else None
@@ -300,10 +308,29 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
         pr.add(f"{where}.train", f"must be a mapping, got {type(train).__name__}")
         train = None
     seed = _seed(m, train, where, pr)
+    counted_from = None
+    if auto and ckpt is not None:
+        params, counted_from = _count_params(ckpt, steps, f"{where}.params", pr)
     if None in (name, params, tokens, tps, role, ckpt, warmup):
         return None
     return RunSpec(name=name, params=params, tokens=tokens, tokens_per_step=tps, role=role,
-                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup, seed=seed)
+                   checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup, seed=seed,
+                   params_counted_from=counted_from)
+
+
+def _count_params(ckpt: Path | HubSource, steps: tuple[int, ...] | None, where: str,
+                  pr: _Problems) -> tuple[float | None, Path | None]:
+    """``params: auto``: M counted from the first checkpoint's config.json (offline; GPT-NeoX
+    by arithmetic, other models on the meta device), or a problem saying why it cannot be."""
+    from spectrum.data.param_count import CountError, count_from, first_config
+
+    try:
+        config = first_config(ckpt, steps)
+        return float(count_from(config)), config
+    except CountError as e:
+        pr.add(where, f"auto: cannot count the parameters: {e}; give M as a number, or make the "
+                      "first checkpoint available first")
+        return None, None
 
 
 def _seed(m: dict[str, Any], train: dict[str, Any] | None, where: str,

@@ -7,7 +7,8 @@ Sources a run's ``checkpoints:`` entry may name:
   ``N`` billions of tokens); steps may be irregular and are always parsed from the name;
 - hub revisions (``{hub: EleutherAI/pythia-70m, revisions: [step1000, ...]}``) resolved offline
   from the local Hugging Face cache (``models--org--name/refs/<revision>`` ->
-  ``snapshots/<commit>/``); the step is parsed from the revision name.
+  ``snapshots/<commit>/``); the step is parsed from the revision name. Where the run names
+  ``steps``, only the revisions of those steps need to be in the cache.
 
 A checkpoint folder counts only when it is complete: it holds ``config.json`` and weights
 (``model.safetensors``, ``pytorch_model.bin`` or their sharded ``*.index.json``). Folders whose
@@ -97,17 +98,31 @@ def _named_folders(folder: Path) -> list[tuple[int, Path, str | None]]:
     return sorted(found, key=lambda t: (t[0], t[1].name))
 
 
+def revision_step(revision: str) -> int | None:
+    """The step a hub revision names (``step<N>`` or ``step<N>-tokens<M>B``), or None."""
+    m = _REVISION.fullmatch(revision)
+    return int(m.group("step")) if m else None
+
+
+def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every sub-folder named like a checkpoint, complete or not, by step."""
+    return [(step, path) for step, path, _ in _named_folders(folder)]
+
+
 def _hub_checkpoints(run: RunSpec, src: HubSource) -> list[Checkpoint]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     out = []
+    wanted = set(run.steps) if run.steps is not None else None
     for rev in src.revisions:
         m = _REVISION.fullmatch(rev)
         if not m:
             raise SpectrumError(
                 f"run {run.name}: hub revision {rev!r} of {src.repo} does not name a step "
                 "(expected step<step> or step<step>-tokens<N>B)")
+        if wanted is not None and int(m.group("step")) not in wanted:
+            continue  # listed but not chosen: need not be downloaded
         try:
             path = snapshot_download(src.repo, revision=rev, local_files_only=True,
                                      cache_dir=str(src.cache_dir) if src.cache_dir else None)
@@ -178,7 +193,9 @@ def validate_checkpoint_sources(manifest: Manifest) -> None:
                 problems.append(f"{where}: folder {_shown(src, base)} {what}")
                 continue
         try:
-            found = resolve_checkpoints(RunSpec(**{**run.__dict__, "steps": None}))
+            # hub revisions outside `steps` need not be cached; folders are listed whole
+            found = resolve_checkpoints(run if isinstance(src, HubSource)
+                                        else RunSpec(**{**run.__dict__, "steps": None}))
         except SpectrumError as e:
             problems.extend(f"{where}: {p}" for p in e.problems)
             continue
