@@ -1,0 +1,131 @@
+"""The README's figures of the default suite, generated from the files a run wrote.
+
+``python -m spectrum.tools.readme_figures artifacts README.md`` rewrites the part of ``README.md``
+between the markers ``<!-- figures:default-suite -->`` and ``<!-- /figures:default-suite -->``
+with what ``reconstruction/scores.json`` under ``artifacts`` says (verdicts, scores with their
+intervals, noise, the stepwise shares, the reliability across seeds), so that every figure the
+README quotes comes from a run at that commit and none is retyped. ``--check`` exits 1 when the
+README differs from what the artifacts give (for a test or CI), without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from spectrum.layout import scores_file
+
+BEGIN, END = "<!-- figures:default-suite -->", "<!-- /figures:default-suite -->"
+TARGETS = ("L", "dL/dlnT", "dL/dlnM", "dL/dlnD")
+PREDICTION = "param_model"
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def _interval(ci: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{_num(ci[0])}, {_num(ci[1])}]"
+
+
+def _best_baseline(block: dict) -> str:
+    scored = [(name, s) for name, s in block.get("baselines", {}).items()
+              if s.get("r2") is not None and name != "zero"]
+    if not scored:
+        return "none scored"
+    name, s = max(scored, key=lambda kv: kv[1]["r2"])
+    return f"{name} {_num(s['r2'])}{_interval(s.get('r2_ci'))}"
+
+
+def heldout_table(scores: dict) -> list[str]:
+    targets = scores["tests"]["heldout_runs"]["targets"]
+    rows = ["| target | verdict | noise-corrected score | spectrum R^2 | oracle ceiling | snr | "
+            "best baseline R^2 |", "|---|---|---|---|---|---|---|"]
+    for t in TARGETS:
+        block = targets.get(t, {})
+        pred = block.get("predictions", {}).get(PREDICTION, {})
+        noise = block.get("noise") or {}
+        corrected = block.get("score_corrected") or {}
+        ceiling = (noise.get("oracle_ceiling") or {})
+        rows.append(
+            f"| {t} | {block.get('verdict', '-')} | {_num(corrected.get('value'))}"
+            f"{_interval(corrected.get('ci'))} | {_num(pred.get('r2'))}"
+            f"{_interval(pred.get('r2_ci'))} | {_num(ceiling.get('r2'))}"
+            f"{_interval(ceiling.get('ci'))} | {_num(noise.get('snr'))}"
+            f"{_interval(noise.get('snr_ci'))} | {_best_baseline(block)} |")
+    return rows
+
+
+def verdict_sentences(scores: dict) -> list[str]:
+    verdicts = scores["tests"]["heldout_runs"].get("verdicts", {})
+    out = []
+    for t in TARGETS:
+        lines = verdicts.get(t) or []
+        if lines:
+            out.append(f"- {lines[0]}")
+    return out
+
+
+def stepwise_lines(scores: dict) -> list[str]:
+    step = scores.get("stepwise", {})
+    out = []
+    if step.get("verdict"):
+        out.append(f"- **Is learning stepwise?** {step['verdict']}")
+    cal = step.get("calibration") or {}
+    if cal.get("false_step_rate") is not None:
+        out.append(f"- The step call's false-step rate on null data with the noise of real runs: "
+                   f"{_num(cal['false_step_rate'])}.")
+    rel = step.get("reliability") or {}
+    for point, r in rel.items():
+        out.append(f"- **Across seeds** ({point}, {r.get('n_tokens', '-')} tokens): tau "
+                   f"correlation {_num(r.get('tau_corr'))}, kappa of the step call "
+                   f"{_num(r.get('kappa_step'))}, of the kinds {_num(r.get('kappa_kind'))}; "
+                   f"standard-error coverage {_num(r.get('se_coverage_uncorrected'))} as fitted, "
+                   f"{_num(r.get('se_coverage'))} corrected.")
+    return out
+
+
+def figures(scores: dict) -> str:
+    lines = [BEGIN, "", "Held-out runs (scored among held-out runs only; the verdict rests on the "
+             "noise-corrected score and its interval over seeds and sequences):", ""]
+    lines += heldout_table(scores) + [""] + verdict_sentences(scores) + stepwise_lines(scores)
+    return "\n".join(lines + ["", END])
+
+
+def rewrite(readme: str, block: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"the README has no {BEGIN} ... {END} markers")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + block + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spectrum.tools.readme_figures",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("artifacts", type=Path, help="the run's output folder (default run: artifacts)")
+    p.add_argument("readme", type=Path, help="the README to rewrite")
+    p.add_argument("--check", action="store_true", help="exit 1 if the README is not current")
+    args = p.parse_args(argv)
+    scores_path = scores_file(args.artifacts)
+    if not scores_path.is_file():
+        print(f"error: {scores_path}: not found (run `make run` first)", file=sys.stderr)
+        return 2
+    new = rewrite(args.readme.read_text(), figures(json.loads(scores_path.read_text())))
+    if args.check:
+        return 0 if new == args.readme.read_text() else 1
+    args.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
