@@ -59,6 +59,10 @@ SETTINGS: dict[str, dict] = {
                   sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
     "b4096-lr3e-3": dict(learning_rate=3.0e-3, tokens_per_step=4096, warmup_steps=4,
                          sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
+    "lr5e-3": dict(learning_rate=5.0e-3, tokens_per_step=1024, warmup_steps=16,
+                   sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
+    "b2048": dict(learning_rate=1.0e-2, tokens_per_step=2048, warmup_steps=8,
+                  sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
 }
 
 
