@@ -144,7 +144,9 @@ class Run:
         return self.steps > self.warmup
 
 
-def load_runs(manifest_path: Path, role: str | None) -> list[Run]:
+def load_runs(manifest_path: Path, role: str | None, pattern: str | None = None) -> list[Run]:
+    import re
+
     import polars as pl
 
     from spectrum.layout import losses_dir
@@ -155,7 +157,7 @@ def load_runs(manifest_path: Path, role: str | None) -> list[Run]:
           .group_by("run", "step").agg(pl.col("loss").mean()).collect())
     out = []
     for r in m.runs:
-        if role is not None and r.role != role:
+        if (role is not None and r.role != role) or (pattern and not re.search(pattern, r.name)):
             continue
         d = df.filter(pl.col("run") == r.name).sort("step")
         if d.height == 0:
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("measure", help="train what is missing, evaluate, print the snr table")
     m.add_argument("manifest", type=Path)
     m.add_argument("--role", choices=("fit", "heldout"), help="only runs of this role")
+    m.add_argument("--runs", help="only runs whose name matches this regular expression")
     m.add_argument("--spans", default="1,2,4", help="derivative spans in grid steps")
     m.add_argument("--no-run", action="store_true", help="only read the loss shards already there")
     m.add_argument("--json", type=Path)
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         costs["evalset_wall_seconds"] = round(stage("evalset", manifest), 1)
         costs["losses_wall_seconds"] = round(stage("losses", manifest, "--executor", "local"), 1)
     costs |= training_costs(manifest)
-    result = measure(load_runs(manifest, a.role), tuple(int(s) for s in a.spans.split(",")))
+    result = measure(load_runs(manifest, a.role, a.runs), tuple(int(s) for s in a.spans.split(",")))
     print_table(result, {k: v for k, v in costs.items() if k != "train_cpu_seconds_per_run"})
     if a.json:
         a.json.write_text(json.dumps(result | {"costs": costs}, indent=2, default=float) + "\n")
