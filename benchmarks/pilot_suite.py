@@ -181,30 +181,44 @@ def subgrid(steps: np.ndarray, span: int) -> np.ndarray:
     return np.arange(len(steps) - 1, -1, -span)[::-1]
 
 
-def snr(values: list[dict[int, float]]) -> dict:
-    """The report's rule on targets given as {seed: value}; replicas of a target share seeds."""
-    vs = [np.array(list(v.values())) for v in values if len(v) >= 2]
-    if len(vs) < 2:
-        return {"targets": len(vs), "snr": None}
-    n = float(np.mean([len(v) for v in vs]))
-    means = np.array([v.mean() for v in vs])
-    noise = sum(((v - v.mean()) ** 2).sum() for v in vs) / sum(len(v) - 1 for v in vs)
+def snr_of(matrix: np.ndarray) -> dict:
+    """The report's rule on a (targets, seeds) matrix of measured values."""
+    n = matrix.shape[1]
+    means = matrix.mean(axis=1)
+    noise = ((matrix - means[:, None]) ** 2).sum() / (matrix.shape[0] * (n - 1))
     signal = means.var(ddof=1) - noise / n
-    return {"targets": len(vs), "replicas": n, "noise_var": noise, "signal_var": signal,
+    return {"targets": matrix.shape[0], "replicas": n, "noise_var": noise, "signal_var": signal,
             "snr": signal / (noise / n), "snr_one_seed": signal / noise}
+
+
+def snr(values: list[dict[int, float]]) -> dict:
+    """:func:`snr_of` on targets given as {seed: value}, on the seeds every target has, and its
+    range over the subsets that leave one seed out (each scaled to all n seeds: the spread of
+    the estimate over seeds; a percentile bootstrap of seeds would understate the noise, since a
+    resample repeats seeds)."""
+    seeds = sorted(set.intersection(*(set(v) for v in values))) if values else []
+    if len(values) < 2 or len(seeds) < 2:
+        return {"targets": len(values), "snr": None}
+    matrix = np.array([[v[s] for s in seeds] for v in values])
+    out = snr_of(matrix)
+    if len(seeds) >= 3:
+        n = len(seeds)
+        loo = [snr_of(np.delete(matrix, j, axis=1))["snr_one_seed"] * n for j in range(n)]
+        out["snr_leave_one_seed_out"] = [float(min(loo)), float(max(loo))]
+    return out
 
 
 def dT_targets(pts: dict, span: int) -> list[dict[int, float]]:
     out = []
     for reps in pts.values():
-        for seed_run in [reps]:
-            first = next(iter(seed_run.values()))
-            sc = np.flatnonzero(first.scored)
-            idx = sc[subgrid(first.steps[sc], span)]
-            x = np.log(first.steps[idx] * first.tps)
-            for k in range(len(idx) - 1):
-                out.append({s: (r.loss[idx[k + 1]] - r.loss[idx[k]]) / (x[k + 1] - x[k])
-                            for s, r in seed_run.items() if np.array_equal(r.steps, first.steps)})
+        first = next(iter(reps.values()))
+        same = {s: r for s, r in reps.items() if np.array_equal(r.steps, first.steps)}
+        sc = np.flatnonzero(first.scored)
+        idx = sc[subgrid(first.steps[sc], span)]
+        x = np.log(first.steps[idx] * first.tps)
+        for k in range(len(idx) - 1):
+            out.append({s: (r.loss[idx[k + 1]] - r.loss[idx[k]]) / (x[k + 1] - x[k])
+                        for s, r in same.items()})
     return out
 
 
@@ -258,13 +272,14 @@ def measure(runs: list[Run], spans: tuple[int, ...]) -> dict:
 
 def print_table(result: dict, costs: dict) -> None:
     print(f"{'target':<22} {'n':>4} {'targets':>7} {'noise_var':>10} {'signal_var':>10} "
-          f"{'snr':>7} {'snr 1 seed':>10}")
+          f"{'snr':>7} {'leave 1 seed out':>17} {'snr 1 seed':>10}")
     for name, t in result["targets"].items():
         if t.get("snr") is None:
             print(f"{name:<22} {'-':>4} {t['targets']:>7}  (fewer than 2 targets with replicas)")
             continue
         print(f"{name:<22} {t['replicas']:>4.0f} {t['targets']:>7} {t['noise_var']:>10.2e} "
-              f"{t['signal_var']:>10.2e} {t['snr']:>7.2f} {t['snr_one_seed']:>10.2f}")
+              f"{t['signal_var']:>10.2e} {t['snr']:>7.2f} "
+              f"{'[%.1f, %.1f]' % tuple(t.get('snr_leave_one_seed_out', (np.nan, np.nan))):>17} {t['snr_one_seed']:>10.2f}")
     print("\nend-of-run loss per point: mean, seed SD (seeds)")
     for k, e in result["end_of_run"].items():
         print(f"  {k:<40} {e['mean']:.3f}  sd {e['seed_sd']:.3f}  ({e['seeds']})")
