@@ -18,15 +18,21 @@ least two seed replicas count, and replicas pair by seed across the runs of a pa
   checkpoints both have (at the same spans as dL/dlnT: every span-th of them), over d ln M;
 - ``dL/dlnD``: between neighbouring data scales of one size, end-of-run losses, over d ln D.
 
-Also printed: the seed SD of each point's end-of-run loss, and the cost of each stage (training
-CPU seconds per run from ``suite_summary.json``, wall seconds of evalset and losses here).
+Beside each snr: its range over the subsets that leave one seed out (scaled to n). Also
+printed: the seed SD of each point's end-of-run loss, and the cost of each stage (training
+CPU-seconds from ``suite_summary.json``, wall seconds of evalset and losses here).
 
-    python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3   # a pilot manifest
-    python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml       # train, evaluate, print
-    python benchmarks/pilot_suite.py measure checkpoints.yaml --role heldout    # the default suite
+    # a pilot manifest (settings: SETTINGS below), sharing one tokenizer cache between pilots
+    python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3 \
+        --data /tmp/pilot-data --evalset-sequences 64
+    python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml     # train, evaluate, print
+    python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml --no-run --runs w96
+    python benchmarks/pilot_suite.py measure docs/proposed-checkpoints.yaml --role heldout
 
 ``measure --json FILE`` also writes the table. The settings of ``write`` are the pilots recorded
-in benchmarks/RESULTS.md ("Pilot: the default suite's design").
+in benchmarks/RESULTS.md ("Pilot: the default suite's design"); the two-D settings hold the
+one-D pilots' runs (same names and configuration), so a folder written for both trains only
+the new data scale.
 """
 
 from __future__ import annotations
@@ -63,6 +69,11 @@ SETTINGS: dict[str, dict] = {
                    sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
     "b2048": dict(learning_rate=1.0e-2, tokens_per_step=2048, warmup_steps=8,
                   sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
+    # the held-out structure of a design: two data scales, so dL/dlnD too
+    "lr3e-3-two-d": dict(learning_rate=3.0e-3, tokens_per_step=1024, warmup_steps=16,
+                         sizes=("w32", "w64", "w96"), tokens=(131072, 262144), seeds=(1, 2, 3, 4)),
+    "lr5e-3-two-d": dict(learning_rate=5.0e-3, tokens_per_step=1024, warmup_steps=16,
+                         sizes=("w32", "w96"), tokens=(131072, 262144), seeds=(1, 2, 3, 4)),
 }
 
 
