@@ -22,7 +22,8 @@ Beside each snr: its range over the subsets that leave one seed out (scaled to n
 printed: the seed SD of each point's end-of-run loss, and the cost of each stage (training
 CPU-seconds from ``suite_summary.json``, wall seconds of evalset and losses here).
 
-    # a pilot manifest (settings: SETTINGS below), sharing one tokenizer cache between pilots
+    # a pilot manifest (SETTINGS below; the pilots used --evalset-sequences 64), one shared
+    # tokenizer cache for all pilots
     python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3 \
         --data /tmp/pilot-data --evalset-sequences 64
     python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml     # train, evaluate, print
