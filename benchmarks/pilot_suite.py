@@ -24,8 +24,7 @@ CPU-seconds from ``suite_summary.json``, wall seconds of evalset and losses here
 
     # a pilot manifest (SETTINGS below; the pilots used --evalset-sequences 64), one shared
     # tokenizer cache for all pilots
-    python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3 \
-        --data /tmp/pilot-data --evalset-sequences 64
+    python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3 --data /tmp/pilot-data
     python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml     # train, evaluate, print
     python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml --no-run --runs w96
     python benchmarks/pilot_suite.py measure docs/proposed-checkpoints.yaml --role heldout
