@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectrum.data.checkpoint_names import (REVISION, checkpoint_folders, named_folders,
+                                            revision_step)
 from spectrum.errors import ManifestError, SpectrumError
 from spectrum.manifest import HubSource, Manifest, RunSpec
 from spectrum.store import hash_files
 
-_FOLDER = re.compile(r"(?:checkpoint-(?P<hf>\d+)|step(?P<step>\d+)(?:-tokens(?P<btok>\d+)B)?)")
-_REVISION = re.compile(r"step(?P<step>\d+)(?:-tokens(?P<btok>\d+)B)?")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 LAYOUTS = "checkpoint-<step>/, step<step>/ or step<step>-tokens<N>B/ with config.json and weights"
@@ -83,32 +83,6 @@ def _tokens_seen(folder: Path, billions: str | None) -> int | None:
     return None
 
 
-def _named_folders(folder: Path) -> list[tuple[int, Path, str | None]]:
-    """(step, path, billions-of-tokens) for every sub-folder named like a checkpoint."""
-    found = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    for e in entries:
-        m = _FOLDER.fullmatch(e.name)
-        if m and e.is_dir():
-            step = int(m.group("hf") if m.group("hf") is not None else m.group("step"))
-            found.append((step, Path(e.path), m.group("btok")))
-    return sorted(found, key=lambda t: (t[0], t[1].name))
-
-
-def revision_step(revision: str) -> int | None:
-    """The step a hub revision names (``step<N>`` or ``step<N>-tokens<M>B``), or None."""
-    m = _REVISION.fullmatch(revision)
-    return int(m.group("step")) if m else None
-
-
-def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every sub-folder named like a checkpoint, complete or not, by step."""
-    return [(step, path) for step, path, _ in _named_folders(folder)]
-
-
 def _hub_checkpoints(run: RunSpec, src: HubSource) -> list[Checkpoint]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -116,7 +90,7 @@ def _hub_checkpoints(run: RunSpec, src: HubSource) -> list[Checkpoint]:
     out = []
     wanted = set(run.steps) if run.steps is not None else None
     for rev in src.revisions:
-        m = _REVISION.fullmatch(rev)
+        m = REVISION.fullmatch(rev)
         if not m:
             raise SpectrumError(
                 f"run {run.name}: hub revision {rev!r} of {src.repo} does not name a step "
@@ -148,7 +122,7 @@ def resolve_checkpoints(run: RunSpec) -> list[Checkpoint]:
         found = _hub_checkpoints(run, run.checkpoints)
     else:
         found = [Checkpoint(run.name, step, path, _tokens_seen(path, btok))
-                 for step, path, btok in _named_folders(Path(run.checkpoints))
+                 for step, path, btok in named_folders(Path(run.checkpoints))
                  if is_complete(path)]
     by_step: dict[int, Checkpoint] = {}
     for c in found:
@@ -167,7 +141,7 @@ def incomplete_checkpoints(run: RunSpec) -> list[Path]:
     if isinstance(run.checkpoints, HubSource):
         return []
     wanted = set(run.steps) if run.steps is not None else None
-    return [path for step, path, _ in _named_folders(Path(run.checkpoints))
+    return [path for step, path, _ in named_folders(Path(run.checkpoints))
             if not is_complete(path) and (wanted is None or step in wanted)]
 
 

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from spectrum.manifest import HubSource
+from typing import Any
 
 CONVENTION = ("M is the number of non-embedding parameters: every parameter except the token "
               "embedding, learned position embeddings and the output projection (a matrix tied "
@@ -82,14 +79,14 @@ def non_embedding_params(config: dict[str, Any]) -> int:
     return meta_device_params(config)
 
 
-def first_config(source: "Path | HubSource", steps: tuple[int, ...] | None) -> Path:
-    """The config.json of the lowest-step checkpoint of ``source`` (among ``steps`` when given)
+def first_config(source: Any, steps: tuple[int, ...] | None) -> Path:
+    """The config.json of the lowest-step checkpoint of ``source`` (a folder, or a manifest's
+    ``HubSource``; among ``steps`` when given)
     that is available here; :class:`CountError` saying why when there is none."""
-    from spectrum.data.checkpoints import checkpoint_folders, revision_step
-    from spectrum.manifest import HubSource
+    from spectrum.data.checkpoint_names import checkpoint_folders, revision_step
 
     wanted = set(steps) if steps is not None else None
-    if isinstance(source, HubSource):
+    if not isinstance(source, (str, Path)):  # a HubSource: the manifest is not imported here
         from huggingface_hub import try_to_load_from_cache
 
         steps = ((revision_step(r), r) for r in source.revisions)
