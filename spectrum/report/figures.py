@@ -38,8 +38,12 @@ MODEL_STYLE = {
 
 def _log_x(ax) -> None:
     """A log x axis with labels at the powers of ten only (the minor labels of a short log axis
-    collide)."""
+    collide); an axis between two powers of ten (the model sizes of a small suite) keeps
+    matplotlib's labels of its minor ticks, which are then few."""
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    if lo > 0 and np.floor(np.log10(hi)) < np.ceil(np.log10(lo)):
+        return
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 def _figure(n_panels: int, *, ncols: int = 3, w: float = 4.2, h: float = 3.2,
