@@ -98,11 +98,6 @@ def curves(preds: pl.DataFrame, target: str, tests: tuple[str, ...]) -> dict[str
     return out
 
 
-def legend_labels(fig: Figure) -> list[str]:
-    """The labels of the figure's shared legend (empty without one)."""
-    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-
-
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_axis_off()

@@ -153,11 +153,12 @@ def _chinchilla_blocks(info: dict | None) -> list[Block]:
     if "reason" in info:
         return out + [Block("p", f"Not fitted: {info['reason']}.")]
     n = info.get("n_end_losses")
-    fitted = f"Fitted to {n} end-of-run losses of the fit runs" if n is not None else \
-        "Fitted to the end-of-run losses of the fit runs"
+    fitted = f"Fitted to {'the' if n is None else n} end-of-run losses of the fit runs"
     how = info.get("interval_method")
-    intervals = (f"95% intervals from {how}" if info.get("intervals") else
-                 f"no 95% intervals ({how or 'no refits'}: too few converged)")
+    if info.get("intervals"):
+        intervals = f"95% intervals from {how}"
+    else:  # fewer than two refits converged
+        intervals = f"no 95% intervals ({how})" if how else "no 95% intervals"
     return out + [Block("p", f"{fitted}; {intervals}."),
                   Block("table", header=("law", "parameter", "estimate", "95% interval"),
                         rows=tuple(tables.chinchilla_rows({"chinchilla": info})))]
@@ -226,14 +227,16 @@ def _derivative_caption(preds: pl.DataFrame, target: str, reason: str | None) ->
     """What a held-out derivative figure draws: the curves that have values; without any
     measured target, why (``reason``: the prediction's reason for being null)."""
     curves = figures.curves(preds, target, ("heldout_runs",))
-    if not curves["drawn"] and not curves["not drawn"]:
+    drawn, left_out = curves["drawn"], curves["not drawn"]
+    if not drawn and not left_out:
         return f"{target} among held-out runs: no targets" + (f" ({reason})." if reason else ".")
-    how = " through the same finite differences"
-    if "param_model" in curves["drawn"] or not curves["not drawn"]:
-        drawn = f", the prediction and the baselines{how}"
+    if "param_model" in drawn or not left_out:
+        what = ", the prediction and the baselines through the same finite differences"
+    elif drawn:
+        what = f", {tables.join_and(drawn)} through the same finite differences"
     else:
-        drawn = f", {tables.join_and(curves['drawn'])}{how}" if curves["drawn"] else ""
-    return f"{target} measured among held-out runs (dots){drawn}." + _not_drawn(curves["not drawn"])
+        what = ""
+    return f"{target} measured among held-out runs (dots){what}." + _not_drawn(left_out)
 
 
 def other_tests(d: Inputs) -> list[Block]:

@@ -303,3 +303,15 @@ def test_the_parameter_model_sentence_names_what_the_fit_runs_vary():
     assert param_model_sentence(pm) == (
         "Parameter model: fitted on a, b; population dependence of the learning time: "
         "d tau / d lnM = -0.25, d tau / d lnD = 0.5.")
+
+
+def test_the_chinchilla_paragraph_says_what_was_fitted_or_why_not():
+    from spectrum.report.sections import _chinchilla_blocks
+
+    law = {"E": 1.0, "A": 2.0, "alpha": 0.3, "B": 4.0, "beta": 0.5, "n_end_losses": 6,
+           "intervals": {}, "interval_method": "refits on 0 bootstrap replicates over sequences"}
+    texts = [b.text for b in _chinchilla_blocks(law) if b.kind == "p"]
+    assert texts == ["Fitted to 6 end-of-run losses of the fit runs; no 95% intervals (refits on "
+                     "0 bootstrap replicates over sequences)."]
+    texts = [b.text for b in _chinchilla_blocks({"reason": "too few points"})]
+    assert texts == ["The Chinchilla baseline's parameters", "Not fitted: too few points."]
