@@ -13,9 +13,10 @@
    measured for scored windows and predicted for the others, turned into per-phase weights (mean 1
    per phase, floor ``--floor``), written to ``<out>/curriculum/`` with a README and
    ``coverage.json``.
-4. The target dataset's ids: by default the documents of the manifest corpus's training split,
-   or ``--target-ids`` (a text file with one ``doc_id`` per line, or a Parquet/JSONL file with a
-   ``doc_id`` column). Exported ids the target lacks are counted, logged with examples and
+4. The target dataset's ids: ``--target-ids`` (a text file with one ``doc_id`` per line, or a
+   Parquet/JSONL file with a ``doc_id`` column); by default the documents of ``--corpus`` when it
+   is given (the training text: the documents exported), else those of the manifest corpus's
+   training split. Exported ids the target lacks are counted, logged with examples and
    written to ``<out>/curriculum/missing_ids.json``.
 """
 
@@ -107,6 +108,10 @@ def _align_target(manifest: Manifest, options: CurriculumExportOptions) -> str:
     that says so."""
     if options.target_ids:
         target, tsource = read_target_ids(options.target_ids), str(options.target_ids)
+    elif options.corpus:  # the training text the user named: the documents exported
+        spec, split = corpus_of(manifest, options)
+        target = [d.doc_id for d in iter_documents(spec, split)]
+        tsource = f"the exported documents of --corpus {options.corpus}"
     else:
         target = [d.doc_id for d in documents(manifest.evalset.corpus, "train")]
         tsource = f"the training split of {manifest.evalset.corpus.kind} corpus"

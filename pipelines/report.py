@@ -96,9 +96,10 @@ def input_stamps(manifest: Manifest) -> list:
             for p in files if p.is_file()]
 
 
-def _fit_settings(manifest: Manifest) -> dict:
-    """What the fit stage recorded in a fits file's provenance: the kind thresholds (as the fit
-    stage describes them) and its scalar settings."""
+def _fit_settings(manifest: Manifest) -> dict[str, dict]:
+    """Per run, what the fit stage recorded in its fits file's provenance: the kind thresholds
+    (as the fit stage describes them) and its scalar settings."""
+    settings: dict[str, dict] = {}
     for spec in manifest.runs:
         prov = read_provenance(layout.fits_file(manifest.out, spec.name))
         if not prov:
@@ -116,8 +117,8 @@ def _fit_settings(manifest: Manifest) -> dict:
                              if isinstance(vv, (int, float, str, bool))})
             elif isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) < 60):
                 flat[k] = v
-        return flat
-    return {}
+        settings[spec.name] = flat
+    return settings
 
 
 # ---- units of work on Ray: (pass, token range) ------------------------------------------------

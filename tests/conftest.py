@@ -9,6 +9,9 @@
   runs ``m1-d1`` (fit, s1, 24 steps), ``m2-d1`` (fit, s2, 24 steps), ``m2-d2`` (heldout, s2,
   48 steps); evalset: 16 validation sequences of 32 tokens. Checkpoints in ``<dir>/runs/<run>/``.
   Treat it as read-only (copy it to change it).
+- ``trainer_runs``: (session) three tiny runs written by Hugging Face's ``Trainer``
+  (:mod:`tests.trainer_checkpoints`: GPT-2 tied, GPT-NeoX untied, Llama-style tied), six
+  ``checkpoint-<step>/`` folders each at irregular steps, on the micro corpus. Read-only.
 """
 
 from __future__ import annotations
@@ -103,3 +106,11 @@ def micro_suite(tmp_path_factory) -> Path:
     path = _write_micro_manifest(tmp_path_factory.mktemp("micro_suite"))
     train_suite(load_manifest(path), device="cpu", progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def trainer_runs(tmp_path_factory):
+    from tests.trainer_checkpoints import write_trainer_runs
+
+    root = tmp_path_factory.mktemp("trainer_runs")
+    return write_trainer_runs(root, micro_corpus(root / "corpus"))

@@ -38,8 +38,12 @@ MODEL_STYLE = {
 
 def _log_x(ax) -> None:
     """A log x axis with labels at the powers of ten only (the minor labels of a short log axis
-    collide)."""
+    collide); an axis between two powers of ten (the model sizes of a small suite) keeps
+    matplotlib's labels of its minor ticks, which are then few."""
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    if lo > 0 and np.floor(np.log10(hi)) < np.ceil(np.log10(lo)):
+        return
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 def _figure(n_panels: int, *, ncols: int = 3, w: float = 4.2, h: float = 3.2,
@@ -74,6 +78,26 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _drawable(values: pl.Series) -> bool:
+    """Whether a curve has a point to draw: a null prediction (all NaN) draws nothing, and is left
+    out of the plot so that the legend lists only what is drawn."""
+    return bool(np.isfinite(values.cast(pl.Float64).fill_null(np.nan).to_numpy()).any())
+
+
+def curves(preds: pl.DataFrame, target: str, tests: tuple[str, ...]) -> dict[str, list[str]]:
+    """For each model of the given tests at ``target``, in order of appearance: "drawn" when it
+    has a point to draw in some run, else "not drawn"."""
+    sub = preds.filter(pl.col("target") == target)
+    out: dict[str, list[str]] = {"drawn": [], "not drawn": []}
+    seen: dict[str, bool] = {}
+    for (test, model), g in sub.group_by(["test", "model"], maintain_order=True):
+        if test in tests:
+            seen[model] = seen.get(model, False) or _drawable(g["predicted"])
+    for model, drawn in seen.items():
+        out["drawn" if drawn else "not drawn"].append(model)
+    return out
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_axis_off()
@@ -91,6 +115,8 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
         first = sub.filter(pl.col("model") == sub["model"][0])
         ax.plot(first["T"], first["measured"], "k.", ms=4, label="measured")
         for (test, model), g in sub.group_by(["test", "model"], maintain_order=True):
+            if not _drawable(g["predicted"]):
+                continue
             label = f"{model} ({test.replace('_', ' ')})"
             ax.plot(g["T"], g["predicted"], label=label, **MODEL_STYLE.get(model, {}))
         _log_x(ax)
@@ -185,6 +211,8 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
         first = g_run.filter(pl.col("model") == g_run["model"][0])
         ax.plot(first["T"], first["measured"], "k.", ms=5, label="measured")
         for (model, kind), g in g_run.group_by(["model", "model_kind"], maintain_order=True):
+            if not _drawable(g["predicted"]):
+                continue
             ax.plot(g["T"], g["predicted"], label=f"{model} ({kind})",
                     **MODEL_STYLE.get(model, {}))
         ax.axhline(0, color="k", lw=0.5)

@@ -50,7 +50,7 @@ class Inputs:
     scores: dict
     preds: pl.DataFrame
     fits: dict[str, FitSummary]  # run -> the summary of its fits
-    fit_settings: dict[str, Any]
+    fit_settings: dict[str, dict[str, Any]]  # run -> what its fits recorded
     edges: np.ndarray
     curriculum: dict[str, Any] | None
 
@@ -85,7 +85,13 @@ def heldout_coverage(scores: dict) -> str | None:
         return None
     missing = [name for name in listed if name not in scored]
     if not missing:
+        if len(listed) == 1:
+            return (f"The held-out scores rest on one held-out run, {listed[0]}, the only one of "
+                    "the manifest.")
         return f"The held-out scores rest on all {len(listed)} held-out runs of the manifest."
+    if len(missing) == len(listed):
+        return (f"No held-out run of the manifest could be scored (no measured losses or fits): "
+                f"{', '.join(missing)}.")
     return (f"The held-out scores rest on {len(listed) - len(missing)} of the {len(listed)} "
             f"held-out runs of the manifest; not scored (no measured losses or fits): "
             f"{', '.join(missing)}.")
@@ -132,36 +138,105 @@ def heldout_section(d: Inputs) -> list[Block]:
            Block("table", header=tables.HELDOUT_HEADER, rows=tuple(tables.heldout_rows(entry)))]
     for target, lines in entry.get("verdicts", {}).items():
         out.append(Block("p", " ".join(lines)))
-    law = tables.chinchilla_rows(d.scores.get("fitted", {}))
-    if law:
-        info = d.scores["fitted"]["chinchilla"]
-        how = info.get("interval_method", "")
-        out += [Block("h3", "The Chinchilla baseline's parameters"),
-                Block("p", f"Fitted to {info.get('n_end_losses', '?')} end-of-run losses of the "
-                           f"fit runs; 95% intervals from {how or 'no refits'}."),
-                Block("table", header=("law", "parameter", "estimate", "95% interval"),
-                      rows=tuple(law))]
+    out += _chinchilla_blocks(d.scores.get("fitted", {}).get("chinchilla"))
     pm = d.scores.get("fitted", {}).get("param_model")
     if pm:
-        tau = pm["population_coefficients"].get("tau", [])
-        coef = ", ".join(f"d tau / d {a} = {tables.fmt(v)}" for a, v in zip(pm["axes"], tau[1:]))
-        out.append(Block("p", f"Parameter model: fitted on {', '.join(pm['fit_runs'])}; population "
-                              f"dependence of the learning time: {coef or '-'}."))
+        out.append(Block("p", param_model_sentence(pm)))
     return out + _heldout_figures(d)
+
+
+def _chinchilla_blocks(info: dict | None) -> list[Block]:
+    """The Chinchilla law's parameters with their intervals, or why it was not fitted."""
+    if not info:
+        return []
+    out = [Block("h3", "The Chinchilla baseline's parameters")]
+    if "reason" in info:
+        return out + [Block("p", f"Not fitted: {info['reason']}.")]
+    n = info.get("n_end_losses")
+    fitted = f"Fitted to {'the' if n is None else n} end-of-run losses of the fit runs"
+    how = info.get("interval_method")
+    if info.get("intervals"):
+        intervals = f"95% intervals from {how}"
+    else:  # fewer than two refits converged
+        intervals = f"no 95% intervals ({how})" if how else "no 95% intervals"
+    return out + [Block("p", f"{fitted}; {intervals}."),
+                  Block("table", header=("law", "parameter", "estimate", "95% interval"),
+                        rows=tuple(tables.chinchilla_rows({"chinchilla": info})))]
+
+
+_AXIS_WORDS = {"lnM": ("M", "model size"), "lnD": ("D", "data scale")}
+
+
+def param_model_sentence(pm: dict) -> str:
+    """The parameter model's fit runs and the population dependence of the learning time on each
+    axis the fit runs vary; an axis they do not vary is named with the one value they share."""
+    tau = pm["population_coefficients"].get("tau", [])
+    coef = ", ".join(f"d tau / d {a} = {tables.fmt(v)}" for a, v in zip(pm["axes"], tau[1:]))
+    text = f"Parameter model: fitted on {', '.join(pm['fit_runs'])}; "
+    fixed = [(_AXIS_WORDS[a], pm["fixed"][a]) for a in _AXIS_WORDS
+             if a in pm.get("fixed", {}) and a not in pm["axes"]]
+    if coef or not fixed:
+        text += f"population dependence of the learning time: {coef or 'none recorded'}"
+    if fixed:
+        shared = " and ".join(f"one {words} ({sym} = {tables.fmt(float(v))})"
+                              for (sym, words), v in fixed)
+        names = " and ".join(sym for (sym, _), _ in fixed)
+        text += ("; " if coef else "") + (f"the fit runs share {shared}, so the learning time's "
+                                          f"dependence on {names} is not estimated")
+    return text + "."
+
+
+def _not_drawn(models: list[str]) -> str:
+    """The sentence naming the models a figure leaves out for want of a prediction."""
+    if not models:
+        return ""
+    return (" Not drawn, having no prediction here (the tables give the reasons): "
+            f"{', '.join(models)}.")
+
+
+def _loss_curves_caption(preds: pl.DataFrame) -> str:
+    """What ``loss_curves.png`` draws: the reconstructions of each run that have values."""
+    held = figures.curves(preds, "L", ("heldout_runs",))
+    loro = figures.curves(preds, "L", ("leave_one_run_out",))
+    text = ("Measured mean loss (dots) per run; the mean of the run's own fitted sigmoids "
+            "(in-sample, identity check)")
+    if held["drawn"]:
+        text += ("; for held-out runs the prediction and baselines fitted on the fit runs"
+                 if "param_model" in held["drawn"] else
+                 f"; for held-out runs, fitted on the fit runs: {tables.join_and(held['drawn'])}")
+    if loro["drawn"]:
+        text += "; for fit runs the leave-one-run-out prediction"
+    return text + "." + _not_drawn([f"{m} (held-out runs)" for m in held["not drawn"]]
+                                   + [f"{m} (leave one run out)" for m in loro["not drawn"]])
 
 
 def _heldout_figures(d: Inputs) -> list[Block]:
     roles = {r.name: r.role for r in d.runs}
-    out = [_figure("Measured mean loss (dots) per run; the mean of the run's own fitted sigmoids "
-                   "(in-sample, identity check); for held-out runs the prediction and baselines "
-                   "fitted on the fit runs; for fit runs the leave-one-run-out prediction.",
-                   figures.loss_curves(d.preds, roles), "loss_curves")]
+    out = [_figure(_loss_curves_caption(d.preds), figures.loss_curves(d.preds, roles),
+                   "loss_curves")]
     for target in ("dL/dlnT", "dL/dlnM", "dL/dlnD"):
-        out.append(_figure(f"{target} measured among held-out runs (dots), the prediction and "
-                           "the baselines through the same finite differences.",
+        block = d.scores["tests"]["heldout_runs"].get("targets", {}).get(target, {})
+        reason = block.get("predictions", {}).get("param_model", {}).get("reason")
+        out.append(_figure(_derivative_caption(d.preds, target, reason),
                            figures.derivatives(d.preds, "heldout_runs", target),
                            f"heldout_runs_{target.split('/')[1]}"))
     return out
+
+
+def _derivative_caption(preds: pl.DataFrame, target: str, reason: str | None) -> str:
+    """What a held-out derivative figure draws: the curves that have values; without any
+    measured target, why (``reason``: the prediction's reason for being null)."""
+    curves = figures.curves(preds, target, ("heldout_runs",))
+    drawn, left_out = curves["drawn"], curves["not drawn"]
+    if not drawn and not left_out:
+        return f"{target} among held-out runs: no targets" + (f" ({reason})." if reason else ".")
+    if "param_model" in drawn or not left_out:
+        what = ", the prediction and the baselines through the same finite differences"
+    elif drawn:
+        what = f", {tables.join_and(drawn)} through the same finite differences"
+    else:
+        what = ""
+    return f"{target} measured among held-out runs (dots){what}." + _not_drawn(left_out)
 
 
 def other_tests(d: Inputs) -> list[Block]:
@@ -244,13 +319,13 @@ def slices_section(d: Inputs) -> list[Block]:
 
 
 def fit_quality_section(d: Inputs) -> list[Block]:
-    thr = "; ".join(f"{k} = {v}" for k, v in (d.fit_settings or {}).items())
+    settings = tables.fit_settings_text(d.fit_settings or {}, [r.name for r in d.runs])
     return [Block("h2", "Fit quality"),
             Block("table", header=("run", "tokens", "by kind", "median R^2",
                                    "median SE of tau (learned)"),
                   rows=tuple(tables.fit_quality_rows(d.fits))),
-            Block("p", "Kind thresholds and fit settings (as recorded by the fit stage): "
-                       + (thr or "not recorded in the fits' provenance.")),
+            Block("p", "Kind thresholds and fit settings, as recorded by the fit stage "
+                       + settings),
             _figure("Per-token fit R^2, counts by kind, and standard errors of tau.",
                     figures.fit_quality(d.fits), "fit_quality")]
 

@@ -125,3 +125,30 @@ def fit_quality_rows(fits: dict[str, FitSummary]) -> list[tuple[str, ...]]:
                      fmt(f.r2_median) if f.r2_median is not None else "-",
                      fmt(f.tau_se_median) if f.tau_se_median is not None else "-"))
     return rows
+
+
+def join_and(names: list[str]) -> str:
+    """The names as a phrase: "a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def fit_settings_text(settings: dict[str, dict[str, Any]], runs: list[str]) -> str:
+    """The fit settings of every run in one sentence: a setting every run shares once, one that
+    differs with the runs of each value; the runs whose fits record none are named."""
+    recorded = [r for r in runs if settings.get(r)]
+    if not recorded:
+        return "not recorded in the fits' provenance."
+    keys = dict.fromkeys(k for r in recorded for k in settings[r] if k != "run")
+    parts = []
+    for key in keys:
+        values: dict[str, list[str]] = {}
+        for r in recorded:
+            values.setdefault(str(settings[r].get(key, "not recorded")), []).append(r)
+        if len(values) == 1:
+            parts.append(f"{key} = {next(iter(values))}")
+        else:
+            parts.append(f"{key} = " + ", ".join(f"{v} ({join_and(rs)})"
+                                                 for v, rs in values.items()))
+    missing = [r for r in runs if r not in recorded]
+    return (f"for {join_and(recorded)}: " + "; ".join(parts)
+            + (f"; not recorded for {join_and(missing)}" if missing else "") + ".")

@@ -168,3 +168,150 @@ def test_report_includes_the_curriculum_test_when_it_exists(tmp_path):
     assert rows["random"].split(" | ")[1].startswith("-0.1000 ")
     assert "<th>curriculum vs</th>" in page and "<td>freq_shuffled</td>" in page
     assert "Verdict: the curriculum beats random beyond the 95% interval" in md
+
+
+# ---- a suite of two runs written by Trainer: one fit run, one held-out run ----------------------
+
+LOCAL = ["--executor", "local", "--device", "cpu"]
+# placeholders that stood where a number or a reason belongs
+PLACEHOLDERS = ("rest on all 1 held-out", "Fitted to ? end-of-run", "from no refits",
+                "learning time: -.", "= -;", "= -.", ": -.", "= ?", "= None", "= nan")
+# a value that is a placeholder: "?", "-", None or nan after ": ", "= " or "(", or a lone "?"
+PLACEHOLDER_VALUE = r"(?:[:=] |\()(?:\?|-|None|nan)(?=[.;,)\s]|$)|\s\?(?=[.;,\s]|$)"
+
+
+@pytest.fixture(scope="module")
+def two_run_report(trainer_runs, tmp_path_factory):
+    """A user's smallest suite: ``gpt2-tied`` fitted, ``llama-tied`` held out, every stage run
+    on it as the README says."""
+    import yaml
+
+    from tests.trainer_checkpoints import write_manifest
+
+    path = write_manifest(trainer_runs, tmp_path_factory.mktemp("two_runs"),
+                          ["gpt2-tied", "llama-tied"])
+    manifest = yaml.safe_load(path.read_text())
+    for run in manifest["runs"]:
+        run["role"] = "heldout" if run["name"] == "llama-tied" else "fit"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    assert cli(["evalset", "--config", str(path)]) == 0
+    assert cli(["losses", "--config", str(path), *LOCAL]) == 0
+    assert cli(["fit", "--config", str(path), *LOCAL]) == 0
+    assert cli(["report", "--config", str(path), *FAST]) == 0
+    return path.parent / "artifacts"
+
+
+def _prose(md: str) -> list[str]:
+    """The report's sentences: paragraphs and captions, no headings, tables or figure links."""
+    return [line for line in md.splitlines()
+            if line and not line.startswith(("#", "|", "![", "```"))]
+
+
+def test_a_two_run_report_has_no_placeholder(two_run_report):
+    md = (two_run_report / "report/report.md").read_text()
+    prose = _prose(md)
+    for line in prose:
+        for placeholder in PLACEHOLDERS:
+            assert placeholder not in line, (placeholder, line)
+        assert not re.search(PLACEHOLDER_VALUE, line), line
+    text = "\n".join(prose)
+    # each sentence that had a placeholder says what is true of this suite instead
+    assert "The held-out scores rest on one held-out run, llama-tied, the only one of the " \
+           "manifest." in text
+    scores = json.loads((two_run_report / "reconstruction/scores.json").read_text())
+    law = scores["fitted"]["chinchilla"]
+    assert "reason" in law  # one fit run: one (M, D) point
+    assert f"Not fitted: {law['reason']}." in text
+    assert "Fitted to" not in text
+    runs = {r["name"]: r for r in scores["runs"]}
+    assert ("Parameter model: fitted on gpt2-tied; the fit runs share one model size "
+            f"(M = {runs['gpt2-tied']['params']:.3g}) and one data scale "
+            f"(D = {runs['gpt2-tied']['tokens']:.3g}), so the learning time's dependence on M "
+            "and D is not estimated.") in text
+    # the fit settings of both runs, and no run's name standing for all of them
+    settings = next(line for line in prose if line.startswith("Kind thresholds and fit settings"))
+    assert "as recorded by the fit stage for gpt2-tied and llama-tied: " in settings
+    assert "run = " not in settings and "tokens_per_step = 256" in settings
+
+
+def _legend(fig) -> list[str]:
+    """The entries of the figure's shared legend."""
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def _drawn_labels(fig) -> set[str]:
+    """The labels of the lines a figure draws: a line with at least one finite point."""
+    import numpy as np
+
+    return {line.get_label() for ax in fig.axes for line in ax.get_lines()
+            if not line.get_label().startswith("_")
+            and np.isfinite(np.asarray(line.get_ydata(), float)).any()}
+
+
+def _predicted(preds, test: str, target: str) -> set[str]:
+    """The models of one test whose predictions at ``target`` have a finite value somewhere."""
+    rows = preds.filter((pl.col("test") == test) & (pl.col("target") == target)
+                        & pl.col("predicted").is_finite())
+    return set(rows["model"].to_list())
+
+
+def test_the_legends_of_a_two_run_report_list_what_is_drawn(two_run_report):
+    from spectrum.report import figures
+
+    preds = pl.read_parquet(two_run_report / "reconstruction/predictions.parquet")
+    heldout = _predicted(preds, "heldout_runs", "L")
+    assert "param_model" not in heldout  # one fit run: the held-out run cannot be predicted
+    fig = figures.loss_curves(preds, {"gpt2-tied": "fit", "llama-tied": "heldout"})
+    legend = _legend(fig)
+    assert len(legend) == len(set(legend))
+    assert set(legend) == _drawn_labels(fig) == (
+        {"measured", "fitted_sigmoids (in sample)"}
+        | {f"{m} (heldout runs)" for m in heldout})
+    fig = figures.derivatives(preds, "heldout_runs", "dL/dlnT")
+    kinds = dict(preds.select("model", "model_kind").unique().iter_rows())
+    assert set(_legend(fig)) == _drawn_labels(fig) == (
+        {"measured"} | {f"{m} ({kinds[m]})" for m in _predicted(preds, "heldout_runs", "dL/dlnT")})
+    # the captions name what is left out
+    md = (two_run_report / "report/report.md").read_text()
+    caption = md[md.index("](figures/loss_curves.png)"):].split("\n\n")[1]
+    assert "param_model (held-out runs)" in caption.split("Not drawn")[1]
+
+
+def test_fit_settings_cover_every_run():
+    from spectrum.report.tables import fit_settings_text
+
+    settings = {"a": {"run": "a", "dtype": "float32", "tokens_per_step": 256},
+                "b": {"run": "b", "dtype": "float32", "tokens_per_step": 512},
+                "c": {"run": "c", "dtype": "float32", "tokens_per_step": 256}}
+    assert fit_settings_text(settings, ["a", "b", "c", "d"]) == (
+        "for a, b and c: dtype = float32; tokens_per_step = 256 (a and c), 512 (b); "
+        "not recorded for d.")
+    assert fit_settings_text({}, ["a"]) == "not recorded in the fits' provenance."
+
+
+def test_the_parameter_model_sentence_names_what_the_fit_runs_vary():
+    from spectrum.report.sections import param_model_sentence
+
+    pm = {"axes": ["lnM"], "fit_runs": ["a", "b"], "fixed": {"lnD": 2.0e9},
+          "population_coefficients": {"tau": [7.0, -0.25]}}
+    assert param_model_sentence(pm) == (
+        "Parameter model: fitted on a, b; population dependence of the learning time: "
+        "d tau / d lnM = -0.25; the fit runs share one data scale (D = 2e+09), so the learning "
+        "time's dependence on D is not estimated.")
+    pm = {**pm, "axes": ["lnM", "lnD"], "fixed": {},
+          "population_coefficients": {"tau": [7.0, -0.25, 0.5]}}
+    assert param_model_sentence(pm) == (
+        "Parameter model: fitted on a, b; population dependence of the learning time: "
+        "d tau / d lnM = -0.25, d tau / d lnD = 0.5.")
+
+
+def test_the_chinchilla_paragraph_says_what_was_fitted_or_why_not():
+    from spectrum.report.sections import _chinchilla_blocks
+
+    law = {"E": 1.0, "A": 2.0, "alpha": 0.3, "B": 4.0, "beta": 0.5, "n_end_losses": 6,
+           "intervals": {}, "interval_method": "refits on 0 bootstrap replicates over sequences"}
+    texts = [b.text for b in _chinchilla_blocks(law) if b.kind == "p"]
+    assert texts == ["Fitted to 6 end-of-run losses of the fit runs; no 95% intervals (refits on "
+                     "0 bootstrap replicates over sequences)."]
+    texts = [b.text for b in _chinchilla_blocks({"reason": "too few points"})]
+    assert texts == ["The Chinchilla baseline's parameters", "Not fitted: too few points."]
