@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spectrum.analysis.reliability import PairCounts, cohen_kappa, cross_checked
+from spectrum.analysis.runs.reliability import PairCounts, cohen_kappa, cross_checked
 
 
 def _run(tau, se, kind=None, step=None, inside=None):
