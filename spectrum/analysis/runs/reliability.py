@@ -21,13 +21,27 @@ pair it is scored on (:func:`cross_checked`).
 
 Everything accumulates over token chunks (:class:`PairCounts`), so memory does not grow with the
 evaluation set; the ``|z|`` distribution is kept as a fine histogram for the percentile.
+
+In the report (:func:`reliability_summary`), a *replicated point* is a configuration (M, D, tokens
+per step, warmup) with fitted runs of two or more training seeds; it is named after its first run
+in manifest order. Every pair of its runs with different seeds is read in aligned token chunks
+(:class:`ReliabilityPass`, a token pass), the factor of each pair is estimated on the other pairs
+of its point, and the point's figures pool its pairs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Sequence
 
 import numpy as np
+import polars as pl
+
+from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.stepwise import COLUMNS as BIC_COLUMNS, step_preferred
+from spectrum.analysis.runs.token_passes import Mapper, in_process
+from spectrum.fit.kinds import KINDS, NOT_CENSORED, CENSORED, censoring
 
 Z95 = 1.959963984540054
 # |z| histogram: bins of 0.01 up to 50 (and one overflow bin); the percentile is read from it
@@ -140,4 +154,144 @@ def cross_checked(pairs: dict[Pair, PairCounts]) -> dict[Pair, dict]:
             entry.update(se_factor=factor, se_factor_from=[list(p) for p in others],
                          se_coverage=counts.coverage(factor) if factor is not None else None)
         out[pair] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's pass: replicated points, their pairs read in aligned token chunks
+
+def _point(run: RunData) -> tuple[float, float, int, int]:
+    return (run.M, run.D, run.tokens_per_step, run.warmup_steps)
+
+
+def replicated_points(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    """Fitted runs grouped by point, where the group holds two or more training seeds; each
+    named after its first run (manifest order)."""
+    groups: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        if r.has_fits and r.seed is not None:
+            groups.setdefault(_point(r), []).append(r)
+    return {g[0].name: g for g in groups.values() if len({r.seed for r in g}) >= 2}
+
+
+def replica_pairs(group: Sequence[RunData]) -> list[Pair]:
+    """Every pair of the group's runs with different seeds, in manifest order."""
+    return [(a.name, b.name) for a, b in combinations(group, 2) if a.seed != b.seed]
+
+
+def token_inputs(run: RunData, chunk: pl.DataFrame) -> dict[str, np.ndarray]:
+    """What :meth:`PairCounts.add` takes of one run's chunk (``tau``, ``tau_se``, ``kind`` and,
+    where the fits hold them, ``censored`` and the BIC columns)."""
+    tau = chunk["tau"].to_numpy().astype(float)
+    kind_name = chunk["kind"].to_numpy().astype(str)
+    codes = {k: i for i, k in enumerate(KINDS)}
+    kind = np.array([codes.get(k, -1) for k in kind_name], dtype=int)
+    if "censored" in chunk.columns:
+        inside = chunk["censored"].fill_null("none").to_numpy().astype(str) == CENSORED[0]
+    else:  # fits written before the column: the same rule on the fitted window
+        x = run.x[run.scored] if run.scored.any() else run.x
+        inside = censoring(tau, float(x.min()), float(x.max())) == NOT_CENSORED
+    step = np.full(len(tau), -1)
+    if set(BIC_COLUMNS) <= set(chunk.columns):
+        call = chunk.select(step_preferred()).to_series()
+        changes = ~np.isin(kind_name, ("flat", "unfit", "missing"))
+        has = call.is_not_null().to_numpy() & changes
+        step[has] = call.fill_null(False).to_numpy()[has].astype(int)
+    return {"tau": tau, "tau_se": chunk["tau_se"].to_numpy().astype(float),
+            "inside": inside & np.isfinite(tau), "learned": kind == KINDS.index("learned"),
+            "kind": kind, "step": step}
+
+
+@dataclass
+class ReliabilityPass:
+    """A token pass (:mod:`spectrum.analysis.runs.token_passes`): per replicated point, the
+    :class:`PairCounts` of each of its pairs."""
+
+    points: dict[str, list[RunData]]  # light runs
+    n_tokens: int
+
+    def __call__(self, start: int, stop: int) -> dict[str, dict[Pair, PairCounts]]:
+        out = {}
+        for name, group in self.points.items():
+            out[name] = {pair: PairCounts(len(KINDS)) for pair in replica_pairs(group)}
+            readers = {r.name: r.token_chunks(self._columns(r), start=start, stop=stop)
+                       for r in group}
+            for chunks in zip(*readers.values()):
+                inputs = {r.name: token_inputs(r, c) for r, c in zip(group, chunks)}
+                for (a, b), counts in out[name].items():
+                    counts.add(inputs[a], inputs[b])
+        return out
+
+    @staticmethod
+    def _columns(run: RunData) -> list[str]:
+        have = run.columns()
+        extra = [c for c in ("censored", *BIC_COLUMNS) if c in have]
+        return ["tau", "tau_se", "kind", *extra]
+
+    def combine(self, parts: Sequence[dict]) -> dict[str, dict[Pair, PairCounts]]:
+        total = parts[0]
+        for part in parts[1:]:
+            for name, pairs in part.items():
+                for pair, c in pairs.items():
+                    total[name][pair] = _summed(total[name][pair], c)
+        return total
+
+
+def _summed(a: PairCounts, b: PairCounts) -> PairCounts:
+    assert a.kind is not None and b.kind is not None
+    return PairCounts(a.n_kinds, a.n_tau + b.n_tau, a.sums + b.sums, a.step + b.step,
+                      a.kind + b.kind, a.z_hist + b.z_hist)
+
+
+def point_summary(pairs: dict[Pair, PairCounts]) -> dict:
+    """One replicated point: its pairs' figures (:func:`cross_checked`) and, pooled over them,
+    ``tau_corr``, the kappas, ``n_tokens`` (token pairs), ``se_coverage_uncorrected`` and
+    ``se_coverage`` (each pair's corrected coverage, weighted by its number of tau pairs; None
+    where a pair's correction cannot be estimated)."""
+    checked = cross_checked(pairs)
+    pooled = PairCounts(next(iter(pairs.values())).n_kinds)
+    for c in pairs.values():
+        pooled = _summed(pooled, c)
+    entry = pooled.summary()
+    weights = {p: float(c.z_hist.sum()) for p, c in pairs.items()}
+    corrected = [(checked[p]["se_coverage"], w) for p, w in weights.items() if w > 0]
+    if corrected and all(v is not None for v, _ in corrected):
+        entry["se_coverage"] = sum(v * w for v, w in corrected) / sum(w for _, w in corrected)
+    else:
+        entry["se_coverage"] = None
+        reasons = {checked[p].get("se_reason") for p in pairs} - {None}
+        entry["se_reason"] = "; ".join(sorted(reasons)) or "no pair of tau within the window"
+    entry["pairs"] = [{"runs": list(p), **checked[p]} for p in pairs]
+    return entry
+
+
+def correction_words(entry: dict) -> str:
+    """One sentence: how the point's standard errors were corrected."""
+    pairs = [p for p in entry["pairs"] if p.get("se_factor") is not None]
+    if not pairs:
+        return ("The standard errors' correction cannot be estimated here: "
+                f"{entry.get('se_reason', 'no pair to estimate it on')}; only the uncorrected "
+                "coverage is given.")
+    parts = [f"{' vs '.join(p['runs'])}: c = {p['se_factor']:.2f} from "
+             f"{', '.join(' vs '.join(q) for q in p['se_factor_from'])}" for p in pairs]
+    return ("The fitted standard errors of tau were scaled by a factor c (the 95th percentile of "
+            "|tau_a - tau_b| / (1.96 sqrt(se_a^2 + se_b^2))), estimated for each pair on the "
+            "other pairs of its point, never on the pair it is scored on (" + "; ".join(parts)
+            + ").")
+
+
+def reliability_summary(runs: Sequence[RunData], mapper: Mapper = in_process) -> dict:
+    """``stepwise.reliability`` of scores.json: per replicated point, :func:`point_summary`
+    with its runs and the sentence of :func:`correction_words`."""
+    points = replicated_points(runs)
+    if not points:
+        return {}
+    light = {name: [r.light() for r in group] for name, group in points.items()}
+    counts = mapper([ReliabilityPass(light, min(r.n_tokens for r in runs if r.has_fits))])[0]
+    out = {}
+    for name, group in points.items():
+        entry = point_summary(counts[name])
+        entry.update(runs=[r.name for r in group], seeds=[r.seed for r in group])
+        entry["se_correction"] = correction_words(entry)
+        out[name] = entry
     return out
