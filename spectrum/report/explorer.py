@@ -11,9 +11,9 @@ learned before the first checkpoint says so. The examples are those of
 :func:`spectrum.report.examples.draw_examples`; the page states how they were drawn.
 
 Hooks: the root element is ``id="token-explorer"``, every example has the class
-``token-example`` (with ``data-run``, ``data-kind``, ``data-band`` and ``data-token``), and the
-URL fragment ``#run=<name>&kind=<kind>`` (also ``band=<key>``, ``freq=1..4``, ``ws=yes|no``)
-preselects a cell and scrolls to the explorer. The script is ``explorer.js`` beside this module,
+``token-example`` (with ``data-run``, ``data-kind``, ``data-band``, ``data-token`` and
+``data-censored``), and the URL fragment ``#run=<name>&kind=<kind>`` (also ``band=<key>``,
+``freq=1..4``, ``ws=yes|no``) preselects a cell and scrolls to the explorer. The script is ``explorer.js`` beside this module,
 inlined when the page is built; :mod:`spectrum.report.payload` writes the data it reads.
 
 Size: the embedded examples are held under ``budget`` bytes (default 5 MB) by lowering the
