@@ -272,12 +272,17 @@ def correction_words(entry: dict) -> str:
         return ("The standard errors' correction cannot be estimated here: "
                 f"{entry.get('se_reason', 'no pair to estimate it on')}; only the uncorrected "
                 "coverage is given.")
-    parts = [f"{' vs '.join(p['runs'])}: c = {p['se_factor']:.2f} from "
-             f"{', '.join(' vs '.join(q) for q in p['se_factor_from'])}" for p in pairs]
-    return ("The fitted standard errors of tau were scaled by a factor c (the 95th percentile of "
-            "|tau_a - tau_b| / (1.96 sqrt(se_a^2 + se_b^2))), estimated for each pair on the "
-            "other pairs of its point, never on the pair it is scored on (" + "; ".join(parts)
-            + ").")
+    factors = [p["se_factor"] for p in pairs]
+    disjoint = all(not set(p["runs"]) & set(q) for p in pairs for q in p["se_factor_from"])
+    source = ("the pairs of its point that share no run with it" if disjoint
+              else "the other pairs of its point")
+    where = "; ".join(f"{' vs '.join(p['runs'])} from "
+                      f"{', '.join(' vs '.join(q) for q in p['se_factor_from'])}" for p in pairs)
+    spread = (f"c = {factors[0]:.2f}" if len(factors) == 1
+              else f"c from {min(factors):.2f} to {max(factors):.2f}")
+    return ("The fitted standard errors of tau were scaled by a factor c, the 95th percentile of "
+            "|tau_a - tau_b| / (1.96 sqrt(se_a^2 + se_b^2)), estimated for each pair on "
+            f"{source}, never on the pair it is scored on: {spread} ({where}).")
 
 
 def reliability_summary(runs: Sequence[RunData], mapper: Mapper = in_process) -> dict:
