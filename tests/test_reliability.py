@@ -151,7 +151,8 @@ def test_report_section_per_point() -> None:
             "se_coverage": None, "se_coverage_uncorrected": 0.7, "se_factor": None,
             "n_tokens": 10}
     entry = {**pair, "runs": ["a", "b"], "pairs": [pair], "se_correction": "cannot be estimated"}
-    blocks = reliability_section(SimpleNamespace(scores={"stepwise": {"reliability": {"a": entry}}}))
+    scores = {"stepwise": {"reliability": {"a": entry}}}
+    blocks = reliability_section(SimpleNamespace(scores=scores))
     assert blocks[0].text == "Do per-token results replicate across seeds?"
     table = next(b for b in blocks if b.kind == "table")
     assert [r[0] for r in table.rows] == ["a vs b", "pooled"] and table.rows[0][5] == "0.7"

@@ -274,7 +274,9 @@
     }
     const head = 'seed replicas (' + runs.map((j) => D.runs[j].name).join(', ') + '): ';
     const out = outside ? '; ' + outside + ' with tau outside the checkpoints' : '';
-    if (taus.length < 2) return head + 'tau inside the checkpoints in ' + taus.length + ' run' + out;
+    if (taus.length < 2) {
+      return head + 'tau inside the checkpoints in ' + taus.length + ' run' + out;
+    }
     const m = taus.reduce((a, b) => a + b, 0) / taus.length;
     const sd = Math.sqrt(taus.reduce((a, b) => a + (b - m) * (b - m), 0) / (taus.length - 1));
     const se = ses.length ? Math.sqrt(ses.reduce((a, b) => a + b * b, 0) / ses.length) : null;

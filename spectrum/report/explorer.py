@@ -13,8 +13,9 @@ learned before the first checkpoint says so. The examples are those of
 Hooks: the root element is ``id="token-explorer"``, every example has the class
 ``token-example`` (with ``data-run``, ``data-kind``, ``data-band``, ``data-token`` and
 ``data-censored``), and the URL fragment ``#run=<name>&kind=<kind>`` (also ``band=<key>``,
-``freq=1..4``, ``ws=yes|no``) preselects a cell and scrolls to the explorer. The script is ``explorer.js`` beside this module,
-inlined when the page is built; :mod:`spectrum.report.payload` writes the data it reads.
+``freq=1..4``, ``ws=yes|no``) preselects a cell and scrolls to the explorer. The script is
+``explorer.js`` beside this module, inlined when the page is built;
+:mod:`spectrum.report.payload` writes the data it reads.
 
 Size: the embedded examples are held under ``budget`` bytes (default 5 MB) by lowering the
 number drawn per cell (a smaller draw is a subset of a larger one) and, if even one per cell is

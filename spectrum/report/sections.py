@@ -137,8 +137,10 @@ def reliability_section(d: Inputs) -> list[Block]:
                       "checkpoints' window), Cohen's kappa of the step call (tokens that change in "
                       "both) and of the kinds, and the share of tau differences within 1.96 of "
                       "their combined standard error (near 0.95 when the errors are right), "
-                      "before and after correction. A per-token claim that does not replicate "
-                      "across seeds is a property of the seed, not of the token.")]
+                      "before and after correction. Kappa is 0, or undefined (-), where a run "
+                      "puts (nearly) every token in one category: agreement then says little. "
+                      "A per-token claim that does not replicate across seeds is a property of "
+                      "the seed, not of the token.")]
     header = ("pair", "tau corr.", "kappa step", "kappa kind", "SE coverage",
               "SE coverage uncorrected", "factor", "tau pairs")
     for name, entry in points.items():

@@ -106,7 +106,8 @@ class PairCounts:
         return float((sab - sa * sb / n) / np.sqrt(va * vb))
 
     def coverage(self, factor: float = 1.0) -> float | None:
-        """Share of ``|z| < 1.96 * factor``: the coverage of standard errors scaled by ``factor``."""
+        """Share of ``|z| < 1.96 * factor``: the coverage of standard errors scaled by
+        ``factor``."""
         total = self.z_hist.sum()
         if total == 0:
             return None
