@@ -36,6 +36,7 @@ from spectrum.analysis.heldout.scores import null_score, score
 from spectrum.analysis.runs.curves import (SeqCurve, chunk_curve, finite_difference, midpoints,
                                            replicate_weights)
 from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.reliability import reliability_summary
 from spectrum.analysis.runs.stepwise import stepwise_summary
 from spectrum.analysis.runs.token_passes import Mapper, in_process
 from spectrum.analysis.spectra.reconstruct import kernel_derivative, mean_kernel, sharp_derivative
@@ -400,4 +401,5 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
                            "interval": "95% percentile bootstrap over sequences (predicted and "
                                        "measured curves resampled together; no refit)"},
               "fitted": fitted}
+    scores["stepwise"]["reliability"] = reliability_summary(runs, mapper)
     return scores, prediction_table(c.rows)

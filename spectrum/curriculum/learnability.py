@@ -25,6 +25,8 @@ from spectrum.curriculum.corpus_export import window_key
 from spectrum.curriculum.predict import ShedModel, fit_shed_model
 from spectrum.curriculum.weights import Learnability, Phases, learnability, token_shed
 from spectrum.errors import SpectrumError
+from spectrum.fit.runs import fit_steps
+from spectrum.losses.trajectories import log_tokens
 from spectrum.manifest import CorpusSpec, Manifest, RunSpec
 
 
@@ -66,6 +68,13 @@ def read_fits(lm: Manifest) -> dict[str, pl.DataFrame]:
     return fits
 
 
+def first_fitted_x(lm: Manifest) -> dict[str, float]:
+    """Per run, ln T of its first fitted checkpoint (where a censored hi begins)."""
+    steps = {run.name: (fit_steps(lm.out, run), run.tokens_per_step) for run in lm.runs}
+    return {name: float(log_tokens(np.asarray(s[:1]), tps)[0]) for name, (s, tps) in steps.items()
+            if s}
+
+
 def evalset_meta(lm: Manifest) -> dict[str, Any]:
     """The ``meta.json`` of the learnability sample (tokenizer, context, hash)."""
     return json.loads(layout.evalset_meta(lm.out).read_text())
@@ -76,7 +85,7 @@ def measure(lm: Manifest, phases: Phases) -> Learnability:
     so that the table is usable without the evalset folder."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id"])
-    learn = learnability(tokens, read_fits(lm), phases)
+    learn = learnability(tokens, read_fits(lm), phases, x_first=first_fitted_x(lm))
     ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
     learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
         learn.sequences.schema["seq_id"])), on="seq_id", how="left", maintain_order="left")
@@ -98,7 +107,7 @@ def read_pool(lm: Manifest, phases: Phases) -> Pool:
     profile; a :class:`SpectrumError` when the evalset's sequences and tokens disagree."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
-    learn = learnability(tokens, read_fits(lm), phases)
+    learn = learnability(tokens, read_fits(lm), phases, x_first=first_fitted_x(lm))
     seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
     if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
         raise SpectrumError(f"{layout.evalset_dir(lm.out)}: sequences and tokens disagree; rerun "
@@ -114,7 +123,7 @@ def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int
     window keyed by :func:`~spectrum.curriculum.corpus_export.window_key`."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_id"]).sort("token_idx")
-    per_token = token_shed(tokens, read_fits(lm), learn.phases)
+    per_token = token_shed(tokens, read_fits(lm), learn.phases, x_first=first_fitted_x(lm))
     n_phases = learn.phases.n
     seq_ids = learn.sequences["seq_id"].to_numpy()
     index = np.searchsorted(seq_ids, tokens["seq_id"].to_numpy())

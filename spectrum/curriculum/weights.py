@@ -140,11 +140,18 @@ def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int,
 
 
 def token_phase_shed(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, k: np.ndarray,
-                     phases: Phases) -> tuple[np.ndarray, np.ndarray]:
+                     phases: Phases, *, x_first: float | None = None,
+                     hi_seen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loss shed by each token in each phase, ``(N, P)``, and the loss left after the run, ``(N,)``.
 
     ``delta * (s(x_p) - s(x_{p+1}))`` with ``s(x) = sigmoid(-k (x - tau))``, ``s(x_0) = 1``.
     Non-finite parameters shed nothing (zeros).
+
+    ``x_first``: ln T of the run's first fitted checkpoint. A token whose ``tau`` lies before it
+    has a censored ``hi`` (the sigmoid's asymptote is an extrapolation): its loss before
+    ``x_first`` is held at what that checkpoint saw, ``hi_seen`` (the measured loss there) where
+    given and finite, else the fitted curve at ``x_first``; so ``delta`` is the loss shed from
+    the first checkpoint on, and the asymptote is never used.
     """
     from spectrum.fit.model import token_curves
 
@@ -154,9 +161,27 @@ def token_phase_shed(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, k: np.ndar
     x = np.asarray(phases.x_edges[1:], dtype=np.float64)  # right edges
     kk, tt = np.where(ok, k, 0.0), np.where(ok, tau, 0.0)
     s = token_curves(0.0, 1.0, tt, kk, x)  # (N, P): s at each right edge (a step from 1 to 0)
+    if x_first is not None:
+        delta, s = _held_before(lo, hi, tt, kk, ok, delta, s, x_first, hi_seen)
     s_left = np.concatenate([np.ones((len(delta), 1)), s[:, :-1]], axis=1)
     shed = delta[:, None] * np.clip(s_left - s, 0.0, None)
     return shed, delta * s[:, -1]
+
+
+def _held_before(lo, hi, tau, k, ok, delta, s, x_first: float, hi_seen):
+    """``delta`` and ``s`` of :func:`token_phase_shed` with the curve of every token whose tau
+    lies before ``x_first`` held at its value there: ``s / s(x_first)``, at most 1."""
+    from spectrum.fit.model import token_curves
+
+    s_first = token_curves(0.0, 1.0, tau, k, np.array([x_first]))[:, 0]
+    censored = ok & (tau < x_first)
+    seen = lo + (hi - lo) * s_first
+    if hi_seen is not None:
+        measured = np.asarray(hi_seen, dtype=np.float64)
+        seen = np.where(np.isfinite(measured), measured, seen)
+    delta = np.where(censored, np.clip(seen - lo, 0.0, None), delta)
+    held = np.divide(s, s_first[:, None], out=np.zeros_like(s), where=s_first[:, None] > 0)
+    return delta, np.where(censored[:, None], np.clip(held, 0.0, 1.0), s)
 
 
 @dataclass
@@ -182,10 +207,13 @@ def weight_columns(n: int) -> list[str]:
 
 
 def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
-               usable_kinds: Sequence[str] = USABLE_KINDS) -> pl.DataFrame:
+               usable_kinds: Sequence[str] = USABLE_KINDS,
+               x_first: dict[str, float] | None = None) -> pl.DataFrame:
     """Per token (in ``token_idx`` order): ``seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
     ``beyond``, ``delta``, ``dtau`` (delta * tau) and ``fitted`` (runs with a usable fit), each
-    averaged over the runs of ``fits`` (see :func:`learnability`)."""
+    averaged over the runs of ``fits`` (see :func:`learnability`). ``x_first``: per run, ln T of
+    its first fitted checkpoint; a censored ``hi`` of that run is then never used
+    (:func:`token_phase_shed`)."""
     if not fits:
         raise SpectrumError("curriculum: no fitted runs to measure learnability from")
     tokens = tokens.select("token_idx", "seq_id", "doc_id").sort("token_idx")
@@ -201,9 +229,12 @@ def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phas
         if "kind" in f.columns:
             usable = f["kind"].is_in(list(usable_kinds)).fill_null(False).to_numpy()
             lo, hi, tau, k = (np.where(usable, a, np.nan) for a in (lo, hi, tau, k))
-        shed, beyond = token_phase_shed(lo, hi, tau, k, phases)
+        first = (x_first or {}).get(run)
+        shed, beyond = token_phase_shed(lo, hi, tau, k, phases, x_first=first)
         ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
         delta = np.where(ok, np.clip(hi - lo, 0.0, None), 0.0)
+        if first is not None:  # a censored hi: the loss shed from the first checkpoint on
+            delta = np.where(ok & (tau < first), shed.sum(1) + beyond, delta)
         shed_sum += shed
         beyond_sum += beyond
         dtau_sum += np.where(ok, delta * np.nan_to_num(tau), 0.0)
@@ -219,15 +250,17 @@ def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phas
 
 
 def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
-                 usable_kinds: Sequence[str] = USABLE_KINDS) -> Learnability:
+                 usable_kinds: Sequence[str] = USABLE_KINDS,
+                 x_first: dict[str, float] | None = None) -> Learnability:
     """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
 
     ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
     (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
     per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
-    still count in ``n_tokens``, so sequences are compared per token).
+    still count in ``n_tokens``, so sequences are compared per token). ``x_first``: see
+    :func:`token_shed`.
     """
-    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds)
+    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds, x_first=x_first)
     P = phases.n
     seq = _aggregate(per_token, ["seq_id", "doc_id"], P).sort("seq_id")
     doc = _aggregate(per_token, ["doc_id"], P).sort("doc_id")

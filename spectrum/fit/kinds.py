@@ -10,6 +10,18 @@ Rules, applied in this order to each fit (``delta = hi - lo``, the loss the toke
 4. ``forgotten``: ``delta < 0``: the loss rises;
 5. ``unfinished``: ``tau`` lies beyond the last checkpoint: the step is not yet half done;
 6. ``learned``: everything else.
+
+Censoring. Where ``tau`` lies outside the fitted checkpoints, the data constrain one side of the
+step only: with ``tau`` before the first checkpoint the loss before the step, ``hi``, is an
+extrapolation of the sigmoid's tail (it may read hundreds of nats); with ``tau`` after the last,
+``lo`` is. :func:`censoring` flags that side (``censored``: ``none``, ``hi`` or ``lo``, a column of
+the fits), and such a parameter is never shown or used as a number of its own. The rules above
+then measure ``delta`` within the window: from the fitted curve at the first checkpoint
+(``hi`` censored) or at the last (``lo`` censored) instead of the censored asymptote. A token
+learned before the first checkpoint keeps the kind ``learned`` with ``censored = hi`` (a flag, not
+a kind of its own: its trajectory is a step like any other, only its start was not measured);
+readers say "learned before the first checkpoint". ``unfinished`` is the kind of ``censored =
+lo`` fits that shed loss.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+CENSORED = ("none", "hi", "lo")  # values of the fits' ``censored`` column
+NOT_CENSORED, HI_CENSORED, LO_CENSORED = range(len(CENSORED))
 KINDS = ("learned", "flat", "forgotten", "nonmonotone", "unfinished", "unfit")
 LEARNED, FLAT, FORGOTTEN, NONMONOTONE, UNFINISHED, UNFIT = range(len(KINDS))
 # the kinds whose trajectory a sigmoid step describes, so that tau is a learning time: what the
@@ -39,16 +53,53 @@ class KindThresholds:
         """One sentence for reports."""
         return (f"flat: |hi - lo| < {self.min_delta:g} nats; nonmonotone: R^2 < {self.min_r2:g}; "
                 f"forgotten: hi < lo; unfinished: tau beyond the last checkpoint; "
-                f"learned: the rest; unfit: too few finite points to fit")
+                f"learned: the rest (with tau before the first checkpoint: learned before the "
+                f"first checkpoint); unfit: too few finite points to fit. Where tau lies outside "
+                f"the checkpoints, delta is measured from the fitted curve at the window's edge, "
+                f"never from the censored asymptote")
+
+
+def censoring(tau, x_first: float, x_last: float) -> np.ndarray:
+    """Codes (int8, indices into :data:`CENSORED`) of fits' ``tau`` against the fitted window
+    ``[x_first, x_last]``: ``hi`` before it, ``lo`` after it, ``none`` inside (or not finite)."""
+    tau = np.asarray(tau, dtype=np.float64)
+    code = np.full(tau.shape, NOT_CENSORED, dtype=np.int8)
+    with np.errstate(invalid="ignore"):
+        code[tau < x_first] = HI_CENSORED
+        code[tau > x_last] = LO_CENSORED
+    return code
+
+
+def seen_delta(lo, hi, tau, k, x_first: float, x_last: float):
+    """``hi - lo`` measured within the window: where ``tau`` is before ``x_first`` the censored
+    ``hi`` is replaced by the fitted curve at ``x_first``, where it is after ``x_last`` the
+    censored ``lo`` by the curve at ``x_last`` (numpy arrays or torch tensors)."""
+    xp = np if isinstance(lo, np.ndarray) or not hasattr(lo, "device") else _torch()
+    delta = hi - lo
+    with np.errstate(invalid="ignore", over="ignore"):
+        at_first = 1.0 / (1.0 + xp.exp(k * (x_first - tau)))  # sigmoid(-k (x_first - tau))
+        at_last = 1.0 / (1.0 + xp.exp(k * (x_last - tau)))
+        delta = xp.where(tau < x_first, delta * at_first, delta)
+        delta = xp.where(tau > x_last, delta * (1.0 - at_last), delta)
+    return delta
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 def classify(lo, hi, tau, r2, fitted, constant, x_last: float,
-             thresholds: KindThresholds = KindThresholds()):
+             thresholds: KindThresholds = KindThresholds(), *, k=None,
+             x_first: float | None = None):
     """Kind codes (int8, indices into :data:`KINDS`) of fits given as arrays of equal length:
     numpy arrays, or torch tensors (the codes are then a tensor on the same device, so fits
     made on a GPU are classified there).
 
     ``fitted`` is False where no fit was made; ``constant`` is True for constant trajectories.
+    With ``k`` and ``x_first`` given, ``delta`` of a censored fit is measured within the window
+    (:func:`seen_delta`); without them, from the asymptotes.
     """
     if isinstance(lo, np.ndarray) or not hasattr(lo, "device"):
         xp, lo, hi = np, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
@@ -59,7 +110,9 @@ def classify(lo, hi, tau, r2, fitted, constant, x_last: float,
 
         xp, lo, hi = torch, lo.double(), hi.double()
         code = torch.full(lo.shape, LEARNED, dtype=torch.int8, device=lo.device)
-    delta = hi - lo
+    delta = hi - lo if k is None or x_first is None else seen_delta(
+        lo, hi, tau, k.double() if hasattr(k, "double") else np.asarray(k, np.float64),
+        x_first, x_last)
     rules = [(~fitted, UNFIT), (constant | (abs(delta) < thresholds.min_delta), FLAT),
              (r2 < thresholds.min_r2, NONMONOTONE), (delta < 0, FORGOTTEN),
              (tau > x_last, UNFINISHED)]

@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 import torch
 
 from spectrum.fit import triton_kernel as fit_triton
-from spectrum.fit.kinds import KINDS, KindThresholds, classify
+from spectrum.fit.kinds import CENSORED, KINDS, KindThresholds, censoring, classify
 from spectrum.devices import resolve_device
 from spectrum.fit.model import PARAMS, _forward_fill, guess, linear_lohi, normal_equations
 
@@ -153,7 +153,8 @@ class SigmoidFit:
 
     def reclassify(self, thresholds: KindThresholds) -> SigmoidFit:
         """The same fits with kinds under other thresholds."""
-        kinds = _kinds(self.lo, self.hi, self.tau, self.r2, self.status_code, self.x, thresholds)
+        kinds = _kinds(self.lo, self.hi, self.tau, self.k, self.r2, self.status_code, self.x,
+                       thresholds)
         return replace(self, kind_code=kinds, thresholds=thresholds)
 
     @staticmethod
@@ -167,7 +168,9 @@ class SigmoidFit:
         return SigmoidFit(**arrays, x=first.x, options=first.options, thresholds=first.thresholds)
 
     def to_arrow(self, token_idx: np.ndarray | None = None) -> pa.Table:
-        """Columns ``token_idx`` (if given), lo ... k_se, rss, r2, n_iter, status, kind."""
+        """Columns ``token_idx`` (if given), lo ... k_se, rss, r2, n_iter, status, kind, and
+        ``censored`` (:func:`spectrum.fit.kinds.censoring`: which side of the step lies outside
+        the fitted checkpoints)."""
         cols: dict[str, pa.Array] = {}
         if token_idx is not None:
             cols["token_idx"] = pa.array(np.asarray(token_idx, dtype=np.int64))
@@ -175,6 +178,10 @@ class SigmoidFit:
             cols[name] = pa.array(getattr(self, name))
         cols["status"] = pc.take(pa.array(STATUSES, pa.string()), pa.array(self.status_code))
         cols["kind"] = pc.take(pa.array(KINDS, pa.string()), pa.array(self.kind_code))
+        x = np.asarray(self.x, dtype=np.float64)
+        code = censoring(self.tau, float(x.min()), float(x.max())) if len(x) else \
+            np.zeros(len(self), np.int8)
+        cols["censored"] = pc.take(pa.array(CENSORED, pa.string()), pa.array(code))
         return pa.table(cols)
 
     def to_polars(self, token_idx: np.ndarray | None = None):
@@ -183,10 +190,10 @@ class SigmoidFit:
         return pl.from_arrow(self.to_arrow(token_idx))
 
 
-def _kinds(lo, hi, tau, r2, status_code, x, thresholds) -> np.ndarray:
+def _kinds(lo, hi, tau, k, r2, status_code, x, thresholds) -> np.ndarray:
     return classify(lo, hi, tau, r2, fitted=status_code != TOO_FEW,
                     constant=status_code == CONSTANT, x_last=float(np.max(x)),
-                    thresholds=thresholds)
+                    thresholds=thresholds, k=k, x_first=float(np.min(x)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,6 +742,7 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
         from spectrum.console import progress as progress_bar
 
         bar = progress_bar(total=n, unit="fit", desc="fit", smoothing=0.1)
+    x_first = float(np.min(x_np)) if len(x_np) else math.nan
     x_last = float(np.max(x_np)) if len(x_np) else math.nan
     for start in range(0, n, batch):
         chunk = losses[start:start + batch]
@@ -744,7 +752,8 @@ def fit_sigmoids(losses: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor
         # classified where fitted (on the GPU for GPU fits), then copied straight into `out`
         res["kind_code"] = classify(res["lo"], res["hi"], res["tau"], res["r2"],
                                     fitted=status != TOO_FEW, constant=status == CONSTANT,
-                                    x_last=x_last, thresholds=thresholds)
+                                    x_last=x_last, thresholds=thresholds, k=res["k"],
+                                    x_first=x_first)
         res["status_code"] = status
         for name, values in res.items():
             torch.from_numpy(out[name][start:start + len(t)]).copy_(values)

@@ -18,8 +18,10 @@ subset of a larger one.
 
 Each example carries its context token ids (up to ``context`` tokens before the target, from
 ``evalset/sequences.parquet``), its measured trajectory at every checkpoint with T > 0, its fitted
-parameters with standard errors, the step-versus-smooth verdict where the fits hold it, and the
-same token's tau, standard error and kind in every other run.
+parameters with standard errors, the step-versus-smooth verdict where the fits hold it,
+``censored`` (which side of the step lies outside the run's fitted checkpoints: ``none``, ``hi``,
+``lo``; :mod:`spectrum.fit.kinds`; computed from ``tau`` for fits written without the column), and
+the same token's tau, standard error, kind and censoring in every other run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from spectrum import layout
 from spectrum.analysis.runs import stepwise
 from spectrum.analysis.runs.run_data import RunData, load_run, read_token_column
 from spectrum.errors import SpectrumError
+from spectrum.fit.kinds import CENSORED, censoring
 from spectrum.manifest import Manifest, RunSpec
 
 DRAWN_KINDS = ("learned", "forgotten", "nonmonotone", "flat", "unfinished")  # "unfit" has no band
@@ -152,12 +155,16 @@ def _picked_fits(run: RunData, token_idx: np.ndarray) -> pl.DataFrame:
     their standard errors, r2, the step-versus-smooth verdict where computable, ``in_pop``."""
     names = run.columns()
     cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2", "kind",
-                        layout.STEP_PREFERRED, *stepwise.COLUMNS) if c in names]
+                        "censored", layout.STEP_PREFERRED, *stepwise.COLUMNS) if c in names]
     wanted = pl.Series(np.asarray(token_idx, np.int64))
     parts = [ch.filter(pl.col(layout.TOKEN_IDX).is_in(wanted)) for ch in run.token_chunks(cols)]
     source = pl.concat(parts)
     if set(stepwise.COLUMNS) <= set(source.columns):  # the stepwise test's per-token verdict
         source = source.with_columns(stepwise.step_preferred())
+    if "censored" not in source.columns:  # fits written before the column: the same rule
+        x = run.x[run.scored] if run.scored.any() else run.x
+        code = censoring(source["tau"].to_numpy(), float(x.min()), float(x.max()))
+        source = source.with_columns(censored=pl.Series(np.asarray(CENSORED)[code]))
     return source
 
 
@@ -211,7 +218,7 @@ def read_contexts(out: Path, picks: pl.DataFrame, n_before: int) -> pl.Series | 
 
 
 def _other_runs(picked: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """token_idx, others: list of {run, tau, tau_se, kind} over every run with fits."""
+    """token_idx, others: list of {run, tau, tau_se, kind, censored} over every run with fits."""
     parts = []
     for name, f in picked.items():
         se = pl.col("tau_se") if "tau_se" in f.columns else pl.lit(None, pl.Float64)
@@ -219,10 +226,10 @@ def _other_runs(picked: dict[str, pl.DataFrame]) -> pl.DataFrame:
             layout.TOKEN_IDX, run=pl.lit(name),
             tau=pl.when(pl.col("in_pop")).then(pl.col("tau").cast(pl.Float64)),
             tau_se=pl.when(pl.col("in_pop")).then(se.cast(pl.Float64)),
-            kind=pl.col("kind")))
+            kind=pl.col("kind"), censored=pl.col("censored")))
     long = pl.concat(parts)
     return long.group_by(layout.TOKEN_IDX, maintain_order=True).agg(
-        others=pl.struct("run", "tau", "tau_se", "kind"))
+        others=pl.struct("run", "tau", "tau_se", "kind", "censored"))
 
 
 def _quartiles(out: Path) -> np.ndarray | None:
@@ -243,9 +250,11 @@ def draw_examples(out: str | Path, runs: list[RunData],
     :func:`band_names`, ``band_name``, ``kind``, ``freq_quartile``, ``word_start``), ``rank`` (the
     draw's order within its cell, 0-based), ``cell_size`` (tokens in the cell), ``token_idx``,
     ``seq_id``, ``pos``, ``target_id``, ``context_ids`` (null without ``sequences.parquet``),
-    ``lo, hi, tau, k`` and their ``*_se``, ``r2``, ``step_preferred`` (null where not computed),
-    ``ln_T`` and ``loss`` (lists over the run's checkpoints with T > 0) and ``others`` (the same
-    token in every run: run, tau, tau_se, kind). Rows are in the order of the random key.
+    ``lo, hi, tau, k`` and their ``*_se``, ``r2``, ``censored`` (where it is ``hi`` the column
+    ``hi`` is the sigmoid's extrapolated asymptote, where ``lo`` the column ``lo`` is: neither is a
+    measured loss), ``step_preferred`` (null where not computed), ``ln_T`` and ``loss`` (lists
+    over the run's checkpoints with T > 0) and ``others`` (the same token in every run: run, tau,
+    tau_se, kind, censored). Rows are in the order of the random key.
     """
     out = Path(out)
     runs = [r for r in runs if r.has_fits]
@@ -270,7 +279,7 @@ def draw_examples(out: str | Path, runs: list[RunData],
             continue
         source = picked[r.name]
         fit_cols = [c for c in (*FIT_COLUMNS, *(f"{p}_se" for p in FIT_COLUMNS), "r2",
-                                layout.STEP_PREFERRED) if c in source.columns]
+                                "censored", layout.STEP_PREFERRED) if c in source.columns]
         fits = source.select(layout.TOKEN_IDX, *fit_cols)
         traj = _trajectories(out, r, mine[layout.TOKEN_IDX].to_numpy())
         frames.append(mine.join(fits, on=layout.TOKEN_IDX, how="left")

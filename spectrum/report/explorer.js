@@ -3,7 +3,8 @@
 // spectrum/report/explorer.py inlines this file into the report's index.html, after the JSON
 // element with id token-explorer-data that holds the examples, so the page needs no server and
 // fetches nothing. The data (written by spectrum/report/payload.py) is
-//   runs:      [{name, role, x (ln T of the embedded checkpoints), keep, bands}]
+//   runs:      [{name, role, x (ln T of the embedded checkpoints), keep, bands, window (ln T of
+//              the first and last fitted checkpoints), replicas (indices of its seed replicas)}]
 //   kinds, bands, band_keys: the names of the kinds and learning-time bands (band_keys in URLs)
 //   has_freq, has_ws, has_step, has_context: which annotations the evaluation set carries
 //   ctx_n:     tokens of context shown before each target
@@ -12,7 +13,10 @@
 //   seqs:      seq_id -> [first position, token ids] (the context of the drawn targets)
 //   cells:     [run, band, kind, freq quartile, word start, tokens in the cell] per drawn cell
 //   ex:        the examples as parallel columns (run, band, kind, fq, ws, tok, seq, pos, tid,
-//              step, lo, hi, tau, k, tau_se, r2, loss, others); indices into runs/kinds/bands.
+//              step, cens, lo, hi, tau, k, tau_se, r2, loss, others); indices into
+//              runs/kinds/bands; cens: 0 none, 1 hi censored (tau before the first fitted
+//              checkpoint), 2 lo censored (after the last); others[i][run]: [tau, tau_se, kind,
+//              cens]. A censored hi or lo is an extrapolated asymptote: never printed.
 // The URL fragment #run=<name>&kind=<kind> (also band=<key>, freq=1..4, ws=yes|no) preselects a
 // cell; changing a control writes the selection back into the fragment.
 (function () {
@@ -43,6 +47,7 @@
 
   // T (tokens) from x = ln T, e.g. 3.2e7
   const fmtT = (x) => Math.exp(x).toExponential(1).replace('e+', 'e');
+  const CENS_HI = 1, CENS_LO = 2;
   // a number with d decimals, '-' where missing
   const f = (v, d) => (v === null || v === undefined ? '-' : v.toFixed(d));
 
@@ -169,8 +174,9 @@
     const xs = D.runs[E.run[i]].x, ys = E.loss[i];
     const lo = E.lo[i], hi = E.hi[i], tau = E.tau[i], k = E.k[i];
     const fin = ys.filter((v) => v !== null);
-    if (lo !== null) fin.push(lo);
-    if (hi !== null) fin.push(hi);
+    // a censored asymptote is an extrapolation: it does not set the axis
+    if (lo !== null && E.cens[i] !== CENS_LO) fin.push(lo);
+    if (hi !== null && E.cens[i] !== CENS_HI) fin.push(hi);
     let y0 = Math.min(...fin), y1 = Math.max(...fin);
     if (!(y1 > y0)) {
       y0 -= 0.5;
@@ -221,35 +227,94 @@
     return 'step vs smooth: ' + (E.step[i] ? 'step preferred' : 'smooth preferred');
   }
 
+  // tau, k and the loss before -> after the step; a censored side is said in words, never
+  // printed as a number (it is the sigmoid's extrapolated asymptote).
+  function stepFacts(i) {
+    const tau = E.tau[i], w = D.runs[E.run[i]].window;
+    const tauT = ' (T \u2248 ' + (tau === null ? '-' : fmtT(tau)) + ' tokens)';
+    if (E.cens[i] === CENS_HI) {
+      const what = D.kinds[E.kind[i]] === 'learned' ? 'learned' : 'step';
+      return what + ' before the first checkpoint (tau < ' + f(w[0], 2) + ', T ' +
+        fmtT(w[0]) + ' tokens), k = ' + f(E.k[i], 2) + ', loss \u2192 ' + f(E.lo[i], 2) +
+        ' nats (the loss before the step was not measured)';
+    }
+    if (E.cens[i] === CENS_LO) {
+      return 'midpoint after the last checkpoint (tau > ' + f(w[1], 2) + ', T ' +
+        fmtT(w[1]) + ' tokens), k = ' + f(E.k[i], 2) + ', loss ' + f(E.hi[i], 2) +
+        ' \u2192 (not reached) nats';
+    }
+    return 'tau = ' + f(tau, 2) + ' \u00b1 ' + f(E.tau_se[i], 2) + tauT + ', k = ' +
+      f(E.k[i], 2) + ', loss ' + f(E.hi[i], 2) + ' \u2192 ' + f(E.lo[i], 2) + ' nats';
+  }
+
+  // The same token in another run: [tau, tau_se, kind, cens], or null.
+  function otherTau(o) {
+    if (!o) return '-';
+    if (o[3] === CENS_HI) return 'before the first checkpoint (' + o[2] + ')';
+    if (o[3] === CENS_LO) return 'after the last checkpoint (' + o[2] + ')';
+    return f(o[0], 2) + ' \u00b1 ' + f(o[1], 2) + ' (' + o[2] + ')';
+  }
+
+  // The example's run and its seed replicas: the spread of tau across them (standard deviation
+  // over the runs with tau inside their checkpoints) against the standard error of one tau (root
+  // mean square of their fitted errors); about 1 when the step replicates within its errors.
+  function agreement(i, reps) {
+    const runs = [E.run[i], ...reps];
+    const taus = [], ses = [];
+    let outside = 0;
+    for (const j of runs) {
+      const o = E.others[i][j];
+      if (!o || o[0] === null) continue;
+      if (o[3] !== 0) {
+        outside++;
+        continue;
+      }
+      taus.push(o[0]);
+      if (o[1] !== null) ses.push(o[1]);
+    }
+    const head = 'seed replicas (' + runs.map((j) => D.runs[j].name).join(', ') + '): ';
+    const out = outside ? '; ' + outside + ' with tau outside the checkpoints' : '';
+    if (taus.length < 2) {
+      return head + 'tau inside the checkpoints in ' + taus.length + ' run' + out;
+    }
+    const m = taus.reduce((a, b) => a + b, 0) / taus.length;
+    const sd = Math.sqrt(taus.reduce((a, b) => a + (b - m) * (b - m), 0) / (taus.length - 1));
+    const se = ses.length ? Math.sqrt(ses.reduce((a, b) => a + b * b, 0) / ses.length) : null;
+    const ratio = se ? sd / se : null;
+    const words = ratio === null ? '' : (ratio <= 2 ? ', within its errors' :
+      ', wider than its errors: the step time is not a property of the token alone');
+    return head + 'spread of tau ' + f(sd, 2) + ' (SD over ' + taus.length + ' runs) against ' +
+      'a standard error of ' + f(se, 2) + (ratio === null ? '' : ' (' + f(ratio, 1) + '\u00d7)') +
+      words + out;
+  }
+
   // One example as a card; the data-* attributes are hooks for tests and scripts.
   function card(i) {
     const c = el('div', {class: 'token-example', 'data-run': D.runs[E.run[i]].name,
                          'data-kind': D.kinds[E.kind[i]], 'data-band': D.band_keys[E.band[i]],
-                         'data-token': String(E.tok[i])});
+                         'data-token': String(E.tok[i]),
+                         'data-censored': ['none', 'hi', 'lo'][E.cens[i]]});
     c.appendChild(chart(i));
     const body = el('div', {class: 'te-body'});
     body.appendChild(context(i));
     const facts = el('div', {class: 'te-facts'});
-    const tau = E.tau[i];
-    facts.appendChild(el('div', {},
-      'tau = ' + f(tau, 2) + ' \u00b1 ' + f(E.tau_se[i], 2) +
-      ' (T \u2248 ' + (tau === null ? '-' : fmtT(tau)) + ' tokens), k = ' + f(E.k[i], 2) +
-      ', loss ' + f(E.hi[i], 2) + ' \u2192 ' + f(E.lo[i], 2) + ' nats, R\u00b2 ' + f(E.r2[i], 3) +
-      '; ' + verdict(i)));
+    facts.appendChild(el('div', {}, stepFacts(i) + ', R\u00b2 ' + f(E.r2[i], 3) + '; ' +
+      verdict(i)));
     facts.appendChild(el('div', {},
       D.kinds[E.kind[i]] + ', band ' + D.bands[E.band[i]] +
       (E.fq[i] !== null ? ', frequency quartile ' + E.fq[i] : '') +
       (E.ws[i] !== null ? (E.ws[i] ? ', word start' : ', inside a word') : '') +
       '; token ' + E.tok[i] + ' (sequence ' + E.seq[i] + ', position ' + E.pos[i] + ')'));
-    // others[i][run]: [tau, tau_se, kind] of the same token in that run, or null
+    const reps = D.runs[E.run[i]].replicas || [];
     const others = [];
     E.others[i].forEach((o, j) => {
       if (j !== E.run[i]) {
-        others.push(D.runs[j].name + ' ' +
-                    (o ? f(o[0], 2) + ' \u00b1 ' + f(o[1], 2) + ' (' + o[2] + ')' : '-'));
+        others.push(D.runs[j].name + (reps.includes(j) ? ' [seed replica]' : '') + ' ' +
+                    otherTau(o));
       }
     });
     facts.appendChild(el('div', {}, 'tau in the other runs: ' + (others.join('; ') || 'none')));
+    if (reps.length) facts.appendChild(el('div', {class: 'te-rep'}, agreement(i, reps)));
     body.appendChild(facts);
     c.appendChild(body);
     return c;

@@ -4,14 +4,18 @@ One HTML fragment, self-contained (inline data, script, style and SVG; nothing f
 run, a learning-time band, a kind and a slice (frequency quartile, word start) and see the drawn
 examples of that selection, each with its context decoded (target highlighted), its measured
 trajectory and fitted sigmoid as a small chart, tau with its standard error, the step-versus-smooth
-verdict, and the same token's tau in every other run. The examples are those of
+verdict, and the same token's tau in every other run, with the run's seed replicas marked and
+their agreement (the spread of tau across the replicas against its standard error). Where tau
+lies outside the fitted checkpoints the censored side is never printed as a number: a token
+learned before the first checkpoint says so. The examples are those of
 :func:`spectrum.report.examples.draw_examples`; the page states how they were drawn.
 
 Hooks: the root element is ``id="token-explorer"``, every example has the class
-``token-example`` (with ``data-run``, ``data-kind``, ``data-band`` and ``data-token``), and the
-URL fragment ``#run=<name>&kind=<kind>`` (also ``band=<key>``, ``freq=1..4``, ``ws=yes|no``)
-preselects a cell and scrolls to the explorer. The script is ``explorer.js`` beside this module,
-inlined when the page is built; :mod:`spectrum.report.payload` writes the data it reads.
+``token-example`` (with ``data-run``, ``data-kind``, ``data-band``, ``data-token`` and
+``data-censored``), and the URL fragment ``#run=<name>&kind=<kind>`` (also ``band=<key>``,
+``freq=1..4``, ``ws=yes|no``) preselects a cell and scrolls to the explorer. The script is
+``explorer.js`` beside this module, inlined when the page is built;
+:mod:`spectrum.report.payload` writes the data it reads.
 
 Size: the embedded examples are held under ``budget`` bytes (default 5 MB) by lowering the
 number drawn per cell (a smaller draw is a subset of a larger one) and, if even one per cell is
@@ -61,13 +65,29 @@ def _thin(n: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, MAX_POINTS)).astype(int))
 
 
+def seed_replicas(runs: list[RunData]) -> list[list[int]]:
+    """Per run, the indices of the other runs of its point (M, D, tokens per step, warmup) with
+    another training seed: its seed replicas (none where the seeds are not known)."""
+    point = [(r.M, r.D, r.tokens_per_step, r.warmup_steps) for r in runs]
+    return [[j for j, o in enumerate(runs) if j != i and point[j] == point[i]
+             and r.seed is not None and o.seed is not None and o.seed != r.seed]
+            for i, r in enumerate(runs)]
+
+
+def _fitted_window(r: RunData) -> list[float | None]:
+    """ln T of the run's first and last fitted checkpoints (after the warmup)."""
+    x = r.x[r.scored] if r.scored.any() else r.x
+    return [_round(float(x.min()), 4), _round(float(x.max()), 4)] if len(x) else [None, None]
+
+
 def _runs_meta(runs: list[RunData], n_bands: int) -> list[dict]:
     out = []
-    for r in runs:
+    for r, replicas in zip(runs, seed_replicas(runs)):
         keep = _thin(len(r.x))
         out.append({"name": r.name, "role": r.role, "x": [round(float(v), 4) for v in r.x[keep]],
                     "keep": keep.tolist(), "bands": [[_round(a, 3), _round(b, 3)]
-                                                     for a, b in band_ranges(r.x, n_bands)]})
+                                                     for a, b in band_ranges(r.x, n_bands)],
+                    "window": _fitted_window(r), "replicas": replicas})
     return out
 
 

@@ -21,12 +21,14 @@ import numpy as np
 import polars as pl
 
 from spectrum import layout
+from spectrum.fit.kinds import CENSORED
 from spectrum.report.examples import DRAWN_KINDS
 from spectrum.report.jsonnum import as_objects, float_sizes, int_sizes, rounded
 
 INTS = {"run": "run", "band": "band", "kind": "kind", "fq": "freq_quartile", "ws": "word_start",
         "tok": layout.TOKEN_IDX, "seq": layout.SEQ_ID, "pos": layout.POS,
-        "tid": layout.TARGET_ID, "step": layout.STEP_PREFERRED}  # page column -> example column
+        "tid": layout.TARGET_ID, "step": layout.STEP_PREFERRED,
+        "cens": "censored"}  # page column -> example column (cens: index into CENSORED)
 FLOATS = ("lo", "hi", "tau", "k", "tau_se", "r2")  # with 3 decimals
 COLUMNS = (*INTS, *FLOATS, "loss", "others")
 HEAD = ("runs", "kinds", "bands", "band_keys", "has_freq", "has_ws", "has_step", "has_context",
@@ -101,32 +103,43 @@ def _losses(ex: pl.DataFrame, run: np.ndarray, runs: list[dict]) -> Column:
     return Column(sizes, _taker(values))
 
 
+def censored_codes(s: pl.Series) -> pl.Series:
+    """Indices into :data:`CENSORED` of a ``censored`` column (null reads ``none``)."""
+    return s.fill_null(CENSORED[0]).replace_strict({c: i for i, c in enumerate(CENSORED)},
+                                                   return_dtype=pl.Int64)
+
+
 def _others(ex: pl.DataFrame, runs: list[dict]) -> Column:
-    """Each example's token in every run: [tau, tau_se (2 decimals), kind], or null where the
-    run is missing from the example's ``others`` (which names each run at most once)."""
+    """Each example's token in every run: [tau, tau_se (2 decimals), kind, censored (index into
+    :data:`CENSORED`)], or null where the run is missing from the example's ``others`` (which
+    names each run at most once)."""
     n, m = ex.height, len(runs)
     long = (ex.select(pl.int_range(pl.len()).alias("_row"), "others").explode("others")
             .filter(pl.col("others").is_not_null()).unnest("others")
             .filter(pl.col("run").is_in([r["name"] for r in runs])))
+    if "censored" not in long.columns:
+        long = long.with_columns(censored=pl.lit(None, pl.String))
     cell = (long["_row"].to_numpy() * m
             + long["run"].replace_strict({r["name"]: j for j, r in enumerate(runs)},
                                          return_dtype=pl.Int64).to_numpy())
     kinds = long["kind"].unique(maintain_order=True).to_list()
     tau, se = np.full(n * m, np.nan), np.full(n * m, np.nan)
     kind = np.full(n * m, -1, dtype=np.int64)  # -1: no entry
+    cens = np.zeros(n * m, dtype=np.int64)
+    cens[cell] = censored_codes(long["censored"]).to_numpy()
     tau[cell] = rounded(long["tau"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
     se[cell] = rounded(long["tau_se"].cast(pl.Float64).to_numpy(), LOSS_DIGITS)
     kind[cell] = long["kind"].replace_strict({k: i for i, k in enumerate(kinds)},
                                              return_dtype=pl.Int64).to_numpy()
     kind_size = np.array([json_size(k) for k in kinds] + [0], dtype=np.int64)
-    sizes = np.where(kind >= 0, 4 + float_sizes(tau, LOSS_DIGITS) + float_sizes(se, LOSS_DIGITS)
-                     + kind_size[kind], 4)
+    sizes = np.where(kind >= 0, 6 + float_sizes(tau, LOSS_DIGITS) + float_sizes(se, LOSS_DIGITS)
+                     + kind_size[kind], 4)  # [t,s,"kind",c]: brackets, 3 commas, a digit
     names = np.array([*kinds, None], dtype=object)  # index -1: None, unused
 
     def values(rows: np.ndarray) -> list:
         at = (np.flatnonzero(rows)[:, None] * m + np.arange(m)).ravel()
         entries = [*map(list, zip(as_objects(tau[at]).tolist(), as_objects(se[at]).tolist(),
-                                  names[kind[at]].tolist()))]
+                                  names[kind[at]].tolist(), cens[at].tolist()))]
         for i in np.flatnonzero(kind[at] < 0):
             entries[i] = None
         return [entries[i:i + m] for i in range(0, len(entries), m)]
@@ -137,7 +150,10 @@ def _others(ex: pl.DataFrame, runs: list[dict]) -> Column:
 def example_columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, Column]:
     """Every page column of the examples ``ex`` (as drawn), for the ``runs`` of the page."""
     run_i = {r["name"]: i for i, r in enumerate(runs)}
-    coded = ex.with_columns(run=pl.col("run").replace_strict(run_i, return_dtype=pl.Int64),
+    if "censored" not in ex.columns:
+        ex = ex.with_columns(censored=pl.lit(None, pl.String))
+    coded = ex.with_columns(censored=censored_codes(ex["censored"]),
+                            run=pl.col("run").replace_strict(run_i, return_dtype=pl.Int64),
                             kind=pl.col("kind").replace_strict(
                                 {k: i for i, k in enumerate(DRAWN_KINDS)}, return_dtype=pl.Int64))
     cols = {name: _ints(coded[source]) for name, source in INTS.items()}

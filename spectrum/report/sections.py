@@ -127,6 +127,38 @@ def stepwise_section(d: Inputs) -> list[Block]:
     ]
 
 
+def _reliability_row(label: str, e: dict, factor: float | None) -> tuple[str, ...]:
+    keys = ("tau_corr", "kappa_step", "kappa_kind", "se_coverage", "se_coverage_uncorrected")
+    return (label, *(tables.fmt(e[k]) for k in keys), tables.fmt(factor), str(e["n_tokens"]))
+
+
+def reliability_section(d: Inputs) -> list[Block]:
+    """Per replicated point, the agreement of per-token results across seed replicas."""
+    points = d.scores["stepwise"].get("reliability") or {}
+    if not points:
+        return []
+    out = [Block("h2", "Do per-token results replicate across seeds?"),
+           Block("p", "Per point with runs of several training seeds, per pair of them and pooled: "
+                      "the correlation of tau (tokens learned in both runs with tau inside the "
+                      "checkpoints' window), Cohen's kappa of the step call (tokens that change in "
+                      "both) and of the kinds, and the share of tau differences within 1.96 of "
+                      "their combined standard error (near 0.95 when the errors are right), "
+                      "before and after correction. Kappa is 0, or undefined (-), where a run "
+                      "puts (nearly) every token in one category: agreement then says little. "
+                      "A per-token claim that does not replicate across seeds is a property of "
+                      "the seed, not of the token.")]
+    header = ("pair", "tau corr.", "kappa step", "kappa kind", "SE coverage",
+              "SE coverage uncorrected", "factor", "tau pairs")
+    for name, entry in points.items():
+        rows = [_reliability_row(" vs ".join(p["runs"]), p, p["se_factor"])
+                for p in entry["pairs"]]
+        rows.append(_reliability_row("pooled", entry, None))
+        out += [Block("h3", f"Point {name} (runs {', '.join(entry['runs'])})"),
+                Block("table", header=header, rows=tuple(rows)),
+                Block("p", entry["se_correction"])]
+    return out
+
+
 def heldout_section(d: Inputs) -> list[Block]:
     entry = d.scores["tests"]["heldout_runs"]
     out = [Block("h2", "Held-out runs: does the spectrum predict runs it was not fitted on?"),
@@ -351,8 +383,8 @@ def curriculum_section(d: Inputs) -> list[Block]:
     return out
 
 
-SECTIONS = (overview, headline, stepwise_section, heldout_section, other_tests, spectra_section,
-            slices_section, fit_quality_section, curriculum_section)
+SECTIONS = (overview, headline, stepwise_section, reliability_section, heldout_section,
+            other_tests, spectra_section, slices_section, fit_quality_section, curriculum_section)
 
 
 def build_blocks(inputs: Inputs) -> list[Block]:

@@ -256,7 +256,8 @@ def test_float32_and_float64_agree_and_arrow_polars_round_trip():
     assert close.mean() > 0.99
     df = f64.to_polars(np.arange(300))
     assert df.columns == ["token_idx", "lo", "hi", "tau", "k", "lo_se", "hi_se", "tau_se",
-                          "k_se", "rss", "r2", "n_iter", "status", "kind"]
+                          "k_se", "rss", "r2", "n_iter", "status", "kind",
+                          "censored"]
     assert set(df["status"].unique()) <= set(STATUSES)
     assert set(df["kind"].unique()) <= set(KINDS)
     both = SigmoidFit.concat([f64, f64])

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from spectrum import layout
+from spectrum.fit.kinds import CENSORED
 from spectrum.report.examples import DRAWN_KINDS, Sampling, band_keys, band_names
 from spectrum.report.explorer import Decoding, _runs_meta
 
@@ -55,7 +56,8 @@ def _columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, list]:
                              "seq": ex[layout.SEQ_ID].to_list(), "pos": ex[layout.POS].to_list(),
                              "tid": ex[layout.TARGET_ID].to_list(),
                              "step": [None if s is None else int(s)
-                                      for s in ex[layout.STEP_PREFERRED]]}
+                                      for s in ex[layout.STEP_PREFERRED]],
+                             "cens": [CENSORED.index(c or "none") for c in ex["censored"]]}
     for c in ("lo", "hi", "tau", "k", "tau_se", "r2"):
         cols[c] = [_round(v) for v in ex[c]]
     keeps = [np.asarray(r["keep"]) for r in runs]
@@ -65,8 +67,9 @@ def _columns(ex: pl.DataFrame, runs: list[dict]) -> dict[str, list]:
     for row in ex["others"].to_list():
         by_run = {o["run"]: o for o in row or []}
         others.append([[_round(by_run[r["name"]]["tau"], 2), _round(by_run[r["name"]]["tau_se"], 2),
-                        by_run[r["name"]]["kind"]] if r["name"] in by_run else None
-                       for r in runs])
+                        by_run[r["name"]]["kind"],
+                        CENSORED.index(by_run[r["name"]].get("censored") or "none")]
+                       if r["name"] in by_run else None for r in runs])
     cols["others"] = others
     return cols
 
