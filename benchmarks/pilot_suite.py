@@ -27,7 +27,7 @@ CPU-seconds from ``suite_summary.json``, wall seconds of evalset and losses here
     python benchmarks/pilot_suite.py write /tmp/pilot-lr3e-3 --setting lr3e-3 --data /tmp/pilot-data
     python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml     # train, evaluate, print
     python benchmarks/pilot_suite.py measure /tmp/pilot-lr3e-3/pilot.yaml --no-run --runs w96
-    python benchmarks/pilot_suite.py measure docs/proposed-checkpoints.yaml --role heldout
+    python benchmarks/pilot_suite.py measure checkpoints.yaml --role heldout
 
 ``measure --json FILE`` also writes the table. The settings of ``write`` are the pilots recorded
 in benchmarks/RESULTS.md ("Pilot: the default suite's design"); the two-D settings hold the
