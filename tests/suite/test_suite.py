@@ -311,7 +311,7 @@ def test_worker_processes_train_the_same_runs(tmp_path, write_micro_manifest, mi
 @pytest.mark.slow
 def test_default_suite_learns(tmp_path):
     """The default manifest's suite (minutes on 2 CPU cores): every run beats the unigram baseline."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     shutil.copy(root / "checkpoints.yaml", tmp_path / "checkpoints.yaml")
     summary = train_suite(load_manifest(tmp_path / "checkpoints.yaml"), device="cpu", progress=False)
     runs = summary["runs"]
