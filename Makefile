@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all readme bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -26,6 +26,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the README's default-suite figures, from the artifacts of `make run`
+readme: $(STAMP)
+	$(BIN)/python -m spectrum.tools.readme_figures artifacts README.md
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
