@@ -66,6 +66,7 @@ class RunData:
     summary: FitSummary | None = None  # of its fits, made by :func:`load_run`
     n_tokens: int = 0  # N: the evalset's tokens
     chunk: int = CHUNK  # tokens per chunk of :meth:`token_chunks`
+    seed: int | None = None  # the training seed (the manifest's ``seed:``); None where unknown
 
     @property
     def has_fits(self) -> bool:
@@ -355,7 +356,7 @@ def load_run(out: Path, spec: RunSpec, *, half_seed: int = 0, chunk: int = CHUNK
                   x=log_tokens(steps, spec.tokens_per_step), seq_ids=seq_ids,
                   seq_half=halves.astype(np.int8), seq_sums=sums[0], seq_counts=counts[0],
                   pop_sums=sums[1], pop_counts=counts[1], out=out, fits_path=fits_path,
-                  n_tokens=n, chunk=chunk)
+                  n_tokens=n, chunk=chunk, seed=spec.seed)
     if summarize and fits_path is not None:
         run = replace(run, summary=summarize_fits(fits_path, run.token_chunks))
     return run
