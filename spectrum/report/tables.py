@@ -125,3 +125,38 @@ def fit_quality_rows(fits: dict[str, FitSummary]) -> list[tuple[str, ...]]:
                      fmt(f.r2_median) if f.r2_median is not None else "-",
                      fmt(f.tau_se_median) if f.tau_se_median is not None else "-"))
     return rows
+
+
+GLANCE_HEADER = ("target", "verdict", "noise-corrected score [95%]", "oracle ceiling [95%]",
+                 "snr [95%]", "seeds", "best baseline: score [95%]")
+
+
+def _best_baseline(basis: dict) -> str:
+    scored = [(m, b) for m, b in (basis.get("baselines") or {}).items()
+              if b.get("value") is not None]
+    if not scored:
+        return "-"
+    model, b = max(scored, key=lambda mb: mb[1]["value"])
+    return f"{model}: {fmt(b['value'])} {interval(b.get('ci'))}"
+
+
+def glance_rows(entry: dict) -> list[tuple[str, ...]]:
+    """One row per held-out target kind: its three-way verdict and the numbers it rests on
+    (where the score is not defined, the prediction's error against the noise instead)."""
+    rows = []
+    for target, block in entry.get("targets", {}).items():
+        if "verdict" not in block:
+            continue
+        noise, sc = block["noise"], block["score_corrected"]
+        basis = block.get("verdict_basis", {})
+        if sc.get("value") is not None:
+            score = f"{fmt(sc['value'])} {interval(sc.get('ci'))}"
+        else:
+            err = (basis.get("error_over_noise") or {}).get("value")
+            score = f"- (error {fmt(err)} x noise)" if err is not None else "-"
+        ceiling = noise.get("oracle_ceiling") or {}
+        rows.append((target, block["verdict"], score,
+                     f"{fmt(ceiling.get('r2'))} {interval(ceiling.get('ci'))}".strip(),
+                     f"{fmt(noise.get('snr'))} {interval(noise.get('snr_ci'))}".strip(),
+                     str(noise.get("replicas", 0)), _best_baseline(basis)))
+    return rows
