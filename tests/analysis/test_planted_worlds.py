@@ -65,7 +65,8 @@ def test_step_world_held_out_runs_are_predicted(step_world):
 
 def test_scores_carry_the_verdict_contract(step_world):
     """Every held-out target has a three-way verdict, its noise and the corrected score; this
-    world has seed replicas at one point only (m5-d2, seeds 0-2)."""
+    world has seed replicas at one point only (m5-d2, seeds 0-2), so the derivatives between
+    points are not measurable."""
     scores, report = step_world
     assert scores["schema_version"] == 2
     hr = scores["tests"]["heldout_runs"]
@@ -75,7 +76,9 @@ def test_scores_carry_the_verdict_contract(step_world):
         assert set(b["noise"]) >= {"snr", "snr_ci", "noise_var", "signal_var", "oracle_ceiling",
                                    "replicas"} and set(b["noise"]["oracle_ceiling"]) == {"r2", "ci"}
         assert set(b["score_corrected"]) >= {"value", "ci"}
-        assert b["noise"]["replicas"] == 3
+        # a derivative pair takes one seed from both runs: m5-d2's replicas on seeds 1 and 2
+        # have no partner of their seed (m3-d2, m5-d1 and m5-d3 are on seed 0 only)
+        assert b["noise"]["replicas"] == (3 if target in ("L", "dL/dlnT") else 1), target
         if b["noise"]["snr"] is None:
             assert b["noise"]["reason"], target
         assert hr["verdicts"][target][0].startswith(f"{target}: "), target

@@ -102,7 +102,7 @@ def family_entry(y: np.ndarray, predictions: dict[str, np.ndarray], *,
                  n_boot: int = 2000, seed: int = 0) -> dict:
     """One target kind's entry: ``y`` (seeds, J, S) its family in per-sequence parts,
     ``predictions`` model -> (J,) full-sample predictions (NaN where a model has none)."""
-    means = np.nanmean(y, axis=2) if y.size else y.reshape(y.shape[:2])
+    means = y.mean(axis=2) if y.shape[2] else np.full(y.shape[:2], np.nan)
     replicas = int(np.isfinite(means).any(axis=1).sum())
     r = _assess_model(y, predictions.get(MODEL), n_boot=n_boot, seed=seed)
     if r is None:
