@@ -298,8 +298,8 @@ def curriculum_section(d: Inputs) -> list[Block]:
     return out
 
 
-SECTIONS = (at_a_glance, headline, overview, stepwise_section, heldout_section, other_tests, spectra_section,
-            slices_section, fit_quality_section, curriculum_section)
+SECTIONS = (at_a_glance, headline, overview, stepwise_section, heldout_section, other_tests,
+            spectra_section, slices_section, fit_quality_section, curriculum_section)
 
 
 def build_blocks(inputs: Inputs) -> list[Block]:

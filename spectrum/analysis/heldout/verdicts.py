@@ -113,6 +113,8 @@ def family_entry(y: np.ndarray, predictions: dict[str, np.ndarray], *,
                                   else list(r.error_over_noise_ci)},
              "reason": r.reason, "needed": needed(r) or None, **_beside(y, means, predictions)}
     doc = r.to_json()
+    if doc["score_corrected"]["value"] is None:
+        doc["score_corrected"].setdefault("reason", r.reason or "not computable")
     return {"verdict": doc["verdict"], "noise": _noise_json(r),
             "score_corrected": doc["score_corrected"], "verdict_basis": basis}
 
