@@ -47,6 +47,7 @@ def test_the_signal_is_predicted_and_the_report_opens_with_the_verdicts(tmp_path
         assert b["score_corrected"]["ci"][0] >= 0.5
         # the prediction is at least as good as the tokenless null, in excess of the noise
         assert b["verdict_basis"]["skill_vs_aggregate_curve"]["value"] > 0
+    assert _block(scores, "L")["verdict_basis"]["seeds_shared_with_fit_runs"] == []
     d = _block(scores, "dL/dlnD")
     assert d["verdict"] == "not_measurable" and d["score_corrected"]["value"] is None
     assert "fewer than 5" in d["noise"]["reason"]

@@ -82,6 +82,10 @@ def test_scores_carry_the_verdict_contract(step_world):
         if b["noise"]["snr"] is None:
             assert b["noise"]["reason"], target
         assert hr["verdicts"][target][0].startswith(f"{target}: "), target
+        # the manifest gives no `seed:`: replicas pair by manifest order, no seed is known to
+        # be shared with the fit runs
+        assert b["verdict_basis"]["seeds_shared_with_fit_runs"] == []
+        assert "Caution" not in hr["verdicts"][target][0]
     assert report.index("At a glance") < report.index("Results in words")
 
 

@@ -9,7 +9,8 @@ import json
 import numpy as np
 
 from spectrum.analysis.heldout.targets import heldout_targets, seed_family, seed_replicas
-from spectrum.analysis.heldout.verdicts import family_entry, sequence_parts, verdict_sentence
+from spectrum.analysis.heldout.verdicts import (family_entry, heldout_verdicts, sequence_parts,
+                                                verdict_sentence)
 from spectrum.analysis.runs.run_data import RunData
 
 STEPS = np.array([1, 2, 4, 8, 16])
@@ -85,3 +86,16 @@ def test_family_entry_keeps_the_contract_and_says_what_is_needed():
     assert one["noise"]["reason"]
     assert "seeds at the held-out points" in one["verdict_basis"]["needed"]
     assert "The suite would need: seed replicas" in verdict_sentence("L", one)
+
+
+def test_held_out_seeds_that_fit_runs_use_are_named():
+    fit = [_run("f", 1e2, 1e3, 1, "fit"), _run("g", 1e4, 1e4, 9, "fit")]
+    held = [_run(f"a-s{s}", 1e2, 1e3, s) for s in (1, 2, 3)]
+    targets = heldout_targets(held, fit)
+    out = heldout_verdicts(targets, held, {}, fit=fit)
+    assert out["L"]["verdict_basis"]["seeds_shared_with_fit_runs"] == [1]
+    assert out["L"]["verdict_basis"]["seeds"] == 3
+    assert "Caution: seed(s) 1 of the held-out runs also train fit runs" in \
+        verdict_sentence("L", out["L"])
+    clean = heldout_verdicts(targets, held, {}, fit=fit[1:])
+    assert clean["L"]["verdict_basis"]["seeds_shared_with_fit_runs"] == []

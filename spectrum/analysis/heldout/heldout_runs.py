@@ -290,7 +290,7 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     entry["targets"] = _blocks(pooled, reason, {t.target for t in targets})
     _explain_missing(entry["targets"], pred)
     ceilings = ceiling(targets, measured, held, pred)
-    families = heldout_verdicts(targets, held, full_sample(pooled))
+    families = heldout_verdicts(targets, held, full_sample(pooled), fit=fit)
     for name, block in entry["targets"].items():
         block["references"][CEILING] = ceilings.get(name) or null_score(
             "no seed-replicated held-out point enters these targets")

@@ -19,7 +19,7 @@ that null leaves unexplained, and, for ``not_measurable``, what the suite would 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -121,11 +121,16 @@ def family_entry(y: np.ndarray, predictions: dict[str, np.ndarray], *,
 
 def heldout_verdicts(targets: list[Target], held: list[RunData],
                      predictions: dict[str, dict[str, np.ndarray]], *,
-                     n_boot: int = 2000, seed: int = 0) -> dict[str, dict]:
+                     fit: Sequence[RunData] = (), n_boot: int = 2000,
+                     seed: int = 0) -> dict[str, dict]:
     """target kind -> its entry (:func:`family_entry`). ``predictions``: kind -> model -> the
-    (J,) full-sample values at that kind's targets, in the order of ``targets``."""
+    (J,) full-sample values at that kind's targets, in the order of ``targets``. Held-out seeds
+    that ``fit`` runs also use are named (``seeds_shared_with_fit_runs``): a held-out run on a
+    fit run's seed shares its noise, so its targets look more predictable than they are."""
     parts = {r.name: sequence_parts(r) for r in held}
     seeds, _ = seed_replicas(held)
+    fit_seeds = {r.seed for r in fit if r.seed is not None}
+    shared = [s for known, s in seeds if known == 0 and s in fit_seeds]
     out = {}
     for kind in TARGETS:
         of_kind = [t for t in targets if t.target == kind]
@@ -134,7 +139,7 @@ def heldout_verdicts(targets: list[Target], held: list[RunData],
             continue
         y = seed_family(of_kind, parts, held)
         out[kind] = family_entry(y, predictions.get(kind, {}), n_boot=n_boot, seed=seed)
-        out[kind]["verdict_basis"]["seeds"] = len(seeds)
+        out[kind]["verdict_basis"].update(seeds=len(seeds), seeds_shared_with_fit_runs=shared)
     return out
 
 
@@ -169,6 +174,10 @@ def verdict_sentence(target: str, entry: dict) -> str:
         out += (f" Why: {why}." if why else "") + \
             f" The suite would need: {basis.get('needed') or 'seed replicas'}"
         out = out if out.endswith(".") else out + "."
+    shared = basis.get("seeds_shared_with_fit_runs")
+    if shared:
+        out += (f" Caution: seed(s) {', '.join(map(str, shared))} of the held-out runs also "
+                "train fit runs, whose noise the prediction has learned.")
     sk = basis.get(f"skill_vs_{NULL}")
     if sk is not None:
         out += (f" Skill against the tokenless {NULL} null, in excess of the noise: "
