@@ -99,3 +99,15 @@ def test_held_out_seeds_that_fit_runs_use_are_named():
         verdict_sentence("L", out["L"])
     clean = heldout_verdicts(targets, held, {}, fit=fit[1:])
     assert clean["L"]["verdict_basis"]["seeds_shared_with_fit_runs"] == []
+
+
+def test_without_held_out_runs_every_target_is_not_measurable_with_a_reason():
+    from spectrum.analysis.heldout.heldout_runs import heldout_runs_test
+
+    fit = [_run("f", 1e2, 1e3, 0, "fit")]
+    entry = heldout_runs_test(fit, np.ones((1, 2)), 0.5, [], {})
+    for block in entry["targets"].values():
+        assert block["verdict"] == "not_measurable"
+        assert "no heldout run" in block["noise"]["reason"]
+        assert block["score_corrected"] == {"value": None, "ci": None,
+                                            "reason": block["noise"]["reason"]}

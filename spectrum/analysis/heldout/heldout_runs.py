@@ -32,7 +32,8 @@ from spectrum.analysis.heldout.targets import (TARGETS, Target, heldout_targets,
                                                replica_pairs, run_targets)
 from spectrum.analysis.heldout.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
                                                    token_model_predictions)
-from spectrum.analysis.heldout.verdicts import heldout_verdicts, verdict_sentence
+from spectrum.analysis.heldout.verdicts import (heldout_verdicts, unmeasured_entry,
+                                                verdict_sentence)
 from spectrum.analysis.runs.curves import SeqCurve, fixed
 from spectrum.analysis.runs.run_data import RunData
 from spectrum.analysis.runs.token_passes import Mapper, in_process
@@ -277,6 +278,8 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     entry: dict = {"runs": [], "fitted": {}, "verdicts": {}}
     if reason:
         entry.update(targets=_blocks({}, reason), reason=reason)
+        for block in entry["targets"].values():
+            block.update(unmeasured_entry(reason))
         return entry
     measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights) for r in held}
     targets = heldout_targets(held, fit)

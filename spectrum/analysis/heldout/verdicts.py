@@ -63,7 +63,8 @@ def _noise_json(result: FamilyVerdict) -> dict:
     return doc
 
 
-def _null_entry(reason: str, replicas: int = 0) -> dict:
+def unmeasured_entry(reason: str, replicas: int = 0) -> dict:
+    """The entry of a target kind whose noise and verdict cannot be computed, with why."""
     noise = {"snr": None, "snr_ci": None, "noise_var": None, "signal_var": None,
              "oracle_ceiling": {"r2": None, "ci": None}, "replicas": replicas, "reason": reason}
     return {"verdict": "not_measurable", "noise": noise,
@@ -106,7 +107,7 @@ def family_entry(y: np.ndarray, predictions: dict[str, np.ndarray], *,
     replicas = int(np.isfinite(means).any(axis=1).sum())
     r = _assess_model(y, predictions.get(MODEL), n_boot=n_boot, seed=seed)
     if r is None:
-        return _null_entry(f"{MODEL} predicts none of the measured targets", replicas)
+        return unmeasured_entry(f"{MODEL} predicts none of the measured targets", replicas)
     basis = {"model": MODEL, "threshold": r.threshold, "rmse_nats": _num(r.rmse),
              "error_over_noise": {"value": _num(r.error_over_noise),
                                   "ci": None if r.error_over_noise_ci is None
@@ -135,7 +136,7 @@ def heldout_verdicts(targets: list[Target], held: list[RunData],
     for kind in TARGETS:
         of_kind = [t for t in targets if t.target == kind]
         if not of_kind:
-            out[kind] = _null_entry("no such target among the held-out runs")
+            out[kind] = unmeasured_entry("no such target among the held-out runs")
             continue
         y = seed_family(of_kind, parts, held)
         out[kind] = family_entry(y, predictions.get(kind, {}), n_boot=n_boot, seed=seed)
