@@ -131,13 +131,19 @@ GLANCE_HEADER = ("target", "verdict", "noise-corrected score [95%]", "oracle cei
                  "snr [95%]", "seeds", "best baseline: score [95%]")
 
 
+def _with_interval(value: Any, ci: list | None) -> str:
+    if value is None:
+        return "-"
+    return f"{fmt(value)} {interval(ci)}" if ci else fmt(value)
+
+
 def _best_baseline(basis: dict) -> str:
     scored = [(m, b) for m, b in (basis.get("baselines") or {}).items()
               if b.get("value") is not None]
     if not scored:
         return "-"
     model, b = max(scored, key=lambda mb: mb[1]["value"])
-    return f"{model}: {fmt(b['value'])} {interval(b.get('ci'))}"
+    return f"{model}: {_with_interval(b['value'], b.get('ci'))}"
 
 
 def glance_rows(entry: dict) -> list[tuple[str, ...]]:
@@ -156,7 +162,7 @@ def glance_rows(entry: dict) -> list[tuple[str, ...]]:
             score = f"- (error {fmt(err)} x noise)" if err is not None else "-"
         ceiling = noise.get("oracle_ceiling") or {}
         rows.append((target, block["verdict"], score,
-                     f"{fmt(ceiling.get('r2'))} {interval(ceiling.get('ci'))}".strip(),
-                     f"{fmt(noise.get('snr'))} {interval(noise.get('snr_ci'))}".strip(),
+                     _with_interval(ceiling.get("r2"), ceiling.get("ci")),
+                     _with_interval(noise.get("snr"), noise.get("snr_ci")),
                      str(noise.get("replicas", 0)), _best_baseline(basis)))
     return rows
