@@ -61,7 +61,6 @@ def test_the_signal_is_predicted_and_the_report_opens_with_the_verdicts(tmp_path
     assert any(row.startswith("| dL/dlnT | predicts |") for row in table)
 
 
-@pytest.mark.slow
 def test_held_out_runs_that_follow_another_law_are_not_predicted(tmp_path):
     scores, _ = _run(tmp_path, "other_law")
     for target in ("dL/dlnT", "dL/dlnM"):
