@@ -1,4 +1,4 @@
-"""Seed noise, the three-way verdict and Holm's correction (spectrum.analysis.noise) against
+"""Seed noise, the three-way verdict and Holm's correction (spectrum.analysis.heldout.noise) against
 planted truths; and the planted worlds with realistic run-level noise (tests.planted_noise)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from spectrum.analysis.noise import (assess, family_stats, holm, jackknife_interval,
+from spectrum.analysis.heldout.noise import (assess, family_stats, holm, jackknife_interval,
                                      leave_one_seed_out, needed, skill, unexplained)
 from spectrum.manifest import load_manifest
 from spectrum.layout import loss_shard

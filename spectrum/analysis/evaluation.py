@@ -33,6 +33,7 @@ from spectrum.analysis.heldout.heldout_runs import heldout_runs_test, leave_one_
 from spectrum.analysis.heldout.prediction_table import prediction_rows, prediction_table
 from spectrum.analysis.heldout.scaling import power_law_in_T
 from spectrum.analysis.heldout.scores import null_score, score
+from spectrum.analysis.heldout.verdicts import SCHEMA_VERSION
 from spectrum.analysis.runs.curves import (SeqCurve, chunk_curve, finite_difference, midpoints,
                                            replicate_weights)
 from spectrum.analysis.runs.run_data import RunData
@@ -395,7 +396,7 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
     for test, (frm, tgt) in TESTS.items():
         tests[test].update(predicted_from=frm, targets_described=tgt)
     fitted = tests["heldout_runs"].pop("fitted", {})
-    scores = {"tests": tests, "stepwise": stepwise_summary(runs),
+    scores = {"schema_version": SCHEMA_VERSION, "tests": tests, "stepwise": stepwise_summary(runs),
               "settings": {**opts.as_dict(), "measured_derivative": SMOOTHING,
                            "derivatives": "with respect to ln T, ln M, ln D",
                            "interval": "95% percentile bootstrap over sequences (predicted and "

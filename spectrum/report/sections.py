@@ -97,6 +97,28 @@ def heldout_coverage(scores: dict) -> str | None:
             f"{', '.join(missing)}.")
 
 
+GLANCE_WORDS = (
+    "Each held-out target kind's verdict: predicts when the lower end of the noise-corrected "
+    "score's 95% interval is at least 0.5, does_not_predict when its upper end is below 0.5, "
+    "not_measurable otherwise (or with fewer than 3 seeds, fewer than 5 targets, or no signal "
+    "above the seed noise). The noise-corrected score estimates the prediction's R^2 against the "
+    "true values from its error in excess of the seed noise (intervals: jackknife over seeds "
+    "plus a bootstrap over sequences); the oracle ceiling is what a noise-free predictor would "
+    "score against one seed replica; snr is the spread of the true values across targets over "
+    "the noise of one measured target (a mean over the seeds). The best baseline's score is the "
+    "same noise-corrected score (jackknife over seeds only).")
+
+
+def at_a_glance(d: Inputs) -> list[Block]:
+    """The held-out verdicts in one table, first."""
+    rows = tables.glance_rows(d.scores["tests"]["heldout_runs"])
+    if not rows:
+        return []
+    return [Block("h2", "At a glance: does the spectrum predict held-out runs?"),
+            Block("table", header=tables.GLANCE_HEADER, rows=tuple(rows)),
+            Block("p", GLANCE_WORDS)]
+
+
 def headline(d: Inputs) -> list[Block]:
     """The verdicts, first: is learning stepwise, and does the spectrum predict held-out runs."""
     out = [Block("h2", "Results in words"), Block("p", d.scores["stepwise"]["verdict"])]
@@ -383,8 +405,9 @@ def curriculum_section(d: Inputs) -> list[Block]:
     return out
 
 
-SECTIONS = (overview, headline, stepwise_section, reliability_section, heldout_section,
-            other_tests, spectra_section, slices_section, fit_quality_section, curriculum_section)
+SECTIONS = (at_a_glance, headline, overview, stepwise_section, reliability_section,
+            heldout_section, other_tests, spectra_section, slices_section, fit_quality_section,
+            curriculum_section)
 
 
 def build_blocks(inputs: Inputs) -> list[Block]:

@@ -152,3 +152,44 @@ def fit_settings_text(settings: dict[str, dict[str, Any]], runs: list[str]) -> s
     missing = [r for r in runs if r not in recorded]
     return (f"for {join_and(recorded)}: " + "; ".join(parts)
             + (f"; not recorded for {join_and(missing)}" if missing else "") + ".")
+
+
+GLANCE_HEADER = ("target", "verdict", "noise-corrected score [95%]", "oracle ceiling [95%]",
+                 "snr [95%]", "seeds", "best baseline: score [95%]")
+
+
+def _with_interval(value: Any, ci: list | None) -> str:
+    if value is None:
+        return "-"
+    return f"{fmt(value)} {interval(ci)}" if ci else fmt(value)
+
+
+def _best_baseline(basis: dict) -> str:
+    scored = [(m, b) for m, b in (basis.get("baselines") or {}).items()
+              if b.get("value") is not None]
+    if not scored:
+        return "-"
+    model, b = max(scored, key=lambda mb: mb[1]["value"])
+    return f"{model}: {_with_interval(b['value'], b.get('ci'))}"
+
+
+def glance_rows(entry: dict) -> list[tuple[str, ...]]:
+    """One row per held-out target kind: its three-way verdict and the numbers it rests on
+    (where the score is not defined, the prediction's error against the noise instead)."""
+    rows = []
+    for target, block in entry.get("targets", {}).items():
+        if "verdict" not in block:
+            continue
+        noise, sc = block["noise"], block["score_corrected"]
+        basis = block.get("verdict_basis", {})
+        if sc.get("value") is not None:
+            score = f"{fmt(sc['value'])} {interval(sc.get('ci'))}"
+        else:
+            err = (basis.get("error_over_noise") or {}).get("value")
+            score = f"- (error {fmt(err)} x noise)" if err is not None else "-"
+        ceiling = noise.get("oracle_ceiling") or {}
+        rows.append((target, block["verdict"], score,
+                     _with_interval(ceiling.get("r2"), ceiling.get("ci")),
+                     _with_interval(noise.get("snr"), noise.get("snr_ci")),
+                     str(noise.get("replicas", 0)), _best_baseline(basis)))
+    return rows

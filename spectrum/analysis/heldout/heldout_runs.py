@@ -9,6 +9,11 @@ same sigmoids at the same midpoints, an extra row. The baselines
 (:mod:`spectrum.analysis.heldout.baselines`) are fitted on the same fit runs and scored on the same
 targets; the seed replicas of a held-out point give the noise ceiling (the same score, replica
 against replica). Every score carries a bootstrap interval over sequences.
+
+The verdict per target kind rests on the seed noise of the measured targets
+(:mod:`spectrum.analysis.heldout.verdicts`): ``predicts``, ``does_not_predict`` or
+``not_measurable``, from the noise-corrected score of the prediction; the raw R^2 sentences
+follow it, and no R^2 verdict is given over fewer than :data:`MIN_TARGETS` targets.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from spectrum.analysis.heldout import baselines
+from spectrum.analysis.heldout.noise import MIN_TARGETS
 from spectrum.analysis.heldout.prediction_table import prediction_rows
 from spectrum.analysis.heldout.scores import (comparison_words, null_score, paired_difference,
                                               predicts, r2_words, score)
@@ -26,6 +32,8 @@ from spectrum.analysis.heldout.targets import (TARGETS, Target, heldout_targets,
                                                replica_pairs, run_targets)
 from spectrum.analysis.heldout.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
                                                    token_model_predictions)
+from spectrum.analysis.heldout.verdicts import (heldout_verdicts, unmeasured_entry,
+                                                verdict_sentence)
 from spectrum.analysis.runs.curves import SeqCurve, fixed
 from spectrum.analysis.runs.run_data import RunData
 from spectrum.analysis.runs.token_passes import Mapper, in_process
@@ -168,6 +176,14 @@ def ceiling(targets: list[Target], measured: dict[str, np.ndarray], held: list[R
     return out
 
 
+def full_sample(pooled: dict[str, dict[str, Pooled]]) -> dict[str, dict[str, np.ndarray]]:
+    """target -> model -> its full-sample (row 0) values at every target, in pooled order (the
+    spectrum's prediction and the baselines)."""
+    return {name: {model: np.concatenate([p[0] for p in pool.pred])
+                   for model, pool in models.items() if model in (PREDICTION, *BASELINES)}
+            for name, models in pooled.items()}
+
+
 def target_verdict(target: str, block: dict, pooled: dict[str, Pooled],
             what: str = "the held-out runs") -> list[str]:
     """Sentences for one target: does the spectrum predict it, and against each baseline."""
@@ -176,9 +192,15 @@ def target_verdict(target: str, block: dict, pooled: dict[str, Pooled],
         return [f"{target}: not scored ({s.get('reason') or 'no targets'})."]
     ci = s.get("r2_ci")
     interval = f" [{r2_words(ci[0])}, {r2_words(ci[1])}]" if ci else ""
-    says = predicts(s)
-    head = (f"{target}: the spectrum {'predicts' if says else 'does not predict'} {what} "
-            f"(R^2 = {r2_words(s['r2'])}{interval}, error {s['rmse_nats']:.3g} nats")
+    n = s.get("n_targets", 0)
+    if n < MIN_TARGETS:
+        head = (f"{target}: {n} targets, too few for an R^2 verdict (at least {MIN_TARGETS}; "
+                f"error {s['rmse_nats']:.3g} nats, R^2 = {r2_words(s['r2'])}{interval}")
+    else:
+        says = predicts(s)
+        head = (f"{target}, by raw R^2 (seed noise not corrected): the spectrum "
+                f"{'predicts' if says else 'does not predict'} {what} "
+                f"(R^2 = {r2_words(s['r2'])}{interval}, error {s['rmse_nats']:.3g} nats")
     ceil = block["references"].get(CEILING)
     if ceil and ceil.get("r2") is not None:
         head += f"; seed-replica ceiling R^2 = {r2_words(ceil['r2'])}"
@@ -256,6 +278,8 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     entry: dict = {"runs": [], "fitted": {}, "verdicts": {}}
     if reason:
         entry.update(targets=_blocks({}, reason), reason=reason)
+        for block in entry["targets"].values():
+            block.update(unmeasured_entry(reason))
         return entry
     measured = {r.name: SeqCurve(r.seq_sums, r.seq_counts).draw(weights) for r in held}
     targets = heldout_targets(held, fit)
@@ -269,10 +293,13 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
     entry["targets"] = _blocks(pooled, reason, {t.target for t in targets})
     _explain_missing(entry["targets"], pred)
     ceilings = ceiling(targets, measured, held, pred)
+    families = heldout_verdicts(targets, held, full_sample(pooled), fit=fit)
     for name, block in entry["targets"].items():
         block["references"][CEILING] = ceilings.get(name) or null_score(
             "no seed-replicated held-out point enters these targets")
-        entry["verdicts"][name] = target_verdict(name, block, pooled[name])
+        block.update(families[name])
+        entry["verdicts"][name] = [verdict_sentence(name, families[name]),
+                                   *target_verdict(name, block, pooled[name])]
     entry["runs"] = [_run_entry(h, fit, p[0]) for p in groups for h in p]
     entry["fitted"] = pred.fitted
     entry["reason"] = reason

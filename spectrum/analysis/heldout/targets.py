@@ -15,6 +15,15 @@ is an *extrapolation* when a run it is measured from lies outside the fit runs' 
 ln D, else an *interpolation*. Each target is a function of the runs' curves (run name -> (R, K)
 array over bootstrap replicates), so measured and predicted curves go through the same operator
 at the same points.
+
+Seed families (:func:`seed_family`): for the seed noise of a target kind, the same targets are
+measured once per training seed, row r = seed r. A target built from several runs takes the
+same seed from each (replica s of size a with replica s of size b: common random numbers), so a
+seed's run-level noise stays in its row. Replicas are told apart by the manifest's per-run
+``seed:``; runs without one count as seeds in manifest order within their point (the k-th run
+of every point pairs with the k-th of every other), which is a guess the manifest should
+replace. Only replicas with the first run's checkpoints enter; a point without a replica of a
+seed leaves NaN in that seed's row.
 """
 
 from __future__ import annotations
@@ -126,3 +135,51 @@ def replica_pairs(target: Target, held: list[RunData]) -> list[tuple[dict, dict]
                 if i.name != j.name:
                     out.append(({first.name: i.name}, {first.name: j.name}))
     return out
+
+
+SeedKey = tuple[int, int]  # (0, seed) from the manifest; (1, k): the k-th run of its point
+
+
+def seed_replicas(held: list[RunData]) -> tuple[list[SeedKey], dict[str, dict[SeedKey, str]]]:
+    """The seeds of the held-out runs (the rows of a family, ascending) and, for each point's
+    first run, the run that measures it on each seed (replicas with its checkpoints only; the
+    first run of a seed where a point has two)."""
+    replicas: dict[str, dict[SeedKey, str]] = {}
+    for p in points(held):
+        first = p[0]
+        by_seed: dict[SeedKey, str] = {}
+        for k, r in enumerate(p):
+            if np.array_equal(r.steps, first.steps):
+                by_seed.setdefault((0, r.seed) if r.seed is not None else (1, k), r.name)
+        replicas[first.name] = by_seed
+    seeds = sorted({s for by_seed in replicas.values() for s in by_seed})
+    return seeds, replicas
+
+
+def seed_label(key: SeedKey) -> str:
+    return f"seed {key[1]}" if key[0] == 0 else f"replica {key[1] + 1} in manifest order"
+
+
+def seed_family(targets: list[Target], curves: Curves, held: list[RunData]) -> np.ndarray:
+    """(seeds, values, rows of ``curves``): every value of ``targets`` (in order, a target's
+    values consecutive) measured on each seed of the held-out runs, NaN where a run of the
+    target has no replica of that seed. ``curves``: each held-out run's curve, (rows, K) with
+    any leading rows (sequence-bootstrap draws, or per-sequence parts)."""
+    seeds, replicas = seed_replicas(held)
+    blocks = []
+    for t in targets:
+        per_seed = []
+        for s in seeds:
+            names = [replicas.get(run, {}).get(s) for run in t.runs]
+            if all(n is not None for n in names):
+                per_seed.append(t.build({run: curves[n] for run, n in zip(t.runs, names)}))
+            else:
+                per_seed.append(None)
+        shape = next((v.shape for v in per_seed if v is not None), None)
+        if shape is None:
+            shape = (next(iter(curves.values())).shape[0], len(t.x))
+        blocks.append(np.stack([v if v is not None else np.full(shape, np.nan)
+                                for v in per_seed]))  # (seeds, rows, n)
+    if not blocks:
+        return np.zeros((len(seeds), 0, 0))
+    return np.concatenate(blocks, axis=2).transpose(0, 2, 1)
