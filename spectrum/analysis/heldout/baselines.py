@@ -25,6 +25,7 @@ import numpy as np
 
 from spectrum.analysis.heldout.scaling import (POWER_LAW_PARAMS, PowerLaw, fit_power_law,
                                                power_law_in_T)
+from spectrum.analysis.runs.curves import SeqCurve
 from spectrum.analysis.runs.run_data import RunData
 from spectrum.analysis.stats import percentile_interval
 from spectrum.errors import SpectrumError
@@ -49,40 +50,98 @@ def _design(lnM: np.ndarray, lnD: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return np.stack(cols, 1), len(cols)
 
 
-def _plane(lnM: np.ndarray, lnD: np.ndarray, y: np.ndarray, at: tuple[float, float]) -> float:
-    """Least-squares plane in (ln M, ln D) through ``y`` read at ``at``; NaN if underdetermined."""
+def _plane_rows(lnM: np.ndarray, lnD: np.ndarray, y: np.ndarray,
+                at: tuple[float, float]) -> np.ndarray:
+    """Least-squares planes in (ln M, ln D) through each column of ``y`` (n, R), read at ``at``:
+    (R,); NaN if underdetermined."""
     lnM, lnD = np.asarray(lnM, float), np.asarray(lnD, float)
+    y = np.asarray(y, float)
     X, p = _design(lnM, lnD)
     if len(y) < p or np.linalg.matrix_rank(X) < p:
-        return float("nan")
+        return np.full(y.shape[1:], np.nan)
     coef = np.linalg.lstsq(X, y, rcond=None)[0]
     row = [1.0] + [a for a, v in zip(at, (lnM, lnD)) if np.ptp(v) > 1e-9]
-    return float(np.dot(coef, row))
+    return np.asarray(row) @ coef
+
+
+def _plane(lnM: np.ndarray, lnD: np.ndarray, y: np.ndarray, at: tuple[float, float]) -> float:
+    """Least-squares plane in (ln M, ln D) through ``y`` read at ``at``; NaN if underdetermined."""
+    return float(_plane_rows(lnM, lnD, np.asarray(y, float)[:, None], at)[0])
+
+
+def refusal(fit: list[RunData], h: RunData) -> str | None:
+    """Why a baseline that reads the fit runs along ln M or ln D cannot predict ``h``: the fit
+    runs have one value on an axis and ``h`` another (the rule of the per-token parameter model,
+    :mod:`spectrum.analysis.heldout.param_model`); None where it can."""
+    for sym, what, of in (("M", "model size", lambda r: r.M), ("D", "data scale", lambda r: r.D)):
+        vals = np.log([of(r) for r in fit])
+        if np.ptp(vals) <= 1e-9 and abs(np.log(of(h)) - vals[0]) > 1e-9:
+            return (f"run {h.name}: the fit runs have one {what} only ({sym} = "
+                    f"{np.exp(vals[0]):.4g}), so the dependence on {sym} is unknown and a run at "
+                    f"{sym} = {of(h):.4g} cannot be predicted")
+    return None
+
+
+CHINCHILLA_EXPONENT_MAX = 2.0  # alpha, beta in [0, 2]; E in [0, largest end loss]; A, B > 0
+SPAN_DECADES = 2.0  # an interval of A or B wider than this many factors of 10 is not identified
+
+
+def chinchilla_identifiability(law: PowerLaw, intervals: dict[str, list[float]],
+                               largest: float) -> tuple[bool, str]:
+    """Whether the law's parameters are pinned down by the end-of-run losses, in words: a
+    parameter at a bound of the fit, or an interval spanning orders of magnitude, is not."""
+    found = []
+    if law.E <= 1e-6 * largest:
+        found.append("E is at its lower bound 0")
+    elif law.E >= largest * (1 - 1e-6):
+        found.append("E is at its upper bound (the largest end-of-run loss)")
+    for p in ("alpha", "beta"):
+        v = getattr(law, p)
+        if v <= 1e-6 or v >= CHINCHILLA_EXPONENT_MAX - 1e-6:
+            found.append(f"{p} is at a bound ({v:.3g}; bounds 0 and {CHINCHILLA_EXPONENT_MAX:g})")
+    for p in ("A", "B", "E"):
+        lo_hi = intervals.get(p)
+        if lo_hi and lo_hi[1] > 0 and (lo_hi[0] <= 0 or np.log10(lo_hi[1] / lo_hi[0]) > SPAN_DECADES):
+            found.append(f"the 95% interval of {p} [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}] spans more than "
+                         f"{SPAN_DECADES:g} orders of magnitude")
+    if not found:
+        return True, ("The Chinchilla law's parameters are identified by the fit runs' end-of-run "
+                      "losses (none at a bound, no interval spanning orders of magnitude).")
+    return False, ("The Chinchilla law is not identifiable from the fit runs' end-of-run losses: "
+                   + "; ".join(found) + ". Its curve is a description of these losses, and its "
+                   "parameters are not findings.")
 
 
 def fit_chinchilla(fit: list[RunData], weights: np.ndarray,
                    n_refits: int = 100) -> tuple[PowerLaw | None, dict]:
-    """The law on end-of-run losses, and a summary with 95% intervals of its parameters."""
+    """The law on end-of-run losses, fitted with bounded parameters
+    (:data:`CHINCHILLA_EXPONENT_MAX`), and a summary with 95% intervals of its parameters and
+    whether they are identifiable (:func:`chinchilla_identifiability`)."""
     ends = end_losses(fit, weights)
     M = np.array([r.M for r in fit])
     D = np.array([r.D for r in fit])
+    bounded = {"x_name": "D", "exponent_max": CHINCHILLA_EXPONENT_MAX}
     try:
-        law = fit_power_law(M, D, ends[0], x_name="D")
+        law = fit_power_law(M, D, ends[0], **bounded)
     except SpectrumError as e:
         return None, {"reason": str(e)}
     refits = []
     for row in ends[1:n_refits + 1]:
         try:  # one start, from the estimate's exponents
-            refits.append(fit_power_law(M, D, row, x_name="D",
-                                        starts=(max(law.alpha, 0.05),)))
+            refits.append(fit_power_law(M, D, row, starts=(max(law.alpha, 0.05),), **bounded))
         except SpectrumError:
             continue
-    info = {**law.as_dict(), "n_end_losses": len(fit), "intervals": {}}
+    info = {**law.as_dict(), "n_end_losses": len(fit), "intervals": {},
+            "bounds": {"E": [0.0, "largest end-of-run loss"], "A": "> 0", "B": "> 0",
+                       "alpha": [0.0, CHINCHILLA_EXPONENT_MAX],
+                       "beta": [0.0, CHINCHILLA_EXPONENT_MAX]}}
     for p in POWER_LAW_PARAMS:
         v = np.array([getattr(f, p) for f in refits])
         if v.size >= 2:
             info["intervals"][p] = [float(x) for x in percentile_interval(v)]
     info["interval_method"] = f"refits on {len(refits)} bootstrap replicates over sequences"
+    info["identifiable"], info["identifiability"] = chinchilla_identifiability(
+        law, info["intervals"], float(np.nanmax(ends[0])))
     return law, info
 
 
@@ -102,34 +161,88 @@ def run_power_laws(runs: list[RunData]) -> dict[str, tuple[float, ...]]:
     return out
 
 
-def power_law_T_interp(fit: list[RunData],
-                       laws: dict[str, tuple[float, ...]]) -> tuple[RunCurve | None, dict]:
-    """Per-run power laws in T (:func:`run_power_laws`), parameters interpolated in (ln M, ln D)."""
-    rows = [laws[r.name] for r in fit if r.name in laws]
-    if len(rows) < 2:
+BETAS = np.linspace(0.01, 5.0, 250)  # the grid of a replicate's refit of E + B T^-beta
+
+
+def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """(R, 3) ``(E, ln B, beta)`` of ``E + B T^-beta`` refitted to each row of ``Y`` (R, K) at
+    ``x = ln T``: for each ``beta`` of :data:`BETAS` the law is linear in ``E`` and ``B``, so it
+    is solved by least squares for every row at once, and each row keeps its best ``beta`` with
+    ``B > 0`` and ``0 <= E <= max L`` (the bounds of :func:`power_law_in_T`); NaN where none."""
+    x, Y = np.asarray(x, float), np.atleast_2d(np.asarray(Y, float))
+    u = np.exp(-(x - x.min()))  # T / T_first, to the power -1: keeps the columns well scaled
+    best = np.full(len(Y), np.inf)
+    out = np.full((len(Y), 3), np.nan)
+    top = np.nanmax(Y, 1)
+    for beta in BETAS:
+        X = np.stack([np.ones_like(u), u ** beta], 1)
+        c = Y @ np.linalg.pinv(X).T
+        sse = ((Y - c @ X.T) ** 2).sum(1)
+        ok = (c[:, 1] > 0) & (c[:, 0] >= 0) & (c[:, 0] <= top) & (sse < best)
+        best[ok] = sse[ok]
+        out[ok] = np.stack([c[ok, 0], np.log(c[ok, 1]) + beta * x.min(),
+                            np.full(ok.sum(), beta)], 1)
+    return out
+
+
+def power_law_T_interp(fit: list[RunData], laws: dict[str, tuple[float, ...]],
+                       weights: np.ndarray | None = None) -> tuple[RunCurve | None, dict]:
+    """Per-run power laws in T (:func:`run_power_laws`), parameters interpolated in (ln M, ln D).
+    Row 0 is the estimate; each further replicate of ``weights`` refits every fit run's law to
+    its curve drawn under that replicate (:func:`power_law_draws`), then interpolates."""
+    used = [r for r in fit if r.name in laws]
+    if len(used) < 2:
         return None, {"reason": "fewer than two fit runs with a power law in T"}
-    lnM, lnD, E, lnB, beta = (np.array(v) for v in zip(*rows))
+    lnM = np.log([r.M for r in used])
+    lnD = np.log([r.D for r in used])
+    draws = np.stack([_law_rows(r, laws[r.name], weights) for r in used])  # (runs, R, 3)
 
     def curve(h: RunData) -> np.ndarray:
         at = (np.log(h.M), np.log(h.D))
-        e, lb, b = (_plane(lnM, lnD, v, at) for v in (E, lnB, beta))
-        return e + np.exp(lb) * np.exp(h.x) ** -b
+        e, lb, b = (_plane_rows(lnM, lnD, draws[:, :, i], at)[:, None] for i in range(3))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return e + np.exp(lb) * np.exp(h.x)[None, :] ** -b
 
     return curve, {"form": "E + B T^-beta per fit run; E, ln B, beta planes in (ln M, ln D)",
-                   "fit_runs": len(rows)}
+                   "fit_runs": len(used),
+                   "interval_method": f"refitted on each of {draws.shape[1] - 1} bootstrap "
+                                      "replicates (profile over a grid of beta)"}
 
 
-def aggregate_curve(fit: list[RunData]) -> RunCurve:
-    """The fit runs' mean-loss curves, interpolated in ln T and then in (ln M, ln D)."""
+def _law_rows(r: RunData, law: tuple[float, ...], weights: np.ndarray | None) -> np.ndarray:
+    """(R, 3) ``(E, ln B, beta)``: row 0 the run's law, then its refits per replicate."""
+    est = np.array(law[2:], float)[None, :]
+    if weights is None or len(weights) < 2:
+        return est
+    sc = r.scored
+    drawn = SeqCurve(r.seq_sums[:, sc], r.seq_counts[:, sc]).draw(weights[1:])
+    return np.concatenate([est, power_law_draws(r.x[sc], drawn)])
+
+
+def _interp_rows(x: float, xs: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Each row of ``Y`` (R, K) at ``xs`` linearly interpolated at ``x`` (within the range)."""
+    k = int(np.clip(np.searchsorted(xs, x), 1, len(xs) - 1))
+    t = float(np.clip((x - xs[k - 1]) / (xs[k] - xs[k - 1]), 0.0, 1.0))
+    return (1 - t) * Y[:, k - 1] + t * Y[:, k]
+
+
+def aggregate_curve(fit: list[RunData], weights: np.ndarray | None = None) -> RunCurve:
+    """The fit runs' mean-loss curves, interpolated in ln T and then in (ln M, ln D); with
+    ``weights``, on the curves drawn under each replicate (a refit per replicate: (R, K))."""
+    W = np.ones((1, len(fit[0].seq_ids) if fit else 0)) if weights is None else weights
+    usable = [r for r in fit if r.scored.sum() >= 2]
+    drawn = {r.name: SeqCurve(r.seq_sums[:, r.scored], r.seq_counts[:, r.scored]).draw(W)
+             for r in usable}
+
     def curve(h: RunData) -> np.ndarray:
-        out = np.full(len(h.x), np.nan)
+        out = np.full((len(W), len(h.x)), np.nan)
         for j, x in enumerate(h.x):
-            pts = [(np.log(r.M), np.log(r.D), np.interp(x, r.x[r.scored], r.mean_loss_all[r.scored]))
-                   for r in fit if r.scored.sum() >= 2
-                   and r.x[r.scored].min() - 1e-9 <= x <= r.x[r.scored].max() + 1e-9]
-            if pts:
-                lnM, lnD, y = (np.array(v) for v in zip(*pts))
-                out[j] = _plane(lnM, lnD, y, (np.log(h.M), np.log(h.D)))
+            runs = [r for r in usable
+                    if r.x[r.scored].min() - 1e-9 <= x <= r.x[r.scored].max() + 1e-9]
+            if runs:
+                y = np.stack([_interp_rows(x, r.x[r.scored], drawn[r.name]) for r in runs])
+                out[:, j] = _plane_rows(np.log([r.M for r in runs]), np.log([r.D for r in runs]),
+                                        y, (np.log(h.M), np.log(h.D)))
         return out
 
     return curve

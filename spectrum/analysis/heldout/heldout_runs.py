@@ -20,6 +20,7 @@ import polars as pl
 
 from spectrum.analysis.heldout import baselines
 from spectrum.analysis.heldout.prediction_table import prediction_rows
+from spectrum.analysis.heldout.schedule_law import SCHEDULE_LAW, fit_schedule_law
 from spectrum.analysis.heldout.scores import (comparison_words, null_score, paired_difference,
                                               predicts, r2_words, score)
 from spectrum.analysis.heldout.targets import (TARGETS, Target, heldout_targets, points, regime,
@@ -31,7 +32,8 @@ from spectrum.analysis.runs.run_data import RunData
 from spectrum.analysis.runs.token_passes import Mapper, in_process
 
 CEILING = "seed_replicas"
-BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power_law", "zero")
+BASELINES = ("chinchilla", "power_law_T_interp", SCHEDULE_LAW, "aggregate_curve",
+             "token_power_law", "zero")
 
 
 @dataclass
@@ -53,7 +55,10 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     """Every model's curves for the ``targets`` runs, fitted on ``fit`` only: the per-token
     models' (``tokens``, :func:`token_model_predictions` of the same fit runs and targets) and the
     baselines' (``laws``: the runs' own power laws in T, :func:`baselines.run_power_laws`;
-    ``chinchilla_refits`` None: no Chinchilla baseline)."""
+    ``chinchilla_refits`` None: no Chinchilla baseline). The baselines that read the fit runs
+    along ln M or ln D are refused, with the reason, where the fit runs have one value on an axis
+    and the target another (:func:`baselines.refusal`); the cheap ones are refitted on every
+    bootstrap replicate."""
     pred = Predictions(analytic=dict(tokens.analytic), fitted=dict(tokens.fitted),
                        reasons=list(tokens.reasons))
     for model, by_run in tokens.curves.items():
@@ -63,15 +68,22 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     law = None
     if chinchilla_refits is not None:
         law, pred.fitted["chinchilla"] = baselines.fit_chinchilla(fit, weights, chinchilla_refits)
-    interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws)
-    aggregate = baselines.aggregate_curve(fit)
+    interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws, weights)
+    schedule, pred.fitted[SCHEDULE_LAW] = fit_schedule_law(fit, weights)
+    curves = {"chinchilla": None if law is None else
+              (lambda h: fixed(baselines.chinchilla_curve(law)(h), R)),
+              "power_law_T_interp": interp, SCHEDULE_LAW: schedule,
+              "aggregate_curve": baselines.aggregate_curve(fit, weights)}
+    refused = {h.name: baselines.refusal(fit, h) for h in targets}
     for h in targets:
-        if law is not None:
-            pred.put("chinchilla", h.name, fixed(baselines.chinchilla_curve(law)(h), R))
-        if interp is not None:
-            pred.put("power_law_T_interp", h.name, fixed(interp(h), R))
-        pred.put("aggregate_curve", h.name, fixed(aggregate(h), R))
+        for model, curve in curves.items():
+            if curve is not None and refused[h.name] is None:
+                pred.put(model, h.name, curve(h))
         pred.put("zero", h.name, np.zeros((R, len(h.x))))
+    why = [w for w in refused.values() if w]
+    if why and len(why) == len(targets):
+        for model in (m for m in curves if m != "chinchilla" or chinchilla_refits is not None):
+            pred.fitted[model] = {**(pred.fitted.get(model) or {}), "reason": why[0]}
     return pred
 
 
