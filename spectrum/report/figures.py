@@ -23,6 +23,7 @@ MODEL_STYLE = {
     "chinchilla": dict(color="C4", ls="-."),
     "power_law_T_interp": dict(color="C2", ls=":"),
     "aggregate_curve": dict(color="C8", ls="--"),
+    "schedule_law": dict(color="C6", ls="-."),
     "token_power_law": dict(color="C5", ls="--"),
     "zero": dict(color="0.6", ls="-", lw=0.6),
     "spectrum_sharp": dict(color="C1", ls="--"),
@@ -91,6 +92,8 @@ def loss_curves(preds: pl.DataFrame, roles: dict[str, str]) -> Figure:
         first = sub.filter(pl.col("model") == sub["model"][0])
         ax.plot(first["T"], first["measured"], "k.", ms=4, label="measured")
         for (test, model), g in sub.group_by(["test", "model"], maintain_order=True):
+            if not g["predicted"].is_finite().any():  # not predicted (a refused baseline)
+                continue
             label = f"{model} ({test.replace('_', ' ')})"
             ax.plot(g["T"], g["predicted"], label=label, **MODEL_STYLE.get(model, {}))
         _log_x(ax)
@@ -185,6 +188,8 @@ def derivatives(preds: pl.DataFrame, test: str, target: str, *, max_panels: int 
         first = g_run.filter(pl.col("model") == g_run["model"][0])
         ax.plot(first["T"], first["measured"], "k.", ms=5, label="measured")
         for (model, kind), g in g_run.group_by(["model", "model_kind"], maintain_order=True):
+            if not g["predicted"].is_finite().any():  # not predicted (a refused baseline)
+                continue
             ax.plot(g["T"], g["predicted"], label=f"{model} ({kind})",
                     **MODEL_STYLE.get(model, {}))
         ax.axhline(0, color="k", lw=0.5)

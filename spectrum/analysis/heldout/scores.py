@@ -6,7 +6,9 @@ over the targets, ``rmse_nats`` (root-mean-square error, in nats for L and in na
 ln M or ln D for derivatives), the median relative error, and ``r2_ci``: the 2.5 and 97.5
 percentiles of R^2 over the replicates (:mod:`spectrum.analysis.stats`). Two models on the same
 targets are compared by the paired difference of their R^2 in each replicate; "beats" means its 95%
-interval excludes 0.
+interval excludes 0. Its bootstrap p-value (:func:`bootstrap_p`) enters Holm's correction over the
+family of comparisons a test states (:func:`holm_family`): a claim survives when its Holm-adjusted
+p-value is at most :data:`FAMILY_ALPHA`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from spectrum.analysis import stats
+from spectrum.analysis.noise import holm
 
 PREDICTS_R2 = 0.5  # below this lower bound, a prediction is said not to predict its targets
+FAMILY_ALPHA = 1 - stats.LEVEL  # family-wise error rate of the Holm-corrected claims
 
 
 def null_score(reason: str) -> dict:
@@ -52,7 +56,50 @@ def paired_difference(p1: np.ndarray, p2: np.ndarray, measured: np.ndarray) -> d
     d = stats.r2(p1, m, ok) - stats.r2(p2, m, ok)
     if not np.isfinite(d[0]):
         return None
-    return {"diff": float(d[0]), "ci": stats.finite_interval(d[1:])}
+    return {"diff": float(d[0]), "ci": stats.finite_interval(d[1:]), "p": bootstrap_p(d[1:])}
+
+
+def bootstrap_p(d: np.ndarray) -> float | None:
+    """Two-sided bootstrap p-value of "the difference is 0": twice the smaller share of
+    replicates on either side of 0, counting the estimate's side with +1 (so never 0); None with
+    fewer than two finite replicates."""
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return None
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+
+
+def claim(diff: dict | None) -> str:
+    """``beats``, ``beaten`` or ``indistinguishable``: what the comparison's interval says."""
+    ci = diff and diff.get("ci")
+    return "beats" if ci and ci[0] > 0 else "beaten" if ci and ci[1] < 0 else "indistinguishable"
+
+
+def holm_family(comparisons: list[dict]) -> None:
+    """Holm's correction over a family of comparisons (:func:`paired_difference` dicts), in
+    place: ``p_holm`` and ``survives_holm`` (a claim of beating or being beaten whose adjusted
+    p-value is at most :data:`FAMILY_ALPHA`)."""
+    p = np.array([np.nan if c.get("p") is None else c["p"] for c in comparisons], float)
+    adjusted = holm(p)
+    for c, a in zip(comparisons, adjusted):
+        c["claim"] = claim(c)
+        c["p_holm"] = None if np.isnan(a) else float(a)
+        c["survives_holm"] = bool(c["claim"] != "indistinguishable" and c["p_holm"] is not None
+                                  and c["p_holm"] <= FAMILY_ALPHA)
+
+
+def holm_words(comparisons: dict[str, dict]) -> str | None:
+    """One sentence on a target's comparisons after Holm's correction over the test's family."""
+    made = {b: c for b, c in comparisons.items() if c and c["claim"] != "indistinguishable"}
+    if not made:
+        return None
+    kept = [b for b, c in made.items() if c["survives_holm"]]
+    lost = [b for b in made if b not in kept]
+    return (f"After Holm's correction over the test's comparisons (family-wise error "
+            f"{FAMILY_ALPHA:g}): {len(kept)} of {len(made)} claims survive"
+            + (f" (against {', '.join(kept)})" if kept else "")
+            + (f"; not surviving: against {', '.join(lost)}" if lost else "") + ".")
 
 
 def r2_words(v: float) -> str:
