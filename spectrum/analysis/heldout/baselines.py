@@ -164,24 +164,48 @@ def run_power_laws(runs: list[RunData]) -> dict[str, tuple[float, ...]]:
 BETAS = np.linspace(0.01, 5.0, 250)  # the grid of a replicate's refit of E + B T^-beta
 
 
+def _linear_fit(u_b: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, least squares of ``Y`` (R, K) on (1, ``u_b``) (R, K): (E, B, sse)."""
+    K = Y.shape[1]
+    su, suu = u_b.sum(1), (u_b ** 2).sum(1)
+    sy, suy = Y.sum(1), (u_b * Y).sum(1)
+    det = K * suu - su ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        B = (K * suy - su * sy) / det
+        E = (sy - B * su) / K
+    sse = ((Y - E[:, None] - B[:, None] * u_b) ** 2).sum(1)
+    return E, B, sse
+
+
 def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """(R, 3) ``(E, ln B, beta)`` of ``E + B T^-beta`` refitted to each row of ``Y`` (R, K) at
-    ``x = ln T``: for each ``beta`` of :data:`BETAS` the law is linear in ``E`` and ``B``, so it
-    is solved by least squares for every row at once, and each row keeps its best ``beta`` with
-    ``B > 0`` and ``0 <= E <= max L`` (the bounds of :func:`power_law_in_T`); NaN where none."""
+    ``x = ln T``: for a given ``beta`` the law is linear in ``E`` and ``B``, so every row is
+    solved at once on the grid :data:`BETAS`, its best ``beta`` refined by the vertex of a
+    parabola through its neighbours, subject to ``B > 0`` and ``0 <= E <= max L`` (the bounds of
+    :func:`power_law_in_T`); NaN where no ``beta`` satisfies them."""
     x, Y = np.asarray(x, float), np.atleast_2d(np.asarray(Y, float))
     u = np.exp(-(x - x.min()))  # T / T_first, to the power -1: keeps the columns well scaled
-    best = np.full(len(Y), np.inf)
-    out = np.full((len(Y), 3), np.nan)
     top = np.nanmax(Y, 1)
-    for beta in BETAS:
-        X = np.stack([np.ones_like(u), u ** beta], 1)
-        c = Y @ np.linalg.pinv(X).T
-        sse = ((Y - c @ X.T) ** 2).sum(1)
-        ok = (c[:, 1] > 0) & (c[:, 0] >= 0) & (c[:, 0] <= top) & (sse < best)
-        best[ok] = sse[ok]
-        out[ok] = np.stack([c[ok, 0], np.log(c[ok, 1]) + beta * x.min(),
-                            np.full(ok.sum(), beta)], 1)
+
+    def solve(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        E, B, sse = _linear_fit(u[None, :] ** beta[:, None], Y)
+        return E, B, np.where((B > 0) & (E >= 0) & (E <= top) & np.isfinite(sse), sse, np.inf)
+
+    sse = np.stack([solve(np.full(len(Y), b))[2] for b in BETAS], 1)  # (R, G)
+    i = np.clip(np.argmin(sse, 1), 1, len(BETAS) - 2)
+    rows = np.arange(len(Y))
+    s0, s1, s2 = sse[rows, i - 1], sse[rows, i], sse[rows, i + 1]
+    h = BETAS[1] - BETAS[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step = 0.5 * h * (s0 - s2) / (s0 - 2 * s1 + s2)
+    beta = BETAS[i] + np.where(np.isfinite(step) & (np.abs(step) <= h), step, 0.0)
+    E, B, fine = solve(beta)
+    grid = np.argmin(sse, 1)
+    worse = ~(fine <= sse[rows, grid])
+    beta = np.where(worse, BETAS[grid], beta)
+    E, B, final = solve(beta)
+    out = np.stack([E, np.log(np.where(B > 0, B, np.nan)) + beta * x.min(), beta], 1)
+    out[~np.isfinite(final)] = np.nan
     return out
 
 
