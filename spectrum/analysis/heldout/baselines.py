@@ -177,6 +177,22 @@ def _linear_fit(u_b: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return E, B, sse
 
 
+def _grid_sse(u: np.ndarray, Y: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(R, G) residual sum of squares of every row of ``Y`` on (1, ``u^beta``) for each ``beta``
+    of :data:`BETAS` (from the normal equations, all at once); inf where a bound is broken."""
+    U = u[:, None] ** BETAS[None, :]  # (K, G)
+    K = len(u)
+    su, suu = U.sum(0), (U ** 2).sum(0)  # (G,)
+    sy, syy, suy = Y.sum(1)[:, None], (Y ** 2).sum(1)[:, None], Y @ U  # (R, 1), (R, 1), (R, G)
+    det = K * suu - su ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        B = (K * suy - su * sy) / det
+        E = (sy - B * su) / K
+        sse = syy - E * sy - B * suy
+    ok = (B > 0) & (E >= 0) & (E <= top[:, None]) & np.isfinite(sse)
+    return np.where(ok, np.maximum(sse, 0.0), np.inf)
+
+
 def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """(R, 3) ``(E, ln B, beta)`` of ``E + B T^-beta`` refitted to each row of ``Y`` (R, K) at
     ``x = ln T``: for a given ``beta`` the law is linear in ``E`` and ``B``, so every row is
@@ -191,7 +207,7 @@ def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
         E, B, sse = _linear_fit(u[None, :] ** beta[:, None], Y)
         return E, B, np.where((B > 0) & (E >= 0) & (E <= top) & np.isfinite(sse), sse, np.inf)
 
-    sse = np.stack([solve(np.full(len(Y), b))[2] for b in BETAS], 1)  # (R, G)
+    sse = _grid_sse(u, Y, top)  # (R, G)
     i = np.clip(np.argmin(sse, 1), 1, len(BETAS) - 2)
     rows = np.arange(len(Y))
     s0, s1, s2 = sse[rows, i - 1], sse[rows, i], sse[rows, i + 1]
