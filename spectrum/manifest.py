@@ -409,7 +409,8 @@ def parse_schedule(raw: Any, where: str, pr: _Problems) -> dict | tuple | None:
     n = len(pr.items)
     pr.unknown_keys(where, m, _SCHEDULE_KEYS)
     if m.get("kind") not in SCHEDULE_KINDS:
-        pr.add(f"{where}.kind", f"must be one of {', '.join(SCHEDULE_KINDS)}, got {m.get('kind')!r}")
+        pr.add(f"{where}.kind",
+               f"must be one of {', '.join(SCHEDULE_KINDS)}, got {m.get('kind')!r}")
     pr.positive_number(f"{where}.peak_lr", m.get("peak_lr"))
     for key in ("warmup_steps", "decay_steps"):
         if key in m:

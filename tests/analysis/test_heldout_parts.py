@@ -161,7 +161,9 @@ def test_baselines_are_refused_along_an_axis_the_fit_runs_do_not_span():
 
 
 def test_bootstrap_p_and_holm_over_a_family():
-    assert bootstrap_p(np.r_[np.full(95, 1.0), np.full(5, -1.0)]) == pytest.approx(12 / 101)
+    d = np.random.default_rng(0).normal(0.3, 0.1, 4000)
+    assert bootstrap_p(d, 0.3) == pytest.approx(0.0027, abs=3e-4)  # 3 standard errors
+    assert bootstrap_p(np.full(5, 0.2), 0.2) is None
     fam = [{"diff": 1.0, "ci": [0.5, 1.5], "p": 0.001}, {"diff": 1.0, "ci": [0.1, 2], "p": 0.03},
            {"diff": -1.0, "ci": [-2, -0.5], "p": 0.02}, {"diff": 0.1, "ci": [-1, 1], "p": 0.6}]
     holm_family(fam)

@@ -101,9 +101,11 @@ def chinchilla_identifiability(law: PowerLaw, intervals: dict[str, list[float]],
             found.append(f"{p} is at a bound ({v:.3g}; bounds 0 and {CHINCHILLA_EXPONENT_MAX:g})")
     for p in ("A", "B", "E"):
         lo_hi = intervals.get(p)
-        if lo_hi and lo_hi[1] > 0 and (lo_hi[0] <= 0 or np.log10(lo_hi[1] / lo_hi[0]) > SPAN_DECADES):
-            found.append(f"the 95% interval of {p} [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}] spans more than "
-                         f"{SPAN_DECADES:g} orders of magnitude")
+        if not lo_hi or lo_hi[1] <= 0:
+            continue
+        if lo_hi[0] <= 0 or np.log10(lo_hi[1] / lo_hi[0]) > SPAN_DECADES:
+            found.append(f"the 95% interval of {p} [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}] spans more "
+                         f"than {SPAN_DECADES:g} orders of magnitude")
     if not found:
         return True, ("The Chinchilla law's parameters are identified by the fit runs' end-of-run "
                       "losses (none at a bound, no interval spanning orders of magnitude).")

@@ -21,6 +21,7 @@ import polars as pl
 from spectrum.analysis.heldout import baselines
 from spectrum.analysis.heldout.prediction_table import prediction_rows
 from spectrum.analysis.heldout.schedule_law import SCHEDULE_LAW, fit_schedule_law
+from spectrum.analysis.runs.schedule import Schedule
 from spectrum.analysis.heldout.scores import (comparison_words, holm_family, holm_words,
                                               null_score, paired_difference, predicts, r2_words,
                                               score)
@@ -81,6 +82,11 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
             if curve is not None and refused[h.name] is None:
                 pred.put(model, h.name, curve(h))
         pred.put("zero", h.name, np.zeros((R, len(h.x))))
+    unknown = [h.name for h in targets if not isinstance(h.schedule, Schedule)]
+    if schedule is not None and unknown:
+        pred.fitted[SCHEDULE_LAW]["targets_without_schedule"] = unknown
+        if len(unknown) == len(targets):
+            pred.fitted[SCHEDULE_LAW]["reason"] = "no target run has a known learning-rate schedule"
     why = [w for w in refused.values() if w]
     if why and len(why) == len(targets):
         for model in (m for m in curves if m != "chinchilla" or chinchilla_refits is not None):

@@ -74,8 +74,8 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
     """Least-squares fit of ``E + A*M^-alpha + B*X^-beta`` to points ``(M, X, L)``.
 
     ``A`` and ``B`` are fitted on a log scale (so they stay positive); exponents are bounded to
-    [0, ``exponent_max``] and ``E`` to [0, max L]. Raises :class:`SpectrumError` when there are fewer points than
-    free parameters, or no finite point.
+    [0, ``exponent_max``] and ``E`` to [0, max L]. Raises :class:`SpectrumError` when there are
+    fewer points than free parameters, or no finite point.
     """
     M, X, L = (np.asarray(a, float).ravel() for a in (M, X, L))
     ok = np.isfinite(M) & np.isfinite(X) & np.isfinite(L) & (M > 0) & (X > 0)
