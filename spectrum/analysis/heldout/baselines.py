@@ -19,6 +19,7 @@ same operator, as the spectrum's prediction):
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -59,9 +60,8 @@ def _plane_rows(lnM: np.ndarray, lnD: np.ndarray, y: np.ndarray,
     X, p = _design(lnM, lnD)
     if len(y) < p or np.linalg.matrix_rank(X) < p:
         return np.full(y.shape[1:], np.nan)
-    coef = np.linalg.lstsq(X, y, rcond=None)[0]
     row = [1.0] + [a for a, v in zip(at, (lnM, lnD)) if np.ptp(v) > 1e-9]
-    return np.asarray(row) @ coef
+    return (np.asarray(row) @ np.linalg.pinv(X)) @ y  # the plane's weights on the points
 
 
 def _plane(lnM: np.ndarray, lnD: np.ndarray, y: np.ndarray, at: tuple[float, float]) -> float:
@@ -251,14 +251,25 @@ def power_law_T_interp(fit: list[RunData], laws: dict[str, tuple[float, ...]],
                                       "replicates (profile over a grid of beta)"}
 
 
+_DRAWS: dict[bytes, np.ndarray] = {}  # refits already made (leave-one-run-out repeats them)
+
+
 def _law_rows(r: RunData, law: tuple[float, ...], weights: np.ndarray | None) -> np.ndarray:
-    """(R, 3) ``(E, ln B, beta)``: row 0 the run's law, then its refits per replicate."""
+    """(R, 3) ``(E, ln B, beta)``: row 0 the run's law, then its refits per replicate (kept for
+    the same run data and replicates, which every leave-one-run-out job shares)."""
     est = np.array(law[2:], float)[None, :]
     if weights is None or len(weights) < 2:
         return est
     sc = r.scored
-    drawn = SeqCurve(r.seq_sums[:, sc], r.seq_counts[:, sc]).draw(weights[1:])
-    return np.concatenate([est, power_law_draws(r.x[sc], drawn)])
+    key = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in
+                                (r.x[sc], r.seq_sums[:, sc], r.seq_counts[:, sc], weights))
+                       ).digest()
+    if key not in _DRAWS:
+        if len(_DRAWS) > 256:
+            _DRAWS.clear()
+        drawn = SeqCurve(r.seq_sums[:, sc], r.seq_counts[:, sc]).draw(weights[1:])
+        _DRAWS[key] = power_law_draws(r.x[sc], drawn)
+    return np.concatenate([est, _DRAWS[key]])
 
 
 def _interp_rows(x: float, xs: np.ndarray, Y: np.ndarray) -> np.ndarray:
