@@ -21,7 +21,6 @@ import polars as pl
 from spectrum.analysis.heldout import baselines
 from spectrum.analysis.heldout.prediction_table import prediction_rows
 from spectrum.analysis.heldout.schedule_law import SCHEDULE_LAW, fit_schedule_law
-from spectrum.analysis.runs.schedule import Schedule
 from spectrum.analysis.heldout.scores import (comparison_words, holm_family, holm_words,
                                               null_score, paired_difference, predicts, r2_words,
                                               score)
@@ -31,6 +30,7 @@ from spectrum.analysis.heldout.token_model import (ANALYTIC, PREDICTION, Job, To
                                                    token_model_predictions)
 from spectrum.analysis.runs.curves import SeqCurve, fixed
 from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.schedule import Schedule
 from spectrum.analysis.runs.token_passes import Mapper, in_process
 
 CEILING = "seed_replicas"
