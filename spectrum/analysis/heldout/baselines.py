@@ -166,40 +166,40 @@ def run_power_laws(runs: list[RunData]) -> dict[str, tuple[float, ...]]:
 BETAS = np.linspace(0.01, 5.0, 250)  # the grid of a replicate's refit of E + B T^-beta
 
 
-def _linear_fit(u_b: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row, least squares of ``Y`` (R, K) on (1, ``u_b``) (R, K): (E, B, sse)."""
-    K = Y.shape[1]
-    su, suu = u_b.sum(1), (u_b ** 2).sum(1)
-    sy, suy = Y.sum(1), (u_b * Y).sum(1)
+def _solve(K: int, su, suu, sy, syy, suy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares of y on (1, u) from its sums, with ``E >= 0``: (E, B, sse). Where the free
+    solution has E < 0 the constrained one has E = 0 (one free parameter, B)."""
     det = K * suu - su ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         B = (K * suy - su * sy) / det
         E = (sy - B * su) / K
-    sse = ((Y - E[:, None] - B[:, None] * u_b) ** 2).sum(1)
-    return E, B, sse
+        sse = syy - E * sy - B * suy
+        at_zero = ~(E >= 0)
+        B = np.where(at_zero, suy / suu, B)
+        sse = np.where(at_zero, syy - B * suy, sse)
+    return np.where(at_zero, 0.0, E), B, np.maximum(sse, 0.0)
+
+
+def _linear_fit(u_b: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, least squares of ``Y`` (R, K) on (1, ``u_b``) (R, K) with E >= 0: (E, B, sse)."""
+    return _solve(Y.shape[1], u_b.sum(1), (u_b ** 2).sum(1), Y.sum(1), (Y ** 2).sum(1),
+                  (u_b * Y).sum(1))
 
 
 def _grid_sse(u: np.ndarray, Y: np.ndarray, top: np.ndarray) -> np.ndarray:
     """(R, G) residual sum of squares of every row of ``Y`` on (1, ``u^beta``) for each ``beta``
     of :data:`BETAS` (from the normal equations, all at once); inf where a bound is broken."""
     U = u[:, None] ** BETAS[None, :]  # (K, G)
-    K = len(u)
-    su, suu = U.sum(0), (U ** 2).sum(0)  # (G,)
-    sy, syy, suy = Y.sum(1)[:, None], (Y ** 2).sum(1)[:, None], Y @ U  # (R, 1), (R, 1), (R, G)
-    det = K * suu - su ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        B = (K * suy - su * sy) / det
-        E = (sy - B * su) / K
-        sse = syy - E * sy - B * suy
-    ok = (B > 0) & (E >= 0) & (E <= top[:, None]) & np.isfinite(sse)
-    return np.where(ok, np.maximum(sse, 0.0), np.inf)
+    E, B, sse = _solve(len(u), U.sum(0), (U ** 2).sum(0), Y.sum(1)[:, None],
+                       (Y ** 2).sum(1)[:, None], Y @ U)
+    return np.where((B > 0) & (E <= top[:, None]) & np.isfinite(sse), sse, np.inf)
 
 
 def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """(R, 3) ``(E, ln B, beta)`` of ``E + B T^-beta`` refitted to each row of ``Y`` (R, K) at
     ``x = ln T``: for a given ``beta`` the law is linear in ``E`` and ``B``, so every row is
-    solved at once on the grid :data:`BETAS`, its best ``beta`` refined by the vertex of a
-    parabola through its neighbours, subject to ``B > 0`` and ``0 <= E <= max L`` (the bounds of
+    solved at once on the grid :data:`BETAS`, its best ``beta`` refined by a golden-section
+    search between the grid's neighbours, subject to ``B > 0`` and ``0 <= E <= max L`` (the bounds of
     :func:`power_law_in_T`); NaN where no ``beta`` satisfies them."""
     x, Y = np.asarray(x, float), np.atleast_2d(np.asarray(Y, float))
     u = np.exp(-(x - x.min()))  # T / T_first, to the power -1: keeps the columns well scaled
@@ -211,15 +211,18 @@ def power_law_draws(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
     sse = _grid_sse(u, Y, top)  # (R, G)
     i = np.clip(np.argmin(sse, 1), 1, len(BETAS) - 2)
-    rows = np.arange(len(Y))
-    s0, s1, s2 = sse[rows, i - 1], sse[rows, i], sse[rows, i + 1]
-    h = BETAS[1] - BETAS[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        step = 0.5 * h * (s0 - s2) / (s0 - 2 * s1 + s2)
-    beta = BETAS[i] + np.where(np.isfinite(step) & (np.abs(step) <= h), step, 0.0)
-    E, B, fine = solve(beta)
+    lo, hi = BETAS[i - 1], BETAS[i + 1]
+    g = (np.sqrt(5) - 1) / 2  # golden-section search between the grid's neighbours, every row
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = solve(a)[2], solve(b)[2]
+    for _ in range(40):
+        left = fa <= fb
+        hi, lo = np.where(left, b, hi), np.where(left, lo, a)
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        fa, fb = solve(a)[2], solve(b)[2]
+    beta = 0.5 * (lo + hi)
     grid = np.argmin(sse, 1)
-    worse = ~(fine <= sse[rows, grid])
+    worse = ~(solve(beta)[2] <= sse[np.arange(len(Y)), grid])
     beta = np.where(worse, BETAS[grid], beta)
     E, B, final = solve(beta)
     out = np.stack([E, np.log(np.where(B > 0, B, np.nan)) + beta * x.min(), beta], 1)
