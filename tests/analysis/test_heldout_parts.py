@@ -10,7 +10,7 @@ import pytest
 from spectrum.analysis.runs.curves import SeqCurve, finite_difference, midpoints, replicate_weights
 from spectrum.analysis.runs.run_data import RunData
 from spectrum.analysis.heldout import baselines
-from spectrum.analysis.heldout.scaling import PowerLaw
+from spectrum.analysis.heldout.scaling import PowerLaw, power_law_in_T
 from spectrum.analysis.heldout.scores import (bootstrap_p, comparison_words, holm_family,
                                               holm_words, paired_difference, predicts, score)
 from spectrum.analysis.runs.stepwise import MARGIN, run_shares
@@ -134,8 +134,21 @@ def test_power_law_draws_recover_planted_laws_per_row():
     betas = np.array([0.3, 0.8])
     Y = np.stack([1.5 + 40.0 * np.exp(x) ** -b for b in betas])
     got = baselines.power_law_draws(x, Y)
-    np.testing.assert_allclose(got[:, 2], betas, atol=0.011)
-    np.testing.assert_allclose(got[:, 0], 1.5, atol=0.05)
+    np.testing.assert_allclose(got[:, 2], betas, atol=1e-5)
+    np.testing.assert_allclose(got[:, 0], 1.5, atol=1e-4)
+
+
+def test_power_law_draws_agree_with_the_estimates_fit_also_at_its_bound():
+    x = np.log(np.array([2, 4, 8, 16, 32, 64, 128]) * 100.0)
+    rng = np.random.default_rng(4)
+    # a curve whose free optimum has E < 0: both hold E at 0
+    Y = np.stack([2.0 + 3.0 * np.exp(x) ** -0.05 + rng.normal(0, 0.02, 7),
+                  1.0 + 30.0 * np.exp(x) ** -0.3 + rng.normal(0, 0.02, 7)])
+    got = baselines.power_law_draws(x, Y)
+    for row, y in zip(got, Y):
+        law = power_law_in_T(x, y)
+        np.testing.assert_allclose(row, [law.E, np.log(law.B), law.beta], atol=2e-4)
+    assert got[0, 0] == 0.0
 
 
 def test_power_law_interp_varies_across_replicates_with_the_estimate_in_row_0():
