@@ -158,3 +158,14 @@ def test_schedule_law_is_null_without_schedules():
     law, info = fit_schedule_law([replace(run, schedule="run f: no schedule")],
                                  np.ones((1, 6)))
     assert law is None and "no fit run has a known learning-rate schedule" in info["reason"]
+
+
+def test_decayed_sums_follow_the_recursion_across_blocks():
+    from spectrum.analysis.heldout.schedule_law import decayed_sums
+
+    d = np.random.default_rng(0).normal(size=1500)
+    m, want = 0.0, []
+    for v in d:
+        m = 0.99 * m + v
+        want.append(m)
+    np.testing.assert_allclose(decayed_sums(d, 0.99, block=256), want, rtol=1e-9, atol=1e-9)

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.signal import lfilter
 
 from spectrum.analysis.runs.curves import SeqCurve
 from spectrum.analysis.runs.run_data import RunData
@@ -39,6 +38,19 @@ FORM = "L0 + A*S1^-alpha - C*S2 (Tissue et al. 2024), lambda = 0.999"
 RunCurve = Callable[[RunData], np.ndarray]
 
 
+def decayed_sums(d: np.ndarray, lam: float, block: int = 512) -> np.ndarray:
+    """``m_i = lam * m_{i-1} + d_i`` (``m_{-1} = 0``) for every i, in blocks short enough that
+    ``lam^-k`` stays finite."""
+    m = np.empty(len(d))
+    carry = 0.0
+    for start in range(0, len(d), block):
+        seg = d[start:start + block]
+        p = lam ** np.arange(len(seg))
+        m[start:start + len(seg)] = p * (lam * carry + np.cumsum(seg / p))
+        carry = m[start + len(seg) - 1]
+    return m
+
+
 def areas(schedule: Schedule, steps: np.ndarray, lam: float = LAMBDA
           ) -> tuple[np.ndarray, np.ndarray]:
     """``S1`` and ``S2`` (module docstring) at ``steps`` (held at the schedule's last step)."""
@@ -46,7 +58,7 @@ def areas(schedule: Schedule, steps: np.ndarray, lam: float = LAMBDA
     drop = np.zeros_like(lr)
     drop[1:] = lr[:-1] - lr[1:]
     drop[: schedule.warmup_steps + 2] = 0.0  # the update after the peak is the first annealed
-    momentum = lfilter([1.0], [1.0, -lam], drop)
+    momentum = decayed_sums(drop, lam)
     idx = np.clip(np.asarray(steps, int), 0, len(lr) - 1)
     return np.cumsum(lr)[idx], np.cumsum(momentum)[idx]
 
