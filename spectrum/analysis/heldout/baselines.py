@@ -4,10 +4,15 @@ same operator, as the spectrum's prediction):
 
 - ``chinchilla``: ``E + A M^-alpha + B D^-beta`` fitted to the fit runs' end-of-run losses (the loss
   of a run annealed to its own D); along a run it is read at ``D = T`` (the loss a run annealed at
-  T tokens would reach). Parameter intervals: refits under the bootstrap over sequences (the
-  starting point of each refit is the estimate's exponents);
+  T tokens would reach). Its parameters are bounded (E in [0, the largest end loss], A, B > 0,
+  alpha, beta in [0, 2]); intervals: refits under the bootstrap over sequences (the starting
+  point of each refit is the estimate's exponents); a parameter at a bound or an interval
+  spanning orders of magnitude is reported as not identifiable
+  (:func:`chinchilla_identifiability`);
 - ``power_law_T_interp``: per fit run, ``E + B T^-beta`` fitted to its mean loss over the scored
   checkpoints; ``E``, ``ln B`` and ``beta`` interpolated linearly in (ln M, ln D);
+- ``schedule_law``: the learning-rate-annealing law, which knows each run's schedule
+  (:mod:`spectrum.analysis.heldout.schedule_law`);
 - ``aggregate_curve``: at each T, the fit runs' measured mean losses (interpolated in ln T, within
   each run's scored range) fitted by a plane in (ln M, ln D) and read at the held-out run: no
   tokens at all;
@@ -15,6 +20,12 @@ same operator, as the spectrum's prediction):
   read at three anchor times (:func:`power_law_anchors`, :func:`power_law_observations`) and
   put through the same per-token parameter model as the sigmoids: the per-token smooth null;
 - ``zero``: no change (derivative targets only).
+
+The cheap ones (``power_law_T_interp``, ``schedule_law``, ``aggregate_curve``) are refitted on
+every bootstrap replicate of the fit runs' curves, so their intervals carry their fitting
+uncertainty. A baseline that reads the fit runs along ln M or ln D follows the prediction's rule:
+where the fit runs have one value on an axis and a held-out run another, it does not predict that
+run (:func:`refusal`).
 """
 
 from __future__ import annotations
