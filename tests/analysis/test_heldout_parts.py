@@ -171,6 +171,10 @@ def test_baselines_are_refused_along_an_axis_the_fit_runs_do_not_span():
     assert baselines.refusal(fit, _noisy_run("h", 1e3, 2e4, rng)) is None
     why = baselines.refusal(fit, _noisy_run("h", 1e4, 2e4, rng))
     assert "one model size only" in why and "dependence on M is unknown" in why
+    one_d = [_noisy_run("f", 1e3, 1e4, rng), _noisy_run("g", 1e4, 1e4, rng)]
+    assert baselines.refusal(one_d, _noisy_run("h", 3e3, 1e4, rng)) is None
+    why = baselines.refusal(one_d, _noisy_run("h", 3e3, 2e4, rng))
+    assert "one data scale only" in why and "dependence on D is unknown" in why
 
 
 def test_bootstrap_p_and_holm_over_a_family():
