@@ -19,7 +19,8 @@ UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray
 @dataclass(frozen=True, kw_only=True)
 class ReportOptions:
     spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
-    bootstrap: int = option(200, "bootstrap replicates over sequences for bands (default 200)")
+    bootstrap: int = option(2000, "bootstrap replicates over sequences for bands and score "
+                                  "intervals (default 2000)")
     spectrum_kinds: str = option(SPECTRUM_KINDS, "fit kinds that enter the spectra "
                                                  f"(default {SPECTRUM_KINDS})")
     split_seed: int = option(0, "seed of the sequence halves and the bootstrap (default 0)")

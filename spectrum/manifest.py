@@ -17,7 +17,7 @@ folders itself (``spectrum suite``) after the manifest has been read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ _EVALSET_KEYS = {"corpus", "split", "tokenizer", "sequences", "context", "seed",
 _CORPUS_KEYS = {"kind", "path", "field", "column", "validation_fraction", "validation"}
 SPLITS = ("validation", "train", "all")
 _RUN_KEYS = {"name", "params", "tokens", "tokens_per_step", "role", "checkpoints", "steps", "train",
-             "warmup_steps", "seed"}
+             "warmup_steps", "seed", "schedule"}
 _HUB_KEYS = {"hub", "revisions", "cache_dir"}
 
 
@@ -93,6 +93,10 @@ class RunSpec:
     # where M was counted from for `params: auto` (the first checkpoint's config.json); None
     # where the manifest gives M as a number
     params_counted_from: Path | None = None
+    # the learning-rate schedule (:func:`parse_schedule`): a mapping with ``kind``, or (step,
+    # learning rate) pairs; filled from ``suite:`` for the runs the built-in suite trains; None
+    # where the manifest says nothing (then a Trainer's trainer_state.json may tell)
+    schedule: dict[str, Any] | tuple[tuple[int, float], ...] | None = None
 
     @property
     def point(self) -> tuple[float, float, int, int]:
@@ -308,6 +312,7 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
         pr.add(f"{where}.train", f"must be a mapping, got {type(train).__name__}")
         train = None
     seed = _seed(m, train, where, pr)
+    schedule = parse_schedule(m.get("schedule"), f"{where}.schedule", pr)
     counted_from = None
     if auto and ckpt is not None:
         params, counted_from = _count_params(ckpt, steps, f"{where}.params", pr)
@@ -315,7 +320,7 @@ def _run(raw: Any, i: int, base: Path, pr: _Problems) -> RunSpec | None:
         return None
     return RunSpec(name=name, params=params, tokens=tokens, tokens_per_step=tps, role=role,
                    checkpoints=ckpt, steps=steps, train=train, warmup_steps=warmup, seed=seed,
-                   params_counted_from=counted_from)
+                   params_counted_from=counted_from, schedule=schedule)
 
 
 def _count_params(ckpt: Path | HubSource, steps: tuple[int, ...] | None, where: str,
@@ -375,6 +380,58 @@ def _shared_sources(runs: list[tuple[int, RunSpec]], pr: _Problems) -> None:
             seen[key] = (i, run)
 
 
+SCHEDULE_KINDS = ("cosine", "linear", "constant", "wsd")
+_SCHEDULE_KEYS = {"kind", "peak_lr", "warmup_steps", "min_lr_ratio", "decay_steps"}
+# the built-in suite's schedule defaults (spectrum.suite.train.OptimConfig; a test holds them equal)
+SUITE_SCHEDULE = {"learning_rate": 3.0e-3, "min_lr_ratio": 0.1, "warmup_steps": 10}
+
+
+def parse_schedule(raw: Any, where: str, pr: _Problems) -> dict | tuple | None:
+    """A run's ``schedule:``: null; ``{kind: cosine|linear|constant|wsd, peak_lr, warmup_steps,
+    min_lr_ratio, decay_steps}`` (``kind`` and ``peak_lr`` required; cosine and linear decay from
+    the warmup's end to ``min_lr_ratio`` of the peak on the last step, wsd over its last
+    ``decay_steps``, 10% of the run by default); or a list of ``[step, learning_rate]`` pairs
+    (piecewise linear). One problem per line."""
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        ok = bool(raw) and all(isinstance(p, list) and len(p) == 2
+                               and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       for v in p) and p[0] >= 0 and p[1] >= 0 for p in raw)
+        if not ok or len({p[0] for p in raw}) < 2:
+            pr.add(where, "must be a list of [step, learning_rate] pairs (steps >= 0, at least "
+                   "two distinct, learning rates >= 0)")
+            return None
+        return tuple(sorted((int(a), float(b)) for a, b in raw))
+    m = pr.mapping(where, raw)
+    if m is None:
+        return None
+    n = len(pr.items)
+    pr.unknown_keys(where, m, _SCHEDULE_KEYS)
+    if m.get("kind") not in SCHEDULE_KINDS:
+        pr.add(f"{where}.kind",
+               f"must be one of {', '.join(SCHEDULE_KINDS)}, got {m.get('kind')!r}")
+    pr.positive_number(f"{where}.peak_lr", m.get("peak_lr"))
+    for key in ("warmup_steps", "decay_steps"):
+        if key in m:
+            pr.integer(f"{where}.{key}", m[key], minimum=0)
+    ratio = m.get("min_lr_ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        pr.add(f"{where}.min_lr_ratio", f"must be a number in [0, 1], got {ratio!r}")
+    return None if len(pr.items) > n else dict(m)
+
+
+def _suite_schedule(run: RunSpec, suite: dict | None) -> RunSpec:
+    """A run the built-in suite trains, without its own ``schedule:``: the suite's schedule."""
+    if run.schedule is not None or run.train is None or not isinstance(suite, dict):
+        return run
+    get = {k: suite.get(k, v) for k, v in SUITE_SCHEDULE.items()}
+    return replace(run, schedule={"kind": "cosine", "peak_lr": get["learning_rate"],
+                                  "warmup_steps": get["warmup_steps"],
+                                  "min_lr_ratio": get["min_lr_ratio"],
+                                  "source": "the suite's configuration"})
+
+
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate an already-parsed manifest; raise :class:`ManifestError` listing every problem."""
     path = Path(path)
@@ -410,6 +467,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
                 runs.append(run)
                 indexed.append((i, run))
         _shared_sources(indexed, pr)
+        runs = [_suite_schedule(r, suite) for r in runs]
     out_path = _resolve(base, out)
     if out_path.exists() and not out_path.is_dir():
         pr.add("out", f"{out_path} is a file, not a folder")

@@ -175,10 +175,11 @@ def planted_world(world: str = "step", *, runs: tuple[PlantedRun, ...] | None = 
     return w
 
 
-def write_world(w: PlantedWorld, root: Path, *, warmup_steps: int = 2) -> Path:
+def write_world(w: PlantedWorld, root: Path, *, warmup_steps: int = 2,
+                schedule: dict | None = None) -> Path:
     """Write the evaluation set's token table, every run's loss shards (one per checkpoint,
-    with provenance) and ``checkpoints.yaml`` (``seed:`` per run) under ``root``; returns the
-    manifest's path (its ``out`` is ``root/artifacts``)."""
+    with provenance) and ``checkpoints.yaml`` (``seed:`` per run, and ``schedule:`` when given)
+    under ``root``; returns the manifest's path (its ``out`` is ``root/artifacts``)."""
     root = Path(root)
     out = root / "artifacts"
     write_parquet(pa.table(w.annotations), out / "evalset" / "tokens.parquet")
@@ -195,7 +196,8 @@ def write_world(w: PlantedWorld, root: Path, *, warmup_steps: int = 2) -> Path:
                            "evalset_hash": "planted"})
         entries.append({"name": r.name, "params": r.params, "tokens": r.tokens,
                         "tokens_per_step": TOKENS_PER_STEP, "role": r.role, "seed": r.seed,
-                        "warmup_steps": warmup_steps, "checkpoints": f"runs/{r.name}"})
+                        "warmup_steps": warmup_steps, "checkpoints": f"runs/{r.name}",
+                        **({"schedule": schedule} if schedule else {})})
     n_seq = int(w.annotations["seq_id"].max()) + 1
     context = int(w.annotations["token_idx"].size // n_seq)
     path = root / "checkpoints.yaml"

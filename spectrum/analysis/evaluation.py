@@ -400,7 +400,8 @@ def run_tests(runs: list[RunData], spectra: dict[str, Spectrum], edges: np.ndarr
               "settings": {**opts.as_dict(), "measured_derivative": SMOOTHING,
                            "derivatives": "with respect to ln T, ln M, ln D",
                            "interval": "95% percentile bootstrap over sequences (predicted and "
-                                       "measured curves resampled together; no refit)"},
+                                       "measured curves resampled together; aggregate_curve, "
+                                       "power_law_T_interp, schedule_law refitted on each)"},
               "fitted": fitted}
     scores["stepwise"]["reliability"] = reliability_summary(runs, mapper)
     return scores, prediction_table(c.rows)

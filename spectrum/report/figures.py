@@ -23,6 +23,7 @@ MODEL_STYLE = {
     "chinchilla": dict(color="C4", ls="-."),
     "power_law_T_interp": dict(color="C2", ls=":"),
     "aggregate_curve": dict(color="C8", ls="--"),
+    "schedule_law": dict(color="C6", ls="-."),
     "token_power_law": dict(color="C5", ls="--"),
     "zero": dict(color="0.6", ls="-", lw=0.6),
     "spectrum_sharp": dict(color="C1", ls="--"),

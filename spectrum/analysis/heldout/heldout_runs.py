@@ -26,8 +26,10 @@ import polars as pl
 from spectrum.analysis.heldout import baselines
 from spectrum.analysis.heldout.noise import MIN_TARGETS
 from spectrum.analysis.heldout.prediction_table import prediction_rows
-from spectrum.analysis.heldout.scores import (comparison_words, null_score, paired_difference,
-                                              predicts, r2_words, score)
+from spectrum.analysis.heldout.schedule_law import SCHEDULE_LAW, fit_schedule_law
+from spectrum.analysis.heldout.scores import (comparison_words, holm_family, holm_words,
+                                              null_score, paired_difference, predicts, r2_words,
+                                              score)
 from spectrum.analysis.heldout.targets import (TARGETS, Target, heldout_targets, points, regime,
                                                replica_pairs, run_targets)
 from spectrum.analysis.heldout.token_model import (ANALYTIC, PREDICTION, Job, TokenPredictions,
@@ -36,10 +38,12 @@ from spectrum.analysis.heldout.verdicts import (heldout_verdicts, unmeasured_ent
                                                 verdict_sentence)
 from spectrum.analysis.runs.curves import SeqCurve, fixed
 from spectrum.analysis.runs.run_data import RunData
+from spectrum.analysis.runs.schedule import Schedule
 from spectrum.analysis.runs.token_passes import Mapper, in_process
 
 CEILING = "seed_replicas"
-BASELINES = ("chinchilla", "power_law_T_interp", "aggregate_curve", "token_power_law", "zero")
+BASELINES = ("chinchilla", "power_law_T_interp", SCHEDULE_LAW, "aggregate_curve",
+             "token_power_law", "zero")
 
 
 @dataclass
@@ -61,7 +65,10 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     """Every model's curves for the ``targets`` runs, fitted on ``fit`` only: the per-token
     models' (``tokens``, :func:`token_model_predictions` of the same fit runs and targets) and the
     baselines' (``laws``: the runs' own power laws in T, :func:`baselines.run_power_laws`;
-    ``chinchilla_refits`` None: no Chinchilla baseline)."""
+    ``chinchilla_refits`` None: no Chinchilla baseline). The baselines that read the fit runs
+    along ln M or ln D are refused, with the reason, where the fit runs have one value on an axis
+    and the target another (:func:`baselines.refusal`); the cheap ones are refitted on every
+    bootstrap replicate."""
     pred = Predictions(analytic=dict(tokens.analytic), fitted=dict(tokens.fitted),
                        reasons=list(tokens.reasons))
     for model, by_run in tokens.curves.items():
@@ -71,15 +78,27 @@ def predict_runs(fit: list[RunData], targets: list[RunData], weights: np.ndarray
     law = None
     if chinchilla_refits is not None:
         law, pred.fitted["chinchilla"] = baselines.fit_chinchilla(fit, weights, chinchilla_refits)
-    interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws)
-    aggregate = baselines.aggregate_curve(fit)
+    interp, pred.fitted["power_law_T_interp"] = baselines.power_law_T_interp(fit, laws, weights)
+    schedule, pred.fitted[SCHEDULE_LAW] = fit_schedule_law(fit, weights)
+    curves = {"chinchilla": None if law is None else
+              (lambda h: fixed(baselines.chinchilla_curve(law)(h), R)),
+              "power_law_T_interp": interp, SCHEDULE_LAW: schedule,
+              "aggregate_curve": baselines.aggregate_curve(fit, weights)}
+    refused = {h.name: baselines.refusal(fit, h) for h in targets}
     for h in targets:
-        if law is not None:
-            pred.put("chinchilla", h.name, fixed(baselines.chinchilla_curve(law)(h), R))
-        if interp is not None:
-            pred.put("power_law_T_interp", h.name, fixed(interp(h), R))
-        pred.put("aggregate_curve", h.name, fixed(aggregate(h), R))
+        for model, curve in curves.items():
+            if curve is not None and refused[h.name] is None:
+                pred.put(model, h.name, curve(h))
         pred.put("zero", h.name, np.zeros((R, len(h.x))))
+    unknown = [h.name for h in targets if not isinstance(h.schedule, Schedule)]
+    if schedule is not None and unknown:
+        pred.fitted[SCHEDULE_LAW]["targets_without_schedule"] = unknown
+        if len(unknown) == len(targets):
+            pred.fitted[SCHEDULE_LAW]["reason"] = "no target run has a known learning-rate schedule"
+    why = [w for w in refused.values() if w]
+    if why and len(why) == len(targets):
+        for model in (m for m in curves if m != "chinchilla" or chinchilla_refits is not None):
+            pred.fitted[model] = {**(pred.fitted.get(model) or {}), "reason": why[0]}
     return pred
 
 
@@ -214,6 +233,30 @@ def target_verdict(target: str, block: dict, pooled: dict[str, Pooled],
     return out
 
 
+def compare_family(pooled: dict[str, dict[str, Pooled]], blocks: dict,
+                   verdicts: dict[str, list[str]]) -> None:
+    """The prediction against every baseline on every target of a test, machine-readable in
+    ``blocks[target]["comparisons"][baseline]`` (``diff``, ``ci``, ``p``, ``p_holm``,
+    ``survives_holm``, ``claim``), Holm-corrected over the whole test's family, with a sentence
+    per target on which claims survive."""
+    family = []
+    for name, block in blocks.items():
+        mine = pooled.get(name, {}).get(PREDICTION)
+        block["comparisons"] = {}
+        for base in BASELINES:
+            if base in pooled.get(name, {}) and mine is not None:
+                pm, mm, _ = mine.arrays()
+                d = paired_difference(pm, pooled[name][base].arrays()[0], mm)
+                if d is not None:
+                    block["comparisons"][base] = d
+                    family.append(d)
+    holm_family(family)
+    for name, block in blocks.items():
+        words = holm_words(block["comparisons"])
+        if words and name in verdicts:
+            verdicts[name].append(words)
+
+
 # ---------------------------------------------------------------------------------------------
 # the two tests
 
@@ -300,6 +343,7 @@ def heldout_runs_test(runs: list[RunData], weights: np.ndarray, ridge: float,
         block.update(families[name])
         entry["verdicts"][name] = [verdict_sentence(name, families[name]),
                                    *target_verdict(name, block, pooled[name])]
+    compare_family(pooled, entry["targets"], entry["verdicts"])
     entry["runs"] = [_run_entry(h, fit, p[0]) for p in groups for h in p]
     entry["fitted"] = pred.fitted
     entry["reason"] = reason
@@ -335,7 +379,7 @@ def leave_one_run_out_test(runs: list[RunData], weights: np.ndarray, ridge: floa
     reason = "; ".join(dict.fromkeys(reasons)) or None
     blocks = _blocks({k: v for k, v in pooled.items() if k in ("L", "dL/dlnT")}, reason)
     blocks = {k: v for k, v in blocks.items() if k in ("L", "dL/dlnT")}
-    return {"targets": blocks, "reason": reason,
-            "verdicts": {k: target_verdict(k, blocks[k], pooled[k],
-                                           "each fit run from the others")
-                         for k in blocks}}
+    verdicts = {k: target_verdict(k, blocks[k], pooled[k], "each fit run from the others")
+                for k in blocks}
+    compare_family(pooled, blocks, verdicts)
+    return {"targets": blocks, "reason": reason, "verdicts": verdicts}

@@ -69,12 +69,13 @@ def _unpack(theta: np.ndarray, free: list[str], fixed: dict[str, float]) -> dict
 
 
 def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None = None,
-                  starts: tuple[float, ...] = (0.1, 0.3, 0.7)) -> PowerLaw:
+                  starts: tuple[float, ...] = (0.1, 0.3, 0.7),
+                  exponent_max: float = 5.0) -> PowerLaw:
     """Least-squares fit of ``E + A*M^-alpha + B*X^-beta`` to points ``(M, X, L)``.
 
     ``A`` and ``B`` are fitted on a log scale (so they stay positive); exponents are bounded to
-    [0, 5] and ``E`` to [0, max L]. Raises :class:`SpectrumError` when there are fewer points than
-    free parameters, or no finite point.
+    [0, ``exponent_max``] and ``E`` to [0, max L]. Raises :class:`SpectrumError` when there are
+    fewer points than free parameters, or no finite point.
     """
     M, X, L = (np.asarray(a, float).ravel() for a in (M, X, L))
     ok = np.isfinite(M) & np.isfinite(X) & np.isfinite(L) & (M > 0) & (X > 0)
@@ -92,7 +93,7 @@ def fit_power_law(M, X, L, *, x_name: str = "D", fixed: dict[str, float] | None 
     lnM, lnX = np.log(M), np.log(X)
     lmax = float(L.max())
     lo = {"E": 0.0, "A": -50.0, "alpha": 0.0, "B": -50.0, "beta": 0.0}
-    hi = {"E": lmax, "A": 50.0, "alpha": 5.0, "B": 50.0, "beta": 5.0}
+    hi = {"E": lmax, "A": 50.0, "alpha": exponent_max, "B": 50.0, "beta": exponent_max}
 
     def residual(theta: np.ndarray) -> np.ndarray:
         v = _unpack(theta, free, fixed)

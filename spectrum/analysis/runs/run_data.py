@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spectrum.analysis.runs.fit_summary import FitSummary, summarize_fits
+from spectrum.analysis.runs.schedule import Schedule, run_schedule
 from spectrum.errors import SpectrumError
 from spectrum.fit.model import PARAMS
 from spectrum.layout import LOSS, evalset_tokens, fits_file, loss_shard, shard_steps
@@ -67,6 +68,7 @@ class RunData:
     n_tokens: int = 0  # N: the evalset's tokens
     chunk: int = CHUNK  # tokens per chunk of :meth:`token_chunks`
     seed: int | None = None  # the training seed (RunSpec.seed): runs of one point are replicas
+    schedule: Schedule | str | None = None  # its learning rates, or why they are unknown
 
     @property
     def has_fits(self) -> bool:
@@ -356,7 +358,7 @@ def load_run(out: Path, spec: RunSpec, *, half_seed: int = 0, chunk: int = CHUNK
                   x=log_tokens(steps, spec.tokens_per_step), seq_ids=seq_ids,
                   seq_half=halves.astype(np.int8), seq_sums=sums[0], seq_counts=counts[0],
                   pop_sums=sums[1], pop_counts=counts[1], out=out, fits_path=fits_path,
-                  n_tokens=n, chunk=chunk, seed=spec.seed)
+                  n_tokens=n, chunk=chunk, seed=spec.seed, schedule=run_schedule(spec))
     if summarize and fits_path is not None:
         run = replace(run, summary=summarize_fits(fits_path, run.token_chunks))
     return run
