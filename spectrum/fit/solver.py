@@ -443,19 +443,14 @@ def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) 
     return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
 
 
-def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, status,
-             floor=None):
-    """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
-
-    Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
-    scan costs one model evaluation per point; one LM fit then starts from the best.
-    """
+def _scan(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor, lb: torch.Tensor,
+          ub: torch.Tensor, opts: FitOptions, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best point of the (tau, k) grid of :func:`_scan_grid` per row, (profile RSS,
+    parameters): each point is scored by its profile RSS (``lo`` and ``hi`` solved linearly),
+    so the scan costs one model evaluation per point."""
     n = y.shape[0]
     if compiled and n == 1:
-        y, mask, p, rss, jtj, n_iter, status, floor = _two_rows(y, mask, p, rss, jtj, n_iter,
-                                                                status, floor)
-        return _first_row(_restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj,
-                                   n_iter, status, floor))
+        return _first_row(_scan(*_two_rows(y, mask), x, lb, ub, opts, compiled))
     m = mask if mask is not None else torch.ones_like(y)
     best_rss = torch.full((n,), torch.inf, dtype=y.dtype, device=y.device)
     best = torch.zeros(n, 4, dtype=y.dtype, device=y.device)
@@ -468,7 +463,20 @@ def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, sta
         better = r < best_rss
         best_rss = torch.where(better, r, best_rss)
         best = torch.where(better[:, None], cand, best)
-    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled, floor,
+    return best_rss, best
+
+
+def _restart(y, mask, x, lb, ub, opts, compiled, fused, start, p, rss, jtj, n_iter, status,
+             floor=None):
+    """Refit rows from ``start`` (the best points of :func:`_scan`); keep whichever fit has the
+    lower RSS."""
+    n = y.shape[0]
+    if compiled and n == 1:
+        y, mask, start, p, rss, jtj, n_iter, status, floor = _two_rows(
+            y, mask, start, p, rss, jtj, n_iter, status, floor)
+        return _first_row(_restart(y, mask, x, lb, ub, opts, compiled, fused, start, p, rss,
+                                   jtj, n_iter, status, floor))
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, start, lb, ub, opts, compiled, floor,
                                               fused)
     b = torch.isfinite(rr) & (rr < rss)
     p = torch.where(b[:, None], rp, p)
@@ -570,9 +578,10 @@ def _fit_rows(batch: _Batch, rows: torch.Tensor, x: torch.Tensor, lb: torch.Tens
         poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
         poor = poor.nonzero()[:, 0]
         if poor.numel():
-            sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
-                           opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
-                           st[poor], floor[poor])
+            mask_poor = mask[poor] if mask is not None else None
+            _, start = _scan(yr[poor], mask_poor, x, lb, ub, opts, compiled)
+            sub = _restart(yr[poor], mask_poor, x, lb, ub, opts, compiled, fused, start,
+                           p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor], floor[poor])
             p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
             se[poor], singular[poor] = errors(jtj[poor], rss[poor], count[poor])
     return p, rss, n_iter, st, se, singular
