@@ -21,7 +21,9 @@ smooth run is called stepwise for more than 5% of its tokens at most once in a t
 (a suite of 30 runs then passes whole with a probability above 97%).
 The pooled false-step rate at that margin is reported beside it.
 
-    PYTHONPATH=. python benchmarks/calibrate_stepwise.py   # writes benchmarks/stepwise_calibration.json
+    PYTHONPATH=. python benchmarks/calibrate_stepwise.py
+
+writes ``benchmarks/stepwise_calibration.json``.
 
 Record the result in ``spectrum.analysis.runs.stepwise`` (``MARGIN`` and ``CALIBRATION``).
 """

@@ -1,9 +1,10 @@
 """What the report says of one run's fits as a whole, counted once when the run is loaded, in token
 chunks: tokens by kind, the population's size, the step-versus-smooth shares
 (:class:`spectrum.analysis.runs.stepwise.ShareCounts`, inside and outside the run's fit grid), and
-the fit-quality table's medians and the histograms of its figure (R^2 of every fit, clipped at -0.5; log10 standard error of tau of the
-learned tokens). The medians need each value once: the two columns are gathered for the run being
-loaded and dropped after (8 bytes a token, one run at a time).
+the fit-quality table's medians and the histograms of its figure (R^2 of every fit, clipped at
+-0.5; log10 standard error of tau of the learned tokens). The medians need each value once: the
+two columns are gathered for the run being loaded and dropped after (8 bytes a token, one run at a
+time).
 
 The summary is made by :func:`spectrum.analysis.runs.run_data.load_run` from the run's token reader,
 and carried by the run it describes (:attr:`RunData.summary`)."""

@@ -15,8 +15,8 @@ and share a run-level curve with every token of the run, so a sigmoid fits a smo
 shared wiggles. :data:`CALIBRATION` records how (``benchmarks/calibrate_stepwise.py``): runs of
 smooth tokens with that noise, on the built-in suite's checkpoint grids and the planted test
 worlds', fitted by the fit stage's own code; the margin is the smallest for which at most one
-null run in a thousand calls more than 5% of its tokens steps. It is calibrated once, for those grids and
-that noise, not per run.
+null run in a thousand calls more than 5% of its tokens steps. It is calibrated once, for those
+grids and that noise, not per run.
 
 Where the checkpoints limit what a step call means, the shares say so (each run's fit grid,
 ``x = ln T`` of its fitted checkpoints, is read from its fits' provenance):
@@ -53,8 +53,8 @@ CALIBRATION = {
             "the fit stage's code on the built-in suite's checkpoint grids (4 per doubling from "
             "the warmup's end to 128, 256 and 512 steps) and the planted test worlds' (14 "
             "log-spaced checkpoints); the margin is the smallest for which at most one null run "
-            "in a thousand calls more than 5% of its tokens steps; false_step_rate is the share of null "
-            "tokens called steps at that margin (benchmarks/calibrate_stepwise.py)"),
+            "in a thousand calls more than 5% of its tokens steps; false_step_rate is the share "
+            "of null tokens called steps at that margin (benchmarks/calibrate_stepwise.py)"),
 }
 CRITERION = (f"BIC = n ln(rss/n) + p ln n per token (p = 4 sigmoid, 3 power law in T, 2 line in "
              f"ln T; noise variance estimated per token and model); step preferred when its BIC "
