@@ -22,7 +22,8 @@ Noise, as measured on real runs:
 Every run has the same number of checkpoints, so checkpoint k of runs of one seed shares the
 seed's value at k (for runs of one D that is the same step). :func:`planted_world` returns the
 arrays and the planted truth; :func:`write_world` writes them as loss shards with a manifest
-(``seed:`` per run) for ``spectrum fit`` and ``spectrum report``.
+(``seed:`` per run) for ``spectrum fit`` and ``spectrum report``. :func:`null_runs` draws the
+smooth world's runs on any checkpoint grid (the null on which the stepwise rule is calibrated).
 """
 
 from __future__ import annotations
@@ -173,6 +174,25 @@ def planted_world(world: str = "step", *, runs: tuple[PlantedRun, ...] | None = 
         residual = ar1(rng, (n, n_steps), noise.token_rho, noise.token_sd)
         w.losses[r.name] = clean + w.run_noise[r.name][None, :] + residual
     return w
+
+
+def null_runs(x: np.ndarray, n_runs: int, n_tokens: int, *, noise: NoiseSpec = NoiseSpec(),
+              seed: int = 0) -> np.ndarray:
+    """(n_runs, n_tokens, K) losses of the ``smooth`` law (no step anywhere) on the grid ``x``
+    (ln T, K points) with this module's noise: per run, one AR(1) curve over the checkpoints
+    (``run_sd``, ``run_rho``) added to every token of the run, and per token AR(1) residuals
+    (``token_sd``, ``token_rho``). Each run draws its own tokens from :func:`world_truth`. The
+    null of the stepwise test, on any checkpoint grid."""
+    x = np.asarray(x, float)
+    rng = np.random.default_rng([seed, 11])
+    run = PlantedRun("null", float(np.exp(WORLD_M0)), float(np.exp(WORLD_D0)), "fit", seed)
+    out = np.empty((n_runs, n_tokens, len(x)))
+    for i in range(n_runs):
+        clean, _ = clean_curves("smooth", world_truth(n_tokens, seed * 100_003 + i), run, x)
+        shared = ar1(rng, (len(x),), noise.run_rho, noise.run_sd)
+        out[i] = clean + shared[None, :] + ar1(rng, (n_tokens, len(x)), noise.token_rho,
+                                               noise.token_sd)
+    return out
 
 
 def write_world(w: PlantedWorld, root: Path, *, warmup_steps: int = 2,

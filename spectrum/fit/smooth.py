@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from spectrum.fit.model import token_curves
+
 BETA_MAX = 4.0
 GRID = 48
 ZOOMS = (17,)  # points of the finer grids, each spanning two steps of the one before
@@ -271,12 +273,27 @@ def _towards_zero(s: _Sums, dx: torch.Tensor, fit: tuple[torch.Tensor, ...],
     return out
 
 
+def _sigmoid_rss(s: _Sums, y: torch.Tensor, x: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+    """The residual sum of squares of the fitted sigmoids ``params`` (rows, 4) on the rows
+    ``y``, in ``y``'s dtype (float64), over the finite points."""
+    p = torch.as_tensor(np.asarray(params, np.float64), device=y.device)
+    r = y - token_curves(*p.unbind(1), x)
+    r = r if s.w is None else torch.where(s.w > 0, r, torch.zeros_like(r))
+    return _dot(r, r)
+
+
 def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
+                sigmoid_params: np.ndarray | None = None,
                 device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """The smooth fits and the BICs of every row of ``losses`` (N, K) on the grid ``x`` (K,),
     given the sigmoid's residual sum of squares per row. Returns the :data:`SMOOTH_COLUMNS` as
     arrays (float64; NaN where a row has too few finite points). Computed in float64 on
-    ``device``."""
+    ``device``.
+
+    ``sigmoid_params`` (N, 4: lo, hi, tau, k), where given, replace ``sigmoid_rss``: the
+    sigmoid's RSS is recomputed from them in float64, so that both sides of the comparison are
+    measured at the same precision (a float32 fit's own RSS carries float32 rounding, which
+    the float64 profile of the power law does not)."""
     dev = torch.device(device)
     xt = torch.as_tensor(np.asarray(x, np.float64), device=dev)
     dx = xt - xt.min()
@@ -287,7 +304,11 @@ def smooth_fits(losses: np.ndarray, x: np.ndarray, sigmoid_rss: np.ndarray, *,
         s = _Sums.of(y, xt)
         rss_line = s.line_rss()
         rss_power, e, b, beta = _power_law(s, dx)
-        rss_step = torch.as_tensor(np.asarray(sigmoid_rss[a:a + _ROWS], np.float64), device=dev)
+        if sigmoid_params is None:
+            rss_step = torch.as_tensor(np.asarray(sigmoid_rss[a:a + _ROWS], np.float64),
+                                       device=dev)
+        else:
+            rss_step = _sigmoid_rss(s, y, xt, sigmoid_params[a:a + _ROWS])
         cols = {"rss_power": rss_power, "rss_line": rss_line, "power_e": e, "power_b": b,
                 "power_beta": beta, "power_x0": torch.full_like(e, float(xt.min())),
                 "bic_step": bic(rss_step, s.n, PARAM_COUNTS["step"]),

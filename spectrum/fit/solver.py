@@ -28,8 +28,11 @@ The solver, per batch of trajectories (all tensors, CPU or GPU, float32 or float
   ``rss / (n - 4)`` exceeds ``restart_noise`` times the noise variance estimated from successive
   differences (``sum((y[j+1] - y[j])^2) / (2 (n - 1))``, which a smooth curve barely inflates),
   are refitted from the best point of a scan over ``tau``
-  (across the data) and three sharpnesses ``k``, with ``lo`` and ``hi`` solved linearly at each
-  point; the better of the two fits is kept.
+  (across the data, with three sharpnesses ``k``, and before the first and after the last point,
+  within the bounds, with two) and ``lo`` and ``hi`` solved linearly at each point; the better of
+  the two fits is kept. The scan reaches midpoints outside the data as the smooth alternatives'
+  profile (:mod:`spectrum.fit.smooth`) reaches its optimum, so the two sides of the stepwise
+  comparison are fitted alike.
 
 Standard errors are ``sqrt(diag((J^T J)^-1) * rss / (n - 4))`` in the natural parameters.
 Bad rows never raise: ``too_few_points`` (fewer than ``min_points`` finite values: parameters NaN),
@@ -77,7 +80,7 @@ class FitOptions:
     k_max: float = 20.0  # a 10%-90% step no narrower than ln(81)/20 = 0.22 in ln T
     restart_noise: float = 2.0  # refit from a grid where rss/(n-4) > this x the noise variance
     restarts: bool = True
-    restart_starts: int = 8  # tau positions of the restart scan (each with three sharpnesses)
+    restart_starts: int = 8  # tau positions of the restart scan inside the data (three k each)
     lambda0: float = 1e-3
     batch_size: int | None = None  # rows per solver batch; None: see _default_batch
     compile: bool | None = None  # torch.compile the iteration; None: N >= COMPILE_MIN_ROWS
@@ -418,30 +421,43 @@ def _levenberg_marquardt(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Te
     return out_p, out_rss, out_jtj, out_iter, out_status
 
 
+OUTSIDE = (0.5, 1.0)  # restart taus beyond each end of the data, as fractions of the tau margin
+
+
+def _outside_taus(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor) -> list[float]:
+    """Taus before the first and after the last point of the data, within the bounds (at the
+    fractions :data:`OUTSIDE` of the way to each bound): a token learned before the first
+    checkpoint, or learning after the last, is a sigmoid whose midpoint lies there."""
+    x0, x1 = float(x.min()), float(x.max())
+    before = [x0 + f * (float(lb[2]) - x0) for f in OUTSIDE]
+    after = [x1 + f * (float(ub[2]) - x1) for f in OUTSIDE]
+    return [t for t in before + after if math.isfinite(t)]
+
+
 def _scan_grid(x: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor, n_tau: int) -> torch.Tensor:
-    """(tau, k) pairs scanned by a restart: (3 n_tau, 2), ``tau`` evenly inside the data and
-    ``k`` broad (4 / span), medium (16 / span) and the sharpest allowed."""
+    """(tau, k) pairs scanned by a restart: ``tau`` evenly inside the data with ``k`` broad
+    (4 / span), medium (16 / span) and the sharpest allowed; and ``tau`` outside the data
+    (:func:`_outside_taus`) with the broad and medium ``k`` (a sharper step outside the data
+    is flat on them). So the scan, like the smooth alternatives' profile, covers steps whose
+    midpoint the checkpoints do not see."""
     x0, x1 = float(x.min()), float(x.max())
     span = max(x1 - x0, 1e-12)
     taus = [x0 + (i + 0.5) / n_tau * span for i in range(n_tau)]
-    ks = [4.0 / span, 16.0 / span, float(ub[3])]
-    grid = torch.tensor([[t, k] for k in ks for t in taus], dtype=x.dtype, device=x.device)
+    broad = [4.0 / span, 16.0 / span]
+    pairs = [[t, k] for k in (*broad, float(ub[3])) for t in taus]
+    pairs += [[t, k] for k in broad for t in _outside_taus(x, lb, ub)]
+    grid = torch.tensor(pairs, dtype=x.dtype, device=x.device)
     return torch.minimum(torch.maximum(grid, lb[2:]), ub[2:])
 
 
-def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, status,
-             floor=None):
-    """Refit rows from the best point of a (tau, k) grid; keep whichever fit has the lower RSS.
-
-    Each grid point is scored by its profile RSS (``lo`` and ``hi`` solved linearly), so the
-    scan costs one model evaluation per point; one LM fit then starts from the best.
-    """
+def _scan(y: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor, lb: torch.Tensor,
+          ub: torch.Tensor, opts: FitOptions, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best point of the (tau, k) grid of :func:`_scan_grid` per row, (profile RSS,
+    parameters): each point is scored by its profile RSS (``lo`` and ``hi`` solved linearly),
+    so the scan costs one model evaluation per point."""
     n = y.shape[0]
     if compiled and n == 1:
-        y, mask, p, rss, jtj, n_iter, status, floor = _two_rows(y, mask, p, rss, jtj, n_iter,
-                                                                status, floor)
-        return _first_row(_restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj,
-                                   n_iter, status, floor))
+        return _first_row(_scan(*_two_rows(y, mask), x, lb, ub, opts, compiled))
     m = mask if mask is not None else torch.ones_like(y)
     best_rss = torch.full((n,), torch.inf, dtype=y.dtype, device=y.device)
     best = torch.zeros(n, 4, dtype=y.dtype, device=y.device)
@@ -454,7 +470,20 @@ def _restart(y, mask, x, lb, ub, opts, compiled, fused, p, rss, jtj, n_iter, sta
         better = r < best_rss
         best_rss = torch.where(better, r, best_rss)
         best = torch.where(better[:, None], cand, best)
-    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, best, lb, ub, opts, compiled, floor,
+    return best_rss, best
+
+
+def _restart(y, mask, x, lb, ub, opts, compiled, fused, start, p, rss, jtj, n_iter, status,
+             floor=None):
+    """Refit rows from ``start`` (the best points of :func:`_scan`); keep whichever fit has the
+    lower RSS."""
+    n = y.shape[0]
+    if compiled and n == 1:
+        y, mask, start, p, rss, jtj, n_iter, status, floor = _two_rows(
+            y, mask, start, p, rss, jtj, n_iter, status, floor)
+        return _first_row(_restart(y, mask, x, lb, ub, opts, compiled, fused, start, p, rss,
+                                   jtj, n_iter, status, floor))
+    rp, rr, rj, ri, rs = _levenberg_marquardt(y, mask, x, start, lb, ub, opts, compiled, floor,
                                               fused)
     b = torch.isfinite(rr) & (rr < rss)
     p = torch.where(b[:, None], rp, p)
@@ -556,9 +585,10 @@ def _fit_rows(batch: _Batch, rows: torch.Tensor, x: torch.Tensor, lb: torch.Tens
         poor = (resid > opts.restart_noise * noise) | (st != CONVERGED) | on_bound | singular
         poor = poor.nonzero()[:, 0]
         if poor.numel():
-            sub = _restart(yr[poor], mask[poor] if mask is not None else None, x, lb, ub,
-                           opts, compiled, fused, p[poor], rss[poor], jtj[poor], n_iter[poor],
-                           st[poor], floor[poor])
+            mask_poor = mask[poor] if mask is not None else None
+            _, start = _scan(yr[poor], mask_poor, x, lb, ub, opts, compiled)
+            sub = _restart(yr[poor], mask_poor, x, lb, ub, opts, compiled, fused, start,
+                           p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor], floor[poor])
             p[poor], rss[poor], jtj[poor], n_iter[poor], st[poor] = sub
             se[poor], singular[poor] = errors(jtj[poor], rss[poor], count[poor])
     return p, rss, n_iter, st, se, singular

@@ -72,7 +72,8 @@ def fit_chunk(chunk: Trajectories, x: np.ndarray, settings: FitSettings,
     fits = fit_sigmoids(chunk.losses, x, device=device, dtype=DTYPES[settings.dtype],
                         options=settings.options, thresholds=settings.thresholds)
     t1 = time.perf_counter()
-    columns = smooth.smooth_fits(chunk.losses, x, fits.rss, device=device)
+    columns = smooth.smooth_fits(chunk.losses, x, fits.rss, sigmoid_params=fits.params,
+                                 device=device)
     log.debug(f"fit: {len(fits)} sigmoids in {t1 - t0:.1f} s, smooth alternatives in "
               f"{time.perf_counter() - t1:.1f} s")
     return fits, {name: v.astype(np.float32) for name, v in columns.items()}  # as stored

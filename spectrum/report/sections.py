@@ -140,8 +140,11 @@ def stepwise_section(d: Inputs) -> list[Block]:
         Block("p", sw["verdict"]),
         Block("p", f"Criterion: {sw['criterion']}. share_step_shed weights each token by the "
                    "loss it sheds (|hi - lo| of its sigmoid)."),
+        *_stepwise_calibration(sw),
         Block("table", header=("run", "role", "M", "D", "step preferred", "of loss shed",
-                               "smooth preferred", "undecided", "tokens that change", "note"),
+                               "smooth preferred", "undecided", "tokens that change",
+                               "tau outside checkpoints", "step, tau inside",
+                               "unresolved, tau inside", "checkpoints", "note"),
               rows=tuple(tables.stepwise_rows(sw))),
         _figure("Share of the tokens that change (left) and of the loss shed (right) for which "
                 "the sigmoid step is preferred, per run against model size.",
@@ -178,6 +181,22 @@ def reliability_section(d: Inputs) -> list[Block]:
         out += [Block("h3", f"Point {name} (runs {', '.join(entry['runs'])})"),
                 Block("table", header=header, rows=tuple(rows)),
                 Block("p", entry["se_correction"])]
+    return out
+
+
+def _stepwise_calibration(sw: dict) -> list[Block]:
+    """How the rule's margin was calibrated, and how the trend in M is bounded."""
+    cal = sw.get("calibration") or {}
+    out = []
+    if cal.get("how"):
+        rate = cal.get("false_step_rate")
+        out.append(Block("p", f"Calibration of the margin: {cal['how']}. False-step rate on that "
+                              f"null: {'-' if rate is None else f'{rate:.1%}'}."))
+    if sw.get("slope_share_step_per_lnM_ci"):
+        out.append(Block("p", f"Trends in ln M: {sw['trend_interval']}. Tokens whose tau lies "
+                              "outside the checkpoints are counted apart; the columns for tau "
+                              "inside are shares of the tokens that change whose tau lies "
+                              "inside."))
     return out
 
 

@@ -113,7 +113,9 @@ def stepwise_rows(stepwise: dict) -> list[tuple[str, ...]]:
         rows.append((run, v.get("role", "-"), fmt(v.get("params")), fmt(v.get("tokens")),
                      fmt(v.get("share_step")), fmt(v.get("share_step_shed")),
                      fmt(v.get("share_smooth")), fmt(v.get("share_undecided")),
-                     str(v.get("n_tokens", "-")), v.get("reason") or ""))
+                     str(v.get("n_tokens", "-")), fmt(v.get("share_outside_window")),
+                     fmt(v.get("share_step_in_window")), fmt(v.get("share_unresolved")),
+                     str(v.get("checkpoints", "-")), v.get("reason") or ""))
     return rows
 
 

@@ -105,8 +105,10 @@ def test_step_world_recovers_the_planted_laws(step_world):
 def test_step_world_is_stepwise(step_world):
     scores, report = step_world
     shares = [v["share_step"] for v in scores["stepwise"]["runs"].values()]
-    assert len(shares) == 17 and min(shares) >= 0.9
-    assert all(v["share_step_shed"] >= 0.9 for v in scores["stepwise"]["runs"].values())
+    # at least 80%: the rule's margin is calibrated on null runs with the noise of real runs, so
+    # steps the checkpoints see only in part (early in short runs) may stay undecided
+    assert len(shares) == 17 and min(shares) >= 0.8
+    assert all(v["share_step_shed"] >= 0.8 for v in scores["stepwise"]["runs"].values())
     assert "BIC" in scores["stepwise"]["criterion"]
     assert "The data show stepwise learning" in report
 

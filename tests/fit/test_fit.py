@@ -296,3 +296,19 @@ def test_cuda_matches_cpu():
     cpu = fit_sigmoids(y, X, device="cpu", dtype=torch.float64)
     gpu = fit_sigmoids(y, X, device="cuda", dtype=torch.float64)
     assert (rss_no_worse(gpu.rss, cpu.rss, y)).mean() >= 0.999
+
+
+def test_the_restart_scan_reaches_midpoints_outside_the_data():
+    """The restart scan places tau before the first and after the last point too (within the
+    bounds), as the smooth alternatives' profile covers every beta: a token learned before the
+    first checkpoint is a sigmoid whose midpoint lies there."""
+    from spectrum.fit.solver import _scan_grid
+
+    x = np.log(np.geomspace(1e4, 1e6, 12))
+    opts = FitOptions()
+    lb, ub = (torch.tensor(v) for v in opts.bounds(x))
+    grid = _scan_grid(torch.tensor(x), lb, ub, opts.restart_starts).numpy()
+    tau = grid[:, 0]
+    assert (tau < x[0]).any() and (tau > x[-1]).any()
+    assert (tau >= float(lb[2])).all() and (tau <= float(ub[2])).all()
+    assert ((tau > x[0]) & (tau < x[-1])).sum() == 3 * opts.restart_starts

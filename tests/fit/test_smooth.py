@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.optimize import least_squares
 
 from spectrum.fit.smooth import BETA_MAX, power_curve, smooth_fits
@@ -87,3 +88,26 @@ def test_complete_and_masked_batches_agree_and_lines_are_the_limit():
     # nearly equal sums): both paths come within 1% of the line's RSS, the family's limit
     for got in (alone["rss_power"][-5:], beside["rss_power"][n - 5:n]):
         assert np.all(got <= alone["rss_line"][-5:] * (1 + 1e-2))
+
+
+def test_the_step_bic_uses_the_sigmoid_rss_in_float64_from_its_parameters():
+    """Given the fitted parameters, the step's RSS is recomputed in float64 on the finite points,
+    whatever RSS the (float32) fit reported; its BIC is then n ln(rss / n) + 4 ln n."""
+    rng = np.random.default_rng(4)
+    n = 12
+    p = np.stack([rng.uniform(1, 2, n), rng.uniform(3, 5, n), rng.uniform(X[4], X[-4], n),
+                  rng.uniform(0.5, 3, n)], axis=1)
+    y = np.stack([sigmoid_loss(X, *row) for row in p]) + rng.normal(0, 1e-4, (n, len(X)))
+    y[::3, 5] = np.nan
+    y32 = y.astype(np.float32)
+    got = smooth_fits(y32, X, np.full(n, 123.0), sigmoid_params=p)
+    for i in range(n):
+        ok = np.isfinite(y32[i])
+        r = y32[i][ok].astype(np.float64) - sigmoid_loss(X[ok], *p[i])
+        m = ok.sum()
+        want = m * np.log(r @ r / m) + 4 * np.log(m)
+        assert got["bic_step"][i] == pytest.approx(want, rel=1e-9), i
+    # without parameters, the RSS given is used as it is
+    assert np.allclose(smooth_fits(y32, X, np.full(n, 1.0))["bic_step"][:2],
+                       [np.sum(np.isfinite(y32[i])) * np.log(1.0 / np.sum(np.isfinite(y32[i])))
+                        + 4 * np.log(np.sum(np.isfinite(y32[i]))) for i in range(2)])

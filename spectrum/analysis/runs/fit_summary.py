@@ -1,9 +1,10 @@
 """What the report says of one run's fits as a whole, counted once when the run is loaded, in token
 chunks: tokens by kind, the population's size, the step-versus-smooth shares
-(:class:`spectrum.analysis.runs.stepwise.ShareCounts`), and the fit-quality table's medians and the
-histograms of its figure (R^2 of every fit, clipped at -0.5; log10 standard error of tau of the
-learned tokens). The medians need each value once: the two columns are gathered for the run being
-loaded and dropped after (8 bytes a token, one run at a time).
+(:class:`spectrum.analysis.runs.stepwise.ShareCounts`, inside and outside the run's fit grid), and
+the fit-quality table's medians and the histograms of its figure (R^2 of every fit, clipped at
+-0.5; log10 standard error of tau of the learned tokens). The medians need each value once: the
+two columns are gathered for the run being loaded and dropped after (8 bytes a token, one run at a
+time).
 
 The summary is made by :func:`spectrum.analysis.runs.run_data.load_run` from the run's token reader,
 and carried by the run it describes (:attr:`RunData.summary`)."""
@@ -19,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from spectrum.analysis.runs import stepwise
+from spectrum.store import read_provenance
 
 HIST_BINS = 40
 
@@ -52,6 +54,16 @@ def _hist(values: np.ndarray) -> Histogram | None:
     return Histogram(counts, edges)
 
 
+def fit_window(fits_path: Path) -> stepwise.Window | None:
+    """The run's fit grid and bound of ``k`` from its fits' provenance (None where it records
+    no grid)."""
+    prov = read_provenance(fits_path) or {}
+    x = prov.get("x")
+    if not x:
+        return None
+    return stepwise.Window(x, (prov.get("options") or {}).get("k_max"))
+
+
 def summarize_fits(fits_path: Path,
                    token_chunks: Callable[[Sequence[str]], Iterable[pl.DataFrame]]) -> FitSummary:
     """One pass over a run's fits (see the module docstring): ``fits_path`` tells which columns
@@ -61,12 +73,14 @@ def summarize_fits(fits_path: Path,
     has_se = "tau_se" in names
     has_r2 = "r2" in names
     has_bic = set(stepwise.COLUMNS) <= names
+    window = fit_window(fits_path) if set(stepwise.WINDOW_COLUMNS) <= names else None
     cols = ["kind", "lo", "hi", *(["r2"] if has_r2 else []), *(["tau_se"] if has_se else []),
-            *(stepwise.COLUMNS if has_bic else ())]
+            *(stepwise.COLUMNS if has_bic else ()),
+            *(stepwise.WINDOW_COLUMNS if has_bic and window is not None else ())]
     kinds: dict[str, int] = {}
     r2s, ses = [], []
     n = n_pop = 0
-    shares = stepwise.ShareCounts()
+    shares = stepwise.ShareCounts(window)
     for chunk in token_chunks(cols):
         n += chunk.height
         n_pop += int(chunk["in_pop"].sum())
