@@ -65,6 +65,8 @@ DECLARED_IN: dict[str, str] = {
     "suite": "pipelines.suite",
     "export-curriculum": "pipelines.curriculum_export_options",
     "curriculum-test": "pipelines.curriculum_test_options",
+    "plan": "pipelines.plan",
+    "import-losses": "pipelines.import_losses",
 }
 
 

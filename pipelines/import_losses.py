@@ -9,7 +9,6 @@ import dataclasses
 import logging
 
 from pipelines.options import option
-from spectrum.losses.importer import plan_import, read_mapping, write_import
 from spectrum.manifest import Manifest
 
 HELP = ("import per-token losses computed elsewhere (.npy/.npz tokens x checkpoints, long or "
@@ -29,6 +28,8 @@ OPTIONS = ImportLossesOptions
 
 
 def main(manifest: Manifest, options: ImportLossesOptions) -> None:
+    from spectrum.losses.importer import plan_import, read_mapping, write_import  # numpy: not for --help
+
     mapping = read_mapping(options.mapping)
     plan = plan_import(manifest, mapping, force=options.force)
     written = write_import(manifest, plan, force=options.force)

@@ -20,7 +20,7 @@ from spectrum.errors import SpectrumError
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTING = ("losses", "fit", "report")  # the stages with --executor among those of `run`
-REQUIRED = {"export-curriculum": ["--target-steps", "10"]}
+REQUIRED = {"export-curriculum": ["--target-steps", "10"], "import-losses": ["--mapping", "m.yaml"]}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -158,4 +158,5 @@ def test_the_help_of_a_light_stage_loads_neither_torch_nor_the_analyses():
                               text=True, timeout=120, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip().splitlines()[-1] == "[]", (name, proc.stdout)
-        assert "--force" in proc.stdout  # the stage's own options were listed
+        first = dataclasses.fields(cli._declared(name).OPTIONS)[0].name.replace("_", "-")
+        assert f"--{first}" in proc.stdout  # the stage's own options were listed
