@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.options import (cpus_per_worker_option, device_option, executor_option,
-                               force_option, not_positive, option, ray_address_option,
-                               workers_option)
+from pipelines.options import DistributedOptions, device_option, force_option, not_positive, option
 from spectrum.errors import SpectrumError
 
 HELP = "fit a sigmoid in log-time to every token's loss trajectory (batched Levenberg-Marquardt)"
@@ -16,7 +14,7 @@ FIT_DTYPES = ("float32", "float64")  # the names of spectrum.fit.worker.DTYPES
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitStageOptions:
+class FitStageOptions(DistributedOptions):
     device: str = device_option()
     fit_dtype: str = option("float32", "precision of the fits (default float32)",
                             choices=FIT_DTYPES)
@@ -26,10 +24,6 @@ class FitStageOptions:
                                      "auto: the kernel on CUDA when Triton is installed "
                                      "(default auto)", choices=("auto", "triton", "torch"))
     force: bool = force_option()
-    executor: str | None = executor_option()
-    ray_address: str | None = ray_address_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
 
     def __post_init__(self) -> None:
         problems = not_positive((("--chunk-size", self.chunk_size),

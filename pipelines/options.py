@@ -144,3 +144,13 @@ def shared_with(cls: type[T], options: Any) -> T:
     given = {f.name for f in dataclasses.fields(options)}
     return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)
                   if f.name in SHARED and f.name in given})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistributedOptions:
+    """The options of a stage whose units of work run in this process or on Ray workers."""
+
+    executor: str | None = executor_option()
+    ray_address: str | None = ray_address_option()
+    workers: int | None = workers_option()
+    cpus_per_worker: int = cpus_per_worker_option()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.options import (cpus_per_worker_option, executor_option, force_option, option,
-                               ray_address_option, workers_option)
+from pipelines.options import DistributedOptions, force_option, option
 
 HELP = "learning-time spectra, held-out reconstruction of dL/dT, dL/dD, dL/dM, and the report"
 EXECUTOR = "local"  # where the units run without --executor and --ray-address
@@ -17,7 +16,7 @@ UNIT_CHUNKS = 4  # token chunks in a unit of work on Ray
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReportOptions:
+class ReportOptions(DistributedOptions):
     spectrum_bins: int = option(40, "bins of the shared ln T grid (default 40)")
     bootstrap: int = option(2000, "bootstrap replicates over sequences for bands and score "
                                   "intervals (default 2000)")
@@ -30,10 +29,6 @@ class ReportOptions:
                                            f"on Ray a unit of work is {UNIT_CHUNKS} chunks "
                                            f"(default {TOKEN_CHUNK})")
     force: bool = force_option()
-    executor: str | None = executor_option()
-    ray_address: str | None = ray_address_option()
-    workers: int | None = workers_option()
-    cpus_per_worker: int = cpus_per_worker_option()
 
     def __post_init__(self) -> None:
         from pipelines.report import analysis_options

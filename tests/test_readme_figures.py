@@ -30,9 +30,16 @@ def test_rewrites_between_markers_only(tmp_path) -> None:
     assert text.startswith("# x\nbefore\n") and text.endswith("after\n")
     assert "old figures" not in text
     assert "| L | predicts | 0.91 [0.7, 0.99] | 0.88 [0.8, 0.9] | 0.9 [0.85, 0.93] | 12.5 [9.1, 17] | " \
-           "aggregate_curve 0.95 [0.9, 0.97] |" in text  # zero is no baseline to beat
+           "aggregate_curve 0.95 [0.9, 0.97] (raw R^2) |" in text  # zero is no baseline to beat
     assert "false-step rate on null data with the noise of real runs: 0.04" in text
     assert rf.main([str(tmp_path / "artifacts"), str(readme), "--check"]) == 0
+
+
+def test_best_baseline_by_the_verdicts_own_score() -> None:
+    block = {"baselines": {"aggregate_curve": {"r2": 0.99}},
+             "verdict_basis": {"baselines": {"aggregate_curve": {"value": 0.4, "ci": [0.1, 0.6]},
+                                             "chinchilla": {"value": 0.7, "ci": [0.5, 0.8]}}}}
+    assert rf._best_baseline(block) == "chinchilla 0.7 [0.5, 0.8]"
 
 
 def test_missing_scores_is_one_line(tmp_path, capsys) -> None:

@@ -38,18 +38,27 @@ def _interval(ci: Any) -> str:
 
 
 def _best_baseline(block: dict) -> str:
+    """The best baseline by the same noise-corrected score as the prediction's verdict, or by raw
+    R^2 where the target has no noise estimate."""
+    corrected = [(name, b) for name, b in
+                 ((block.get("verdict_basis") or {}).get("baselines") or {}).items()
+                 if b.get("value") is not None]
+    if corrected:
+        name, b = max(corrected, key=lambda kv: kv[1]["value"])
+        return f"{name} {_num(b['value'])}{_interval(b.get('ci'))}"
     scored = [(name, s) for name, s in block.get("baselines", {}).items()
               if s.get("r2") is not None and name != "zero"]
     if not scored:
         return "none scored"
     name, s = max(scored, key=lambda kv: kv[1]["r2"])
-    return f"{name} {_num(s['r2'])}{_interval(s.get('r2_ci'))}"
+    return f"{name} {_num(s['r2'])}{_interval(s.get('r2_ci'))} (raw R^2)"
 
 
 def heldout_table(scores: dict) -> list[str]:
     targets = scores["tests"]["heldout_runs"]["targets"]
-    rows = ["| target | verdict | noise-corrected score | spectrum R^2 | oracle ceiling | snr | "
-            "best baseline R^2 |", "|---|---|---|---|---|---|---|"]
+    rows = ["| target | verdict | noise-corrected score | raw R^2 against one replica | "
+            "oracle ceiling | snr | best baseline, noise-corrected |",
+            "|---|---|---|---|---|---|---|"]
     for t in TARGETS:
         block = targets.get(t, {})
         pred = block.get("predictions", {}).get(PREDICTION, {})
@@ -86,7 +95,9 @@ def stepwise_lines(scores: dict) -> list[str]:
                    f"{_num(cal['false_step_rate'])}.")
     rel = step.get("reliability") or {}
     for point, r in rel.items():
-        out.append(f"- **Across seeds** ({point}, {r.get('n_tokens', '-')} tokens): tau "
+        pairs = len(r.get("pairs") or [])
+        out.append(f"- **Across seeds** ({point}: {len(r.get('runs') or [])} replicas, {pairs} "
+                   f"pairs, {r.get('n_tokens', '-')} token pairs): tau "
                    f"correlation {_num(r.get('tau_corr'))}, kappa of the step call "
                    f"{_num(r.get('kappa_step'))}, of the kinds {_num(r.get('kappa_kind'))}; "
                    f"standard-error coverage {_num(r.get('se_coverage_uncorrected'))} as fitted, "
