@@ -55,20 +55,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # Seeds 1-4: replicas on seeds no fit run of the default suite uses.
 WIDTHS = {"w16": (16, 2), "w24": (24, 2), "w32": (32, 2), "w48": (48, 2), "w64": (64, 2),
           "w96": (96, 4), "w128": (128, 4)}
+# the pilot of the learning rate and batch: two widths at one data scale, four seeds
+PAIR = dict(sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4))
 SETTINGS: dict[str, dict] = {
     # today's default: peak lr 1e-2, 1024 tokens per step, warmup 16
-    "today": dict(learning_rate=1.0e-2, tokens_per_step=1024, warmup_steps=16,
-                  sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
-    "lr3e-3": dict(learning_rate=3.0e-3, tokens_per_step=1024, warmup_steps=16,
-                   sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
-    "b4096": dict(learning_rate=1.0e-2, tokens_per_step=4096, warmup_steps=4,
-                  sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
-    "b4096-lr3e-3": dict(learning_rate=3.0e-3, tokens_per_step=4096, warmup_steps=4,
-                         sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
-    "lr5e-3": dict(learning_rate=5.0e-3, tokens_per_step=1024, warmup_steps=16,
-                   sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
-    "b2048": dict(learning_rate=1.0e-2, tokens_per_step=2048, warmup_steps=8,
-                  sizes=("w32", "w96"), tokens=(262144,), seeds=(1, 2, 3, 4)),
+    "today": dict(learning_rate=1.0e-2, tokens_per_step=1024, warmup_steps=16, **PAIR),
+    "lr3e-3": dict(learning_rate=3.0e-3, tokens_per_step=1024, warmup_steps=16, **PAIR),
+    "b4096": dict(learning_rate=1.0e-2, tokens_per_step=4096, warmup_steps=4, **PAIR),
+    "b4096-lr3e-3": dict(learning_rate=3.0e-3, tokens_per_step=4096, warmup_steps=4, **PAIR),
+    "lr5e-3": dict(learning_rate=5.0e-3, tokens_per_step=1024, warmup_steps=16, **PAIR),
+    "b2048": dict(learning_rate=1.0e-2, tokens_per_step=2048, warmup_steps=8, **PAIR),
     # the held-out structure of a design: two data scales, so dL/dlnD too
     "lr3e-3-two-d": dict(learning_rate=3.0e-3, tokens_per_step=1024, warmup_steps=16,
                          sizes=("w32", "w64", "w96"), tokens=(131072, 262144), seeds=(1, 2, 3, 4)),

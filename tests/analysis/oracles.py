@@ -87,23 +87,22 @@ def slice_comparisons(tau: np.ndarray, delta: np.ndarray, groups: np.ndarray, le
             for q, sa, sb in compared_pairs(slices)]
 
 
-def mean_curve(lo, hi, tau, k, x, *, chunk: int = CHUNK) -> np.ndarray:
-    """``L(x) = (1/N) sum_i l_i(x)`` (token chunks bound the memory)."""
+def _token_mean(per_token, lo, hi, tau, k, x, chunk: int) -> np.ndarray:
+    """``(1/N) sum_i per_token(token i)(x)``, a chunk of tokens at a time (bounded memory)."""
     x = np.asarray(x, float)
     lo, hi, tau, k = (np.asarray(a, float) for a in (lo, hi, tau, k))
     total = np.zeros_like(x)
     for a in range(0, len(lo), chunk):
         sl = slice(a, a + chunk)
-        total += token_curves(lo[sl], hi[sl], tau[sl], k[sl], x).sum(0)
+        total += per_token(lo[sl], hi[sl], tau[sl], k[sl], x).sum(0)
     return total / max(len(lo), 1)
+
+
+def mean_curve(lo, hi, tau, k, x, *, chunk: int = CHUNK) -> np.ndarray:
+    """``L(x) = (1/N) sum_i l_i(x)``."""
+    return _token_mean(token_curves, lo, hi, tau, k, x, chunk)
 
 
 def mean_derivative(lo, hi, tau, k, x, *, chunk: int = CHUNK) -> np.ndarray:
     """``dL/dx = -(1/N) sum_i delta_i k_i s_i (1 - s_i)``."""
-    x = np.asarray(x, float)
-    lo, hi, tau, k = (np.asarray(a, float) for a in (lo, hi, tau, k))
-    total = np.zeros_like(x)
-    for a in range(0, len(lo), chunk):
-        sl = slice(a, a + chunk)
-        total += token_slopes(lo[sl], hi[sl], tau[sl], k[sl], x).sum(0)
-    return total / max(len(lo), 1)
+    return _token_mean(token_slopes, lo, hi, tau, k, x, chunk)
