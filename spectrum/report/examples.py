@@ -68,7 +68,8 @@ class Sampling:
 
     def describe(self) -> str:
         """One sentence for the page."""
-        return (f"Up to {self.per_cell} tokens per cell (run x learning-time band x kind x "
+        tokens = "token" if self.per_cell == 1 else "tokens"
+        return (f"Up to {self.per_cell} {tokens} per cell (run x learning-time band x kind x "
                 f"frequency quartile x word start), drawn at random with seed {self.seed}; "
                 f"bands: tau before the run's first checkpoint, in {self.bands} equal parts of "
                 f"its measured ln T range, or after its last checkpoint; up to {self.context} "

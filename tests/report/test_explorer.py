@@ -92,7 +92,7 @@ def test_the_budget_lowers_the_draw_and_says_so(world):
     small = fit_to_budget(ex, runs, Sampling(), dec, budget)
     assert len(small.data.encode()) <= budget and small.sampling.per_cell < 40 and not small.note
     data = json.loads(small.data)
-    assert f"Up to {small.sampling.per_cell} tokens per cell" in data["sampling"]
+    assert f"Up to {small.sampling.per_cell} token" in data["sampling"]
     assert len(data["ex"]["tok"]) == small.examples == \
         ex.filter(pl.col("rank") < small.sampling.per_cell).height
     tiny = len(full.data.encode()) // 40
