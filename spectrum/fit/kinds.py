@@ -74,14 +74,17 @@ def seen_delta(lo, hi, tau, k, x_first: float, x_last: float):
     """``hi - lo`` measured within the window: where ``tau`` is before ``x_first`` the censored
     ``hi`` is replaced by the fitted curve at ``x_first``, where it is after ``x_last`` the
     censored ``lo`` by the curve at ``x_last`` (numpy arrays or torch tensors)."""
-    xp = np if isinstance(lo, np.ndarray) or not hasattr(lo, "device") else _torch()
-    delta = hi - lo
+    from spectrum.fit.model import token_curves
+
+    torch_in = not isinstance(lo, np.ndarray) and hasattr(lo, "device")
+    xp = _torch() if torch_in else np
+    edges = xp.tensor([x_first, x_last], dtype=lo.dtype, device=lo.device) if torch_in \
+        else np.array([x_first, x_last], float)
     with np.errstate(invalid="ignore", over="ignore"):
-        at_first = 1.0 / (1.0 + xp.exp(k * (x_first - tau)))  # sigmoid(-k (x_first - tau))
-        at_last = 1.0 / (1.0 + xp.exp(k * (x_last - tau)))
-        delta = xp.where(tau < x_first, delta * at_first, delta)
-        delta = xp.where(tau > x_last, delta * (1.0 - at_last), delta)
-    return delta
+        at = token_curves(lo, hi, tau, k, edges)
+        seen_hi = xp.where(tau < x_first, at[..., 0], hi)
+        seen_lo = xp.where(tau > x_last, at[..., 1], lo)
+    return seen_hi - seen_lo
 
 
 def _torch():

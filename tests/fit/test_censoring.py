@@ -74,3 +74,23 @@ def test_the_curriculum_shed_never_uses_a_censored_hi() -> None:
     inside = token_phase_shed([1.0], [3.0], [x_first + 1.0], [2.0], ph, x_first=x_first)
     plain = token_phase_shed([1.0], [3.0], [x_first + 1.0], [2.0], ph)
     assert np.array_equal(inside[0], plain[0]) and np.array_equal(inside[1], plain[1])
+
+
+def test_seen_delta_is_the_drop_within_the_window_numpy_and_torch():
+    """Against scipy's expit: the censored side is the fitted curve at the window's edge."""
+    import torch
+    from scipy.special import expit
+
+    from spectrum.fit.kinds import seen_delta
+
+    rng = np.random.default_rng(3)
+    n = 500
+    lo = rng.uniform(0, 2, n)
+    hi = lo + rng.uniform(-1, 5, n)
+    tau, k = rng.uniform(5, 20, n), rng.uniform(0.1, 20, n)
+    first, last = 9.0, 15.0
+    want = np.where(tau < first, (hi - lo) * expit(-k * (first - tau)),
+                    np.where(tau > last, (hi - lo) * (1 - expit(-k * (last - tau))), hi - lo))
+    np.testing.assert_allclose(seen_delta(lo, hi, tau, k, first, last), want, atol=1e-12)
+    got = seen_delta(*(torch.tensor(a) for a in (lo, hi, tau, k)), first, last)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
