@@ -17,24 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from spectrum.layout import scores_file
+from spectrum.report.tables import fmt, interval
 
 BEGIN, END = "<!-- figures:default-suite -->", "<!-- /figures:default-suite -->"
 TARGETS = ("L", "dL/dlnT", "dL/dlnM", "dL/dlnD")
 PREDICTION = "param_model"
 
 
-def _num(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, float)):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3g}"
-    return str(v)
-
-
 def _interval(ci: Any) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f" [{_num(ci[0])}, {_num(ci[1])}]"
+    """`` [low, high]`` after a value, or nothing where the interval is not known."""
+    return "" if not ci or None in ci else f" {interval(ci)}"
 
 
 def _best_baseline(block: dict) -> str:
@@ -45,13 +37,13 @@ def _best_baseline(block: dict) -> str:
                  if b.get("value") is not None]
     if corrected:
         name, b = max(corrected, key=lambda kv: kv[1]["value"])
-        return f"{name} {_num(b['value'])}{_interval(b.get('ci'))}"
+        return f"{name} {fmt(b['value'])}{_interval(b.get('ci'))}"
     scored = [(name, s) for name, s in block.get("baselines", {}).items()
               if s.get("r2") is not None and name != "zero"]
     if not scored:
         return "none scored"
     name, s = max(scored, key=lambda kv: kv[1]["r2"])
-    return f"{name} {_num(s['r2'])}{_interval(s.get('r2_ci'))} (raw R^2)"
+    return f"{name} {fmt(s['r2'])}{_interval(s.get('r2_ci'))} (raw R^2)"
 
 
 def heldout_table(scores: dict) -> list[str]:
@@ -66,10 +58,10 @@ def heldout_table(scores: dict) -> list[str]:
         corrected = block.get("score_corrected") or {}
         ceiling = (noise.get("oracle_ceiling") or {})
         rows.append(
-            f"| {t} | {block.get('verdict', '-')} | {_num(corrected.get('value'))}"
-            f"{_interval(corrected.get('ci'))} | {_num(pred.get('r2'))}"
-            f"{_interval(pred.get('r2_ci'))} | {_num(ceiling.get('r2'))}"
-            f"{_interval(ceiling.get('ci'))} | {_num(noise.get('snr'))}"
+            f"| {t} | {block.get('verdict', '-')} | {fmt(corrected.get('value'))}"
+            f"{_interval(corrected.get('ci'))} | {fmt(pred.get('r2'))}"
+            f"{_interval(pred.get('r2_ci'))} | {fmt(ceiling.get('r2'))}"
+            f"{_interval(ceiling.get('ci'))} | {fmt(noise.get('snr'))}"
             f"{_interval(noise.get('snr_ci'))} | {_best_baseline(block)} |")
     return rows
 
@@ -92,16 +84,16 @@ def stepwise_lines(scores: dict) -> list[str]:
     cal = step.get("calibration") or {}
     if cal.get("false_step_rate") is not None:
         out.append(f"- The step call's false-step rate on null data with the noise of real runs: "
-                   f"{_num(cal['false_step_rate'])}.")
+                   f"{fmt(cal['false_step_rate'])}.")
     rel = step.get("reliability") or {}
     for point, r in rel.items():
         pairs = len(r.get("pairs") or [])
         out.append(f"- **Across seeds** ({point}: {len(r.get('runs') or [])} replicas, {pairs} "
                    f"pairs, {r.get('n_tokens', '-')} token pairs): tau "
-                   f"correlation {_num(r.get('tau_corr'))}, kappa of the step call "
-                   f"{_num(r.get('kappa_step'))}, of the kinds {_num(r.get('kappa_kind'))}; "
-                   f"standard-error coverage {_num(r.get('se_coverage_uncorrected'))} as fitted, "
-                   f"{_num(r.get('se_coverage'))} corrected.")
+                   f"correlation {fmt(r.get('tau_corr'))}, kappa of the step call "
+                   f"{fmt(r.get('kappa_step'))}, of the kinds {fmt(r.get('kappa_kind'))}; "
+                   f"standard-error coverage {fmt(r.get('se_coverage_uncorrected'))} as fitted, "
+                   f"{fmt(r.get('se_coverage'))} corrected.")
     return out
 
 

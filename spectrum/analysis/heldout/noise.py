@@ -178,7 +178,8 @@ def jackknife_interval(key: str, estimate: float, loo: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 # the result per target family
 
-def _num(v: float | None) -> float | None:
+def finite_or_none(v: float | None) -> float | None:
+    """``v`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     return None if v is None or not math.isfinite(v) else float(v)
 
 
@@ -199,11 +200,11 @@ class NoiseEstimate:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        ci = (lambda c: None if c is None else [_num(c[0]), _num(c[1])])
-        out = {"snr": _num(self.snr), "snr_ci": ci(self.snr_ci), "noise_var": _num(self.noise_var),
-               "centered_noise_var": _num(self.centered_noise_var),
-               "signal_var": _num(self.signal_var),
-               "oracle_ceiling": {"r2": _num(self.oracle_ceiling),
+        ci = (lambda c: None if c is None else [finite_or_none(c[0]), finite_or_none(c[1])])
+        out = {"snr": finite_or_none(self.snr), "snr_ci": ci(self.snr_ci), "noise_var": finite_or_none(self.noise_var),
+               "centered_noise_var": finite_or_none(self.centered_noise_var),
+               "signal_var": finite_or_none(self.signal_var),
+               "oracle_ceiling": {"r2": finite_or_none(self.oracle_ceiling),
                                   "ci": ci(self.oracle_ceiling_ci)},
                "replicas": self.replicas, "targets": self.targets}
         if self.reason:
@@ -226,13 +227,13 @@ class FamilyVerdict:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        ci = (lambda c: None if c is None else [_num(c[0]), _num(c[1])])
-        score = {"value": _num(self.score), "ci": ci(self.score_ci)}
+        ci = (lambda c: None if c is None else [finite_or_none(c[0]), finite_or_none(c[1])])
+        score = {"value": finite_or_none(self.score), "ci": ci(self.score_ci)}
         if self.score is None and self.reason:
             score["reason"] = self.reason
         out = {"verdict": self.verdict, "noise": self.noise.to_json(), "score_corrected": score,
-               "threshold": self.threshold, "rmse_nats": _num(self.rmse),
-               "error_over_noise": {"value": _num(self.error_over_noise),
+               "threshold": self.threshold, "rmse_nats": finite_or_none(self.rmse),
+               "error_over_noise": {"value": finite_or_none(self.error_over_noise),
                                     "ci": ci(self.error_over_noise_ci)}}
         if self.reason:
             out["reason"] = self.reason

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spectrum.analysis.heldout.noise import FamilyVerdict, assess, needed, skill, unexplained
+from spectrum.analysis.heldout.noise import (FamilyVerdict, assess, finite_or_none, needed,
+                                             skill, unexplained)
 from spectrum.analysis.heldout.targets import TARGETS, Target, seed_family, seed_replicas
 from spectrum.analysis.runs.run_data import RunData
 
@@ -39,10 +40,6 @@ def sequence_parts(run: RunData) -> np.ndarray:
     """(S, K): the run's mean-loss curve in per-sequence parts whose mean over S is the curve."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return run.seq_sums.shape[0] * run.seq_sums / run.seq_counts.sum(0)
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _assess_model(y: np.ndarray, prediction: np.ndarray | None, **kw) -> FamilyVerdict | None:
@@ -86,7 +83,7 @@ def _beside(y: np.ndarray, means: np.ndarray, predictions: dict[str, np.ndarray]
             continue
         r = _assess_model(means, p)
         if r is not None:
-            out["baselines"][model] = {"value": _num(r.score),
+            out["baselines"][model] = {"value": finite_or_none(r.score),
                                        "ci": None if r.score_ci is None else list(r.score_ci),
                                        "verdict": r.verdict, "reason": r.reason}
     mine, null = predictions.get(MODEL), predictions.get(NULL)
@@ -108,8 +105,8 @@ def family_entry(y: np.ndarray, predictions: dict[str, np.ndarray], *,
     r = _assess_model(y, predictions.get(MODEL), n_boot=n_boot, seed=seed)
     if r is None:
         return unmeasured_entry(f"{MODEL} predicts none of the measured targets", replicas)
-    basis = {"model": MODEL, "threshold": r.threshold, "rmse_nats": _num(r.rmse),
-             "error_over_noise": {"value": _num(r.error_over_noise),
+    basis = {"model": MODEL, "threshold": r.threshold, "rmse_nats": finite_or_none(r.rmse),
+             "error_over_noise": {"value": finite_or_none(r.error_over_noise),
                                   "ci": None if r.error_over_noise_ci is None
                                   else list(r.error_over_noise_ci)},
              "reason": r.reason, "needed": needed(r) or None, **_beside(y, means, predictions)}
