@@ -68,8 +68,7 @@ def _thin(n: int) -> np.ndarray:
 def seed_replicas(runs: list[RunData]) -> list[list[int]]:
     """Per run, the indices of the other runs of its point (M, D, tokens per step, warmup) with
     another training seed: its seed replicas (none where the seeds are not known)."""
-    point = [(r.M, r.D, r.tokens_per_step, r.warmup_steps) for r in runs]
-    return [[j for j, o in enumerate(runs) if j != i and point[j] == point[i]
+    return [[j for j, o in enumerate(runs) if j != i and o.point == r.point
              and r.seed is not None and o.seed is not None and o.seed != r.seed]
             for i, r in enumerate(runs)]
 

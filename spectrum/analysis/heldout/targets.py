@@ -51,10 +51,11 @@ class Target:
 
 
 def points(runs: list[RunData]) -> list[list[RunData]]:
-    """Runs grouped by (M, D, tokens per step): seed replicas share a point; manifest order."""
+    """Runs grouped by their point (:attr:`RunData.point`): seed replicas share a point;
+    manifest order."""
     groups: dict[tuple, list[RunData]] = {}
     for r in runs:
-        groups.setdefault((r.M, r.D, r.tokens_per_step), []).append(r)
+        groups.setdefault(r.point, []).append(r)
     return list(groups.values())
 
 

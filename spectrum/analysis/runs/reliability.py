@@ -161,17 +161,13 @@ def cross_checked(pairs: dict[Pair, PairCounts]) -> dict[Pair, dict]:
 # ---------------------------------------------------------------------------------------------
 # the report's pass: replicated points, their pairs read in aligned token chunks
 
-def _point(run: RunData) -> tuple[float, float, int, int]:
-    return (run.M, run.D, run.tokens_per_step, run.warmup_steps)
-
-
 def replicated_points(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     """Fitted runs grouped by point, where the group holds two or more training seeds; each
     named after its first run (manifest order)."""
     groups: dict[tuple, list[RunData]] = {}
     for r in runs:
         if r.has_fits and r.seed is not None:
-            groups.setdefault(_point(r), []).append(r)
+            groups.setdefault(r.point, []).append(r)
     return {g[0].name: g for g in groups.values() if len({r.seed for r in g}) >= 2}
 
 

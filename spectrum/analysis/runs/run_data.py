@@ -75,6 +75,12 @@ class RunData:
         return self.fits_path is not None
 
     @property
+    def point(self) -> tuple[float, float, int, int]:
+        """The configuration its seed replicas share (as :attr:`spectrum.manifest.RunSpec.point`):
+        M, D, tokens per step, warmup."""
+        return (self.M, self.D, self.tokens_per_step, self.warmup_steps)
+
+    @property
     def scored(self) -> np.ndarray:
         """(K,) bool: checkpoints after the warmup (the scored range)."""
         return self.steps > self.warmup_steps
