@@ -164,5 +164,5 @@ def main(manifest: Manifest, options: FitStageOptions) -> None:
                + (f", {bad_runs + len(failed)} run(s) failed" if failures else "")
                + f" (kinds: {thresholds.describe()})")
     if failures:
-        raise StageFailed(*failures, summary)
+        raise StageFailed(*failures, summary, shown=tuple(unit_failures))
     log.info(summary)

@@ -17,7 +17,6 @@ from spectrum.errors import SpectrumError, StageFailed
 from spectrum.manifest import Manifest
 
 STAGES = ("evalset", "losses", "fit")
-TOOL_LOGGERS = ("spectrum", "pipelines")  # the loggers every message of the stages goes through
 log = logging.getLogger(__name__)
 
 
@@ -38,18 +37,6 @@ class LearnabilityOptions:
     force: bool = force_option()
 
 
-class _Shown(logging.Handler):
-    """Records the error messages logged while a stage runs (a stage logs a failed unit of work
-    as it happens, then lists every failure again in the :class:`StageFailed` it raises)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.add(record.getMessage())
-
-
 def run_learnability_stages(lm: Manifest, options: LearnabilityOptions) -> None:
     """The evalset, losses and fit stages, unchanged, on the learnability manifest ``lm``: each
     with its own defaults and the shared options (device, executor, force, ...) of ``options``.
@@ -66,14 +53,7 @@ def run_learnability_stages(lm: Manifest, options: LearnabilityOptions) -> None:
                 raise SpectrumError(f"the {name} stage is not available in this installation") from None
             raise
         log.info(f"curriculum: learnability of training data: {name} stage")
-        shown = _Shown()
-        loggers = [logging.getLogger(n) for n in TOOL_LOGGERS]
-        for logger in loggers:
-            logger.addHandler(shown)
         try:
             module.main(lm, shared_with(module.OPTIONS, options))
         except StageFailed as e:
-            raise StageFailed(*(p for p in e.problems if p not in shown.messages)) from e
-        finally:
-            for logger in loggers:
-                logger.removeHandler(shown)
+            raise StageFailed(*e.unshown()) from e

@@ -104,11 +104,11 @@ def main(manifest: Manifest, options: LossesOptions) -> None:
                                           force=options.force)
     make_worker = partial(LossWorker, evalset.input_ids, evalset.meta, placement.device, dtype,
                           options.batch_size, placement.threads)
-    failures, nonfinite, (evals, waits) = [], {}, (0.0, 0.0)
+    unit_failures, nonfinite, (evals, waits) = [], {}, (0.0, 0.0)
     if units:
-        failures, nonfinite, (evals, waits) = run_units(units, placement.executor, make_worker,
-                                                        evalset.num_tokens)
-    failures = problems + failures
+        unit_failures, nonfinite, (evals, waits) = run_units(
+            units, placement.executor, make_worker, evalset.num_tokens)
+    failures = problems + unit_failures
     computed = len(units) - (len(failures) - len(problems))
     summary = (f"losses: {computed} shards written, {skipped} current ones skipped, "
                f"{len(failures)} checkpoints failed; "
@@ -117,5 +117,5 @@ def main(manifest: Manifest, options: LossesOptions) -> None:
                + (f" (workers: {evals:.1f} s evaluating, {waits:.1f} s waiting for checkpoints "
                   "to load)" if units else ""))
     if failures:
-        raise StageFailed(*failures, summary)
+        raise StageFailed(*failures, summary, shown=tuple(unit_failures))
     log.info(summary)

@@ -23,6 +23,17 @@ class ManifestError(SpectrumError):
 
 
 class StageFailed(SpectrumError):
-    """A stage finished what it could, but some units of work failed (listed in ``problems``)."""
+    """A stage finished what it could, but some units of work failed (listed in ``problems``).
+
+    ``shown``: those of the problems the stage already logged as they happened (a failed unit of
+    work), so that a command running the stage inside another can report each problem once."""
 
     exit_code = 1
+
+    def __init__(self, *problems: str, shown: tuple[str, ...] = ()) -> None:
+        super().__init__(*problems)
+        self.shown = tuple(shown)
+
+    def unshown(self) -> list[str]:
+        """The problems not logged yet (the stage's summary among them)."""
+        return [p for p in self.problems if p not in self.shown]
