@@ -30,7 +30,8 @@ from pipelines.curriculum_export_options import HELP, OPTIONS, CurriculumExportO
 from pipelines.learnability import run_learnability_stages
 from pipelines.options import option
 from spectrum import layout
-from spectrum.curriculum.corpus_export import ExportCounts, coverage_paragraph, export_corpus
+from spectrum.curriculum.corpus_export import (ExportCounts, coverage_paragraph, export_corpus,
+                                                spread_paragraph)
 from spectrum.curriculum.learnability import (evalset_meta, learnability_manifest,
                                               learnability_runs, measure, read_target_ids,
                                               shed_model_and_measured)
@@ -71,7 +72,7 @@ def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
     learn = measure(lm, _target_phases(options, runs[0]))
     meta = evalset_meta(lm)
     tokenizer = load_tokenizer(meta["tokenizer"]["source"])
-    model, measured = shed_model_and_measured(lm, learn, len(tokenizer))
+    model, measured, shrink = shed_model_and_measured(lm, learn, len(tokenizer))
     spec, split = corpus_of(manifest, options)
     source = (f"the {split or 'whole'} split of the {spec.kind} corpus"
               f"{' ' + spec.path if spec.path else ''}")
@@ -81,12 +82,13 @@ def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
                            provenance={"phases": learn.phases.to_dict(), "runs": list(learn.runs),
                                        "evalset_hash": meta.get("hash"),
                                        "learnability_dir": str(lm.out), "corpus": source,
-                                       "shed_model": model.report()})
+                                       "shed_model": model.report(),
+                                       "shrinkage": shrink.to_dict()})
     write_json(learn.phases.to_dict(), folder / PHASES_FILE)
-    write_json({"corpus": source, **counts.to_dict(), "shed_model": model.report()},
-               layout.curriculum_coverage(manifest.out))
-    write_text(readme_text(learn, options.floor, extra=coverage_paragraph(counts, model, source)),
-               folder / "README.md")
+    write_json({"corpus": source, **counts.to_dict(), "shed_model": model.report(),
+                "shrinkage": shrink.to_dict()}, layout.curriculum_coverage(manifest.out))
+    write_text(readme_text(learn, options.floor, extra=coverage_paragraph(counts, model, source)
+                           + spread_paragraph(counts, shrink)), folder / "README.md")
     target = _align_target(manifest, options)
     _log_export(learn, counts, model, source, target, folder,
                 measured_tokens=max(r.tokens for r in runs))

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from spectrum import console
 from spectrum.curriculum.predict import ShedModel
+from spectrum.curriculum.shrinkage import Shrinkage
 from spectrum.curriculum.weights import DOCUMENTS_FILE, WEIGHTS_FILE, shed_columns, weight_columns
 from spectrum.store import PROVENANCE_KEY
 
@@ -49,6 +50,7 @@ class ExportCounts:
     sequences_measured: int = 0
     tokens: int = 0
     phase_mean_shed: list[float] = field(default_factory=list)
+    spread: list[dict[str, Any]] = field(default_factory=list)  # SourceSpread.rows()
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,8 +174,45 @@ def _doc_means(path: Path, P: int) -> np.ndarray:
     return total / max(n, 1)
 
 
-def _weigh(src: Path, dst: Path, P: int, mean: np.ndarray, floor: float, meta: dict[bytes, bytes]) -> None:
-    """Second pass: ``src`` batch by batch, with the weight columns, into ``dst`` (atomically)."""
+class SourceSpread:
+    """Per source (measured, predicted) and phase: how many sequences, and the mean and standard
+    deviation of their shed and of their weight, and the largest weight; accumulated batch by
+    batch."""
+
+    def __init__(self, P: int) -> None:
+        self.P = P
+        self.sums: dict[str, np.ndarray] = {}  # source -> (5, P): n, shed, shed^2, w, w^2
+        self.max_w: dict[str, np.ndarray] = {}
+
+    def add(self, source: np.ndarray, shed: np.ndarray, w: np.ndarray) -> None:
+        for src in np.unique(source):
+            m = source == src
+            acc = self.sums.setdefault(str(src), np.zeros((5, self.P)))
+            acc += np.stack([np.full(self.P, m.sum()), shed[m].sum(0), (shed[m] ** 2).sum(0),
+                             w[m].sum(0), (w[m] ** 2).sum(0)])
+            self.max_w[str(src)] = np.maximum(self.max_w.get(str(src), -np.inf), w[m].max(0))
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for src in sorted(self.sums):
+            n, s1, s2, w1, w2 = self.sums[src]
+            for p in range(self.P):
+                out.append({"source": src, "phase": p, "sequences": int(n[p]),
+                            "shed_mean": float(s1[p] / n[p]), "shed_sd": _sd(s1[p], s2[p], n[p]),
+                            "weight_mean": float(w1[p] / n[p]), "weight_sd": _sd(w1[p], w2[p], n[p]),
+                            "weight_max": float(self.max_w[src][p])})
+        return out
+
+
+def _sd(total: float, squares: float, n: float) -> float:
+    """The standard deviation of ``n`` values from their sum and sum of squares."""
+    return float(np.sqrt(max(squares / n - (total / n) ** 2, 0.0)))
+
+
+def _weigh(src: Path, dst: Path, P: int, mean: np.ndarray, floor: float, meta: dict[bytes, bytes],
+           spread: SourceSpread | None = None) -> None:
+    """Second pass: ``src`` batch by batch, with the weight columns, into ``dst`` (atomically);
+    ``spread`` accumulates each source's spread (tables with a ``source`` column)."""
     reader = pq.ParquetFile(src)
     schema = reader.schema_arrow
     for c in weight_columns(P):
@@ -187,6 +226,8 @@ def _weigh(src: Path, dst: Path, P: int, mean: np.ndarray, floor: float, meta: d
                                     for c in shed_columns(P)]).astype(np.float64)
             rel = np.divide(shed, mean, out=np.ones_like(shed), where=mean > 0)
             w = np.where(np.isfinite(rel), floor + (1.0 - floor) * rel, 1.0)
+            if spread is not None and len(shed):
+                spread.add(batch.column("source").to_numpy(zero_copy_only=False), shed, w)
             cols = list(batch.columns) + [pa.array(w[:, p]) for p in range(P)]
             writer.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=len(shed))
     os.replace(tmp, dst)
@@ -218,7 +259,10 @@ def export_corpus(docs: Iterable[Any], tokenizer: Any, context: int, model: Shed
         meta = {PROVENANCE_KEY: json.dumps({**(provenance or {}), "floor": floor,
                                             "counts": counts.to_dict()},
                                            sort_keys=True, default=str).encode()}
-        _weigh(tmp_seq, folder / WEIGHTS_FILE, P, np.asarray(counts.phase_mean_shed), floor, meta)
+        spread = SourceSpread(P)
+        _weigh(tmp_seq, folder / WEIGHTS_FILE, P, np.asarray(counts.phase_mean_shed), floor, meta,
+               spread)
+        counts.spread = spread.rows()
         _weigh(tmp_doc, folder / DOCUMENTS_FILE, P, _doc_means(tmp_doc, P), floor, meta)
     finally:
         tmp_seq.unlink(missing_ok=True)
@@ -244,4 +288,37 @@ documents ({model.folds}-fold, {model.n_sequences} scored sequences from {model.
 documents), R^2 of predicted against measured shed per sequence, per phase: **{r2}**
 (uncalibrated: {raw}). Where R^2 is low, the predicted weights are close to uniform in that phase
 and reweight little. A document's shed is the token-weighted mean of its sequences'.
+"""
+
+
+def spread_paragraph(counts: ExportCounts, shrink: Shrinkage) -> str:
+    """The README section on the two sources of shed: the shrinkage of the measured sequences
+    and each source's spread per phase."""
+    if shrink.noise_var is None:
+        how = (f"The learnability was measured on {shrink.runs} run: its run-to-run noise cannot "
+               "be estimated, so measured sheds are used as measured (not shrunk).")
+    else:
+        fac = ", ".join(f"{v:.2f}" for v in shrink.factor)
+        rel = ", ".join(f"{v:.2f}" for v in shrink.reliability)
+        how = (f"A measured shed is the mean over {shrink.runs} runs, with their run-to-run noise; "
+               "before it sits beside predicted ones it is shrunk toward the model's prediction "
+               "for that sequence (made without its document) by empirical Bayes: "
+               "`pred + lambda (measured - pred)`, lambda = signal / (signal + noise) per phase, "
+               f"the noise being the variance across runs over {shrink.runs}. Reliability of the "
+               f"measured shed (share of its spread that is not run-to-run noise) per phase: "
+               f"**{rel}**; lambda: **{fac}**. The runs share their seed where the suite does, so "
+               "this noise is a lower bound on what a new seed would add.")
+    rows = "\n".join(f"| {r['phase']} | {r['source']} | {r['sequences']} | {r['shed_mean']:.3f} | "
+                     f"{r['shed_sd']:.3f} | {r['weight_sd']:.3f} | {r['weight_max']:.2f} |"
+                     for r in sorted(counts.spread, key=lambda r: (r["phase"], r["source"])))
+    return f"""
+## Measured and predicted sequences on one scale
+
+{how}
+
+Spread of each source per phase (shed in nats per target token):
+
+| phase | source | sequences | mean shed | sd of shed | sd of weight | largest weight |
+|---|---|---|---|---|---|---|
+{rows}
 """

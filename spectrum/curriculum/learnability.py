@@ -23,10 +23,11 @@ import polars as pl
 from spectrum import layout
 from spectrum.curriculum.corpus_export import window_key
 from spectrum.curriculum.predict import ShedModel, fit_shed_model
+from spectrum.curriculum.shrinkage import Shrinkage, shrinkage
 from spectrum.curriculum.weights import Learnability, Phases, learnability, token_shed
 from spectrum.errors import SpectrumError
 from spectrum.fit.runs import fit_steps
-from spectrum.losses.trajectories import log_tokens
+from spectrum.losses.trajectories import load_losses, log_tokens
 from spectrum.manifest import CorpusSpec, Manifest, RunSpec
 
 
@@ -75,6 +76,27 @@ def first_fitted_x(lm: Manifest) -> dict[str, float]:
             if s}
 
 
+def initial_losses(lm: Manifest) -> dict[str, pl.DataFrame]:
+    """Per run, each token's measured loss at the run's first checkpoint (step 0 where there is
+    one): where a token's shed starts (:func:`~spectrum.curriculum.weights.token_phase_shed`)."""
+    out = {}
+    for run in lm.runs:
+        steps = layout.shard_steps(lm.out, run.name)
+        if not steps:
+            raise SpectrumError(f"{layout.loss_run_dir(lm.out, run.name)}: no loss shards for run "
+                                f"{run.name} (the losses stage did not write them)")
+        first = load_losses(lm.out, run.name, steps=steps[:1])
+        out[run.name] = pl.DataFrame({"token_idx": first.token_idx, "loss": first.losses[:, 0]})
+    return out
+
+
+def measured_shed(lm: Manifest, tokens: pl.DataFrame, phases: Phases) -> Learnability:
+    """The learnability of the scored sample over ``phases``: every run's fits, each token's shed
+    starting from its measured initial loss and read only from the first fitted checkpoint on."""
+    return learnability(tokens, read_fits(lm), phases, x_first=first_fitted_x(lm),
+                        initial=initial_losses(lm))
+
+
 def evalset_meta(lm: Manifest) -> dict[str, Any]:
     """The ``meta.json`` of the learnability sample (tokenizer, context, hash)."""
     return json.loads(layout.evalset_meta(lm.out).read_text())
@@ -85,7 +107,7 @@ def measure(lm: Manifest, phases: Phases) -> Learnability:
     so that the table is usable without the evalset folder."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id"])
-    learn = learnability(tokens, read_fits(lm), phases, x_first=first_fitted_x(lm))
+    learn = measured_shed(lm, tokens, phases)
     ids = pl.read_parquet(layout.evalset_sequences(lm.out), columns=["seq_id", "input_ids"])
     learn.sequences = learn.sequences.join(ids.with_columns(pl.col("seq_id").cast(
         learn.sequences.schema["seq_id"])), on="seq_id", how="left", maintain_order="left")
@@ -107,7 +129,7 @@ def read_pool(lm: Manifest, phases: Phases) -> Pool:
     profile; a :class:`SpectrumError` when the evalset's sequences and tokens disagree."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
-    learn = learnability(tokens, read_fits(lm), phases, x_first=first_fitted_x(lm))
+    learn = measured_shed(lm, tokens, phases)
     seqs = pl.read_parquet(layout.evalset_sequences(lm.out)).sort("seq_id")
     if seqs["seq_id"].to_list() != learn.sequences["seq_id"].to_list():
         raise SpectrumError(f"{layout.evalset_dir(lm.out)}: sequences and tokens disagree; rerun "
@@ -118,22 +140,27 @@ def read_pool(lm: Manifest, phases: Phases) -> Pool:
 
 
 def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int
-                            ) -> tuple[ShedModel, dict[bytes, tuple[int, np.ndarray]]]:
-    """The learnability model fitted on the scored sample, and the measured shed of each scored
-    window keyed by :func:`~spectrum.curriculum.corpus_export.window_key`."""
+                            ) -> tuple[ShedModel, dict[bytes, tuple[int, np.ndarray]], Shrinkage]:
+    """The learnability model fitted on the scored sample, the shed of each scored window keyed
+    by :func:`~spectrum.curriculum.corpus_export.window_key` (measured, shrunk toward the model's
+    out-of-fold prediction by its reliability: :mod:`spectrum.curriculum.shrinkage`), and the
+    shrinkage."""
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_id"]).sort("token_idx")
-    per_token = token_shed(tokens, read_fits(lm), learn.phases, x_first=first_fitted_x(lm))
+    per_token = token_shed(tokens, read_fits(lm), learn.phases, x_first=first_fitted_x(lm),
+                           initial=initial_losses(lm))
     n_phases = learn.phases.n
     seq_ids = learn.sequences["seq_id"].to_numpy()
     index = np.searchsorted(seq_ids, tokens["seq_id"].to_numpy())
     model = fit_shed_model(tokens["target_id"].to_numpy(), index,
                            per_token.select([f"s{p}" for p in range(n_phases)]).to_numpy(),
                            learn.sequences["doc_id"].cast(pl.String).to_list(), vocab)
-    shed = learn.shed()
-    measured = {window_key(d, np.asarray(ids)): (int(sid), shed[i]) for i, (sid, d, ids) in enumerate(
+    measured = learn.shed()
+    shrink = shrinkage(measured, model.held_out, learn.run_shed)
+    shed = shrink.apply(measured, model.held_out)
+    keyed = {window_key(d, np.asarray(ids)): (int(sid), shed[i]) for i, (sid, d, ids) in enumerate(
         learn.sequences.select("seq_id", "doc_id", "input_ids").iter_rows())}
-    return model, measured
+    return model, keyed, shrink
 
 
 def read_target_ids(path: str | Path) -> list[str]:

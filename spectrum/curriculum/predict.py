@@ -65,6 +65,8 @@ class ShedModel:
     folds: int = 5
     n_sequences: int = 0
     n_documents: int = 0
+    #: (S, P) the prediction of each scored sequence by the model fitted without its document
+    held_out: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_phases(self) -> int:
@@ -133,4 +135,4 @@ def fit_shed_model(target_ids: np.ndarray, seq_index: np.ndarray, token_shed: np
     return ShedModel(table=_type_table(ids, shed, vocab, prior), intercept=a, slope=b,
                      cv_r2=[r2(measured[:, p], cal[:, p]) for p in range(P)],
                      cv_r2_raw=[r2(measured[:, p], oof[:, p]) for p in range(P)],
-                     prior=prior, folds=k, n_sequences=S, n_documents=len(docs))
+                     prior=prior, folds=k, n_sequences=S, n_documents=len(docs), held_out=cal)

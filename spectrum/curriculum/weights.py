@@ -8,14 +8,17 @@ Three steps, each a pure function of tables:
    covers the optimizer steps ``[step_start[p], step_end[p])``; phase 0 starts at step 0.
 2. :func:`learnability` aggregates per-token sigmoid fits (``lo, hi, tau, k`` of
    ``l(x) = lo + (hi - lo) * sigmoid(-k (x - tau))``, measured on sequences of the *training*
-   split) per sequence and per document: the loss each token sheds inside phase ``p`` is
-   ``delta * (s(x_p) - s(x_{p+1}))`` with ``s(x) = sigmoid(-k (x - tau))`` and ``delta = hi - lo``
-   (clipped at 0: a token whose loss rises sheds nothing). The first phase is open to the left
-   (``s = 1`` before training), so loss learned before the first edge counts in phase 0; loss
+   split) per sequence and per document. A token's loss curve starts at its measured loss at the
+   run's first checkpoint (step 0), follows the fitted sigmoid from the first fitted checkpoint on,
+   is held at the sigmoid's value there before it (nothing earlier was fitted) and never exceeds
+   the measured start: the loss it sheds inside phase ``p`` is the fall of that curve across the
+   phase (:func:`token_phase_shed`). The sigmoid's upper asymptote, an extrapolation, is never
+   used, and the total shed is at most the measured initial loss. The first phase is open to the
+   left, so what is learned before its right edge (the warmup included) counts in phase 0; loss
    still unlearned at the end of the run is reported as ``shed_beyond`` and in no phase. Per
    sequence: the mean shed per token in each phase (averaged over the fitted runs), the share of
    the sequence's shed loss in each phase, and the amplitude-weighted mean learning time
-   ``tau_mean = sum(delta * tau) / sum(delta)``.
+   ``tau_mean = sum(delta * tau) / sum(delta)`` (``delta``: a token's total shed).
 3. :func:`phase_weights` turns the shed per phase into weights: ``w = floor + (1 - floor) *
    shed / mean(shed)`` per phase, a mixture of the learnability profile with uniform sampling.
    Weights are finite and ``>= floor`` (no item is ever excluded), and **each phase's weights
@@ -141,47 +144,44 @@ def phase_schedule(target_steps: int, tokens_per_step: int, n_phases: int,
 
 def token_phase_shed(lo: np.ndarray, hi: np.ndarray, tau: np.ndarray, k: np.ndarray,
                      phases: Phases, *, x_first: float | None = None,
-                     hi_seen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     initial: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loss shed by each token in each phase, ``(N, P)``, and the loss left after the run, ``(N,)``.
 
-    ``delta * (s(x_p) - s(x_{p+1}))`` with ``s(x) = sigmoid(-k (x - tau))``, ``s(x_0) = 1``.
-    Non-finite parameters shed nothing (zeros).
+    The token's loss curve is the fitted sigmoid ``f(x) = lo + delta * s(x)``, ``delta =
+    max(hi - lo, 0)``, ``s(x) = sigmoid(-k (x - tau))``, read only where it was measured:
 
-    ``x_first``: ln T of the run's first fitted checkpoint. A token whose ``tau`` lies before it
-    has a censored ``hi`` (the sigmoid's asymptote is an extrapolation): its loss before
-    ``x_first`` is held at what that checkpoint saw, ``hi_seen`` (the measured loss there) where
-    given and finite, else the fitted curve at ``x_first``; so ``delta`` is the loss shed from
-    the first checkpoint on, and the asymptote is never used.
+    - ``x_first`` (ln T of the run's first fitted checkpoint): before it nothing was fitted, so
+      the curve is held at ``f(x_first)`` there; the asymptote ``hi`` (an extrapolation whenever
+      tau lies before the checkpoints or the slope is shallow) is never used;
+    - ``initial`` (the token's measured loss at the run's first checkpoint, step 0 where there is
+      one): the curve starts there (before phase 0) and never exceeds it, so what is shed before
+      the first fitted checkpoint (the warmup) counts in phase 0 and the total shed is at most
+      the initial loss.
+
+    Without either, the curve starts at ``hi`` (the sigmoid as fitted). The shed in phase ``p``
+    is ``c(x_p) - c(x_{p+1})`` of that curve ``c`` (never negative), with ``x_0 = -inf``.
+    Non-finite parameters shed nothing (zeros).
     """
     from spectrum.fit.model import token_curves
 
     lo, hi, tau, k = (np.asarray(a, dtype=np.float64) for a in (lo, hi, tau, k))
     ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
+    lo0, tt, kk = np.where(ok, lo, 0.0), np.where(ok, tau, 0.0), np.where(ok, k, 0.0)
     delta = np.where(ok, np.clip(hi - lo, 0.0, None), 0.0)
     x = np.asarray(phases.x_edges[1:], dtype=np.float64)  # right edges
-    kk, tt = np.where(ok, k, 0.0), np.where(ok, tau, 0.0)
-    s = token_curves(0.0, 1.0, tt, kk, x)  # (N, P): s at each right edge (a step from 1 to 0)
     if x_first is not None:
-        delta, s = _held_before(lo, hi, tt, kk, ok, delta, s, x_first, hi_seen)
-    s_left = np.concatenate([np.ones((len(delta), 1)), s[:, :-1]], axis=1)
-    shed = delta[:, None] * np.clip(s_left - s, 0.0, None)
-    return shed, delta * s[:, -1]
-
-
-def _held_before(lo, hi, tau, k, ok, delta, s, x_first: float, hi_seen):
-    """``delta`` and ``s`` of :func:`token_phase_shed` with the curve of every token whose tau
-    lies before ``x_first`` held at its value there: ``s / s(x_first)``, at most 1."""
-    from spectrum.fit.model import token_curves
-
-    s_first = token_curves(0.0, 1.0, tau, k, np.array([x_first]))[:, 0]
-    censored = ok & (tau < x_first)
-    seen = lo + (hi - lo) * s_first
-    if hi_seen is not None:
-        measured = np.asarray(hi_seen, dtype=np.float64)
-        seen = np.where(np.isfinite(measured), measured, seen)
-    delta = np.where(censored, np.clip(seen - lo, 0.0, None), delta)
-    held = np.divide(s, s_first[:, None], out=np.zeros_like(s), where=s_first[:, None] > 0)
-    return delta, np.where(censored[:, None], np.clip(held, 0.0, 1.0), s)
+        x = np.maximum(x, x_first)
+    hi0 = lo0 + delta
+    curve = token_curves(lo0, hi0, tt, kk, x)  # (N, P): the curve at each phase's right edge
+    start = hi0 if x_first is None else token_curves(lo0, hi0, tt, kk, np.array([x_first]))[:, 0]
+    if initial is not None:
+        measured = np.asarray(initial, dtype=np.float64)
+        start = np.where(np.isfinite(measured), measured, start)
+    curve = np.minimum(curve, start[:, None])
+    left = np.concatenate([start[:, None], curve[:, :-1]], axis=1)
+    shed = np.where(ok[:, None], np.clip(left - curve, 0.0, None), 0.0)
+    beyond = np.where(ok, np.clip(curve[:, -1] - np.minimum(lo0, start), 0.0, None), 0.0)
+    return shed, beyond
 
 
 @dataclass
@@ -192,6 +192,7 @@ class Learnability:
     sequences: pl.DataFrame  # seq_id, doc_id, n_tokens, n_fitted, delta_mean, tau_mean, shed_p*, share_p*, shed_beyond
     documents: pl.DataFrame  # doc_id, n_sequences, n_tokens, ... same columns
     runs: tuple[str, ...] = ()
+    run_shed: np.ndarray | None = None  # (runs, sequences, P): each run's mean shed per sequence
 
     def shed(self, level: str = "sequences") -> np.ndarray:
         df = self.sequences if level == "sequences" else self.documents
@@ -206,38 +207,55 @@ def weight_columns(n: int) -> list[str]:
     return [f"w_phase{p}" for p in range(n)]
 
 
+def run_token_shed(tokens: pl.DataFrame, fit: pl.DataFrame, phases: Phases, *,
+                   usable_kinds: Sequence[str] = USABLE_KINDS, x_first: float | None = None,
+                   initial: pl.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One run's :func:`token_phase_shed` for the tokens of ``tokens`` (in their row order):
+    ``shed (N, P)``, ``beyond``, ``delta`` (the total shed) and ``ok`` (a usable fit).
+    ``initial``: the run's measured loss per token at its first checkpoint (``token_idx, loss``)."""
+    f = tokens.select("token_idx").join(fit, on="token_idx", how="left", maintain_order="left")
+    lo, hi, tau, k = (f[c].to_numpy().astype(np.float64) for c in ("lo", "hi", "tau", "k"))
+    if "kind" in f.columns:
+        usable = f["kind"].is_in(list(usable_kinds)).fill_null(False).to_numpy()
+        lo, hi, tau, k = (np.where(usable, a, np.nan) for a in (lo, hi, tau, k))
+    start = None
+    if initial is not None:
+        start = (tokens.select("token_idx").join(initial, on="token_idx", how="left",
+                                                 maintain_order="left")["loss"]
+                 .cast(pl.Float64).fill_null(np.nan).to_numpy())
+    shed, beyond = token_phase_shed(lo, hi, tau, k, phases, x_first=x_first, initial=start)
+    ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
+    return shed, beyond, shed.sum(1) + beyond, ok
+
+
 def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
                usable_kinds: Sequence[str] = USABLE_KINDS,
-               x_first: dict[str, float] | None = None) -> pl.DataFrame:
+               x_first: dict[str, float] | None = None,
+               initial: dict[str, pl.DataFrame] | None = None,
+               per_run: list[np.ndarray] | None = None) -> pl.DataFrame:
     """Per token (in ``token_idx`` order): ``seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
-    ``beyond``, ``delta``, ``dtau`` (delta * tau) and ``fitted`` (runs with a usable fit), each
-    averaged over the runs of ``fits`` (see :func:`learnability`). ``x_first``: per run, ln T of
-    its first fitted checkpoint; a censored ``hi`` of that run is then never used
-    (:func:`token_phase_shed`)."""
+    ``beyond``, ``delta`` (the total shed), ``dtau`` (delta * tau) and ``fitted`` (runs with a
+    usable fit), each averaged over the runs of ``fits`` (see :func:`learnability`).
+    ``x_first`` (per run, ln T of its first fitted checkpoint) and ``initial`` (per run, the
+    measured loss of each token at its first checkpoint): see :func:`token_phase_shed`.
+    ``per_run``: a list that receives each run's ``(N, P)`` shed, in the order of ``fits``."""
     if not fits:
         raise SpectrumError("curriculum: no fitted runs to measure learnability from")
     tokens = tokens.select("token_idx", "seq_id", "doc_id").sort("token_idx")
     n, P = tokens.height, phases.n
-    shed_sum = np.zeros((n, P))
-    beyond_sum = np.zeros(n)
-    dtau_sum = np.zeros(n)  # sum over runs of delta * tau
-    delta_sum = np.zeros(n)
+    shed_sum, beyond_sum, dtau_sum, delta_sum = np.zeros((n, P)), np.zeros(n), np.zeros(n), np.zeros(n)
     fitted = np.zeros(n, dtype=np.int64)
     for run, f in fits.items():
-        f = tokens.select("token_idx").join(f, on="token_idx", how="left", maintain_order="left")
-        lo, hi, tau, k = (f[c].to_numpy().astype(np.float64) for c in ("lo", "hi", "tau", "k"))
-        if "kind" in f.columns:
-            usable = f["kind"].is_in(list(usable_kinds)).fill_null(False).to_numpy()
-            lo, hi, tau, k = (np.where(usable, a, np.nan) for a in (lo, hi, tau, k))
-        first = (x_first or {}).get(run)
-        shed, beyond = token_phase_shed(lo, hi, tau, k, phases, x_first=first)
-        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
-        delta = np.where(ok, np.clip(hi - lo, 0.0, None), 0.0)
-        if first is not None:  # a censored hi: the loss shed from the first checkpoint on
-            delta = np.where(ok & (tau < first), shed.sum(1) + beyond, delta)
+        tau = tokens.select("token_idx").join(f.select("token_idx", "tau"), on="token_idx",
+                                              how="left", maintain_order="left")["tau"]
+        shed, beyond, delta, ok = run_token_shed(
+            tokens, f, phases, usable_kinds=usable_kinds, x_first=(x_first or {}).get(run),
+            initial=(initial or {}).get(run))
+        if per_run is not None:
+            per_run.append(shed)
         shed_sum += shed
         beyond_sum += beyond
-        dtau_sum += np.where(ok, delta * np.nan_to_num(tau), 0.0)
+        dtau_sum += np.where(ok, delta * np.nan_to_num(tau.to_numpy().astype(np.float64)), 0.0)
         delta_sum += delta
         fitted += ok
     R = len(fits)
@@ -251,22 +269,35 @@ def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phas
 
 def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
                  usable_kinds: Sequence[str] = USABLE_KINDS,
-                 x_first: dict[str, float] | None = None) -> Learnability:
+                 x_first: dict[str, float] | None = None,
+                 initial: dict[str, pl.DataFrame] | None = None) -> Learnability:
     """Aggregate per-token fits of one or more runs into per-sequence and per-document learnability.
 
     ``tokens`` holds ``token_idx, seq_id, doc_id`` (the evalset's tokens.parquet); each of ``fits``
     (run name -> table) holds ``token_idx, lo, hi, tau, k`` and optionally ``kind``. A token's shed
     per phase is averaged over the runs; tokens without a usable fit count as shedding nothing (but
-    still count in ``n_tokens``, so sequences are compared per token). ``x_first``: see
-    :func:`token_shed`.
+    still count in ``n_tokens``, so sequences are compared per token). ``x_first`` and
+    ``initial``: see :func:`token_shed`. ``Learnability.run_shed`` keeps each run's mean shed per
+    sequence (what the measurement's run-to-run noise is estimated from).
     """
-    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds, x_first=x_first)
+    per_run: list[np.ndarray] = []
+    per_token = token_shed(tokens, fits, phases, usable_kinds=usable_kinds, x_first=x_first,
+                           initial=initial, per_run=per_run)
     P = phases.n
     seq = _aggregate(per_token, ["seq_id", "doc_id"], P).sort("seq_id")
     doc = _aggregate(per_token, ["doc_id"], P).sort("doc_id")
     doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id",
                    maintain_order="left")
-    return Learnability(phases, seq, doc, tuple(fits))
+    index = np.searchsorted(seq["seq_id"].to_numpy(), per_token["seq_id"].to_numpy())
+    counts = np.bincount(index, minlength=seq.height)[:, None]
+    run_shed = np.stack([_sums(index, s, seq.height) / np.maximum(counts, 1) for s in per_run])
+    return Learnability(phases, seq, doc, tuple(fits), run_shed)
+
+
+def _sums(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, values.shape[1]))
+    np.add.at(out, index, values)
+    return out
 
 
 def _aggregate(per_token: pl.DataFrame, keys: list[str], P: int) -> pl.DataFrame:
@@ -438,9 +469,12 @@ tokens each, cut into {ph.n} phases of equal width in ln T (T = tokens seen):
    {learn.documents.height} documents) were evaluated at every checkpoint of the run(s)
    {', '.join(learn.runs)}, and a sigmoid in ln T, `l(x) = lo + (hi - lo) * sigmoid(-k (x - tau))`,
    was fitted to every token's loss trajectory.
-2. Each token's loss shed inside phase p is `delta * (s(x_p) - s(x_(p+1)))`, with
-   `delta = max(hi - lo, 0)` and `s(x) = sigmoid(-k (x - tau))`; phase 0 also holds what is learned
-   before its right edge. Tokens whose fit is not a usable sigmoid (forgotten,
+2. Each token's loss curve starts at its measured loss at the run's first checkpoint (step 0),
+   follows the fitted sigmoid from the first fitted checkpoint on (held at its value there before
+   it) and never exceeds that measured start; the loss shed inside phase p is the fall of this
+   curve across the phase, so no token sheds more than its measured initial loss and the
+   sigmoid's extrapolated upper asymptote is never used. Phase 0 also holds what is learned
+   before its right edge, the warmup included. Tokens whose fit is not a usable sigmoid (forgotten,
    nonmonotone, failed fits) shed nothing. The shed loss is averaged over tokens (per sequence or document) and
    over the runs (`shed_p<p>` columns; `share_p<p>` is each phase's share of the item's shed
    loss, `shed_beyond` what is still unlearned at the end, `tau_mean` the amplitude-weighted mean

@@ -131,6 +131,49 @@ def test_learnability_aggregates_tokens_per_sequence_and_document():
     np.testing.assert_allclose(d0, s0.mean(axis=0))
 
 
+def _measured_curve(x, lo, hi, tau, k, x_first, initial):
+    """The curve a token sheds along, written out from its definition with scipy's expit:
+    the measured initial loss before everything, the fitted sigmoid from x_first on, held at its
+    x_first value before, never above the initial loss."""
+    from scipy.special import expit
+
+    d = max(hi - lo, 0.0)
+    x = max(x, x_first)
+    return min(initial, lo + d * expit(-k * (x - tau)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.0, 6.0), st.floats(-3.0, 300.0), st.floats(4.0, 20.0), st.floats(0.01, 30.0),
+       st.floats(5.0, 8.0), st.floats(6.0, 16.0))
+def test_shed_starts_from_the_measured_loss_and_never_exceeds_it(lo, hi, tau, k, initial, x_first):
+    ph = phase_schedule(4000, 256, 4, first_step=16)
+    shed, beyond = token_phase_shed([lo], [hi], [tau], [k], ph, x_first=x_first,
+                                    initial=np.array([initial]))
+    assert (shed >= 0).all() and beyond[0] >= 0
+    assert shed.sum() + beyond[0] <= initial + 1e-12
+    edges = [None, *ph.x_edges[1:]]
+    level = [initial] + [_measured_curve(x, lo, hi, tau, k, x_first, initial) for x in edges[1:]]
+    for p in range(ph.n):
+        assert shed[0, p] == pytest.approx(level[p] - level[p + 1], abs=1e-9)
+    assert beyond[0] == pytest.approx(level[-1] - min(lo, initial), abs=1e-9)
+
+
+def test_a_shallow_sigmoid_with_an_extrapolated_asymptote_sheds_only_what_was_measured():
+    """The referee's case: a fitted drop of hundreds of nats (hi far above ln V) from a shallow
+    slope; measured at step 0 the token's loss was 6.9 nats."""
+    ph = phase_schedule(128, 1024, 4, first_step=16)
+    x_first = math.log(19 * 1024)
+    lo, hi, tau, k, initial = 3.1, 288.0, 8.0, 0.35, 6.9
+    old, _ = token_phase_shed([lo], [hi], [tau], [k], ph)
+    new, beyond = token_phase_shed([lo], [hi], [tau], [k], ph, x_first=x_first,
+                                   initial=np.array([initial]))
+    assert old[0, 0] > 100  # from the asymptote
+    seen = lo + (hi - lo) / (1 + math.exp(k * (x_first - tau)))
+    assert new[0, 0] == pytest.approx(initial - min(initial, lo + (hi - lo) / (
+        1 + math.exp(k * (ph.x_edges[1] - tau)))), abs=1e-9)
+    assert new.sum() + beyond[0] == pytest.approx(initial - lo, abs=1e-9) and seen > initial
+
+
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.float64, st.tuples(st.integers(1, 30), st.integers(1, 5)),
               elements=st.one_of(st.floats(0, 1e6), st.just(np.nan), st.just(0.0))),

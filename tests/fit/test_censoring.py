@@ -66,14 +66,18 @@ def test_the_curriculum_shed_never_uses_a_censored_hi() -> None:
         assert shed[0, p] == pytest.approx(start - end, abs=1e-9)
     assert shed[0].sum() + beyond[0] == pytest.approx(seen - lo, rel=1e-9)
     assert shed.sum() + beyond.sum() < 2  # not the 561 nats of the extrapolated asymptote
-    # the measured loss at the first checkpoint replaces the fitted one where given
+    # the measured initial loss is where the curve starts: what fell before x_first is phase 0's
     shed_m, beyond_m = token_phase_shed([lo], [hi], [tau], [k], ph, x_first=x_first,
-                                        hi_seen=np.array([seen + 0.2]))
+                                        initial=np.array([seen + 0.2]))
+    assert shed_m[0, 0] == pytest.approx(0.2, abs=1e-9)
     assert shed_m[0].sum() + beyond_m[0] == pytest.approx(seen + 0.2 - lo, rel=1e-9)
-    # a token with tau inside the window is unchanged by x_first
+    # a token with tau inside the window: its extrapolated part before x_first is not used either
     inside = token_phase_shed([1.0], [3.0], [x_first + 1.0], [2.0], ph, x_first=x_first)
     plain = token_phase_shed([1.0], [3.0], [x_first + 1.0], [2.0], ph)
-    assert np.array_equal(inside[0], plain[0]) and np.array_equal(inside[1], plain[1])
+    held = _curve(x_first, 1.0, 3.0, x_first + 1.0, 2.0)
+    assert inside[0][0].sum() + inside[1][0] == pytest.approx(held - 1.0, rel=1e-12)
+    assert plain[0][0].sum() + plain[1][0] == pytest.approx(2.0, rel=1e-12)
+    np.testing.assert_allclose(inside[0][0, 2:], plain[0][0, 2:], rtol=1e-12)  # after x_first
 
 
 def test_seen_delta_is_the_drop_within_the_window_numpy_and_torch():
