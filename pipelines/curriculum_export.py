@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 from pipelines.curriculum_export_options import HELP, OPTIONS, CurriculumExportOptions  # noqa: F401
@@ -42,7 +43,7 @@ from spectrum.data.corpus import documents, iter_documents
 from spectrum.data.evalset import load_tokenizer
 from spectrum.errors import SpectrumError
 from spectrum.manifest import CorpusSpec, Manifest, RunSpec
-from spectrum.store import write_json, write_text
+from spectrum.store import source_commit, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def main(manifest: Manifest, options: CurriculumExportOptions) -> None:
                                        "shrinkage": shrink.to_dict()})
     write_json(learn.phases.to_dict(), folder / PHASES_FILE)
     write_json({"corpus": source, **counts.to_dict(), "shed_model": model.report(),
-                "shrinkage": shrink.to_dict()}, layout.curriculum_coverage(manifest.out))
+                "shrinkage": shrink.to_dict(), "ln_vocab": math.log(len(tokenizer)),
+                "code_commit": source_commit()}, layout.curriculum_coverage(manifest.out))
     write_text(readme_text(learn, options.floor, extra=coverage_paragraph(counts, model, source)
                            + spread_paragraph(counts, shrink)), folder / "README.md")
     target = _align_target(manifest, options)

@@ -38,8 +38,8 @@ from pipelines.learnability import run_learnability_stages
 from pipelines.options import option
 from spectrum import layout
 from spectrum.curriculum.arms import ARMS, arm_weights, frequency_buckets, weight_diagnostics
-from spectrum.curriculum.learnability import (Pool, evalset_meta, learnability_manifest,
-                                              learnability_runs, read_pool)
+from spectrum.curriculum.learnability import (Pool, evalset_meta, exported_weights,
+                                              learnability_manifest, learnability_runs, read_pool)
 from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, fingerprint,
                                         learnability_cost, pool_size, run_arms, training_cost,
                                         write_results)
@@ -47,7 +47,7 @@ from spectrum.curriculum.weights import Phases, phase_schedule, phase_weights, w
 from spectrum.data.evalset import vocab_hash
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
-from spectrum.store import write_parquet
+from spectrum.store import source_commit, write_parquet
 
 if TYPE_CHECKING:  # the suite's modules are imported when the command runs
     from spectrum.suite.build import SuiteData
@@ -153,11 +153,30 @@ def main(manifest: Manifest, args: CurriculumTestOptions) -> None:
     pool = read_pool(lm, phases)
     w_curr = phase_weights(pool.learn.shed(), settings.floor)
     buckets = frequency_buckets(pool.mean_log_freq, settings.buckets)
-    setup = _setup_record(trial, settings, lm, pool, phases, w_curr, buckets)
+    fixed, exported = _exported(manifest, trial, settings, args, pool, phases)
+    setup = {**_setup_record(trial, settings, lm, pool, phases, w_curr, buckets), **exported}
     fp = fingerprint({k: v for k, v in setup.items() if k not in _NOT_FINGERPRINTED})
     out = layout.curriculum_test_dir(manifest.out)
-    _write_weights(out, fp, pool, buckets, w_curr, phases, settings)
-    _train_arms(trial, settings, args, pool, w_curr, buckets, phases, setup, fp, out)
+    _write_weights(out, fp, pool, buckets, w_curr, phases, settings, fixed)
+    _train_arms(trial, settings, args, pool, w_curr, buckets, phases, setup, fp, out, fixed)
+
+
+def _exported(manifest: Manifest, trial: _Trial, settings: TrialSettings,
+              args: CurriculumTestOptions, pool: Pool, phases: Phases
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The ``exported`` arm's weights (when it is among the arms): the export of
+    ``spectrum export-curriculum`` with its defaults (the manifest's fit runs on its own scored
+    sample, under ``<out>/curriculum/learnability``) for the test's phases and floor, looked up
+    for the pool's sequences; and the setup record's ``exported`` entry."""
+    if "exported" not in settings.arms:
+        return {}, {}
+    runs = learnability_runs(manifest, None)
+    lm = learnability_manifest(manifest, runs, layout.learnability_dir(manifest.out))
+    run_learnability_stages(lm, args)
+    w, record = exported_weights(lm, pool, phases, settings.floor, len(trial.data.tokenizer))
+    log.info(f"curriculum-test: exported arm: {record['pool_measured']} pool sequences measured "
+             f"by the export's sample, {record['pool_predicted']} predicted")
+    return {"exported": w}, {"exported": record}
 
 
 def _trial(manifest: Manifest, settings: TrialSettings, args: CurriculumTestOptions) -> _Trial:
@@ -199,7 +218,7 @@ def _measure_pool(manifest: Manifest, trial: _Trial, settings: TrialSettings,
 
 #: what a run's curve does not depend on: a change of these reuses the finished runs
 _NOT_FINGERPRINTED = ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
-                      "learnability_cost")
+                      "learnability_cost", "exported", "code_commit")
 
 
 def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Pool,
@@ -219,13 +238,14 @@ def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Po
             "learnability_runs": [r.name for r in runs],
             "suite_fingerprint": trial.plan.fingerprint(trial.base), "arms": list(settings.arms),
             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
+            "code_commit": source_commit(),
             "curriculum_weights": weight_diagnostics(w_curr, pool.mean_log_freq),
             "learnability_cost": cost}
 
 
 def _train_arms(trial: _Trial, settings: TrialSettings, args: CurriculumTestOptions, pool: Pool,
                 w_curr: np.ndarray, buckets: np.ndarray, phases: Phases, setup: dict[str, Any],
-                fp: str, out: Path) -> None:
+                fp: str, out: Path, fixed: dict[str, np.ndarray]) -> None:
     """Train every arm and the calibration runs; results rewritten after every seed."""
     import torch
 
@@ -245,14 +265,14 @@ def _train_arms(trial: _Trial, settings: TrialSettings, args: CurriculumTestOpti
                       w_curr, buckets, phases, seeds=settings.seed_ids, arms=settings.arms,
                       budgets=settings.budgets, out=out, fingerprint=fp, device=args.device,
                       force=args.force, on_seed=lambda c: results(c, quiet=True),
-                      workers=settings.workers)
+                      workers=settings.workers, fixed=fixed)
     results(curves)
 
 
 def _write_weights(out: Path, fp: str, pool: Pool, buckets: np.ndarray, w_curr: np.ndarray,
-                   phases: Phases, settings: TrialSettings) -> None:
+                   phases: Phases, settings: TrialSettings, fixed: dict[str, np.ndarray]) -> None:
     """Every arm's weights for the first seed, beside each sequence's frequency profile."""
-    w0 = arm_weights(w_curr, buckets, settings.seed_ids[0], np.diff(phases.step_edges))
+    w0 = {**arm_weights(w_curr, buckets, settings.seed_ids[0], np.diff(phases.step_edges)), **fixed}
     learn = pool.learn
     cols = {"seq_id": learn.sequences["seq_id"], "doc_id": learn.sequences["doc_id"],
             "mean_log_freq": pool.mean_log_freq, "freq_bucket": buckets}

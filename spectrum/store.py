@@ -92,6 +92,24 @@ def atomic_folder(path: str | Path, *, prefix: str | None = None) -> Iterator[Pa
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def source_commit() -> str | None:
+    """The git commit of this installation's source (``<sha>-dirty`` when tracked files differ
+    from it), or None outside a git checkout: what results quote so that a figure can be traced
+    to the code that made it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
 def write_parquet(table: pa.Table, path: str | Path, provenance: dict[str, Any] | None = None,
                   *, compression: str = "zstd",
                   encodings: dict[str, str] | None = None) -> Path:

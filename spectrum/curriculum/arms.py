@@ -17,6 +17,10 @@ sampling weights ``(n_items, P)`` of the training sequences (all drawn by the sa
   as often in expectation as under the curriculum, over the whole run; only *when* it is drawn
   differs. If the curriculum helps through a static reweighting of the data rather than through
   its timing, this control helps as much.
+- ``exported``: what a user applies: the weights of ``spectrum export-curriculum`` for the pool
+  (learnability measured by the suite's fit runs on the export's own scored sample; pool
+  sequences outside it get predicted sheds, scored ones their measured sheds shrunk toward the
+  prediction), not derived from the curriculum arm; trained like every other arm.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ ARM_DESCRIPTIONS = {
     "freq_shuffled": "curriculum rows shuffled within token-frequency buckets",
     "random": "curriculum rows permuted across all sequences",
     "timing_flat": "each sequence's step-averaged curriculum weight, constant over phases",
+    "exported": "the weights `spectrum export-curriculum` gives the pool, as a user applies them",
 }
 
 

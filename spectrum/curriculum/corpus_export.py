@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -103,6 +103,23 @@ def _schemas(P: int) -> tuple[pa.Schema, pa.Schema]:
     return seq, doc
 
 
+def window_shed(doc_ids: Sequence[str], windows: Sequence[np.ndarray], model: ShedModel,
+                measured: dict[bytes, tuple[int, np.ndarray]]
+                ) -> tuple[np.ndarray, list[tuple[int, np.ndarray] | None]]:
+    """The shed per phase ``(n, P)`` of windows of token ids (each of its document): the measured
+    one where the window was scored (``measured``, keyed by :func:`window_key`), else the one
+    ``model`` predicts from its target tokens (tokens 1.. of the window); and the hit of each
+    (``(seq_id, shed)`` or None)."""
+    targets = [np.asarray(w)[1:] for w in windows]
+    n_t = np.array([len(t) for t in targets], dtype=np.int64)
+    pred = model.predict(np.concatenate(targets) if targets else np.zeros(0, np.int64),
+                         np.repeat(np.arange(len(windows)), n_t), len(windows))
+    hits = [measured.get(window_key(d, w)) for d, w in zip(doc_ids, windows)]
+    shed = np.array([h[1] if h is not None else pred[j] for j, h in enumerate(hits)]).reshape(
+        len(windows), model.n_phases)
+    return shed, hits
+
+
 def _shed_pass(docs: Iterable[Any], tokenizer: Any, context: int, model: ShedModel,
                measured: dict[bytes, tuple[int, np.ndarray]], seq_spool: _Spool, doc_spool: _Spool,
                batch_docs: int, progress: bool) -> ExportCounts:
@@ -117,15 +134,13 @@ def _shed_pass(docs: Iterable[Any], tokenizer: Any, context: int, model: ShedMod
         windows = []  # (doc index, window index, start, ids)
         for d, ids in enumerate(_encode(tokenizer, [doc.text for doc in batch])):
             windows += [(d, i, s, w) for i, (s, w) in enumerate(_windows(ids, context))]
-        targets = [w[1:] for *_, w in windows]
-        n_t = np.array([len(t) for t in targets], dtype=np.int64)
-        pred = model.predict(np.concatenate(targets) if targets else np.zeros(0, np.int64),
-                             np.repeat(np.arange(len(windows)), n_t), len(windows))
+        n_t = np.array([len(w) - 1 for *_, w in windows], dtype=np.int64)
+        sheds, hits = window_shed([batch[d].doc_id for d, *_ in windows], [w for *_, w in windows],
+                                  model, measured)
         doc_shed, doc_tok = np.zeros((len(batch), P)), np.zeros(len(batch), dtype=np.int64)
         doc_nseq, doc_meas = np.zeros(len(batch), dtype=np.int64), np.zeros(len(batch), dtype=np.int64)
         for j, (d, i, start, w) in enumerate(windows):
-            hit = measured.get(window_key(batch[d].doc_id, w))
-            shed = hit[1] if hit is not None else pred[j]
+            hit, shed = hits[j], sheds[j]
             seq_spool.add(seq_id=counts.sequences, doc_id=batch[d].doc_id, window=i,
                           token_start=start, n_tokens=len(w),
                           source="measured" if hit is not None else "predicted",
@@ -183,6 +198,7 @@ class SourceSpread:
         self.P = P
         self.sums: dict[str, np.ndarray] = {}  # source -> (5, P): n, shed, shed^2, w, w^2
         self.max_w: dict[str, np.ndarray] = {}
+        self.max_shed: dict[str, np.ndarray] = {}
 
     def add(self, source: np.ndarray, shed: np.ndarray, w: np.ndarray) -> None:
         for src in np.unique(source):
@@ -191,6 +207,8 @@ class SourceSpread:
             acc += np.stack([np.full(self.P, m.sum()), shed[m].sum(0), (shed[m] ** 2).sum(0),
                              w[m].sum(0), (w[m] ** 2).sum(0)])
             self.max_w[str(src)] = np.maximum(self.max_w.get(str(src), -np.inf), w[m].max(0))
+            self.max_shed[str(src)] = np.maximum(self.max_shed.get(str(src), -np.inf),
+                                                 shed[m].max(0))
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -199,6 +217,7 @@ class SourceSpread:
             for p in range(self.P):
                 out.append({"source": src, "phase": p, "sequences": int(n[p]),
                             "shed_mean": float(s1[p] / n[p]), "shed_sd": _sd(s1[p], s2[p], n[p]),
+                            "shed_max": float(self.max_shed[src][p]),
                             "weight_mean": float(w1[p] / n[p]), "weight_sd": _sd(w1[p], w2[p], n[p]),
                             "weight_max": float(self.max_w[src][p])})
         return out

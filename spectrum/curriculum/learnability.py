@@ -13,6 +13,7 @@ measured shed of every scored window (:func:`shed_model_and_measured`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,29 @@ def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int
     keyed = {window_key(d, np.asarray(ids)): (int(sid), shed[i]) for i, (sid, d, ids) in enumerate(
         learn.sequences.select("seq_id", "doc_id", "input_ids").iter_rows())}
     return model, keyed, shrink
+
+
+def exported_weights(lm: Manifest, pool: Pool, phases: Phases, floor: float, vocab: int
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The weights ``spectrum export-curriculum`` gives the pool's sequences: learnability
+    measured on the sample of the learnability manifest ``lm`` (its stages already run), each
+    pool sequence's shed measured (shrunk) where it was scored there, else predicted from its
+    tokens, and weights by :func:`~spectrum.curriculum.weights.phase_weights` over the pool (the
+    export's rule, normalised over the pool as the export normalises over its corpus). Returns
+    the ``(n, P)`` weights and what they rest on."""
+    from spectrum.curriculum.corpus_export import window_shed
+    from spectrum.curriculum.weights import phase_weights
+
+    learn = measure(lm, phases)
+    model, measured, shrink = shed_model_and_measured(lm, learn, vocab)
+    docs = pool.learn.sequences["doc_id"].cast(pl.String).to_list()
+    shed, hits = window_shed(docs, list(pool.input_ids), model, measured)
+    w = phase_weights(shed, floor)
+    scored = sum(h is not None for h in hits)
+    return w, {"runs": list(learn.runs), "sample_sequences": learn.sequences.height,
+               "pool_measured": scored, "pool_predicted": len(hits) - scored,
+               "shed_model_cv_r2": model.cv_r2, "shrinkage": shrink.to_dict(),
+               "weights_hash": hashlib.sha256(w.tobytes()).hexdigest()[:16]}
 
 
 def read_target_ids(path: str | Path) -> list[str]:

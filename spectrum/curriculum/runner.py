@@ -53,6 +53,12 @@ def eval_schedule(steps: int, n_log: int = 6, n_late: int = 4) -> list[int]:
     return sorted({0, steps, *np.rint(grid).astype(int).tolist(), *np.rint(late).astype(int).tolist()})
 
 
+def weights_fingerprint(fingerprint: str, weights: np.ndarray) -> str:
+    """The fingerprint of the runs of an arm with weights of its own: the setup's and its weights'."""
+    digest = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float64).tobytes()).hexdigest()
+    return f"{fingerprint}-{digest[:16]}"
+
+
 def budget_steps(steps: int, budget: float) -> int:
     return max(1, int(round(steps * budget)))
 
@@ -107,7 +113,7 @@ def _train_one(worker: WorkerContext[dict[str, Any]],
                          eval_steps=at, device=sh["device"], progress=run_name(arm, seed, budget))
     curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
                   [float(v) for _, v in res.eval_curve], float(budget))
-    write_json({"setup": sh["fingerprint"], "curve": curve_record(curve), "seconds": res.seconds,
+    write_json({"setup": sh["fingerprints"].get(arm, sh["fingerprint"]), "curve": curve_record(curve), "seconds": res.seconds,
                 "cpu_seconds": cpu_seconds() - cpu0},
                run_record(sh["out"], arm, seed, budget))
     return curve_record(curve)
@@ -117,28 +123,35 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
              buckets: np.ndarray, phases: Any, *, seeds: Sequence[int], arms: Sequence[str],
              out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
              force: bool = False, workers: int | None = 1,
-             on_seed: Callable[[list[Curve]], None] | None = None) -> list[Curve]:
+             on_seed: Callable[[list[Curve]], None] | None = None,
+             fixed: dict[str, np.ndarray] | None = None) -> list[Curve]:
     """Train every (arm, seed) and the uniform budget runs, seed after seed, ``workers`` runs at
     once (each in its own process when more than 1; None: :func:`spectrum.pool.worker_count`),
     with :func:`spectrum.pool.run_tasks` (Ctrl-C or a killed worker keeps the finished runs);
-    reuse runs whose record in ``out/runs`` carries ``fingerprint``. ``on_seed(curves so far)`` is called whenever all runs of the first
+    reuse runs whose record in ``out/runs`` carries ``fingerprint``. ``fixed``: arms whose weights
+    are given (the same for every seed) instead of derived from ``w_curr``; their runs' records
+    carry a fingerprint that includes their weights. ``on_seed(curves so far)`` is called whenever all runs of the first
     seeds are complete (to write interim results of the seeds finished so far)."""
     phase_steps = np.diff(phases.step_edges)
     plan = [run for s in seeds for run in _plan(arms, s, budgets)]
     done: dict[tuple[str, int, float], Curve] = {}
     todo = []
+    fixed = fixed or {}
+    prints = {arm: weights_fingerprint(fingerprint, w) for arm, w in fixed.items()}
     for arm, seed, budget in plan:
         path = run_record(out, arm, seed, budget)
         if not force and path.is_file():
             rec = json.loads(path.read_text())
-            if rec.get("setup") == fingerprint:
+            if rec.get("setup") == prints.get(arm, fingerprint):
                 done[(arm, seed, budget)] = Curve(**rec["curve"])
                 continue
-        w = arm_weights(w_curr, buckets, seed, phase_steps)[arm] if abs(budget - 1) < 1e-9 else None
+        w = None
+        if abs(budget - 1) < 1e-9:
+            w = fixed[arm] if arm in fixed else arm_weights(w_curr, buckets, seed, phase_steps)[arm]
         todo.append((arm, seed, budget, w))
     shared = {"phases": phases, "pool": pool, "model_config": model_config, "optim": optim,
               "eval_sequences": eval_sequences, "device": device, "fingerprint": fingerprint,
-              "out": Path(out)}
+              "fingerprints": prints, "out": Path(out)}
     reported = 0
 
     def finished(key, rec) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ARMS = ("uniform", "curriculum", "freq_shuffled", "random", "timing_flat")
+ARMS = ("uniform", "curriculum", "freq_shuffled", "random", "timing_flat", "exported")
 
 #: test seeds start here, far from the seeds of the runs that measure learnability (0, 1, ...)
 SEED_BASE = 1000

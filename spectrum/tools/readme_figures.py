@@ -3,9 +3,13 @@
 ``python -m spectrum.tools.readme_figures artifacts README.md`` rewrites the part of ``README.md``
 between the markers ``<!-- figures:default-suite -->`` and ``<!-- /figures:default-suite -->``
 with what ``reconstruction/scores.json`` under ``artifacts`` says (verdicts, scores with their
-intervals, noise, the stepwise shares, the reliability across seeds), so that every figure the
-README quotes comes from a run at that commit and none is retyped. ``--check`` exits 1 when the
-README differs from what the artifacts give (for a test or CI), without writing.
+intervals, noise, the stepwise shares, the reliability across seeds), and, where the curriculum
+commands have run, the part between ``<!-- figures:curriculum -->`` and
+``<!-- /figures:curriculum -->`` with what ``curriculum/test/results.json`` and
+``curriculum/coverage.json`` say (the test's tables and verdicts with the weights' hashes and the
+commit of the code that trained them; the export's coverage). So every figure the README quotes
+comes from a run and none is retyped. ``--check`` exits 1 when the README differs from what the
+artifacts give (for a test or CI), without writing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spectrum.layout import scores_file
+from spectrum.curriculum.trial import RESULTS_JSON, comparison_table, context_sentences, markdown_table
+from spectrum.layout import curriculum_coverage, curriculum_test_dir, scores_file
 from spectrum.report.tables import fmt, interval
 
 BEGIN, END = "<!-- figures:default-suite -->", "<!-- /figures:default-suite -->"
+CURRICULUM_BEGIN, CURRICULUM_END = "<!-- figures:curriculum -->", "<!-- /figures:curriculum -->"
 TARGETS = ("L", "dL/dlnT", "dL/dlnM", "dL/dlnD")
 PREDICTION = "param_model"
 
@@ -104,11 +110,70 @@ def figures(scores: dict) -> str:
     return "\n".join(lines + ["", END])
 
 
-def rewrite(readme: str, block: str) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise ValueError(f"the README has no {BEGIN} ... {END} markers")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+def _short(commit: str | None) -> str:
+    if not commit:
+        return "unknown (not a git checkout)"
+    return commit[:12] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
+
+
+def curriculum_figures(results: dict, coverage: dict | None) -> str:
+    """The curriculum block: the controlled test's setup, tables and verdicts, the weights'
+    hashes and the code's commit; and the export's coverage where it ran."""
+    setup, summary = results["setup"], results["summary"]
+    exported = setup.get("exported") or {}
+    seeds = setup.get("seeds") or []
+    lines = [CURRICULUM_BEGIN, "",
+             f"Controlled test (`spectrum curriculum-test --config checkpoints.yaml`, all defaults, "
+             f"after `make run`), code at commit `{_short(setup.get('code_commit'))}`, curriculum "
+             f"weights hash `{setup.get('weights_hash')}`"
+             + (f", exported weights hash `{exported['weights_hash']}`" if exported else "")
+             + f": size {setup['size']}, {setup['steps']} steps x {setup['tokens_per_step']} tokens, "
+             f"a pool of {setup['pool_sequences']} training sequences, {setup['phases']} phases "
+             f"starting at steps {', '.join(map(str, setup['phase_steps'][:-1]))}, learnability "
+             f"from {', '.join(setup['learnability_runs'])}, {len(seeds)} seeds "
+             f"({seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}), uniform budgets "
+             f"{', '.join(f'{b:g}x' for b in setup['budgets'])}.", ""]
+    if exported:
+        lines += [f"The `exported` arm trains on the export's weights for the pool: "
+                  f"{exported['pool_measured']} pool sequences were in the export's scored sample "
+                  f"(from {', '.join(exported['runs'])}), {exported['pool_predicted']} get "
+                  "predicted weights.", ""]
+    lines += [markdown_table(summary), "", comparison_table(summary), "", "Verdicts:", ""]
+    lines += [f"- {v}" for v in summary.get("verdicts", [])]
+    lines += ["", context_sentences(summary, setup)]
+    if coverage:
+        lines += ["", export_sentence(coverage)]
+    return "\n".join(lines + ["", CURRICULUM_END])
+
+
+def export_sentence(coverage: dict) -> str:
+    """The export's coverage, its learnability model and its two sources of shed in words."""
+    model = coverage.get("shed_model") or {}
+    shrink = coverage.get("shrinkage") or {}
+    spread = coverage.get("spread") or []
+    text = (f"Export (`spectrum export-curriculum --config checkpoints.yaml --target-steps 128`, "
+            f"code at commit `{_short(coverage.get('code_commit'))}`): {coverage['documents']} "
+            f"documents and {coverage['sequences']} sequences of {coverage['corpus']}, "
+            f"{coverage['sequences_measured']} measured and the rest predicted; the learnability "
+            f"model's R^2 on held-out documents per phase "
+            f"{', '.join(fmt(v) for v in model.get('cv_r2', []))}.")
+    if shrink.get("reliability"):
+        text += (f" Measured sheds (the mean over {shrink['runs']} runs) have a reliability of "
+                 f"{', '.join(fmt(v) for v in shrink['reliability'])} per phase and are shrunk "
+                 f"toward the prediction by {', '.join(fmt(v) for v in shrink['factor'])}.")
+    if spread:
+        top = max(spread, key=lambda r: r["shed_max"])
+        text += (f" The largest mean shed per token of any sequence in any phase is "
+                 f"{fmt(top['shed_max'])} nats (phase {top['phase']}, {top['source']}), against "
+                 f"ln V = {fmt(coverage.get('ln_vocab'))}.")
+    return text
+
+
+def rewrite(readme: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    if begin not in readme or end not in readme:
+        raise ValueError(f"the README has no {begin} ... {end} markers")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
     return head + block + tail
 
 
@@ -124,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {scores_path}: not found (run `make run` first)", file=sys.stderr)
         return 2
     new = rewrite(args.readme.read_text(), figures(json.loads(scores_path.read_text())))
+    results = curriculum_test_dir(args.artifacts) / RESULTS_JSON
+    if results.is_file():
+        coverage = curriculum_coverage(args.artifacts)
+        block = curriculum_figures(json.loads(results.read_text()),
+                                   json.loads(coverage.read_text()) if coverage.is_file() else None)
+        new = rewrite(new, block, CURRICULUM_BEGIN, CURRICULUM_END)
     if args.check:
         return 0 if new == args.readme.read_text() else 1
     args.readme.write_text(new)
