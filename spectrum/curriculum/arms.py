@@ -166,6 +166,25 @@ def frequency_match(control: np.ndarray, curriculum: np.ndarray, profile: np.nda
     return [float(np.max(row)) if np.isfinite(row).all() else 0.0 for row in d]
 
 
+def frequency_match_record(curriculum: np.ndarray, buckets: np.ndarray, seeds: Sequence[int],
+                           freq_profile: np.ndarray, edges: np.ndarray) -> dict[str, object]:
+    """How closely the frequency control of every seed matches the curriculum's quintile shares:
+    per phase the largest absolute share difference over the seeds, after the tilt and (for
+    comparison) of the plain shuffle within frequency buckets, beside the quintile edges."""
+    tilted, plain = [], []
+    for seed in seeds:
+        shuffled = shuffle_within(curriculum, buckets, np.random.default_rng([seed, 7919]))
+        plain.append(frequency_match(shuffled, curriculum, freq_profile))
+        tilted.append(frequency_match(match_frequency(shuffled, curriculum, freq_profile),
+                                      curriculum, freq_profile))
+    worst = np.max(tilted, axis=0) if tilted else np.zeros(0)
+    return {"quintile_edges": [float(e) if np.isfinite(e) else None for e in edges],
+            "tolerance": MATCH_TOLERANCE,
+            "max_abs_diff": [float(d) for d in worst],
+            "shuffle_max_abs_diff": [float(d) for d in (np.max(plain, axis=0) if plain else [])],
+            "matched": bool((worst <= MATCH_TOLERANCE).all())}
+
+
 def shuffle_within(weights: np.ndarray, buckets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``weights`` (n, P) with whole rows permuted among the items of each bucket."""
     out = np.array(weights, copy=True)
