@@ -137,3 +137,31 @@ def test_no_tokens_at_all_leaves_the_shuffle():
     ctl = match_frequency(w, w[::-1], np.zeros((6, 5), dtype=int))
     np.testing.assert_allclose(ctl, w)
     assert frequency_match(ctl, w, np.zeros((6, 5))) == [0.0, 0.0]
+
+
+def test_the_runs_train_the_tilted_control(tmp_path, monkeypatch):
+    """run_arms hands every freq_shuffled run the control matched to the pool's profile."""
+    import spectrum.curriculum.runner as runner
+    from spectrum.curriculum.trial import Curve, curve_record
+    from spectrum.curriculum.weights import phase_schedule
+
+    w, prof, _, mlf, _ = planted_pool(n=300)
+    buckets = frequency_buckets(mlf, 8)
+    phases = phase_schedule(40, 64, 4, first_step=2)
+    handed = {}
+
+    def fake_run_tasks(fn, todo, *, on_result, **kw):
+        for task in todo:
+            handed[task[:3]] = task[3]
+            on_result(task, curve_record(Curve(task[0], task[1], [0.0], [1.0], task[2])))
+
+    monkeypatch.setattr(runner, "run_tasks", fake_run_tasks)
+    runner.run_arms(None, None, None, None, w, buckets, phases, seeds=[1000, 1001],
+                    arms=["uniform", "freq_shuffled", "random"], out=tmp_path, fingerprint="f",
+                    freq_profile=prof)
+    for seed in (1000, 1001):
+        want = arm_weights(w, buckets, seed, np.diff(phases.step_edges), freq_profile=prof)
+        ctl = handed[("freq_shuffled", seed, 1.0)]
+        np.testing.assert_array_equal(ctl, want["freq_shuffled"])
+        np.testing.assert_array_equal(handed[("random", seed, 1.0)], want["random"])
+        assert max(frequency_match(ctl, w, prof)) < MATCH_TOLERANCE
