@@ -74,9 +74,8 @@ def frequency_profile(seq_index: np.ndarray, log_freq: np.ndarray, n_seq: int,
     s = np.sort(v)
     edges = s[np.minimum(np.arange(1, n_quantiles) * len(s) // n_quantiles, len(s) - 1)]
     q = np.searchsorted(edges, v, side="right")
-    counts = np.zeros((n_seq, n_quantiles), dtype=np.int64)
-    np.add.at(counts, (idx, q), 1)
-    return edges, counts
+    counts = np.bincount(idx * n_quantiles + q, minlength=n_seq * n_quantiles)
+    return edges, counts.reshape(n_seq, n_quantiles).astype(np.int64)
 
 
 def quintile_shares(weights: np.ndarray, profile: np.ndarray) -> np.ndarray:
