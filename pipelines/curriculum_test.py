@@ -37,7 +37,8 @@ from pipelines.curriculum_test_options import HELP, OPTIONS, CurriculumTestOptio
 from pipelines.learnability import run_learnability_stages
 from pipelines.options import option
 from spectrum import layout
-from spectrum.curriculum.arms import ARMS, arm_weights, frequency_buckets, weight_diagnostics
+from spectrum.curriculum.arms import (ARMS, arm_weights, frequency_buckets, frequency_match_record,
+                                      weight_diagnostics)
 from spectrum.curriculum.learnability import (Pool, evalset_meta, exported_weights,
                                               learnability_manifest, learnability_runs, read_pool)
 from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, fingerprint,
@@ -158,6 +159,10 @@ def main(manifest: Manifest, args: CurriculumTestOptions) -> None:
     fp = fingerprint({k: v for k, v in setup.items() if k not in _NOT_FINGERPRINTED})
     out = layout.curriculum_test_dir(manifest.out)
     _write_weights(out, fp, pool, buckets, w_curr, phases, settings, fixed)
+    for p, d in enumerate(setup["frequency_match"]["max_abs_diff"]):
+        if d > setup["frequency_match"]["tolerance"]:
+            log.warning(f"curriculum-test: the frequency control matches the curriculum's quintile "
+                        f"shares of phase {p} only within {d:.4f}")
     _train_arms(trial, settings, args, pool, w_curr, buckets, phases, setup, fp, out, fixed)
 
 
@@ -218,7 +223,7 @@ def _measure_pool(manifest: Manifest, trial: _Trial, settings: TrialSettings,
 
 #: what a run's curve does not depend on: a change of these reuses the finished runs
 _NOT_FINGERPRINTED = ("seeds", "arms", "budgets", "budget_steps", "curriculum_weights",
-                      "learnability_cost", "exported", "code_commit")
+                      "learnability_cost", "exported", "code_commit", "frequency_match")
 
 
 def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Pool,
@@ -239,7 +244,10 @@ def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Po
             "suite_fingerprint": trial.plan.fingerprint(trial.base), "arms": list(settings.arms),
             "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
             "code_commit": source_commit(),
-            "curriculum_weights": weight_diagnostics(w_curr, pool.mean_log_freq),
+            "curriculum_weights": weight_diagnostics(w_curr, pool.mean_log_freq, pool.freq_profile),
+            "frequency_control": "shuffled within buckets, tilted to the quintile shares",
+            "frequency_match": frequency_match_record(w_curr, buckets, settings.seed_ids,
+                                                      pool.freq_profile, pool.freq_edges),
             "learnability_cost": cost}
 
 
@@ -265,17 +273,20 @@ def _train_arms(trial: _Trial, settings: TrialSettings, args: CurriculumTestOpti
                       w_curr, buckets, phases, seeds=settings.seed_ids, arms=settings.arms,
                       budgets=settings.budgets, out=out, fingerprint=fp, device=args.device,
                       force=args.force, on_seed=lambda c: results(c, quiet=True),
-                      workers=settings.workers, fixed=fixed)
+                      workers=settings.workers, freq_profile=pool.freq_profile, fixed=fixed)
     results(curves)
 
 
 def _write_weights(out: Path, fp: str, pool: Pool, buckets: np.ndarray, w_curr: np.ndarray,
                    phases: Phases, settings: TrialSettings, fixed: dict[str, np.ndarray]) -> None:
     """Every arm's weights for the first seed, beside each sequence's frequency profile."""
-    w0 = {**arm_weights(w_curr, buckets, settings.seed_ids[0], np.diff(phases.step_edges)), **fixed}
+    w0 = {**arm_weights(w_curr, buckets, settings.seed_ids[0], np.diff(phases.step_edges),
+                        freq_profile=pool.freq_profile), **fixed}
     learn = pool.learn
     cols = {"seq_id": learn.sequences["seq_id"], "doc_id": learn.sequences["doc_id"],
             "mean_log_freq": pool.mean_log_freq, "freq_bucket": buckets}
+    for q in range(pool.freq_profile.shape[1]):
+        cols[f"freq_q{q}_tokens"] = pool.freq_profile[:, q]
     for arm in settings.arms:
         for p, c in enumerate(weight_columns(phases.n)):
             cols[f"{arm}_{c}"] = w0[arm][:, p]

@@ -123,11 +123,18 @@ class Pool:
     input_ids: np.ndarray  # (n, context) token ids
     mean_log_freq: np.ndarray  # (n,) mean log unigram frequency of each sequence's targets
     tokens: int  # target tokens scored
+    #: (n, 5) each sequence's target tokens per quintile of the pool's log unigram frequency
+    freq_profile: np.ndarray | None = None
+    freq_edges: np.ndarray | None = None  # (4,) the quintile edges (log frequency)
 
 
 def read_pool(lm: Manifest, phases: Phases) -> Pool:
     """The learnability of the test's pool over ``phases``, its sequences and their frequency
-    profile; a :class:`SpectrumError` when the evalset's sequences and tokens disagree."""
+    profile (mean log frequency and target tokens per frequency quintile of the pool,
+    :func:`~spectrum.curriculum.arms.frequency_profile`); a :class:`SpectrumError` when the
+    evalset's sequences and tokens disagree."""
+    from spectrum.curriculum.arms import frequency_profile
+
     tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
                              columns=["token_idx", "seq_id", "doc_id", "target_freq"])
     learn = measured_shed(lm, tokens, phases)
@@ -137,7 +144,12 @@ def read_pool(lm: Manifest, phases: Phases) -> Pool:
                             "with --force")
     mean_log_freq = (tokens.group_by("seq_id").agg(pl.col("target_freq").log().mean())
                      .sort("seq_id")["target_freq"].to_numpy())
-    return Pool(learn, np.stack(seqs["input_ids"].to_numpy()), mean_log_freq, int(tokens.height))
+    seq_ids = seqs["seq_id"].to_numpy()
+    index = np.searchsorted(seq_ids, tokens["seq_id"].cast(seqs["seq_id"].dtype).to_numpy())
+    log_freq = tokens["target_freq"].cast(pl.Float64).log().fill_null(float("nan")).to_numpy()
+    edges, profile = frequency_profile(index, log_freq, len(seq_ids))
+    return Pool(learn, np.stack(seqs["input_ids"].to_numpy()), mean_log_freq, int(tokens.height),
+                profile, edges)
 
 
 def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int

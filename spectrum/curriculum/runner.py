@@ -124,18 +124,22 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
              out: Path, fingerprint: str, budgets: Sequence[float] = (1.0,), device: str = "auto",
              force: bool = False, workers: int | None = 1,
              on_seed: Callable[[list[Curve]], None] | None = None,
+             freq_profile: np.ndarray | None = None,
              fixed: dict[str, np.ndarray] | None = None) -> list[Curve]:
     """Train every (arm, seed) and the uniform budget runs, seed after seed, ``workers`` runs at
     once (each in its own process when more than 1; None: :func:`spectrum.pool.worker_count`),
     with :func:`spectrum.pool.run_tasks` (Ctrl-C or a killed worker keeps the finished runs);
-    reuse runs whose record in ``out/runs`` carries ``fingerprint``. ``fixed``: arms whose weights
-    are given (the same for every seed) instead of derived from ``w_curr``; their runs' records
-    carry a fingerprint that includes their weights. ``on_seed(curves so far)`` is called whenever all runs of the first
-    seeds are complete (to write interim results of the seeds finished so far)."""
+    reuse runs whose record in ``out/runs`` carries ``fingerprint``. ``on_seed(curves so far)``
+    is called whenever all runs of the first seeds are complete (to write interim results of the
+    seeds finished so far). ``freq_profile`` (each sequence's target tokens per frequency
+    quintile) makes the frequency control match the curriculum's quintile shares
+    (:func:`~spectrum.curriculum.arms.arm_weights`). ``fixed``: arms whose weights are given (the
+    same for every seed) instead of derived from ``w_curr``; their runs' records carry a
+    fingerprint that includes their weights."""
     phase_steps = np.diff(phases.step_edges)
     plan = [run for s in seeds for run in _plan(arms, s, budgets)]
     done: dict[tuple[str, int, float], Curve] = {}
-    todo = []
+    todo, seed_weights = [], {}
     fixed = fixed or {}
     prints = {arm: weights_fingerprint(fingerprint, w) for arm, w in fixed.items()}
     for arm, seed, budget in plan:
@@ -146,8 +150,11 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
                 done[(arm, seed, budget)] = Curve(**rec["curve"])
                 continue
         w = None
-        if abs(budget - 1) < 1e-9:
-            w = fixed[arm] if arm in fixed else arm_weights(w_curr, buckets, seed, phase_steps)[arm]
+        if abs(budget - 1) < 1e-9:  # every arm's weights of a seed computed once
+            if seed not in seed_weights:
+                seed_weights[seed] = {**arm_weights(w_curr, buckets, seed, phase_steps,
+                                                    freq_profile=freq_profile), **fixed}
+            w = seed_weights[seed][arm]
         todo.append((arm, seed, budget, w))
     shared = {"phases": phases, "pool": pool, "model_config": model_config, "optim": optim,
               "eval_sequences": eval_sequences, "device": device, "fingerprint": fingerprint,
