@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from spectrum.curriculum.arms import arm_weights
-from spectrum.curriculum.settings import ARMS, SEED_BASE, TrialSettings  # noqa: F401  (re-exported)
+from spectrum.curriculum.settings import ARMS, GIVEN_ARMS, SEED_BASE, TrialSettings  # noqa: F401
 from spectrum.curriculum.trial import (FIGURE, RESULTS_JSON, RESULTS_MD, Curve, curve_record,
                                        markdown_table, comparison_table, plot, results_markdown,
                                        summarise)
@@ -142,6 +142,8 @@ def run_arms(model_config: Any, optim: Any, pool: Any, eval_sequences: Any, w_cu
     todo, seed_weights = [], {}
     fixed = fixed or {}
     prints = {arm: weights_fingerprint(fingerprint, w) for arm, w in fixed.items()}
+    if missing := [a for a in arms if a in GIVEN_ARMS and a not in fixed]:
+        raise ValueError(f"arm(s) {', '.join(missing)} need their weights (fixed=...)")
     for arm, seed, budget in plan:
         path = run_record(out, arm, seed, budget)
         if not force and path.is_file():

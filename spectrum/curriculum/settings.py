@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARMS = ("uniform", "curriculum", "freq_shuffled", "random", "timing_flat", "exported")
+#: arms whose weights are given to the trainer (the export's), not derived from the curriculum's
+GIVEN_ARMS = ("exported",)
 
 #: test seeds start here, far from the seeds of the runs that measure learnability (0, 1, ...)
 SEED_BASE = 1000

@@ -52,7 +52,7 @@ def test_controls_keep_the_weights_and_break_their_link():
     freq = rng.normal(size=60)
     buckets = frequency_buckets(freq, 6)
     arms = arm_weights(w, buckets, seed=3, phase_steps=[5, 10, 20])
-    assert set(arms) == set(ARMS)
+    assert set(arms) == set(ARMS) - {"exported"}  # the exported arm's weights are given, not derived
     assert (arms["uniform"] == 1).all() and arms["curriculum"] is w
     for name in ("freq_shuffled", "random"):
         a = arms[name]
@@ -218,8 +218,11 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
     w[:20] = [1.8, 0.2]
     w[20:] = [0.2, 1.8]
     buckets = frequency_buckets(np.arange(40.0), 4)
+    exported = np.full((40, 2), 1.0)
+    exported[::2] = [1.5, 0.5]  # weights of their own, the same for every seed
+    exported[1::2] = [0.5, 1.5]
     kw = dict(seeds=[1000, 1001], arms=list(ARMS), out=tmp_path, fingerprint="f1", device="cpu",
-              budgets=(0.5, 1.0, 1.5))
+              budgets=(0.5, 1.0, 1.5), fixed={"exported": exported})
     interim = []
     curves = run_arms(_tiny_config(), OptimConfig(learning_rate=1e-2, warmup_steps=2), pool, evals,
                       w, buckets, phases, workers=2, on_seed=interim.append, **kw)
@@ -261,6 +264,22 @@ def test_arms_train_with_the_same_compute_and_resume(tmp_path, monkeypatch):
     again = run_arms(_tiny_config(), OptimConfig(), pool, evals, w, buckets, phases, **kw)
     assert [c.losses for c in again] == [c.losses for c in curves]
     assert json.loads((tmp_path / "runs" / "random-seed1001.json").read_text())["setup"] == "f1"
+    # other exported weights retrain the exported arm's runs only
+    trained = []
+    monkeypatch.setattr(st, "train_model", lambda *a, **k: _stub_result(trained, k))
+    run_arms(_tiny_config(), OptimConfig(), pool, evals, w, buckets, phases,
+             **{**kw, "fixed": {"exported": exported[::-1].copy()}})
+    assert sorted(trained) == ["exported-seed1000", "exported-seed1001"]
+    with pytest.raises(ValueError, match="exported"):  # an arm with weights of its own needs them
+        run_arms(_tiny_config(), OptimConfig(), pool, evals, w, buckets, phases,
+                 **{**kw, "fixed": None, "force": True})
+
+
+def _stub_result(trained, k):
+    from types import SimpleNamespace
+
+    trained.append(k["progress"])
+    return SimpleNamespace(eval_curve=[(s, 1.0) for s in k["eval_steps"]], seconds=0.0)
 
 
 def test_settings_reject_too_few_budgets_and_unknown_arms():
