@@ -27,8 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, arm_order
-from spectrum.curriculum.stats import (LEVEL, PAPER_MULTIPLIER, compute_curve, mean_interval,
-                                       multiplier_interval, verdict)
+from spectrum.curriculum.stats import (ALPHA, LEVEL, PAPER_MULTIPLIER, ComputeCurve, compute_curve,
+                                       holm, ln_multiplier, mean_interval,
+                                       min_detectable_difference, multiplier_interval,
+                                       paired_test_power, verdict)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -74,14 +76,52 @@ def _diffs(curves: list[Curve], arm: str, reference: str) -> tuple[list[int], li
 
 
 def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
-    """Per-run scores, per-arm statistics, curriculum-vs-control comparisons and verdicts."""
+    """Per-run scores, per-arm statistics, curriculum-vs-control comparisons, Holm's correction
+    over the claims they make, and verdicts."""
     main = [c for c in curves if _is_main(c)]
     uniform_all = [c for c in curves if c.arm == "uniform"]
+    curve = _uniform_curve(uniform_all, main)
+    arms, per_run = _arm_statistics(main, curve, level)
+    comparisons = {}
+    if "curriculum" in arms:
+        for ctrl in [a for a in arm_order(arms) if a != "curriculum"]:
+            _, d = _diffs(main, "curriculum", ctrl)
+            comparisons[ctrl] = {"difference": mean_interval(d, level),
+                                 "compute_multiplier": multiplier_interval(d, curve, level)}
+    family = _holm_family(arms, comparisons)
+    verdicts = _verdicts(arms, comparisons, family["size"])
+    budgets = []
+    for b in sorted({c.budget for c in uniform_all}):
+        cs = [c for c in uniform_all if abs(c.budget - b) < 1e-9]
+        budgets.append({"budget": b, "tokens": cs[0].total_tokens, "seeds": len(cs),
+                        "final_loss": mean_interval([c.final for c in cs], level)})
+    return {"level": level, "runs": per_run, "arms": arms, "comparisons": comparisons,
+            "budgets": budgets, "compute_curve": curve.to_dict() if curve else None,
+            "paper": _paper(curve), "noise": _noise(arms, curve), "family": family,
+            "verdicts": verdicts}
+
+
+def _uniform_curve(uniform_all: list[Curve], main: list[Curve]) -> ComputeCurve | None:
+    """The compute curve of the uniform runs, centred at the arms' compute (the 1x runs)."""
+    center = math.log(main[0].total_tokens) if main else None
     curve = compute_curve([c.seed for c in uniform_all],
                           [math.log(c.total_tokens) for c in uniform_all],
-                          [c.final for c in uniform_all])
+                          [c.final for c in uniform_all], ln_center=center)
     if curve is not None:  # budgets as fractions of the arms' compute
         curve = replace(curve, budgets=tuple(sorted({float(c.budget) for c in uniform_all})))
+    return curve
+
+
+def _run_multiplier(d: float, curve: ComputeCurve | None) -> float | None:
+    if curve is None or not math.isfinite(d):
+        return None
+    log_m, _ = ln_multiplier(d, curve)
+    return None if log_m is None else math.exp(log_m)
+
+
+def _arm_statistics(main: list[Curve], curve: ComputeCurve | None,
+                    level: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``summary.arms`` and ``summary.runs``: every arm against uniform, per arm and per run."""
     arms: dict[str, Any] = {}
     per_run = []
     for arm in arm_order({c.arm for c in main}):
@@ -95,46 +135,95 @@ def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
         for s, f, x in zip(seeds, finals, d):
             per_run.append({"arm": arm, "seed": s, "budget": 1.0, "final_loss": f,
                             "final_minus_uniform": x if math.isfinite(x) else None,
-                            "compute_multiplier": (math.exp(x / curve.slope)
-                                                   if curve and curve.slope < 0 and math.isfinite(x)
-                                                   else None)})
-    comparisons = {}
-    if "curriculum" in arms:
-        for ctrl in [a for a in arm_order(arms) if a != "curriculum"]:
-            _, d = _diffs(main, "curriculum", ctrl)
-            diff = mean_interval(d, level)
-            mult = multiplier_interval(d, curve, level)
-            comparisons[ctrl] = {"difference": diff, "compute_multiplier": mult,
-                                 "verdict": verdict("the curriculum", ctrl, diff, mult)}
-    budgets = []
-    for b in sorted({c.budget for c in uniform_all}):
-        cs = [c for c in uniform_all if abs(c.budget - b) < 1e-9]
-        budgets.append({"budget": b, "tokens": cs[0].total_tokens, "seeds": len(cs),
-                        "final_loss": mean_interval([c.final for c in cs], level)})
-    return {"level": level, "runs": per_run, "arms": arms, "comparisons": comparisons,
-            "budgets": budgets, "compute_curve": curve.to_dict() if curve else None,
-            "paper": _paper(curve), "noise": _noise(arms, curve),
-            "verdicts": [c["verdict"] for c in comparisons.values()]}
+                            "compute_multiplier": _run_multiplier(x, curve)})
+    return arms, per_run
 
 
-def _paper(curve) -> dict[str, Any]:
-    out: dict[str, Any] = {"claim": "11% faster validation-loss reduction",
-                           "compute_multiplier": PAPER_MULTIPLIER}
-    if curve is not None and curve.slope < 0:
-        out["final_minus_uniform"] = curve.slope * math.log(PAPER_MULTIPLIER)
+def _claims(arms: dict[str, Any], comparisons: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every comparison the results state in words, by name, with the statistics that report it:
+    the curriculum against each control, then each other arm against uniform. "curriculum vs
+    uniform" is reported in two places but is one test."""
+    claims: dict[str, list[dict[str, Any]]] = {}
+    for ctrl, c in comparisons.items():
+        claims[f"curriculum vs {ctrl}"] = [c["difference"]]
+    for arm, a in arms.items():
+        if arm != "uniform":
+            claims.setdefault(f"{arm} vs uniform", []).append(a["final_minus_uniform"])
+    return claims
+
+
+def _holm_family(arms: dict[str, Any], comparisons: dict[str, Any]) -> dict[str, Any]:
+    """Holm's correction over the claims (paired t-test and, beside it, Wilcoxon): adds
+    ``p_holm``, ``p_wilcoxon_holm`` and ``survives_holm`` to every statistic of a claim and
+    returns ``summary.family``. A claim without a p-value (undefined, one seed) is not counted."""
+    claims = _claims(arms, comparisons)
+    names = list(claims)
+    first = [claims[n][0] for n in names]
+    p_holm = holm([s["p"] for s in first])
+    w_holm = holm([s["p_wilcoxon"] for s in first])
+    rows = []
+    for name, ph, pw in zip(names, p_holm, w_holm):
+        for s in claims[name]:
+            s.update(p_holm=ph, p_wilcoxon_holm=pw, survives_holm=ph is not None and ph < ALPHA)
+        rows.append({"name": name, "p": claims[name][0]["p"], "p_holm": ph,
+                     "p_wilcoxon": claims[name][0]["p_wilcoxon"], "p_wilcoxon_holm": pw,
+                     "survives": ph is not None and ph < ALPHA})
+    return {"method": "Holm step-down over the paired t-test p-values", "alpha": ALPHA,
+            "size": sum(p is not None for p in p_holm), "claims": rows}
+
+
+def _verdicts(arms: dict[str, Any], comparisons: dict[str, Any], size: int) -> list[str]:
+    """Adds a ``verdict`` to every comparison and every arm other than uniform; returns all the
+    sentences, the curriculum against each control first, each claim once."""
+    out = []
+    for ctrl, c in comparisons.items():
+        c["verdict"] = verdict("the curriculum", ctrl, c["difference"], c["compute_multiplier"],
+                               size)
+        out.append(c["verdict"])
+    for arm, a in arms.items():
+        if arm == "uniform":
+            continue
+        if arm == "curriculum" and "uniform" in comparisons:
+            a["verdict"] = comparisons["uniform"]["verdict"]
+            continue
+        a["verdict"] = verdict(arm, "uniform", a["final_minus_uniform"], a["compute_multiplier"],
+                               size)
+        out.append(a["verdict"])
     return out
 
 
-def _noise(arms: dict[str, Any], curve) -> dict[str, Any]:
-    """The seed-to-seed spread of the uniform runs and the smallest multiplier the curriculum's
-    interval can resolve (its half-width carried through the compute curve)."""
+def _paper(curve: ComputeCurve | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"claim": "11% faster validation-loss reduction",
+                           "compute_multiplier": PAPER_MULTIPLIER}
+    if curve is not None and curve.slope < 0:
+        out["final_minus_uniform"] = curve.loss_change(math.log(PAPER_MULTIPLIER))
+    return out
+
+
+def _noise(arms: dict[str, Any], curve: ComputeCurve | None) -> dict[str, Any]:
+    """The seed-to-seed spread of the uniform runs; what the curriculum's paired differences can
+    detect: the multiplier its interval's half-width stands for (``resolvable_multiplier``, an
+    effect of that size is detected about half the time) and the minimum detectable difference
+    and multiplier at 80% power of the two-sided paired t-test, with the power against the
+    paper's multiplier."""
     out: dict[str, Any] = {}
     if "uniform" in arms:
         out["uniform_final_sd"] = arms["uniform"]["final_loss"]["sd"]
     cur = arms.get("curriculum", {}).get("final_minus_uniform")
-    if cur and cur["ci"][0] is not None and curve is not None and curve.slope < 0:
-        half = (cur["ci"][1] - cur["ci"][0]) / 2
-        out["resolvable_multiplier"] = math.exp(half / abs(curve.slope))
+    if not cur or cur["ci"][0] is None:
+        return out
+    sd, n = cur["sd"], cur["n"]
+    d80 = min_detectable_difference(sd, n, power=0.8, alpha=ALPHA)
+    out.update(power_n=n, power_sd=sd, min_detectable_difference_80=d80)
+    if curve is None or not curve.slope < 0:
+        return out
+    half = (cur["ci"][1] - cur["ci"][0]) / 2
+    out["resolvable_multiplier"] = _run_multiplier(-half, curve)
+    if d80 is not None:
+        out["min_detectable_multiplier_80"] = _run_multiplier(-d80, curve)
+    paper = abs(curve.loss_change(math.log(PAPER_MULTIPLIER)))
+    if sd > 0 and paper > 0:
+        out["power_at_paper_multiplier"] = paired_test_power(paper, sd, n, alpha=ALPHA)
     return out
 
 
