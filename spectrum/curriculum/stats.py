@@ -241,7 +241,9 @@ def paired_test_power(effect: float, sd: float, n: int, alpha: float = ALPHA) ->
     df = n - 1
     crit = float(t.ppf(1 - alpha / 2, df))
     nc = effect * math.sqrt(n) / sd
-    return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+    # P(T > crit) + P(T < -crit); the lower tail as the upper tail of -T, which scipy evaluates
+    # without the NaNs its cdf gives far in the tail
+    return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc))
 
 
 def min_detectable_difference(sd: float, n: int, power: float = 0.8,

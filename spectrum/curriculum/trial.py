@@ -5,15 +5,22 @@ The arms (:mod:`spectrum.curriculum.arms`) are trained by :mod:`spectrum.curricu
 (:mod:`spectrum.curriculum.stats`) use the final validation loss of every run: the paired
 difference to the uniform run of the same seed and the compute multiplier read off uniform runs
 at several budgets, each with a 95% interval across seeds, and for each control a verdict on
-whether the curriculum beats it beyond the interval.
+whether the curriculum beats it, claimed only where the difference survives Holm's correction over
+all the comparisons the results state.
 
 ``results.json`` (written by the runner) holds ``setup``, ``summary`` (below) and ``curves``.
 ``summary.arms.<arm>`` has ``seeds`` (how many), ``final_loss``, ``final_minus_uniform`` and
 ``compute_multiplier``, each with ``mean`` and ``ci`` ([low, high], 95%); the uniform arm's
 multiplier is 1. ``summary.comparisons.<control>`` scores the curriculum against each control the
 same way with a ``verdict`` sentence; ``summary.budgets`` the uniform runs per budget;
-``summary.compute_curve`` the line of uniform loss on ln compute; ``summary.paper`` the published
-speed-up in the same units; ``summary.verdicts`` all verdict sentences.
+``summary.compute_curve`` the curve of uniform loss on ln compute (a quadratic, see
+:mod:`spectrum.curriculum.stats`); ``summary.paper`` the published speed-up in the same units;
+``summary.noise`` the spread and the minimum detectable effect at 80% power. Every comparison
+stated in words (each arm against uniform, the curriculum against each control; "curriculum vs
+uniform" is one of them, reported in both places) carries ``p_holm``, ``p_wilcoxon_holm`` and
+``survives_holm``: Holm's correction over all of them, listed in ``summary.family``.
+``summary.verdicts`` holds all verdict sentences, the curriculum against each control first, then
+each other arm against uniform (also ``summary.arms.<arm>.verdict``).
 """
 
 from __future__ import annotations
@@ -239,13 +246,13 @@ def _ci(s: dict[str, Any], fmt: str) -> str:
     return f"{s['mean']:{fmt}} [{s['ci'][0]:{fmt}}, {s['ci'][1]:{fmt}}]"
 
 
-def _p(s: dict[str, Any]) -> str:
-    return "-" if s.get("p") is None else f"{s['p']:.3g}"
+def _p(s: dict[str, Any], key: str = "p") -> str:
+    return "-" if s.get(key) is None else f"{s[key]:.3g}"
 
 
 TABLE_HEADER = ("arm", "seeds", "final val. loss", "final - uniform (nats, 95% CI)",
-                "paired p", "compute multiplier (95% CI)")
-COMPARISON_HEADER = ("curriculum vs", "curriculum - control (nats, 95% CI)", "paired p",
+                "paired p", "Holm p", "compute multiplier (95% CI)")
+COMPARISON_HEADER = ("curriculum vs", "curriculum - control (nats, 95% CI)", "paired p", "Holm p",
                      "compute multiplier (95% CI)", "verdict")
 
 
@@ -254,20 +261,35 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
-        rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"),
-                     _ci(a["final_minus_uniform"], "+.4f"), _p(a["final_minus_uniform"]),
-                     _ci(a["compute_multiplier"], ".3f")))
+        d = a["final_minus_uniform"]
+        rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"), _ci(d, "+.4f"), _p(d),
+                     _p(d, "p_holm"), _ci(a["compute_multiplier"], ".3f")))
     return rows
 
 
+def _word(d: dict[str, Any]) -> str:
+    """The comparison in a few words, by the Holm-adjusted paired t-test."""
+    lo, hi = d["ci"]
+    if lo is None:
+        return "-"
+    ph = d.get("p_holm")
+    if "p_holm" not in d:  # results written before the correction: the interval decides
+        return ("curriculum better" if hi < 0 else "curriculum worse" if lo > 0
+                else "no difference resolved")
+    if ph is not None and ph < ALPHA:
+        return "curriculum better" if d["mean"] < 0 else "curriculum worse"
+    if hi < 0 or lo > 0:
+        return "no difference after Holm (interval excludes 0)"
+    return "no difference resolved"
+
+
 def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per control, in the columns of :data:`COMPARISON_HEADER`."""
     rows = []
     for ctrl, c in summary.get("comparisons", {}).items():
         d = c["difference"]
-        lo, hi = d["ci"]
-        word = ("-" if lo is None else "curriculum better" if hi < 0
-                else "curriculum worse" if lo > 0 else "no difference resolved")
-        rows.append((ctrl, _ci(d, "+.4f"), _p(d), _ci(c["compute_multiplier"], ".3f"), word))
+        rows.append((ctrl, _ci(d, "+.4f"), _p(d), _p(d, "p_holm"),
+                     _ci(c["compute_multiplier"], ".3f"), _word(d)))
     return rows
 
 
@@ -285,27 +307,16 @@ def comparison_table(summary: dict[str, Any]) -> str:
 
 
 def context_sentences(summary: dict[str, Any], setup: dict[str, Any]) -> str:
-    """The compute curve, the paper's claim in the same units, the noise, and the cost of
-    measuring learnability, in a few sentences."""
-    parts = []
-    cc = summary.get("compute_curve")
-    if cc:
-        parts.append(f"Uniform runs at budgets {', '.join(f'{b:g}x' for b in cc['budgets'])} give "
-                     f"a slope of {cc['slope']:+.4f} ± {cc['slope_se']:.4f} nats per unit of ln "
-                     f"compute (within-seed R^2 {cc['r2_within']:.3f}).")
+    """The compute curve, Holm's correction, the paper's claim in the same units, the noise and
+    what the test can detect, and the cost of measuring learnability, in a few sentences."""
+    parts = [t for t in (_curve_text(summary.get("compute_curve")), _family_text(summary))
+             if t]
     paper = summary.get("paper", {})
     if "final_minus_uniform" in paper:
         parts.append(f"The published \"11% faster\" is a compute multiplier of "
                      f"{paper['compute_multiplier']:.2f}, here a final-loss difference of "
                      f"{paper['final_minus_uniform']:+.4f} nats.")
-    noise = summary.get("noise", {})
-    if noise.get("uniform_final_sd") is not None:
-        parts.append(f"Seed-to-seed sd of the uniform final loss: {noise['uniform_final_sd']:.4f} "
-                     "nats.")
-    if "resolvable_multiplier" in noise:
-        parts.append(f"With these seeds the curriculum's interval has a half-width equivalent to a "
-                     f"multiplier of {noise['resolvable_multiplier']:.3f}: effects smaller than "
-                     "that cannot be resolved.")
+    parts += _noise_text(summary.get("noise", {}))
     cost = setup.get("learnability_cost")
     if cost:
         parts.append(f"Measuring learnability cost {cost['train_tokens']:.3g} training tokens and "
@@ -313,6 +324,56 @@ def context_sentences(summary: dict[str, Any], setup: dict[str, Any]) -> str:
                      f"(about {cost['flops']:.3g} FLOPs, {cost['arm_runs_equivalent']:.2f} times the "
                      "compute of one arm's training run).")
     return " ".join(parts)
+
+
+def _curve_text(cc: dict[str, Any] | None) -> str:
+    if not cc:
+        return ""
+    budgets = ", ".join(f"{b:g}x" for b in cc["budgets"])
+    if cc.get("model", "line") == "line":
+        return (f"Uniform runs at budgets {budgets} give a slope of {cc['slope']:+.4f} ± "
+                f"{cc['slope_se']:.4f} nats per unit of ln compute (within-seed R^2 "
+                f"{cc['r2_within']:.3f}).")
+    misfit = ", ".join(f"{r:+.3f}" for r in cc.get("line_residual_by_budget", ()))
+    return (f"Uniform runs at budgets {budgets} fit a quadratic in ln compute with one intercept "
+            f"per seed (a straight line would leave mean residuals of {misfit} nats by budget): "
+            f"local slope at the arms' compute {cc['slope']:+.4f} ± {cc['slope_se']:.4f} nats per "
+            f"unit of ln compute, curvature {cc['curvature']:+.4f} ± {cc['curvature_se']:.4f} "
+            f"(within-seed R^2 {cc['r2_within']:.3f}); the compute multiplier is read off this "
+            "curve and its interval carries the uncertainty of both coefficients.")
+
+
+def _family_text(summary: dict[str, Any]) -> str:
+    fam = summary.get("family")
+    if not fam or not fam.get("size"):
+        return ""
+    kept = [c["name"] for c in fam["claims"] if c["survives"]]
+    which = (f"{len(kept)} survive{'s' if len(kept) == 1 else ''}: {', '.join(kept)}" if kept
+             else "none survives")
+    return (f"The results state {fam['size']} comparisons (each arm against uniform, the "
+            f"curriculum against each control); a difference is claimed only where it survives "
+            f"Holm's correction over all {fam['size']} (adjusted paired t-test p < "
+            f"{fam['alpha']:g}); {which}.")
+
+
+def _noise_text(noise: dict[str, Any]) -> list[str]:
+    parts = []
+    if noise.get("uniform_final_sd") is not None:
+        parts.append(f"Seed-to-seed sd of the uniform final loss: {noise['uniform_final_sd']:.4f} "
+                     "nats.")
+    if noise.get("resolvable_multiplier") is not None:
+        parts.append(f"The half-width of the curriculum's 95% interval stands for a multiplier of "
+                     f"{noise['resolvable_multiplier']:.3f}; a true effect of that size would be "
+                     "detected only about half the time.")
+    if noise.get("min_detectable_multiplier_80") is not None:
+        parts.append(f"The minimum detectable multiplier (80% power, two-sided paired t-test at "
+                     f"{ALPHA:g}, {noise['power_n']} seeds, sd of the paired differences "
+                     f"{noise['power_sd']:.4f} nats) is {noise['min_detectable_multiplier_80']:.3f}"
+                     f", a difference of {noise['min_detectable_difference_80']:.4f} nats.")
+    if noise.get("power_at_paper_multiplier") is not None:
+        parts.append(f"Against the paper's multiplier of {PAPER_MULTIPLIER:.2f} the test has "
+                     f"power {noise['power_at_paper_multiplier']:.2f}.")
+    return parts
 
 
 def results_markdown(summary: dict[str, Any], setup: dict[str, Any]) -> str:
@@ -330,7 +391,9 @@ the same random numbers per seed; only the weights differ ({arms}). Uniform runs
 {', '.join(f'{b:g}x' for b in s.get('budgets', []))} the steps (each a full schedule) calibrate the
 compute multiplier. Validation loss on {s.get('eval_sequences')} validation sequences. Every
 statistic uses every seed: the mean with its 95% Student-t interval across seeds; paired p from a
-t-test on the per-seed differences.
+t-test on the per-seed differences, and Holm p the same p adjusted by Holm's step-down method over
+every comparison stated here (each arm against uniform, the curriculum against each control): a
+difference is claimed only where the Holm p is below {ALPHA:g}.
 
 ## Verdicts
 
@@ -456,7 +519,9 @@ def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict
     if cc and ref and ref[0]["final_loss"]["mean"] is not None:
         t1, l1 = ref[0]["tokens"], ref[0]["final_loss"]["mean"]
         tt = np.geomspace(min(c.total_tokens for c in uni) * 0.8, max(c.total_tokens for c in uni) * 1.25)
-        bx.plot(tt, l1 + cc["slope"] * np.log(tt / t1), color="black", lw=1, label="fitted line")
+        c = np.log(tt / t1)
+        bx.plot(tt, l1 + cc["slope"] * c + cc.get("curvature", 0.0) * c ** 2, color="black", lw=1,
+                label=f"fitted {cc.get('model', 'line')}")
         for arm, a in summary["arms"].items():
             m = a["final_loss"]["mean"]
             if arm == "uniform" or m is None:
@@ -473,13 +538,21 @@ def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict
 # the report's section
 
 
+def _split_verdicts(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``summary.verdicts`` split into the curriculum against each control and the rest."""
+    ours = [c["verdict"] for c in summary.get("comparisons", {}).values() if "verdict" in c]
+    rest = [v for v in summary.get("verdicts", []) if v not in ours]
+    return ours or [v for v in summary.get("verdicts", [])], rest if ours else []
+
+
 def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     """The controlled test's result for the report, or None if the test has not been run.
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "intro" (a paragraph), "verdicts" (sentences), "header" and "rows" (the
-    per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
+    Returns ``{"title", "intro" (a paragraph, with the verdicts on the arms against uniform),
+    "verdicts" (sentences: the curriculum against each control), "arm_verdicts" (sentences: each
+    other arm against uniform), "header" and "rows" (the per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
     control), "figure" (Path of the PNG or None), "markdown" (title aside, all of it as Markdown
     that refers to no file, so it can be placed anywhere)}``; the report shows every part.
     """
@@ -499,11 +572,13 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
              "paired by seed, mean with its 95% interval across seeds; the compute multiplier "
              "comes from uniform runs at several budgets. "
              + context_sentences(summary, s))
-    verdicts = list(summary.get("verdicts", []))
+    verdicts, arm_verdicts = _split_verdicts(summary)
+    if arm_verdicts:
+        intro += " Each other arm against uniform: " + " ".join(arm_verdicts)
     fig = test_dir / FIGURE
     markdown = "\n\n".join([intro, "\n".join(f"- {v}" for v in verdicts), markdown_table(summary),
                             comparison_table(summary)])
     return {"title": "Controlled test of the learnability curriculum", "intro": intro,
-            "verdicts": verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
+            "verdicts": verdicts, "arm_verdicts": arm_verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
             "comparison_header": COMPARISON_HEADER, "comparison_rows": comparison_rows(summary),
             "figure": fig if fig.is_file() else None, "markdown": markdown}
