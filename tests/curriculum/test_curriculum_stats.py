@@ -216,6 +216,10 @@ def test_power_is_the_noncentral_t_power():
     # a direct check of the formula against simulation at an intermediate power
     assert paired_test_power(0.01, 0.015, 6) == pytest.approx(
         _rejection_rate(0.01, 0.015, 6, np.random.default_rng(5)), abs=0.015)
+    # both tails count: with no effect the test rejects at its level, a little more nearby
+    for n in (2, 5, 12):
+        assert paired_test_power(0.0, 0.01, n) == pytest.approx(0.05, abs=1e-9)
+        assert paired_test_power(-0.002, 0.01, n) == pytest.approx(paired_test_power(0.002, 0.01, n))
 
 
 # ---- the claims of summarise -------------------------------------------------------------------
