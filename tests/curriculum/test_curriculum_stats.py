@@ -196,8 +196,8 @@ def test_noise_of_a_planted_world_at_the_papers_multiplier():
         for b in (0.5, 0.7, 1.4):
             final = base + slope * math.log(b) + rng.normal(0, 0.002)
             curves.append(Curve("uniform", s, [t * b for t in TOKENS], (final + SHAPE).tolist(), b))
-    noise = summarise(curves)["noise"]
-    cc = summarise(curves)["compute_curve"]
+    summary = summarise(curves)
+    noise, cc = summary["noise"], summary["compute_curve"]
     sd, n = noise["power_sd"], noise["power_n"]
     assert n == seeds
     paper = abs(cc["slope"] * math.log(1.11) + cc["curvature"] * math.log(1.11) ** 2)
@@ -219,7 +219,8 @@ def test_power_is_the_noncentral_t_power():
     # both tails count: with no effect the test rejects at its level, a little more nearby
     for n in (2, 5, 12):
         assert paired_test_power(0.0, 0.01, n) == pytest.approx(0.05, abs=1e-9)
-        assert paired_test_power(-0.002, 0.01, n) == pytest.approx(paired_test_power(0.002, 0.01, n))
+        assert paired_test_power(-0.002, 0.01, n) == pytest.approx(
+            paired_test_power(0.002, 0.01, n))
 
 
 # ---- the claims of summarise -------------------------------------------------------------------
@@ -267,7 +268,7 @@ def test_holm_keeps_a_real_effect_and_removes_a_marginal_null():
     cur = summary["arms"]["curriculum"]["final_minus_uniform"]
     same = summary["comparisons"]["uniform"]["difference"]
     assert cur["p_holm"] == same["p_holm"] < 0.05 and cur["survives_holm"] and same["survives_holm"]
-    assert all(summary["comparisons"][k]["difference"]["survives_holm"] for k in summary["comparisons"])
+    assert all(c["difference"]["survives_holm"] for c in summary["comparisons"].values())
     w = holm([summary["comparisons"][k]["difference"]["p_wilcoxon"] for k in summary["comparisons"]]
              + [summary["arms"][a]["final_minus_uniform"]["p_wilcoxon"]
                 for a in ("random", "timing_flat", "exported")])
