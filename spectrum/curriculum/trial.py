@@ -5,15 +5,22 @@ The arms (:mod:`spectrum.curriculum.arms`) are trained by :mod:`spectrum.curricu
 (:mod:`spectrum.curriculum.stats`) use the final validation loss of every run: the paired
 difference to the uniform run of the same seed and the compute multiplier read off uniform runs
 at several budgets, each with a 95% interval across seeds, and for each control a verdict on
-whether the curriculum beats it beyond the interval.
+whether the curriculum beats it, claimed only where the difference survives Holm's correction over
+all the comparisons the results state.
 
 ``results.json`` (written by the runner) holds ``setup``, ``summary`` (below) and ``curves``.
 ``summary.arms.<arm>`` has ``seeds`` (how many), ``final_loss``, ``final_minus_uniform`` and
 ``compute_multiplier``, each with ``mean`` and ``ci`` ([low, high], 95%); the uniform arm's
 multiplier is 1. ``summary.comparisons.<control>`` scores the curriculum against each control the
 same way with a ``verdict`` sentence; ``summary.budgets`` the uniform runs per budget;
-``summary.compute_curve`` the line of uniform loss on ln compute; ``summary.paper`` the published
-speed-up in the same units; ``summary.verdicts`` all verdict sentences.
+``summary.compute_curve`` the curve of uniform loss on ln compute (a quadratic, see
+:mod:`spectrum.curriculum.stats`); ``summary.paper`` the published speed-up in the same units;
+``summary.noise`` the spread and the minimum detectable effect at 80% power. Every comparison
+stated in words (each arm against uniform, the curriculum against each control; "curriculum vs
+uniform" is one of them, reported in both places) carries ``p_holm``, ``p_wilcoxon_holm`` and
+``survives_holm``: Holm's correction over all of them, listed in ``summary.family``.
+``summary.verdicts`` holds all verdict sentences, the curriculum against each control first, then
+each other arm against uniform (also ``summary.arms.<arm>.verdict``).
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, arm_order
-from spectrum.curriculum.stats import (LEVEL, PAPER_MULTIPLIER, compute_curve, mean_interval,
-                                       multiplier_interval, verdict)
+from spectrum.curriculum.stats import (ALPHA, LEVEL, PAPER_MULTIPLIER, ComputeCurve, compute_curve,
+                                       holm, ln_multiplier, mean_interval,
+                                       min_detectable_difference, multiplier_interval,
+                                       paired_test_power, verdict)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -74,14 +83,52 @@ def _diffs(curves: list[Curve], arm: str, reference: str) -> tuple[list[int], li
 
 
 def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
-    """Per-run scores, per-arm statistics, curriculum-vs-control comparisons and verdicts."""
+    """Per-run scores, per-arm statistics, curriculum-vs-control comparisons, Holm's correction
+    over the claims they make, and verdicts."""
     main = [c for c in curves if _is_main(c)]
     uniform_all = [c for c in curves if c.arm == "uniform"]
+    curve = _uniform_curve(uniform_all, main)
+    arms, per_run = _arm_statistics(main, curve, level)
+    comparisons = {}
+    if "curriculum" in arms:
+        for ctrl in [a for a in arm_order(arms) if a != "curriculum"]:
+            _, d = _diffs(main, "curriculum", ctrl)
+            comparisons[ctrl] = {"difference": mean_interval(d, level),
+                                 "compute_multiplier": multiplier_interval(d, curve, level)}
+    family = _holm_family(arms, comparisons)
+    verdicts = _verdicts(arms, comparisons, family["size"])
+    budgets = []
+    for b in sorted({c.budget for c in uniform_all}):
+        cs = [c for c in uniform_all if abs(c.budget - b) < 1e-9]
+        budgets.append({"budget": b, "tokens": cs[0].total_tokens, "seeds": len(cs),
+                        "final_loss": mean_interval([c.final for c in cs], level)})
+    return {"level": level, "runs": per_run, "arms": arms, "comparisons": comparisons,
+            "budgets": budgets, "compute_curve": curve.to_dict() if curve else None,
+            "paper": _paper(curve), "noise": _noise(arms, curve), "family": family,
+            "verdicts": verdicts}
+
+
+def _uniform_curve(uniform_all: list[Curve], main: list[Curve]) -> ComputeCurve | None:
+    """The compute curve of the uniform runs, centred at the arms' compute (the 1x runs)."""
+    center = math.log(main[0].total_tokens) if main else None
     curve = compute_curve([c.seed for c in uniform_all],
                           [math.log(c.total_tokens) for c in uniform_all],
-                          [c.final for c in uniform_all])
+                          [c.final for c in uniform_all], ln_center=center)
     if curve is not None:  # budgets as fractions of the arms' compute
         curve = replace(curve, budgets=tuple(sorted({float(c.budget) for c in uniform_all})))
+    return curve
+
+
+def _run_multiplier(d: float, curve: ComputeCurve | None) -> float | None:
+    if curve is None or not math.isfinite(d):
+        return None
+    log_m, _ = ln_multiplier(d, curve)
+    return None if log_m is None else math.exp(log_m)
+
+
+def _arm_statistics(main: list[Curve], curve: ComputeCurve | None,
+                    level: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``summary.arms`` and ``summary.runs``: every arm against uniform, per arm and per run."""
     arms: dict[str, Any] = {}
     per_run = []
     for arm in arm_order({c.arm for c in main}):
@@ -95,46 +142,95 @@ def summarise(curves: Sequence[Curve], level: float = LEVEL) -> dict[str, Any]:
         for s, f, x in zip(seeds, finals, d):
             per_run.append({"arm": arm, "seed": s, "budget": 1.0, "final_loss": f,
                             "final_minus_uniform": x if math.isfinite(x) else None,
-                            "compute_multiplier": (math.exp(x / curve.slope)
-                                                   if curve and curve.slope < 0 and math.isfinite(x)
-                                                   else None)})
-    comparisons = {}
-    if "curriculum" in arms:
-        for ctrl in [a for a in arm_order(arms) if a != "curriculum"]:
-            _, d = _diffs(main, "curriculum", ctrl)
-            diff = mean_interval(d, level)
-            mult = multiplier_interval(d, curve, level)
-            comparisons[ctrl] = {"difference": diff, "compute_multiplier": mult,
-                                 "verdict": verdict("the curriculum", ctrl, diff, mult)}
-    budgets = []
-    for b in sorted({c.budget for c in uniform_all}):
-        cs = [c for c in uniform_all if abs(c.budget - b) < 1e-9]
-        budgets.append({"budget": b, "tokens": cs[0].total_tokens, "seeds": len(cs),
-                        "final_loss": mean_interval([c.final for c in cs], level)})
-    return {"level": level, "runs": per_run, "arms": arms, "comparisons": comparisons,
-            "budgets": budgets, "compute_curve": curve.to_dict() if curve else None,
-            "paper": _paper(curve), "noise": _noise(arms, curve),
-            "verdicts": [c["verdict"] for c in comparisons.values()]}
+                            "compute_multiplier": _run_multiplier(x, curve)})
+    return arms, per_run
 
 
-def _paper(curve) -> dict[str, Any]:
-    out: dict[str, Any] = {"claim": "11% faster validation-loss reduction",
-                           "compute_multiplier": PAPER_MULTIPLIER}
-    if curve is not None and curve.slope < 0:
-        out["final_minus_uniform"] = curve.slope * math.log(PAPER_MULTIPLIER)
+def _claims(arms: dict[str, Any], comparisons: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every comparison the results state in words, by name, with the statistics that report it:
+    the curriculum against each control, then each other arm against uniform. "curriculum vs
+    uniform" is reported in two places but is one test."""
+    claims: dict[str, list[dict[str, Any]]] = {}
+    for ctrl, c in comparisons.items():
+        claims[f"curriculum vs {ctrl}"] = [c["difference"]]
+    for arm, a in arms.items():
+        if arm != "uniform":
+            claims.setdefault(f"{arm} vs uniform", []).append(a["final_minus_uniform"])
+    return claims
+
+
+def _holm_family(arms: dict[str, Any], comparisons: dict[str, Any]) -> dict[str, Any]:
+    """Holm's correction over the claims (paired t-test and, beside it, Wilcoxon): adds
+    ``p_holm``, ``p_wilcoxon_holm`` and ``survives_holm`` to every statistic of a claim and
+    returns ``summary.family``. A claim without a p-value (undefined, one seed) is not counted."""
+    claims = _claims(arms, comparisons)
+    names = list(claims)
+    first = [claims[n][0] for n in names]
+    p_holm = holm([s["p"] for s in first])
+    w_holm = holm([s["p_wilcoxon"] for s in first])
+    rows = []
+    for name, ph, pw in zip(names, p_holm, w_holm):
+        for s in claims[name]:
+            s.update(p_holm=ph, p_wilcoxon_holm=pw, survives_holm=ph is not None and ph < ALPHA)
+        rows.append({"name": name, "p": claims[name][0]["p"], "p_holm": ph,
+                     "p_wilcoxon": claims[name][0]["p_wilcoxon"], "p_wilcoxon_holm": pw,
+                     "survives": ph is not None and ph < ALPHA})
+    return {"method": "Holm step-down over the paired t-test p-values", "alpha": ALPHA,
+            "size": sum(p is not None for p in p_holm), "claims": rows}
+
+
+def _verdicts(arms: dict[str, Any], comparisons: dict[str, Any], size: int) -> list[str]:
+    """Adds a ``verdict`` to every comparison and every arm other than uniform; returns all the
+    sentences, the curriculum against each control first, each claim once."""
+    out = []
+    for ctrl, c in comparisons.items():
+        c["verdict"] = verdict("the curriculum", ctrl, c["difference"], c["compute_multiplier"],
+                               size)
+        out.append(c["verdict"])
+    for arm, a in arms.items():
+        if arm == "uniform":
+            continue
+        if arm == "curriculum" and "uniform" in comparisons:
+            a["verdict"] = comparisons["uniform"]["verdict"]
+            continue
+        a["verdict"] = verdict(arm, "uniform", a["final_minus_uniform"], a["compute_multiplier"],
+                               size)
+        out.append(a["verdict"])
     return out
 
 
-def _noise(arms: dict[str, Any], curve) -> dict[str, Any]:
-    """The seed-to-seed spread of the uniform runs and the smallest multiplier the curriculum's
-    interval can resolve (its half-width carried through the compute curve)."""
+def _paper(curve: ComputeCurve | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"claim": "11% faster validation-loss reduction",
+                           "compute_multiplier": PAPER_MULTIPLIER}
+    if curve is not None and curve.slope < 0:
+        out["final_minus_uniform"] = curve.loss_change(math.log(PAPER_MULTIPLIER))
+    return out
+
+
+def _noise(arms: dict[str, Any], curve: ComputeCurve | None) -> dict[str, Any]:
+    """The seed-to-seed spread of the uniform runs; what the curriculum's paired differences can
+    detect: the multiplier its interval's half-width stands for (``resolvable_multiplier``, an
+    effect of that size is detected about half the time) and the minimum detectable difference
+    and multiplier at 80% power of the two-sided paired t-test, with the power against the
+    paper's multiplier."""
     out: dict[str, Any] = {}
     if "uniform" in arms:
         out["uniform_final_sd"] = arms["uniform"]["final_loss"]["sd"]
     cur = arms.get("curriculum", {}).get("final_minus_uniform")
-    if cur and cur["ci"][0] is not None and curve is not None and curve.slope < 0:
-        half = (cur["ci"][1] - cur["ci"][0]) / 2
-        out["resolvable_multiplier"] = math.exp(half / abs(curve.slope))
+    if not cur or cur["ci"][0] is None:
+        return out
+    sd, n = cur["sd"], cur["n"]
+    d80 = min_detectable_difference(sd, n, power=0.8, alpha=ALPHA)
+    out.update(power_n=n, power_sd=sd, min_detectable_difference_80=d80)
+    if curve is None or not curve.slope < 0:
+        return out
+    half = (cur["ci"][1] - cur["ci"][0]) / 2
+    out["resolvable_multiplier"] = _run_multiplier(-half, curve)
+    if d80 is not None:
+        out["min_detectable_multiplier_80"] = _run_multiplier(-d80, curve)
+    paper = abs(curve.loss_change(math.log(PAPER_MULTIPLIER)))
+    if sd > 0 and paper > 0:
+        out["power_at_paper_multiplier"] = paired_test_power(paper, sd, n, alpha=ALPHA)
     return out
 
 
@@ -150,13 +246,13 @@ def _ci(s: dict[str, Any], fmt: str) -> str:
     return f"{s['mean']:{fmt}} [{s['ci'][0]:{fmt}}, {s['ci'][1]:{fmt}}]"
 
 
-def _p(s: dict[str, Any]) -> str:
-    return "-" if s.get("p") is None else f"{s['p']:.3g}"
+def _p(s: dict[str, Any], key: str = "p") -> str:
+    return "-" if s.get(key) is None else f"{s[key]:.3g}"
 
 
 TABLE_HEADER = ("arm", "seeds", "final val. loss", "final - uniform (nats, 95% CI)",
-                "paired p", "compute multiplier (95% CI)")
-COMPARISON_HEADER = ("curriculum vs", "curriculum - control (nats, 95% CI)", "paired p",
+                "paired p", "Holm p", "compute multiplier (95% CI)")
+COMPARISON_HEADER = ("curriculum vs", "curriculum - control (nats, 95% CI)", "paired p", "Holm p",
                      "compute multiplier (95% CI)", "verdict")
 
 
@@ -165,20 +261,35 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
-        rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"),
-                     _ci(a["final_minus_uniform"], "+.4f"), _p(a["final_minus_uniform"]),
-                     _ci(a["compute_multiplier"], ".3f")))
+        d = a["final_minus_uniform"]
+        rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"), _ci(d, "+.4f"), _p(d),
+                     _p(d, "p_holm"), _ci(a["compute_multiplier"], ".3f")))
     return rows
 
 
+def _word(d: dict[str, Any]) -> str:
+    """The comparison in a few words, by the Holm-adjusted paired t-test."""
+    lo, hi = d["ci"]
+    if lo is None:
+        return "-"
+    ph = d.get("p_holm")
+    if "p_holm" not in d:  # results written before the correction: the interval decides
+        return ("curriculum better" if hi < 0 else "curriculum worse" if lo > 0
+                else "no difference resolved")
+    if ph is not None and ph < ALPHA:
+        return "curriculum better" if d["mean"] < 0 else "curriculum worse"
+    if hi < 0 or lo > 0:
+        return "no difference after Holm (interval excludes 0)"
+    return "no difference resolved"
+
+
 def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per control, in the columns of :data:`COMPARISON_HEADER`."""
     rows = []
     for ctrl, c in summary.get("comparisons", {}).items():
         d = c["difference"]
-        lo, hi = d["ci"]
-        word = ("-" if lo is None else "curriculum better" if hi < 0
-                else "curriculum worse" if lo > 0 else "no difference resolved")
-        rows.append((ctrl, _ci(d, "+.4f"), _p(d), _ci(c["compute_multiplier"], ".3f"), word))
+        rows.append((ctrl, _ci(d, "+.4f"), _p(d), _p(d, "p_holm"),
+                     _ci(c["compute_multiplier"], ".3f"), _word(d)))
     return rows
 
 
@@ -196,27 +307,16 @@ def comparison_table(summary: dict[str, Any]) -> str:
 
 
 def context_sentences(summary: dict[str, Any], setup: dict[str, Any]) -> str:
-    """The compute curve, the paper's claim in the same units, the noise, and the cost of
-    measuring learnability, in a few sentences."""
-    parts = []
-    cc = summary.get("compute_curve")
-    if cc:
-        parts.append(f"Uniform runs at budgets {', '.join(f'{b:g}x' for b in cc['budgets'])} give "
-                     f"a slope of {cc['slope']:+.4f} ± {cc['slope_se']:.4f} nats per unit of ln "
-                     f"compute (within-seed R^2 {cc['r2_within']:.3f}).")
+    """The compute curve, Holm's correction, the paper's claim in the same units, the noise and
+    what the test can detect, and the cost of measuring learnability, in a few sentences."""
+    parts = [t for t in (_curve_text(summary.get("compute_curve")), _family_text(summary))
+             if t]
     paper = summary.get("paper", {})
     if "final_minus_uniform" in paper:
         parts.append(f"The published \"11% faster\" is a compute multiplier of "
                      f"{paper['compute_multiplier']:.2f}, here a final-loss difference of "
                      f"{paper['final_minus_uniform']:+.4f} nats.")
-    noise = summary.get("noise", {})
-    if noise.get("uniform_final_sd") is not None:
-        parts.append(f"Seed-to-seed sd of the uniform final loss: {noise['uniform_final_sd']:.4f} "
-                     "nats.")
-    if "resolvable_multiplier" in noise:
-        parts.append(f"With these seeds the curriculum's interval has a half-width equivalent to a "
-                     f"multiplier of {noise['resolvable_multiplier']:.3f}: effects smaller than "
-                     "that cannot be resolved.")
+    parts += _noise_text(summary.get("noise", {}))
     cost = setup.get("learnability_cost")
     if cost:
         parts.append(f"Measuring learnability cost {cost['train_tokens']:.3g} training tokens and "
@@ -224,6 +324,56 @@ def context_sentences(summary: dict[str, Any], setup: dict[str, Any]) -> str:
                      f"(about {cost['flops']:.3g} FLOPs, {cost['arm_runs_equivalent']:.2f} times the "
                      "compute of one arm's training run).")
     return " ".join(parts)
+
+
+def _curve_text(cc: dict[str, Any] | None) -> str:
+    if not cc:
+        return ""
+    budgets = ", ".join(f"{b:g}x" for b in cc["budgets"])
+    if cc.get("model", "line") == "line":
+        return (f"Uniform runs at budgets {budgets} give a slope of {cc['slope']:+.4f} ± "
+                f"{cc['slope_se']:.4f} nats per unit of ln compute (within-seed R^2 "
+                f"{cc['r2_within']:.3f}).")
+    misfit = ", ".join(f"{r:+.3f}" for r in cc.get("line_residual_by_budget", ()))
+    return (f"Uniform runs at budgets {budgets} fit a quadratic in ln compute with one intercept "
+            f"per seed (a straight line would leave mean residuals of {misfit} nats by budget): "
+            f"local slope at the arms' compute {cc['slope']:+.4f} ± {cc['slope_se']:.4f} nats per "
+            f"unit of ln compute, curvature {cc['curvature']:+.4f} ± {cc['curvature_se']:.4f} "
+            f"(within-seed R^2 {cc['r2_within']:.3f}); the compute multiplier is read off this "
+            "curve and its interval carries the uncertainty of both coefficients.")
+
+
+def _family_text(summary: dict[str, Any]) -> str:
+    fam = summary.get("family")
+    if not fam or not fam.get("size"):
+        return ""
+    kept = [c["name"] for c in fam["claims"] if c["survives"]]
+    which = (f"{len(kept)} survive{'s' if len(kept) == 1 else ''}: {', '.join(kept)}" if kept
+             else "none survives")
+    return (f"The results state {fam['size']} comparisons (each arm against uniform, the "
+            f"curriculum against each control); a difference is claimed only where it survives "
+            f"Holm's correction over all {fam['size']} (adjusted paired t-test p < "
+            f"{fam['alpha']:g}); {which}.")
+
+
+def _noise_text(noise: dict[str, Any]) -> list[str]:
+    parts = []
+    if noise.get("uniform_final_sd") is not None:
+        parts.append(f"Seed-to-seed sd of the uniform final loss: {noise['uniform_final_sd']:.4f} "
+                     "nats.")
+    if noise.get("resolvable_multiplier") is not None:
+        parts.append(f"The half-width of the curriculum's 95% interval stands for a multiplier of "
+                     f"{noise['resolvable_multiplier']:.3f}; a true effect of that size would be "
+                     "detected only about half the time.")
+    if noise.get("min_detectable_multiplier_80") is not None:
+        parts.append(f"The minimum detectable multiplier (80% power, two-sided paired t-test at "
+                     f"{ALPHA:g}, {noise['power_n']} seeds, sd of the paired differences "
+                     f"{noise['power_sd']:.4f} nats) is {noise['min_detectable_multiplier_80']:.3f}"
+                     f", a difference of {noise['min_detectable_difference_80']:.4f} nats.")
+    if noise.get("power_at_paper_multiplier") is not None:
+        parts.append(f"Against the paper's multiplier of {PAPER_MULTIPLIER:.2f} the test has "
+                     f"power {noise['power_at_paper_multiplier']:.2f}.")
+    return parts
 
 
 def results_markdown(summary: dict[str, Any], setup: dict[str, Any]) -> str:
@@ -241,7 +391,9 @@ the same random numbers per seed; only the weights differ ({arms}). Uniform runs
 {', '.join(f'{b:g}x' for b in s.get('budgets', []))} the steps (each a full schedule) calibrate the
 compute multiplier. Validation loss on {s.get('eval_sequences')} validation sequences. Every
 statistic uses every seed: the mean with its 95% Student-t interval across seeds; paired p from a
-t-test on the per-seed differences.
+t-test on the per-seed differences, and Holm p the same p adjusted by Holm's step-down method over
+every comparison stated here (each arm against uniform, the curriculum against each control): a
+difference is claimed only where the Holm p is below {ALPHA:g}.
 
 ## Verdicts
 
@@ -367,7 +519,9 @@ def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict
     if cc and ref and ref[0]["final_loss"]["mean"] is not None:
         t1, l1 = ref[0]["tokens"], ref[0]["final_loss"]["mean"]
         tt = np.geomspace(min(c.total_tokens for c in uni) * 0.8, max(c.total_tokens for c in uni) * 1.25)
-        bx.plot(tt, l1 + cc["slope"] * np.log(tt / t1), color="black", lw=1, label="fitted line")
+        c = np.log(tt / t1)
+        bx.plot(tt, l1 + cc["slope"] * c + cc.get("curvature", 0.0) * c ** 2, color="black", lw=1,
+                label=f"fitted {cc.get('model', 'line')}")
         for arm, a in summary["arms"].items():
             m = a["final_loss"]["mean"]
             if arm == "uniform" or m is None:
@@ -384,13 +538,21 @@ def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict
 # the report's section
 
 
+def _split_verdicts(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``summary.verdicts`` split into the curriculum against each control and the rest."""
+    ours = [c["verdict"] for c in summary.get("comparisons", {}).values() if "verdict" in c]
+    rest = [v for v in summary.get("verdicts", []) if v not in ours]
+    return ours or [v for v in summary.get("verdicts", [])], rest if ours else []
+
+
 def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     """The controlled test's result for the report, or None if the test has not been run.
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "intro" (a paragraph), "verdicts" (sentences), "header" and "rows" (the
-    per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
+    Returns ``{"title", "intro" (a paragraph, with the verdicts on the arms against uniform),
+    "verdicts" (sentences: the curriculum against each control), "arm_verdicts" (sentences: each
+    other arm against uniform), "header" and "rows" (the per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
     control), "figure" (Path of the PNG or None), "markdown" (title aside, all of it as Markdown
     that refers to no file, so it can be placed anywhere)}``; the report shows every part.
     """
@@ -410,11 +572,13 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
              "paired by seed, mean with its 95% interval across seeds; the compute multiplier "
              "comes from uniform runs at several budgets. "
              + context_sentences(summary, s))
-    verdicts = list(summary.get("verdicts", []))
+    verdicts, arm_verdicts = _split_verdicts(summary)
+    if arm_verdicts:
+        intro += " Each other arm against uniform: " + " ".join(arm_verdicts)
     fig = test_dir / FIGURE
     markdown = "\n\n".join([intro, "\n".join(f"- {v}" for v in verdicts), markdown_table(summary),
                             comparison_table(summary)])
     return {"title": "Controlled test of the learnability curriculum", "intro": intro,
-            "verdicts": verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
+            "verdicts": verdicts, "arm_verdicts": arm_verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
             "comparison_header": COMPARISON_HEADER, "comparison_rows": comparison_rows(summary),
             "figure": fig if fig.is_file() else None, "markdown": markdown}
