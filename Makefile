@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup run test test-all readme bench clean
+.PHONY: setup run test test-all readme curriculum bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 # the README's default-suite figures, from the artifacts of `make run`
 readme: $(STAMP)
+	$(BIN)/python -m spectrum.tools.readme_figures artifacts README.md
+
+# the curriculum export and its controlled test on the default suite (after `make run`), and
+# their figures in the README
+curriculum: $(STAMP)
+	$(BIN)/spectrum export-curriculum --config $(CONFIG) --target-steps 128
+	$(BIN)/spectrum curriculum-test --config $(CONFIG)
 	$(BIN)/python -m spectrum.tools.readme_figures artifacts README.md
 
 test-all: $(STAMP)

@@ -284,9 +284,12 @@ def _word(d: dict[str, Any]) -> str:
 
 
 def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per control, in the columns of :data:`COMPARISON_HEADER`."""
+    """One row per control (in the arms' order, as results.json read back may hold them in
+    another), in the columns of :data:`COMPARISON_HEADER`."""
     rows = []
-    for ctrl, c in summary.get("comparisons", {}).items():
+    comparisons = summary.get("comparisons", {})
+    for ctrl in arm_order(comparisons):
+        c = comparisons[ctrl]
         d = c["difference"]
         rows.append((ctrl, _ci(d, "+.4f"), _p(d), _p(d, "p_holm"),
                      _ci(c["compute_multiplier"], ".3f"), _word(d)))
