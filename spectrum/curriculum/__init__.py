@@ -1,6 +1,7 @@
 """Curriculum reweighting from learning times.
 
 - :mod:`.weights`: per-phase weights from fitted sigmoids, their export and alignment;
+- :mod:`.shrinkage`: measured sheds shrunk toward the learnability model by their reliability;
 - :mod:`.sampling`: applying them in a training loop (a sampler, a weighted loss);
 - :mod:`.trial`: the controlled test of a curriculum against uniform sampling and its controls;
 - :mod:`.settings`: the test's settings and arms (no heavy imports: the command line reads them).

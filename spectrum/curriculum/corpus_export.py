@@ -4,7 +4,8 @@ The corpus is read document by document (:func:`spectrum.data.corpus.iter_docume
 document tokenized on its own and cut into windows of ``context`` tokens from its first token
 (as the evalset cuts them), the shorter tail included when it holds a target (2 tokens or more).
 Each window gets its shed per phase: measured where the window was scored (it is a sequence of
-the learnability sample: same document, same tokens), else predicted from its target tokens by a
+the learnability sample: same document, same tokens; shrunk toward the prediction by its
+reliability, :mod:`spectrum.curriculum.shrinkage`), else predicted from its target tokens by a
 :class:`~spectrum.curriculum.predict.ShedModel`. A document's shed is the token-weighted mean of
 its windows'. Weights follow :func:`spectrum.curriculum.weights.phase_weights`:
 ``floor + (1 - floor) * shed / mean(shed)`` per phase, mean 1 over the exported items.
@@ -299,7 +300,8 @@ def coverage_paragraph(counts: ExportCounts, model: ShedModel, source: str) -> s
 The table covers {source}: {counts.documents} documents ({counts.documents_weighted} with at least
 one target token; the others get weight 1), {counts.sequences} sequences (windows of the context
 from each document's first token, the shorter tail included) and {counts.tokens} target tokens.
-{counts.sequences_measured} sequences were scored (`source = measured`, `scored_seq_id`); the
+{counts.sequences_measured} sequences were scored (`source = measured`, `scored_seq_id`: their
+measured shed, shrunk toward the prediction as the next section says); the
 others (`source = predicted`) get the shed predicted from their target tokens: the mean shed of
 each target type over the scored tokens, shrunk towards the mean with a prior of {model.prior:g}
 tokens, averaged over the sequence and calibrated by a line per phase. Accuracy on held-out

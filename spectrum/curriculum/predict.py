@@ -12,7 +12,8 @@ gets its learnability from what its target tokens shed where they were measured:
 3. a line per phase, ``a_p + b_p * raw``, fitted on out-of-fold raw predictions, calibrates the
    shrinkage; predictions are clipped at 0.
 
-Scored sequences keep their measured shed in the export; the model serves the others.
+Scored sequences keep their measured shed in the export (shrunk toward the model's out-of-fold
+prediction by its reliability: :mod:`spectrum.curriculum.shrinkage`); the model serves the others.
 
 Its accuracy is measured on scored sequences it was not fitted on: ``folds``-fold cross-validation
 with whole documents held out (a held-out sequence's document contributes nothing to the table),
