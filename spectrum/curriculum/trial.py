@@ -262,6 +262,10 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     for arm in arm_order(summary["arms"]):
         a = summary["arms"][arm]
         d = a["final_minus_uniform"]
+        if arm == "uniform":  # the reference: no difference to test
+            rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"), "0 (reference)", "-",
+                         "-", "1 (reference)"))
+            continue
         rows.append((arm, str(a["seeds"]), _ci(a["final_loss"], ".4f"), _ci(d, "+.4f"), _p(d),
                      _p(d, "p_holm"), _ci(a["compute_multiplier"], ".3f")))
     return rows
