@@ -2,9 +2,9 @@
 
 One model size of the manifest's suite is trained from scratch under the arms of
 :mod:`spectrum.curriculum.arms` (``uniform``, ``curriculum``, ``freq_shuffled``, ``random``,
-``timing_flat``) with the same optimizer, schedule, compute, seeds and pool of training sequences;
-the arms differ only in the per-phase sampling weights. Uniform runs at other budgets (fractions
-of the steps, each a full schedule) calibrate the compute multiplier.
+``timing_flat``, ``exported``) with the same optimizer, schedule, compute, seeds and pool of
+training sequences; the arms differ only in the per-phase sampling weights. Uniform runs at other
+budgets (fractions of the steps, each a full schedule) calibrate the compute multiplier.
 
 - Pool: ``--sequences`` windows of the suite's context from the corpus's training split (the
   learnability evalset, so every pool sequence has measured learnability). By default as many as
@@ -13,6 +13,9 @@ of the steps, each a full schedule) calibrate the compute multiplier.
   suite's ``fit`` runs of the chosen size on the test's schedule (every seed the suite has), or
   ``--runs``; under ``<out>/curriculum/test/learnability``. The test's seeds (from
   ``--seed-base``, default 1000) must differ from every seed of those runs.
+- Exported arm: the weights ``spectrum export-curriculum`` gives the pool with its defaults (the
+  manifest's fit runs on its own scored sample, under ``<out>/curriculum/learnability``, shared
+  with that command), for the test's phases and floor.
 - Compute: the steps and tokens per step of the shortest ``fit`` run of that size (``--steps``
   sets another number of steps); the suite's AdamW, warmup and cosine schedule. Phases: equal
   bins of ln T from the end of the warmup to the last step.

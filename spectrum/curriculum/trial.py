@@ -575,7 +575,8 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
              f"{len(s['seeds'])} seeds, {s['pool_sequences']} training sequences, "
              f"{s['phases']} phases. Each arm differs from uniform only in its sampling weights; "
              "freq_shuffled, random and timing_flat control for token frequency, for the weight "
-             "distribution itself and for the timing of the weights. Final validation loss, "
+             "distribution itself and for the timing of the weights; exported trains on the "
+             "weights the export gives the pool, as a user applies them. Final validation loss, "
              "paired by seed, mean with its 95% interval across seeds; the compute multiplier "
              "comes from uniform runs at several budgets. "
              + context_sentences(summary, s))
