@@ -322,6 +322,13 @@ def test_curriculum_test_command_end_to_end_on_the_micro_suite(micro_suite, tmp_
     assert all(a["seeds"] == 2 for a in rec["summary"]["arms"].values())
     assert rec["summary"]["compute_curve"] is not None
     assert rec["setup"]["learnability_cost"]["token_evaluations"] > 0
+    # the exported arm: the export's weights for every pool sequence, from the export's own sample
+    ex = rec["setup"]["exported"]
+    assert ex["pool_measured"] + ex["pool_predicted"] == rec["setup"]["pool_sequences"]
+    assert (tmp_path / "suite" / "artifacts" / "curriculum" / "learnability" / "fits").is_dir()
+    assert rec["setup"]["frequency_match"]["matched"] and "code_commit" in rec["setup"]
+    assert "p_holm" in rec["summary"]["arms"]["exported"]["final_minus_uniform"]
+    assert rec["summary"]["noise"]["min_detectable_multiplier_80"] > 1
     assert (out / "curriculum_test.png").is_file() and (out / "results.md").is_file()
     # the learnability of the pool came from the fit stage over the training split
     assert (out / "learnability" / "fits" / "run=m1-d1" / "part-0.parquet").is_file()
