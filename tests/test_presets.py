@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spectrum.analysis.runs.schedule import run_schedule
 from spectrum.errors import ManifestError
 from spectrum.manifest import HubSource, load_manifest, parse_manifest
 
@@ -30,6 +31,11 @@ PUBLISHED = {"70m": ((6, 512, 8), 18_915_328), "160m": ((12, 768, 12), 85_056_00
 
 def _size(run_name: str) -> str:
     return run_name.removeprefix("pythia-").split("-seed")[0]
+
+
+#: "lr" of optimizer.params in EleutherAI/pythia's models/*/pythia-<size>.yml
+CONFIG_LR = {"14m": 1e-3, "31m": 1e-3, "70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 2.5e-4,
+             "1.4b": 2e-4, "6.9b": 1.2e-4, "12b": 1.2e-4}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -58,6 +64,13 @@ def test_presets_load_and_follow_eleutherais_documentation(name):
         assert {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000} <= set(steps) - set(run.steps)
         if _size(run.name) in PUBLISHED:
             assert run.params == PUBLISHED[_size(run.name)][1]
+        # the learning rate: its configuration's peak after the 1,430-step warmup, a cosine down
+        # to min_lr (a tenth of the peak) at step 143,000 (models/<size>/pythia-<size>.yml)
+        sched = run_schedule(run)
+        peak = CONFIG_LR[_size(run.name)]
+        assert sched.lr.max() == pytest.approx(peak) and sched.warmup_steps == 1430
+        assert sched.lr[-1] == pytest.approx(peak / 10, rel=1e-3)
+        assert sched.lr[72_215] == pytest.approx(peak * 0.55, rel=1e-3)  # halfway down the cosine
     # the largest size is held out (extrapolation)
     largest = max(manifest.runs, key=lambda r: r.params)
     assert largest.role == "heldout"

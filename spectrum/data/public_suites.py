@@ -7,7 +7,10 @@ configurations and the model cards on the Hugging Face hub):
 - every model is trained for 143,000 steps of 1024 sequences x 2048 tokens = 2,097,152 tokens
   (299,892,736,000 tokens in all: one data scale D for the whole suite);
 - the learning rate warms up for 1% of the steps (``"warmup": 0.01`` in every configuration):
-  1,430 steps, then decays by a cosine to step 143,000;
+  1,430 steps, then decays by a cosine (``"lr-decay-style": "cosine"``, ``"lr-decay-iters":
+  143000``) to ``min_lr``, a tenth of the peak, at step 143,000; the peak (``optimizer.params.lr``)
+  is 1e-3 for 14M, 31M and 70M, 6e-4 for 160M, 3e-4 for 410M, 2.5e-4 for 1B, 2e-4 for 1.4B and
+  1.2e-4 for 6.9B and 12B (the PolyPythias seeds repeat their size's configuration);
 - 154 checkpoints per model, revisions ``step0``, ``step1``, ``step2``, ``step4``, ...,
   ``step512``, then ``step1000`` to ``step143000`` every 1,000 steps;
 - the main models were trained with seed 1234 (GPT-NeoX's default); PolyPythias adds seeds 1 to
@@ -51,6 +54,7 @@ class Size:
     width: int
     heads: int
     params: int  # non-embedding parameters (Pythia's table; 14m and 31m counted)
+    peak_lr: float | None = None  # the training configuration's peak learning rate
 
     def config(self, vocab_size: int = 50_304) -> dict[str, Any]:
         """The model's config.json as far as the parameter count needs it."""
@@ -61,16 +65,16 @@ class Size:
 
 
 SIZES = {s.name: s for s in (
-    Size("14m", 6, 128, 4, 1_189_888),
-    Size("31m", 6, 256, 8, 4_739_072),
-    Size("70m", 6, 512, 8, 18_915_328),
-    Size("160m", 12, 768, 12, 85_056_000),
-    Size("410m", 24, 1024, 16, 302_311_424),
-    Size("1b", 16, 2048, 8, 805_736_448),
-    Size("1.4b", 24, 2048, 16, 1_208_602_624),
+    Size("14m", 6, 128, 4, 1_189_888, 1e-3),
+    Size("31m", 6, 256, 8, 4_739_072, 1e-3),
+    Size("70m", 6, 512, 8, 18_915_328, 1e-3),
+    Size("160m", 12, 768, 12, 85_056_000, 6e-4),
+    Size("410m", 24, 1024, 16, 302_311_424, 3e-4),
+    Size("1b", 16, 2048, 8, 805_736_448, 2.5e-4),
+    Size("1.4b", 24, 2048, 16, 1_208_602_624, 2e-4),
     Size("2.8b", 32, 2560, 32, 2_517_652_480),
-    Size("6.9b", 32, 4096, 32, 6_444_163_072),
-    Size("12b", 36, 5120, 40, 11_327_027_200),
+    Size("6.9b", 32, 4096, 32, 6_444_163_072, 1.2e-4),
+    Size("12b", 36, 5120, 40, 11_327_027_200, 1.2e-4),
 )}
 SEEDED_SIZES = ("14m", "31m", "70m", "160m", "410m")
 
@@ -110,11 +114,20 @@ def preset_steps() -> tuple[int, ...]:
     return (0, *log_spaced_steps(DEFAULT_SCORED, first))
 
 
+MIN_LR_RATIO = 0.1  # min_lr over the peak in every configuration
+
+
+def schedule(size: str) -> dict[str, Any]:
+    """The run's learning-rate schedule in the manifest's ``schedule:`` form."""
+    return {"kind": "cosine", "peak_lr": SIZES[size].peak_lr, "warmup_steps": WARMUP_STEPS,
+            "min_lr_ratio": MIN_LR_RATIO}
+
+
 def _run(size: str, seed: int, role: str) -> dict[str, Any]:
     name = f"pythia-{size}" + ("" if seed == MAIN_SEED else f"-seed{seed}")
     return {"name": name, "params": SIZES[size].params, "tokens": TRAIN_TOKENS,
             "tokens_per_step": TOKENS_PER_STEP, "warmup_steps": WARMUP_STEPS, "role": role,
-            "seed": seed,
+            "seed": seed, "schedule": schedule(size),
             "checkpoints": {"hub": repo_id(size, seed),
                             "revisions": [f"step{s}" for s in CHECKPOINT_STEPS
                                           if s <= WARMUP_STEPS or s in set(preset_steps())]}}
@@ -158,6 +171,10 @@ def _flow(items: list[Any]) -> str:
     return "[" + "\n        ".join(lines) + "]"
 
 
+def _flow_map(m: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in m.items()) + "}"
+
+
 def preset_yaml(runs: tuple[tuple[str, int, str], ...], out: str, header: str) -> str:
     """:func:`preset` as YAML text: the revisions and steps written once (YAML anchors) and
     shared by every run, so one key chooses the steps of all runs."""
@@ -176,7 +193,7 @@ def preset_yaml(runs: tuple[tuple[str, int, str], ...], out: str, header: str) -
         text += [f"  - name: {run['name']}", f"    params: {run['params']}",
                  f"    tokens: {run['tokens']}", f"    tokens_per_step: {run['tokens_per_step']}",
                  f"    warmup_steps: {run['warmup_steps']}", f"    role: {run['role']}",
-                 f"    seed: {run['seed']}",
+                 f"    seed: {run['seed']}", f"    schedule: {_flow_map(run['schedule'])}",
                  f"    checkpoints:", f"      hub: {run['checkpoints']['hub']}",
                  f"      revisions: {revisions}", f"    steps: {steps}"]
     return "\n".join(text) + "\n"
@@ -193,7 +210,9 @@ _COMMON_HEADER = """\
 # Time: 1024 sequences x 2048 tokens = 2,097,152 tokens per step; D = 143,000 steps =
 # 299,892,736,000 tokens for every run: one data scale, so the dL/dD targets are null with their
 # reason. M: Pythia's published non-embedding parameter counts (14m and 31m counted from their
-# configs by the same convention; `params: auto` gives the same numbers).
+# configs by the same convention; `params: auto` gives the same numbers). Schedule: each
+# size's peak learning rate, warmup and cosine decay to a tenth of the peak, as its training
+# configuration in the pythia repository's models/ gives them (the schedule_law baseline reads it).
 # Evalset: the Pile's validation documents as JSON lines (field text) under data/pile-val/,
 # relative to this file; any corpus kind of the manifest works (see the README).
 # Regenerate with `python -m spectrum.data.public_suites` (spectrum/data/public_suites.py)."""
