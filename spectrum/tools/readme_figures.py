@@ -134,10 +134,11 @@ def curriculum_figures(results: dict, coverage: dict | None) -> str:
              f"({seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}), uniform budgets "
              f"{', '.join(f'{b:g}x' for b in setup['budgets'])}.", ""]
     if exported:
-        lines += [f"The `exported` arm trains on the export's weights for the pool: "
-                  f"{exported['pool_measured']} pool sequences were in the export's scored sample "
-                  f"(from {', '.join(exported['runs'])}), {exported['pool_predicted']} get "
-                  "predicted weights.", ""]
+        measured = exported["pool_measured"]
+        lines += [f"The `exported` arm trains on the export's weights for the pool: {measured} "
+                  f"pool sequence{' was' if measured == 1 else 's were'} in the export's scored "
+                  f"sample (learnability from {', '.join(exported['runs'])}); the other "
+                  f"{exported['pool_predicted']} get predicted weights.", ""]
     lines += [markdown_table(summary), "", comparison_table(summary), "", "Verdicts:", ""]
     lines += [f"- {v}" for v in summary.get("verdicts", [])]
     lines += ["", context_sentences(summary, setup)]
