@@ -545,23 +545,16 @@ def _plot_compute(bx, curves: list[Curve], summary: dict[str, Any], colors: dict
 # the report's section
 
 
-def _split_verdicts(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """``summary.verdicts`` split into the curriculum against each control and the rest."""
-    ours = [c["verdict"] for c in summary.get("comparisons", {}).values() if "verdict" in c]
-    rest = [v for v in summary.get("verdicts", []) if v not in ours]
-    return ours or [v for v in summary.get("verdicts", [])], rest if ours else []
-
-
 def report_section(test_dir: str | Path) -> dict[str, Any] | None:
     """The controlled test's result for the report, or None if the test has not been run.
 
     ``test_dir`` is ``<out>/curriculum/test`` or the output directory ``<out>`` itself.
 
-    Returns ``{"title", "intro" (a paragraph, with the verdicts on the arms against uniform),
-    "verdicts" (sentences: the curriculum against each control), "arm_verdicts" (sentences: each
-    other arm against uniform), "header" and "rows" (the per-arm table), "comparison_header" and "comparison_rows" (the curriculum against each
-    control), "figure" (Path of the PNG or None), "markdown" (title aside, all of it as Markdown
-    that refers to no file, so it can be placed anywhere)}``; the report shows every part.
+    Returns ``{"title", "intro" (a paragraph), "verdicts" (every verdict sentence: the curriculum
+    against each control, then each other arm against uniform), "header" and "rows" (the per-arm
+    table), "comparison_header" and "comparison_rows" (the curriculum against each control), "figure" (Path of the PNG or None),
+    "markdown" (title aside, all of it as Markdown that refers to no file, so it can be placed
+    anywhere)}``; the report shows every part.
     """
     test_dir = Path(test_dir)
     if not (test_dir / RESULTS_JSON).is_file() and (test_dir / "curriculum" / "test").is_dir():
@@ -580,13 +573,11 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
              "paired by seed, mean with its 95% interval across seeds; the compute multiplier "
              "comes from uniform runs at several budgets. "
              + context_sentences(summary, s))
-    verdicts, arm_verdicts = _split_verdicts(summary)
-    if arm_verdicts:
-        intro += " Each other arm against uniform: " + " ".join(arm_verdicts)
+    verdicts = list(summary.get("verdicts", []))  # the curriculum against each control first
     fig = test_dir / FIGURE
     markdown = "\n\n".join([intro, "\n".join(f"- {v}" for v in verdicts), markdown_table(summary),
                             comparison_table(summary)])
     return {"title": "Controlled test of the learnability curriculum", "intro": intro,
-            "verdicts": verdicts, "arm_verdicts": arm_verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
+            "verdicts": verdicts, "header": TABLE_HEADER, "rows": table_rows(summary),
             "comparison_header": COMPARISON_HEADER, "comparison_rows": comparison_rows(summary),
             "figure": fig if fig.is_file() else None, "markdown": markdown}
