@@ -468,7 +468,8 @@ def plot(curves: list[Curve], summary: dict[str, Any], path: str | Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(ARMS, ("black", "tab:red", "tab:blue", "tab:gray", "tab:green")))
+    colors = dict(zip(ARMS, ("black", "tab:red", "tab:blue", "tab:gray", "tab:green",
+                             "tab:purple")))
     fig, (ax, dx, bx) = plt.subplots(1, 3, figsize=(16, 4.4))
     main = [c for c in curves if _is_main(c)]
     uniform = {c.seed: c for c in main if c.arm == "uniform"}
