@@ -28,7 +28,6 @@ seed), ``results.json``, ``results.md`` and ``curriculum_test.png``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,8 @@ from spectrum.curriculum.learnability import (Pool, evalset_meta, exported_weigh
 from spectrum.curriculum.runner import (Stopwatch, TrialSettings, budget_steps, fingerprint,
                                         learnability_cost, pool_size, run_arms, training_cost,
                                         write_results)
-from spectrum.curriculum.weights import Phases, phase_schedule, phase_weights, weight_columns
+from spectrum.curriculum.weights import (Phases, phase_schedule, phase_weights, weight_columns,
+                                         weights_hash)
 from spectrum.data.evalset import vocab_hash
 from spectrum.errors import SpectrumError
 from spectrum.manifest import Manifest, RunSpec
@@ -245,7 +245,7 @@ def _setup_record(trial: _Trial, settings: TrialSettings, lm: Manifest, pool: Po
             "eval_sequences": int(len(trial.data.eval_sequences)),
             "learnability_runs": [r.name for r in runs],
             "suite_fingerprint": trial.plan.fingerprint(trial.base), "arms": list(settings.arms),
-            "weights_hash": hashlib.sha256(w_curr.tobytes()).hexdigest()[:16],
+            "weights_hash": weights_hash(w_curr),
             "code_commit": source_commit(),
             "curriculum_weights": weight_diagnostics(w_curr, pool.mean_log_freq, pool.freq_profile),
             "frequency_control": "shuffled within buckets, tilted to the quintile shares",

@@ -13,7 +13,6 @@ measured shed of every scored window (:func:`shed_model_and_measured`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from spectrum import layout
 from spectrum.curriculum.corpus_export import window_key
 from spectrum.curriculum.predict import ShedModel, fit_shed_model
 from spectrum.curriculum.shrinkage import Shrinkage, shrinkage
-from spectrum.curriculum.weights import Learnability, Phases, learnability, token_shed
+from spectrum.curriculum.weights import Learnability, Phases, learnability, weights_hash
 from spectrum.errors import SpectrumError
 from spectrum.fit.runs import fit_steps
 from spectrum.losses.trajectories import load_losses, log_tokens
@@ -158,14 +157,14 @@ def shed_model_and_measured(lm: Manifest, learn: Learnability, vocab: int
     by :func:`~spectrum.curriculum.corpus_export.window_key` (measured, shrunk toward the model's
     out-of-fold prediction by its reliability: :mod:`spectrum.curriculum.shrinkage`), and the
     shrinkage."""
-    tokens = pl.read_parquet(layout.evalset_tokens(lm.out),
-                             columns=["token_idx", "seq_id", "doc_id", "target_id"]).sort("token_idx")
-    per_token = token_shed(tokens, read_fits(lm), learn.phases, x_first=first_fitted_x(lm),
-                           initial=initial_losses(lm))
+    if learn.per_token is None:
+        raise ValueError("the learnability model needs the per-token shed (learnability())")
+    targets = pl.read_parquet(layout.evalset_tokens(lm.out), columns=["token_idx", "target_id"])
+    per_token = learn.per_token.join(targets, on="token_idx", how="left", maintain_order="left")
     n_phases = learn.phases.n
     seq_ids = learn.sequences["seq_id"].to_numpy()
-    index = np.searchsorted(seq_ids, tokens["seq_id"].to_numpy())
-    model = fit_shed_model(tokens["target_id"].to_numpy(), index,
+    index = np.searchsorted(seq_ids, per_token["seq_id"].to_numpy())
+    model = fit_shed_model(per_token["target_id"].to_numpy(), index,
                            per_token.select([f"s{p}" for p in range(n_phases)]).to_numpy(),
                            learn.sequences["doc_id"].cast(pl.String).to_list(), vocab)
     measured = learn.shed()
@@ -196,7 +195,7 @@ def exported_weights(lm: Manifest, pool: Pool, phases: Phases, floor: float, voc
     return w, {"runs": list(learn.runs), "sample_sequences": learn.sequences.height,
                "pool_measured": scored, "pool_predicted": len(hits) - scored,
                "shed_model_cv_r2": model.cv_r2, "shrinkage": shrink.to_dict(),
-               "weights_hash": hashlib.sha256(w.tobytes()).hexdigest()[:16]}
+               "weights_hash": weights_hash(w)}
 
 
 def read_target_ids(path: str | Path) -> list[str]:

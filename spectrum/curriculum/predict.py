@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from spectrum.curriculum.weights import sequence_means
+
 
 def _type_table(target_ids: np.ndarray, shed: np.ndarray, vocab: int, prior: float) -> np.ndarray:
     """(vocab, P) shrunk mean shed per target type."""
@@ -41,11 +43,7 @@ def _type_table(target_ids: np.ndarray, shed: np.ndarray, vocab: int, prior: flo
 
 def _raw(table: np.ndarray, target_ids: np.ndarray, seq_index: np.ndarray, n_seq: int) -> np.ndarray:
     """(n_seq, P) mean of ``table`` over each sequence's targets."""
-    P = table.shape[1]
-    out = np.zeros((n_seq, P))
-    np.add.at(out, seq_index, table[target_ids])
-    n = np.bincount(seq_index, minlength=n_seq)[:, None]
-    return out / np.maximum(n, 1)
+    return sequence_means(table[target_ids], seq_index, n_seq)
 
 
 def r2(measured: np.ndarray, predicted: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from spectrum.curriculum.arms import arm_weights
+from spectrum.curriculum.weights import weights_hash
 from spectrum.curriculum.settings import ARMS, GIVEN_ARMS, SEED_BASE, TrialSettings  # noqa: F401
 from spectrum.curriculum.trial import (FIGURE, RESULTS_JSON, RESULTS_MD, Curve, curve_record,
                                        markdown_table, comparison_table, plot, results_markdown,
@@ -55,8 +56,7 @@ def eval_schedule(steps: int, n_log: int = 6, n_late: int = 4) -> list[int]:
 
 def weights_fingerprint(fingerprint: str, weights: np.ndarray) -> str:
     """The fingerprint of the runs of an arm with weights of its own: the setup's and its weights'."""
-    digest = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float64).tobytes()).hexdigest()
-    return f"{fingerprint}-{digest[:16]}"
+    return f"{fingerprint}-{weights_hash(weights)}"
 
 
 def budget_steps(steps: int, budget: float) -> int:
@@ -113,7 +113,8 @@ def _train_one(worker: WorkerContext[dict[str, Any]],
                          eval_steps=at, device=sh["device"], progress=run_name(arm, seed, budget))
     curve = Curve(arm, seed, [float(s * tps) for s, _ in res.eval_curve],
                   [float(v) for _, v in res.eval_curve], float(budget))
-    write_json({"setup": sh["fingerprints"].get(arm, sh["fingerprint"]), "curve": curve_record(curve), "seconds": res.seconds,
+    write_json({"setup": sh["fingerprints"].get(arm, sh["fingerprint"]),
+                "curve": curve_record(curve), "seconds": res.seconds,
                 "cpu_seconds": cpu_seconds() - cpu0},
                run_record(sh["out"], arm, seed, budget))
     return curve_record(curve)

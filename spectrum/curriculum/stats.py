@@ -270,6 +270,24 @@ def _mult_text(mult: dict[str, Any]) -> str:
     return ""
 
 
+def outcome(diff: dict[str, Any]) -> str:
+    """How a paired difference reads: ``undefined`` (no mean), ``one_seed`` (no interval),
+    ``lower`` or ``higher`` (a difference claimed: the 95% interval excludes 0 and the
+    Holm-adjusted p, where there is one, is below :data:`ALPHA`), ``not_after_holm`` (the interval
+    excludes 0 but the claim does not survive Holm's correction) or ``covers`` (it covers 0)."""
+    if diff["mean"] is None:
+        return "undefined"
+    lo, hi = diff["ci"]
+    if lo is None:
+        return "one_seed"
+    ph = diff.get("p_holm")
+    if hi < 0 or lo > 0:
+        if ph is None or ph < ALPHA:
+            return "lower" if hi < 0 else "higher"
+        return "not_after_holm"
+    return "covers"
+
+
 def verdict(name: str, other: str, diff: dict[str, Any], mult: dict[str, Any],
             family_size: int | None = None) -> str:
     """One sentence, whichever way the result falls. A difference is claimed only where the
@@ -289,13 +307,12 @@ def verdict(name: str, other: str, diff: dict[str, Any], mult: dict[str, Any],
     ph = diff.get("p_holm")
     over = f" over {family_size} claims" if family_size else ""
     holm_p = f" (Holm-adjusted p = {ph:.3g})" if ph is not None else ""
-    excludes = hi < 0 or lo > 0
-    if ph is None or (excludes and ph < ALPHA):
-        side = "beats" if hi < 0 else "is worse than"
+    read = outcome(diff)
+    if read in ("lower", "higher"):
+        side = "beats" if read == "lower" else "is worse than"
         kept = f", and the claim survives Holm's correction{over}" if ph is not None else ""
-        if excludes:
-            return f"{name} {side} {other} beyond the 95% interval{kept}: {core}{p}{holm_p}{mtxt}."
-    if excludes:
+        return f"{name} {side} {other} beyond the 95% interval{kept}: {core}{p}{holm_p}{mtxt}."
+    if read == "not_after_holm":
         return (f"{name} does not differ from {other} after Holm's correction{over}: the 95% "
                 f"interval excludes 0 ({core}{p}) but the claim does not survive the correction"
                 f"{holm_p}{mtxt}.")

@@ -35,7 +35,7 @@ import numpy as np
 
 from spectrum.curriculum.arms import ARM_DESCRIPTIONS, ARMS, arm_order
 from spectrum.curriculum.stats import (ALPHA, LEVEL, PAPER_MULTIPLIER, ComputeCurve, compute_curve,
-                                       holm, ln_multiplier, mean_interval,
+                                       holm, ln_multiplier, mean_interval, outcome,
                                        min_detectable_difference, multiplier_interval,
                                        paired_test_power, verdict)
 
@@ -271,20 +271,10 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _word(d: dict[str, Any]) -> str:
-    """The comparison in a few words, by the Holm-adjusted paired t-test."""
-    lo, hi = d["ci"]
-    if lo is None:
-        return "-"
-    ph = d.get("p_holm")
-    if "p_holm" not in d:  # results written before the correction: the interval decides
-        return ("curriculum better" if hi < 0 else "curriculum worse" if lo > 0
-                else "no difference resolved")
-    if ph is not None and ph < ALPHA:
-        return "curriculum better" if d["mean"] < 0 else "curriculum worse"
-    if hi < 0 or lo > 0:
-        return "no difference after Holm (interval excludes 0)"
-    return "no difference resolved"
+#: the comparison in a few words, by :func:`spectrum.curriculum.stats.outcome`
+WORDS = {"undefined": "-", "one_seed": "-", "lower": "curriculum better",
+         "higher": "curriculum worse", "not_after_holm": "no difference after Holm (interval "
+         "excludes 0)", "covers": "no difference resolved"}
 
 
 def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -296,7 +286,7 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
         c = comparisons[ctrl]
         d = c["difference"]
         rows.append((ctrl, _ci(d, "+.4f"), _p(d), _p(d, "p_holm"),
-                     _ci(c["compute_multiplier"], ".3f"), _word(d)))
+                     _ci(c["compute_multiplier"], ".3f"), WORDS[outcome(d)]))
     return rows
 
 
@@ -553,9 +543,9 @@ def report_section(test_dir: str | Path) -> dict[str, Any] | None:
 
     Returns ``{"title", "intro" (a paragraph), "verdicts" (every verdict sentence: the curriculum
     against each control, then each other arm against uniform), "header" and "rows" (the per-arm
-    table), "comparison_header" and "comparison_rows" (the curriculum against each control), "figure" (Path of the PNG or None),
-    "markdown" (title aside, all of it as Markdown that refers to no file, so it can be placed
-    anywhere)}``; the report shows every part.
+    table), "comparison_header" and "comparison_rows" (the curriculum against each control),
+    "figure" (Path of the PNG or None), "markdown" (title aside, all of it as Markdown that refers
+    to no file, so it can be placed anywhere)}``; the report shows every part.
     """
     test_dir = Path(test_dir)
     if not (test_dir / RESULTS_JSON).is_file() and (test_dir / "curriculum" / "test").is_dir():

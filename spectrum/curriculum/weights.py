@@ -36,6 +36,7 @@ target dataset, reporting ids the dataset lacks instead of dropping them silentl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ class Learnability:
     documents: pl.DataFrame  # doc_id, n_sequences, n_tokens, ... same columns
     runs: tuple[str, ...] = ()
     run_shed: np.ndarray | None = None  # (runs, sequences, P): each run's mean shed per sequence
+    per_token: pl.DataFrame | None = None  # token_shed's table, which the sequences aggregate
 
     def shed(self, level: str = "sequences") -> np.ndarray:
         df = self.sequences if level == "sequences" else self.documents
@@ -209,9 +211,10 @@ def weight_columns(n: int) -> list[str]:
 
 def run_token_shed(tokens: pl.DataFrame, fit: pl.DataFrame, phases: Phases, *,
                    usable_kinds: Sequence[str] = USABLE_KINDS, x_first: float | None = None,
-                   initial: pl.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   initial: pl.DataFrame | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One run's :func:`token_phase_shed` for the tokens of ``tokens`` (in their row order):
-    ``shed (N, P)``, ``beyond``, ``delta`` (the total shed) and ``ok`` (a usable fit).
+    ``shed (N, P)``, ``beyond``, ``delta`` (the total shed), ``ok`` (a usable fit) and ``tau``.
     ``initial``: the run's measured loss per token at its first checkpoint (``token_idx, loss``)."""
     f = tokens.select("token_idx").join(fit, on="token_idx", how="left", maintain_order="left")
     lo, hi, tau, k = (f[c].to_numpy().astype(np.float64) for c in ("lo", "hi", "tau", "k"))
@@ -225,7 +228,7 @@ def run_token_shed(tokens: pl.DataFrame, fit: pl.DataFrame, phases: Phases, *,
                  .cast(pl.Float64).fill_null(np.nan).to_numpy())
     shed, beyond = token_phase_shed(lo, hi, tau, k, phases, x_first=x_first, initial=start)
     ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(tau) & np.isfinite(k)
-    return shed, beyond, shed.sum(1) + beyond, ok
+    return shed, beyond, shed.sum(1) + beyond, ok, tau
 
 
 def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phases, *,
@@ -233,7 +236,7 @@ def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phas
                x_first: dict[str, float] | None = None,
                initial: dict[str, pl.DataFrame] | None = None,
                per_run: list[np.ndarray] | None = None) -> pl.DataFrame:
-    """Per token (in ``token_idx`` order): ``seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
+    """Per token (in ``token_idx`` order): ``token_idx, seq_id, doc_id``, the shed per phase ``s0..s{P-1}``,
     ``beyond``, ``delta`` (the total shed), ``dtau`` (delta * tau) and ``fitted`` (runs with a
     usable fit), each averaged over the runs of ``fits`` (see :func:`learnability`).
     ``x_first`` (per run, ln T of its first fitted checkpoint) and ``initial`` (per run, the
@@ -246,20 +249,18 @@ def token_shed(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Phas
     shed_sum, beyond_sum, dtau_sum, delta_sum = np.zeros((n, P)), np.zeros(n), np.zeros(n), np.zeros(n)
     fitted = np.zeros(n, dtype=np.int64)
     for run, f in fits.items():
-        tau = tokens.select("token_idx").join(f.select("token_idx", "tau"), on="token_idx",
-                                              how="left", maintain_order="left")["tau"]
-        shed, beyond, delta, ok = run_token_shed(
+        shed, beyond, delta, ok, tau = run_token_shed(
             tokens, f, phases, usable_kinds=usable_kinds, x_first=(x_first or {}).get(run),
             initial=(initial or {}).get(run))
         if per_run is not None:
             per_run.append(shed)
         shed_sum += shed
         beyond_sum += beyond
-        dtau_sum += np.where(ok, delta * np.nan_to_num(tau.to_numpy().astype(np.float64)), 0.0)
+        dtau_sum += np.where(ok, delta * np.nan_to_num(tau), 0.0)
         delta_sum += delta
         fitted += ok
     R = len(fits)
-    cols = {"seq_id": tokens["seq_id"], "doc_id": tokens["doc_id"],
+    cols = {"token_idx": tokens["token_idx"], "seq_id": tokens["seq_id"], "doc_id": tokens["doc_id"],
             "fitted": pl.Series(fitted), "delta": pl.Series(delta_sum / R),
             "dtau": pl.Series(dtau_sum / R), "beyond": pl.Series(beyond_sum / R)}
     for p in range(P):
@@ -289,15 +290,21 @@ def learnability(tokens: pl.DataFrame, fits: dict[str, pl.DataFrame], phases: Ph
     doc = doc.join(seq.group_by("doc_id").agg(pl.len().alias("n_sequences")), on="doc_id",
                    maintain_order="left")
     index = np.searchsorted(seq["seq_id"].to_numpy(), per_token["seq_id"].to_numpy())
-    counts = np.bincount(index, minlength=seq.height)[:, None]
-    run_shed = np.stack([_sums(index, s, seq.height) / np.maximum(counts, 1) for s in per_run])
-    return Learnability(phases, seq, doc, tuple(fits), run_shed)
+    run_shed = np.stack([sequence_means(s, index, seq.height) for s in per_run])
+    return Learnability(phases, seq, doc, tuple(fits), run_shed, per_token)
 
 
-def _sums(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n, values.shape[1]))
-    np.add.at(out, index, values)
-    return out
+def sequence_means(values: np.ndarray, seq_index: np.ndarray, n_seq: int) -> np.ndarray:
+    """``(n_seq, P)``: the mean of the rows of ``values`` (N, P) over each sequence (``seq_index``,
+    0..n_seq-1, per row); 0 for a sequence without rows."""
+    out = np.zeros((n_seq, values.shape[1]))
+    np.add.at(out, seq_index, values)
+    return out / np.maximum(np.bincount(seq_index, minlength=n_seq), 1)[:, None]
+
+
+def weights_hash(weights: np.ndarray) -> str:
+    """A short hash of a weight matrix (float64, row-major): what results quote to name it."""
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
 def _aggregate(per_token: pl.DataFrame, keys: list[str], P: int) -> pl.DataFrame:
